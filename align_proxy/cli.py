@@ -1,0 +1,138 @@
+"""The `align-proxy` command: build and inspect the offline ladder, list models and tasks, and
+check a dataset against a recipe before spending compute on it. Recipes themselves run as
+scripts (`python recipes/dpo.py ...` or `accelerate launch ... recipes/dpo.py ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
+    table = Table(title="offline ladder (held-out = problems never seen in pretraining)")
+    for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "train s", "path"):
+        table.add_column(column, justify="left" if column in ("rung", "path") else "right")
+    for r in reports:
+        accuracy = f"{accuracies[r.name]:.3f}" if accuracies and r.name in accuracies else "-"
+        table.add_row(r.name, f"{r.parameters:,}", str(r.num_hidden_layers), str(r.hidden_size),
+                      f"{r.heldout_loss:.4f}", accuracy, f"{r.seconds:.0f}", r.path)
+    return table
+
+
+def _task_accuracies(reports, spec) -> dict[str, float]:
+    from align_proxy.data.tasks import get_task
+    from align_proxy.models.tokenizer import build_tokenizer
+    from evals.suite import EvalSet, evaluate_policy
+
+    task = get_task(spec.task)
+    evalset = EvalSet(task=task, task_prompts=task.evaluation(300, seed=spec.seed))
+    return {r.name: evaluate_policy(r.path, build_tokenizer(), evalset)["task_accuracy"] for r in reports}
+
+
+def cmd_ladder(args) -> int:
+    from align_proxy.models import ladder
+
+    spec = ladder.LadderSpec(seed=args.seed)
+    root = Path(args.home) if args.home else None
+    if args.action == "build":
+        console.print(f"building the offline ladder (seed {spec.seed}) in {ladder.ladder_dir(spec, root)}")
+        reports = ladder.build_ladder(spec, root, force=args.force)
+    else:
+        reports = ladder.load_table(spec, root)
+        if not reports:
+            console.print("no rung is built yet: run `align-proxy ladder build`")
+            return 1
+    console.print(_ladder_table(reports, None if args.no_eval else _task_accuracies(reports, spec)))
+    losses = [r.heldout_loss for r in reports]
+    if len(reports) == len(spec.rungs) and losses != sorted(losses, reverse=True):
+        console.print("[yellow]warning: held-out loss does not fall with every larger rung[/yellow]")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from align_proxy.models import ladder, registry
+
+    table = Table(title="model registry (also: any local Hugging Face directory or Hub id)")
+    for column in ("name", "parameters", "source", "status"):
+        table.add_column(column)
+    built = {r.name: r for r in ladder.load_table()}
+    for rung in ladder.LadderSpec().rungs:
+        report = built.get(rung.name)
+        params = f"{report.parameters:,}" if report else "-"
+        table.add_row(rung.name, params, "offline ladder", report.path if report else "built on first use")
+    for variant in registry.CLIMB.values():
+        cached = registry.climb_cache_dir(variant)
+        status = str(cached) if (cached / "config.json").exists() else f"convert into {cached}"
+        table.add_row(variant.name, f"{registry.parameters_from_config(variant.config()):,}",
+                      f"{registry.CLIMB_REPO} (Megatron-LM)", status)
+    console.print(table)
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from align_proxy.data.tasks import BUILTIN_PREFIX, TASKS
+
+    for name, task in TASKS.items():
+        pair = task.preference(1, seed=0)[0]
+        console.print(f"[bold]{BUILTIN_PREFIX}{name}[/bold]: operands of 1-{task.max_digits} digits, ops "
+                      f"{' '.join(task.ops)}, {task.noise:.0%} mistakes in pretraining text; e.g. "
+                      f"prompt={pair['prompt']!r} chosen={pair['chosen']!r} rejected={pair['rejected']!r}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from align_proxy.data.loading import load_recipe_data
+    from align_proxy.data.validation import DatasetFormatError, validate_dataset
+    from align_proxy.recipe import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model, args.tokenizer) if args.model or args.tokenizer else None
+    try:
+        data = load_recipe_data(args.dataset, args.recipe)
+        for split, dataset in (("train", data.train), ("test", data.test)):
+            fmt = validate_dataset(dataset, args.recipe, data.source, split, tokenizer, args.max_length)
+            console.print(f"{data.source} [{split}]: {len(dataset)} rows, {fmt.describe()}: ok")
+    except (DatasetFormatError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ladder_p = sub.add_parser("ladder", help="build or show the offline ladder of tiny base models")
+    ladder_p.add_argument("action", choices=("build", "show"))
+    ladder_p.add_argument("--seed", type=int, default=0, help="pretraining seed (same seed, same weights)")
+    ladder_p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ladder_p.add_argument("--home", help="cache root (default: $ALIGN_PROXY_HOME or ~/.cache/align-proxy)")
+    ladder_p.add_argument("--no-eval", action="store_true", help="skip the held-out task accuracy column")
+    ladder_p.set_defaults(func=cmd_ladder)
+
+    sub.add_parser("models", help="list registry models and their parameter counts").set_defaults(func=cmd_models)
+    sub.add_parser("tasks", help="list the built-in tasks").set_defaults(func=cmd_tasks)
+
+    data_p = sub.add_parser("data", help="check a dataset against a recipe's TRL format")
+    data_p.add_argument("action", choices=("check",))
+    data_p.add_argument("dataset", help="builtin:<task>, a local file, or a Hub dataset id")
+    data_p.add_argument("--recipe", required=True, choices=("sft", "dpo", "reward"))
+    data_p.add_argument("--model", help="model whose tokenizer measures prompt lengths")
+    data_p.add_argument("--tokenizer", help="tokenizer to measure prompt lengths with")
+    data_p.add_argument("--max_length", type=int, help="the recipe's max_length")
+    data_p.set_defaults(func=cmd_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""One place that turns a recipe's `--dataset_name` into train and test splits.
+
+A name is a built-in task (`builtin:arith`), a local file (json, jsonl, parquet, csv) or folder
+of such files, or a Hugging Face Hub dataset id. Local data without a test split gets a seeded
+held-out share, so every recipe can evaluate before and after training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import DatasetDict, load_dataset
+
+from align_proxy.data.tasks import BUILTIN_PREFIX, ArithmeticTask, get_task
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# The task format each recipe trains on when fed a built-in task.
+TASK_FORMAT = {"sft": "sft", "dpo": "preference", "reward": "preference", "rl": "rl"}
+
+
+@dataclass
+class RecipeData:
+    train: object  # datasets.Dataset
+    test: object
+    source: str  # how errors name it: a path, a Hub id or builtin:<task>
+    task: ArithmeticTask | None  # set for built-in tasks: enables gold task accuracy
+
+
+def load_recipe_data(name: str | None, recipe: str, config: str | None = None, train_split: str = "train",
+                     test_split: str = "test", builtin_train_size: int = 2000, builtin_test_size: int = 200,
+                     seed: int = 0, test_fraction: float = 0.1) -> RecipeData:
+    if not name:
+        raise ValueError("no dataset given: pass --dataset_name (a built-in task such as 'builtin:arith', "
+                         "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
+    if name.startswith(BUILTIN_PREFIX):
+        task = get_task(name)
+        splits = task.splits(TASK_FORMAT[recipe], builtin_train_size, builtin_test_size, seed=seed)
+        return RecipeData(splits["train"], splits["test"], name, task)
+    path = Path(name).expanduser()
+    if path.exists():
+        splits = _load_local(path)
+    else:
+        splits = _load_hub(name, config)
+    if train_split not in splits:
+        raise ValueError(f"{name} has no split '{train_split}' (it has: {', '.join(splits)}); "
+                         "choose one with --dataset_train_split")
+    if test_split in splits:
+        return RecipeData(splits[train_split], splits[test_split], name, None)
+    # No held-out split: carve one, seeded, so before/after evaluation never sees training rows.
+    parts = splits[train_split].train_test_split(test_size=test_fraction, seed=seed)
+    return RecipeData(parts["train"], parts["test"], name, None)
+
+
+def _load_local(path: Path) -> DatasetDict:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS)
+        if not files:
+            raise ValueError(f"{path} holds no data files: expected {', '.join(FILE_BUILDERS)} files")
+        suffix = files[0].suffix
+        by_split = {p.stem: str(p) for p in files if p.suffix == suffix}
+        data_files = by_split if "train" in by_split else {"train": [str(p) for p in files if p.suffix == suffix]}
+    else:
+        suffix = path.suffix
+        if suffix not in FILE_BUILDERS:
+            raise ValueError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
+        data_files = {"train": str(path)}
+    try:
+        return load_dataset(FILE_BUILDERS[suffix], data_files=data_files)
+    except Exception as err:  # noqa: BLE001 - parser errors from arrow are opaque; name the file
+        raise ValueError(f"could not read {path} as {FILE_BUILDERS[suffix]}: {err}") from err
+
+
+def _load_hub(name: str, config: str | None) -> DatasetDict:
+    try:
+        return load_dataset(name, name=config)
+    except Exception as err:  # noqa: BLE001 - offline, missing or private all need the same advice
+        raise ValueError(
+            f"could not load dataset {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). It is not "
+            "a local file either. Offline, use a built-in task (e.g. 'builtin:arith') or a local "
+            ".json/.jsonl/.parquet/.csv file."
+        ) from err

@@ -1,0 +1,127 @@
+"""Check a dataset against the TRL format a recipe expects, before any model is loaded.
+
+Every error names the source (file, Hub id or built-in task), the split, the column and the
+format TRL expects, and says what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+
+class DatasetFormatError(ValueError):
+    """The dataset does not fit the recipe; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TrlFormat:
+    name: str
+    columns: tuple[str, ...]
+    prompt_column: str | None = None
+
+    def describe(self) -> str:
+        return f"TRL's {self.name} format (columns: {', '.join(self.columns)})"
+
+
+LANGUAGE_MODELING = TrlFormat("language-modeling", ("text",))
+CONVERSATIONAL_LM = TrlFormat("conversational language-modeling", ("messages",))
+PROMPT_COMPLETION = TrlFormat("prompt-completion", ("prompt", "completion"), prompt_column="prompt")
+PREFERENCE = TrlFormat("preference", ("prompt", "chosen", "rejected"), prompt_column="prompt")
+IMPLICIT_PREFERENCE = TrlFormat("implicit-prompt preference", ("chosen", "rejected"))
+PROMPT_ONLY = TrlFormat("prompt-only", ("prompt",), prompt_column="prompt")
+
+# What each recipe accepts, most specific first: the first format whose columns are all present wins.
+RECIPE_FORMATS: dict[str, tuple[TrlFormat, ...]] = {
+    "sft": (PROMPT_COMPLETION, LANGUAGE_MODELING, CONVERSATIONAL_LM),
+    "dpo": (PREFERENCE, IMPLICIT_PREFERENCE),
+    "reward": (PREFERENCE, IMPLICIT_PREFERENCE),
+    "rl": (PROMPT_ONLY,),
+}
+
+
+def detect_format(columns: list[str], recipe: str) -> TrlFormat | None:
+    for fmt in RECIPE_FORMATS[recipe]:
+        if set(fmt.columns) <= set(columns):
+            return fmt
+    return None
+
+
+def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tokenizer=None,
+                     max_length: int | None = None) -> TrlFormat:
+    """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong."""
+    where = f"{source} (split '{split}')"
+    if recipe not in RECIPE_FORMATS:
+        raise ValueError(f"unknown recipe {recipe!r}: expected one of {sorted(RECIPE_FORMATS)}")
+    if len(dataset) == 0:
+        raise DatasetFormatError(f"{where} has no rows: the {recipe} recipe needs at least one example.")
+    fmt = detect_format(dataset.column_names, recipe)
+    if fmt is None:
+        raise DatasetFormatError(_missing_columns_message(dataset.column_names, recipe, where))
+    for column in fmt.columns:
+        _check_column(dataset, column, where, fmt)
+    if tokenizer is not None and max_length is not None and fmt.prompt_column is not None:
+        _check_prompt_lengths(dataset, fmt, where, tokenizer, max_length)
+    return fmt
+
+
+def _missing_columns_message(columns: list[str], recipe: str, where: str) -> str:
+    expected = RECIPE_FORMATS[recipe]
+    # Report against the accepted format this dataset is closest to.
+    closest = max(expected, key=lambda f: len(set(f.columns) & set(columns)))
+    missing = [c for c in closest.columns if c not in columns]
+    hints = []
+    for column in missing:
+        near = difflib.get_close_matches(column, columns, n=1, cutoff=0.6)
+        hints.append(f"'{column}'" + (f" (found '{near[0]}': rename it)" if near else ""))
+    accepted = "; or ".join(f.describe() for f in expected)
+    return (
+        f"{where} is missing column {', '.join(hints)}. It has columns: {', '.join(columns) or 'none'}. "
+        f"The {recipe} recipe expects {accepted}."
+    )
+
+
+def _check_column(dataset: Dataset, column: str, where: str, fmt: TrlFormat) -> None:
+    feature = dataset.features[column]
+    if _is_string(feature) or _is_messages(feature):
+        nulls = dataset.data.column(column).null_count
+        if nulls:
+            raise DatasetFormatError(
+                f"{where}: column '{column}' has {nulls} empty (null) value(s); {fmt.describe()} needs every "
+                "row filled. Drop or fill those rows."
+            )
+        return
+    raise DatasetFormatError(
+        f"{where}: column '{column}' holds {_type_name(feature)} values, but {fmt.describe()} needs strings "
+        "(or, for conversational data, lists of {'role', 'content'} messages). Convert the column to text."
+    )
+
+
+def _is_string(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _is_messages(feature) -> bool:
+    inner = getattr(feature, "feature", None)  # datasets.List / Sequence of message dicts
+    return isinstance(inner, dict) and {"role", "content"} <= set(inner)
+
+
+def _type_name(feature) -> str:
+    return getattr(feature, "dtype", None) or type(feature).__name__
+
+
+def _check_prompt_lengths(dataset: Dataset, fmt: TrlFormat, where: str, tokenizer, max_length: int) -> None:
+    """TRL truncates each example to `max_length`; if every prompt already fills it, nothing is
+    left to train on. Checked on up to 2,000 rows, which is enough to tell "everywhere"."""
+    prompts = dataset.select(range(min(len(dataset), 2000)))[fmt.prompt_column]
+    if not isinstance(prompts[0], str):
+        return  # conversational prompts are rendered by the chat template inside TRL
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    if min(lengths) >= max_length:
+        raise DatasetFormatError(
+            f"{where}: every prompt in column '{fmt.prompt_column}' is at least {min(lengths)} tokens long, "
+            f"but max_length is {max_length}, so truncation would leave no completion tokens to train on. "
+            f"Raise --max_length (the longest prompt is {max(lengths)} tokens) or shorten the prompts."
+        )

@@ -1,0 +1,253 @@
+"""The offline ladder: tiny CLIMB-shaped base models, pretrained here on a built-in corpus.
+
+Every rung has the proxies' architecture (LlamaForCausalLM: RMSNorm, SwiGLU, RoPE, grouped-query
+attention with three query heads per KV head, tied embeddings) and their deep-and-narrow build
+(8 layers over widths of 48-144, against the proxies' 32 over 384-960). Rungs differ in width only
+and see the same tokens in the same order, as in Pythia-style suites, so any difference between
+them is one of scale. A build is deterministic for a seed and cached under a fingerprint of its
+spec; a rung is written to a temporary directory and renamed, so a killed build leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from align_proxy.data.tasks import get_task
+from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+
+# Bump when a change to this file changes the weights a spec produces: old caches then rebuild.
+LADDER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    hidden_size: int
+    intermediate_size: int  # SwiGLU width, ~8/3 of hidden as in Llama and the proxies
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int = 8
+
+    def config(self, vocab_size: int, max_positions: int) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.hidden_size // self.num_attention_heads,
+            max_position_embeddings=max_positions,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+        )
+
+
+DEFAULT_RUNGS = (
+    Rung("ladder-s", hidden_size=48, intermediate_size=128, num_attention_heads=3, num_key_value_heads=1),
+    Rung("ladder-m", hidden_size=96, intermediate_size=256, num_attention_heads=6, num_key_value_heads=2),
+    Rung("ladder-l", hidden_size=144, intermediate_size=384, num_attention_heads=9, num_key_value_heads=3),
+)
+
+
+@dataclass(frozen=True)
+class LadderSpec:
+    """Everything that determines the ladder's weights; its fingerprint names the cache entry."""
+
+    rungs: tuple[Rung, ...] = DEFAULT_RUNGS
+    task: str = "arith"
+    seed: int = 0
+    # Tiny models learn arithmetic per optimizer step more than per token: many small batches.
+    steps: int = 800
+    batch_size: int = 16
+    seq_len: int = 64
+    # Tiny models tolerate (and need) a high peak rate to learn in a few hundred steps.
+    learning_rate: float = 3e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    heldout_rows: int = 64
+    max_positions: int = 256
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"version": LADDER_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def rung(self, name: str) -> Rung:
+        for rung in self.rungs:
+            if rung.name == name:
+                return rung
+        raise KeyError(f"no rung {name!r} in the ladder: it has {', '.join(r.name for r in self.rungs)}")
+
+
+@dataclass
+class RungReport:
+    name: str
+    path: str
+    parameters: int
+    hidden_size: int
+    num_hidden_layers: int
+    heldout_loss: float
+    train_loss: float
+    tokens: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def cache_root() -> Path:
+    """Where built models live: `$ALIGN_PROXY_HOME`, else `~/.cache/align-proxy`."""
+    return Path(os.environ.get("ALIGN_PROXY_HOME", Path.home() / ".cache" / "align-proxy"))
+
+
+def ladder_dir(spec: LadderSpec, root: Path | None = None) -> Path:
+    return (root or cache_root()) / "ladder" / spec.fingerprint()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters, so a tied output head is counted once (as the proxies' cards do)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _token_rows(spec: LadderSpec, split: str, rows: int) -> torch.Tensor:
+    """Pack `<s> line </s>` documents end to end into `rows` rows of `seq_len` tokens."""
+    tokenizer = build_tokenizer()
+    needed = rows * spec.seq_len
+    # A line is ~8-12 tokens with its specials; draw enough lines to fill every row once.
+    lines = list(get_task(spec.task).pretraining_text(needed // 6 + 16, split=split, seed=spec.seed)["text"])
+    ids = tokenizer(lines, add_special_tokens=True)["input_ids"]
+    stream = [token for doc in ids for token in (*doc, EOS_ID)]
+    if len(stream) < needed:
+        raise RuntimeError(f"corpus too short: {len(stream)} tokens for {needed}")
+    return torch.tensor(stream[:needed], dtype=torch.long).view(rows, spec.seq_len)
+
+
+def _lr_at(step: int, spec: LadderSpec) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < spec.warmup_steps:
+        return spec.learning_rate * (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+    return spec.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def heldout_loss(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int = 32) -> float:
+    model.eval()
+    losses = [model(input_ids=chunk, labels=chunk).loss.item() for chunk in rows.split(batch_size)]
+    return sum(losses) / len(losses)
+
+
+def pretrain_rung(rung: Rung, spec: LadderSpec, train_rows: torch.Tensor, heldout_rows: torch.Tensor, out_dir: Path,
+                  progress: bool = True) -> RungReport:
+    """Pretrain one rung from scratch with a plain AdamW loop and save it in Hugging Face format."""
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(rung.config(len(build_tokenizer()), spec.max_positions))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.learning_rate, betas=(0.9, 0.95),
+    )
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(spec.seed))
+    started, ema = time.perf_counter(), None
+    model.train()
+    bar = tqdm(range(spec.steps), desc=f"pretrain {rung.name}", unit="step", disable=not progress, leave=True)
+    for step in bar:
+        batch = train_rows[order[step * spec.batch_size:(step + 1) * spec.batch_size]]
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, spec)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{ema:.3f}")
+    seconds = time.perf_counter() - started
+    report = RungReport(
+        name=rung.name,
+        path=str(out_dir),
+        parameters=count_parameters(model),
+        hidden_size=rung.hidden_size,
+        num_hidden_layers=rung.num_hidden_layers,
+        heldout_loss=heldout_loss(model, heldout_rows),
+        train_loss=float(ema),
+        tokens=spec.steps * spec.batch_size * spec.seq_len,
+        seconds=round(seconds, 1),
+    )
+    _save_atomically(model, report, spec, out_dir)
+    return report
+
+
+def _save_atomically(model: LlamaForCausalLM, report: RungReport, spec: LadderSpec, out_dir: Path) -> None:
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config.pad_token_id = PAD_ID
+    model.save_pretrained(tmp)
+    build_tokenizer().save_pretrained(tmp)
+    (tmp / "rung.json").write_text(json.dumps({**dataclasses.asdict(report), "spec": dataclasses.asdict(spec)}, indent=2))
+    os.replace(tmp, out_dir)
+
+
+def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, force: bool = False,
+                 progress: bool = True) -> list[RungReport]:
+    """Build every missing rung of `spec` (all of them with `force`) and return the ladder's table.
+
+    Safe to call from several processes at once (e.g. every rank under `accelerate launch`): one
+    builds while the others wait on a file lock, then all read the cache.
+    """
+    directory = ladder_dir(spec, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory / ".lock")):
+        missing = [r for r in spec.rungs if force or not (directory / r.name / "rung.json").exists()]
+        if missing:
+            train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
+            heldout = _token_rows(spec, "test", spec.heldout_rows)
+            for rung in missing:
+                shutil.rmtree(directory / rung.name, ignore_errors=True)
+                pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress)
+        return load_table(spec, root)
+
+
+def load_table(spec: LadderSpec = LadderSpec(), root: Path | None = None) -> list[RungReport]:
+    """The reports of the rungs already built, in ladder order."""
+    directory = ladder_dir(spec, root)
+    reports = []
+    for rung in spec.rungs:
+        meta = directory / rung.name / "rung.json"
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            data.pop("spec", None)
+            data["path"] = str(directory / rung.name)
+            reports.append(RungReport(**data))
+    return reports
+
+
+def rung_path(name: str, spec: LadderSpec = LadderSpec(), root: Path | None = None, build: bool = True) -> Path:
+    """The directory of a rung, building the ladder first if it is not cached yet."""
+    spec.rung(name)  # unknown names fail before any work
+    path = ladder_dir(spec, root) / name
+    if not (path / "rung.json").exists():
+        if not build:
+            raise FileNotFoundError(f"rung {name!r} is not built yet: run `align-proxy ladder build`")
+        build_ladder(spec, root)
+    return path

@@ -1,0 +1,167 @@
+"""Model registry: names a user can pass as `--model_name_or_path`, resolved to a loadable path.
+
+Three kinds of name resolve: the offline ladder's rungs (built on first use), the Nemotron-CLIMB
+proxies (`climb-62m`, `climb-350m`), and anything `from_pretrained` accepts (a Hub id or a local
+directory). Every resolved model knows its parameter count, counted on the meta device from its
+config so no weights are read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from align_proxy.models import ladder
+
+CLIMB_REPO = "nvidia/nemotron-climb-proxy-models"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A registry name that cannot be loaded here; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class ClimbVariant:
+    name: str
+    variant: str  # as the release names it
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    megatron_checkpoint: str
+
+    def config(self) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=32000, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_hidden_layers=32, num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads, head_dim=64, tie_word_embeddings=True,
+            max_position_embeddings=4096,
+        )
+
+
+# Shapes from the model card (see shared PROXIES.md): 32 layers, head dim 64, GQA ratio 3.
+CLIMB = {
+    v.name: v
+    for v in (
+        ClimbVariant("climb-62m", "62m", 384, 1024, 6, 2, "iter_2499000/mp_rank_00/model_optim_rng.pt"),
+        ClimbVariant("climb-350m", "350m", 960, 2560, 15, 5, "iter_2384053/mp_rank_00/model_optim_rng.pt"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    path: str  # what `from_pretrained` takes: a local directory or a Hub id
+    parameters: int
+    source: str  # "ladder", "climb", "local" or "hub"
+
+
+def parameters_from_config(config) -> int:
+    """Unique parameter count of a causal LM built from `config`, without allocating weights."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return ladder.count_parameters(model)
+
+
+def registry_names() -> list[str]:
+    return [r.name for r in ladder.LadderSpec().rungs] + list(CLIMB)
+
+
+def resolve(name_or_path: str, build_ladder: bool = True) -> ResolvedModel:
+    """Resolve a registry name, local directory or Hub id; raise `ModelUnavailableError` with
+    instructions when it cannot be loaded here."""
+    spec = ladder.LadderSpec()
+    if name_or_path in {r.name for r in spec.rungs}:
+        path = ladder.rung_path(name_or_path, spec, build=build_ladder)
+        return ResolvedModel(name_or_path, str(path), _local_parameters(path), "ladder")
+    if name_or_path in CLIMB:
+        return _resolve_climb(CLIMB[name_or_path])
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelUnavailableError(
+                f"{local} has no config.json, so it is not a Hugging Face model directory. If it holds a "
+                "Megatron-LM checkpoint (model_optim_rng.pt), convert it to Hugging Face format first."
+            )
+        return ResolvedModel(local.name, str(local), _local_parameters(local), "local")
+    if local.suffix in (".pt", ".pth") or local.exists():
+        raise ModelUnavailableError(
+            f"{name_or_path} is a file; pass a Hugging Face model directory (config.json + weights). A Megatron-LM "
+            "checkpoint must be converted to Hugging Face format first."
+        )
+    return _resolve_hub(name_or_path)
+
+
+def _local_parameters(path: Path) -> int:
+    return parameters_from_config(AutoConfig.from_pretrained(path))
+
+
+def _hub_offline_reason() -> str | None:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    return None
+
+
+def _resolve_hub(model_id: str) -> ResolvedModel:
+    known = ", ".join(registry_names())
+    reason = _hub_offline_reason()
+    try:
+        if reason:
+            raise OSError(reason)
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(
+            f"cannot load model {model_id!r}: it is not a registry name ({known}), not a local directory, and "
+            f"the Hugging Face Hub did not provide it ({reason or err}). Offline, use a ladder rung such as "
+            "'ladder-m' or a local model directory."
+        ) from err
+    return ResolvedModel(model_id, model_id, parameters_from_config(config), "hub")
+
+
+def climb_cache_dir(variant: ClimbVariant) -> Path:
+    return ladder.cache_root() / "models" / variant.name
+
+
+def _resolve_climb(variant: ClimbVariant) -> ResolvedModel:
+    parameters = parameters_from_config(variant.config())
+    cached = climb_cache_dir(variant)
+    if (cached / "config.json").exists():
+        return ResolvedModel(variant.name, str(cached), parameters, "climb")
+    how_to = (
+        f"The release ships Megatron-LM checkpoints ({CLIMB_REPO}, file {variant.megatron_checkpoint} for the "
+        f"{variant.variant} variant), which must be converted to a Hugging Face LlamaForCausalLM directory "
+        f"(config.json, safetensors, Llama-2 tokenizer). Put the converted directory at {cached} or pass it as "
+        "--model_name_or_path."
+    )
+    reason = _hub_offline_reason()
+    if reason is None:
+        try:
+            from huggingface_hub import list_repo_files
+
+            files = list_repo_files(CLIMB_REPO)
+        except Exception as err:  # noqa: BLE001 - any failure to reach the Hub means the same to the user
+            reason = f"the Hub is unreachable: {type(err).__name__}"
+        else:
+            hf_dir = _hf_format_dir(files, variant)
+            if hf_dir is not None:
+                from huggingface_hub import snapshot_download
+
+                root = snapshot_download(CLIMB_REPO, allow_patterns=[f"{hf_dir}/*"] if hf_dir else None)
+                return ResolvedModel(variant.name, str(Path(root) / hf_dir), parameters, "climb")
+            raise ModelUnavailableError(f"{variant.name}: only a Megatron-LM checkpoint is published. {how_to}")
+    raise ModelUnavailableError(f"{variant.name} cannot be downloaded ({reason}). {how_to}")
+
+
+def _hf_format_dir(files: list[str], variant: ClimbVariant) -> str | None:
+    """The folder of the repo holding this variant in Hugging Face format, if the release has one."""
+    for name in files:
+        folder, _, base = name.rpartition("/")
+        if base == "config.json" and variant.variant in folder.lower():
+            if any(f.startswith(folder + "/") and f.endswith(".safetensors") for f in files):
+                return folder
+    return None

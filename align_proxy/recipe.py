@@ -1,0 +1,264 @@
+"""What every recipe script shares: arguments, preparing a run, and writing its results.
+
+A recipe (`recipes/dpo.py`, ...) reads top to bottom: `prepare_run` resolves the model, loads and
+validates the data before any weights are read, evaluates the base model, then the script builds
+its TRL trainer and trains, and `RecipeRun.finish` saves the model, evaluates it the same way and
+writes `run_config.yaml`, `metrics.json` and `loss_curve.png` to the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from accelerate import PartialState
+from transformers import AutoTokenizer
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from align_proxy.data.loading import RecipeData, load_recipe_data
+from align_proxy.data.validation import validate_dataset
+from align_proxy.models import ladder, registry
+from align_proxy.models.tokenizer import build_tokenizer
+
+logger = logging.getLogger("align_proxy")
+
+
+@dataclass
+class RecipeArguments(ScriptArguments):
+    """TRL's script arguments plus what align-proxy adds: tokenizer, built-in task sizes, evaluation."""
+
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when the model directory has none (e.g. the Llama-2 "
+                                        "tokenizer for converted CLIMB proxies). Defaults to the model's own."})
+    builtin_train_size: int = field(default=2000, metadata={"help": "Training examples drawn from a built-in task."})
+    builtin_test_size: int = field(default=200, metadata={"help": "Held-out examples drawn from a built-in task."})
+    eval_size: int = field(default=200, metadata={"help": "Held-out items per metric for before/after evaluation."})
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the base model before training, so the "
+                                                                "gain is explicit."})
+    eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy."})
+
+
+def make_parser(config_class: type, prog: str | None = None) -> TrlParser:
+    """`--config FILE.yaml` plus command-line overrides, the TRL way.
+
+    Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
+    refuses on a CPU-only machine); a config file or flag still wins.
+    """
+    parser = TrlParser((RecipeArguments, config_class, ModelConfig), prog=prog)
+    if not torch.cuda.is_available():
+        parser.set_defaults(use_cpu=True, bf16=False)
+    return parser
+
+
+def _is_ladder_rung(name: str) -> bool:
+    return name in {r.name for r in ladder.LadderSpec().rungs}
+
+
+def load_tokenizer(model_name: str, tokenizer_name: str | None):
+    """The tokenizer, loaded before the model so data checks need no weights."""
+    if tokenizer_name is None and _is_ladder_rung(model_name):
+        return build_tokenizer()
+    source = tokenizer_name or model_name
+    if source in registry.CLIMB:
+        source = registry.resolve(source).path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"could not load a tokenizer from {source!r} ({err}); pass one with "
+                         "--tokenizer_name_or_path (a local directory or Hub id)") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass
+class RecipeRun:
+    recipe: str
+    script_args: RecipeArguments
+    training_args: object  # the trainer's TRL config
+    model_args: ModelConfig
+    model: registry.ResolvedModel
+    tokenizer: object
+    data: RecipeData
+    evaluate: Callable[[str], dict]  # model directory -> metrics
+    base_metrics: dict = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return PartialState().is_main_process
+
+    def evaluate_base(self) -> None:
+        """Score the base model on the main process while the other ranks wait."""
+        if self.script_args.eval_before and self.is_main:
+            print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
+            self.base_metrics = self.evaluate(self.model.path)
+        PartialState().wait_for_everyone()
+
+    def save_model(self, trainer) -> None:
+        """Save the final model in Hugging Face format; a LoRA run saves the adapter in `adapter/`
+        and the merged model at the top, so the output loads with `from_pretrained` either way."""
+        from peft import PeftModel
+
+        trainer.save_model(str(self.output_dir))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(model, PeftModel) and self.is_main:
+            model.save_pretrained(str(self.output_dir / "adapter"))
+            model.merge_and_unload().save_pretrained(str(self.output_dir))
+            for leftover in ("adapter_model.safetensors", "adapter_config.json"):
+                (self.output_dir / leftover).unlink(missing_ok=True)
+        if self.is_main:
+            self.tokenizer.save_pretrained(str(self.output_dir))
+        PartialState().wait_for_everyone()
+
+    def finish(self, trainer) -> dict:
+        """Save, evaluate the trained model, and write the run's metrics and loss curve."""
+        self.save_model(trainer)
+        metrics = {}
+        if self.is_main:
+            print(f"[align-proxy] evaluating trained model in {self.output_dir} ...", flush=True)
+            trained = self.evaluate(str(self.output_dir))
+            metrics = self._metrics(trainer, trained)
+            _atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+            _plot_loss_curve(metrics["train"]["log_history"], self.output_dir / "loss_curve.png", self.recipe)
+            print(format_comparison(self.recipe, self.model.name, self.base_metrics, trained), flush=True)
+        PartialState().wait_for_everyone()
+        return metrics
+
+    def _metrics(self, trainer, trained: dict) -> dict:
+        from evals.suite import gains
+
+        history = trainer.state.log_history
+        return {
+            "recipe": self.recipe,
+            "model": dataclasses.asdict(self.model),
+            "dataset": self.data.source,
+            "train": {
+                "global_step": trainer.state.global_step,
+                "log_history": history,
+                "final": history[-1] if history else {},
+            },
+            "eval": {"base": self.base_metrics, "trained": trained, "gain": gains(self.base_metrics, trained)},
+        }
+
+    def write_config(self) -> None:
+        resolved = {
+            "recipe": self.recipe,
+            "model": dataclasses.asdict(self.model),
+            "script_args": _jsonable(self.script_args),
+            "model_args": _jsonable(self.model_args),
+            "training_args": _jsonable(self.training_args.to_dict()),
+        }
+        if self.is_main:
+            _atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+
+def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig,
+                evaluate: Callable[[RecipeRun, str], dict]) -> RecipeRun:
+    """Everything before the trainer: data checked first, then the model resolved (building the
+    offline ladder on first use), the resolved config written, and the base model evaluated."""
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    name = model_args.model_name_or_path
+    if not name:
+        raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
+                         f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
+    tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
+    data = load_recipe_data(
+        script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
+        script_args.dataset_test_split, script_args.builtin_train_size, script_args.builtin_test_size,
+        seed=training_args.seed,
+    )
+    max_length = getattr(training_args, "max_length", None)
+    validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length)
+    validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length)
+
+    model = registry.resolve(name)
+    model_args.model_name_or_path = model.path
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate=None)
+    run.evaluate = lambda path: evaluate(run, path)
+    run.write_config()
+    run.evaluate_base()
+    return run
+
+
+METRIC_LABELS = {
+    "task_accuracy": ("task accuracy (greedy, held-out)", True),
+    "preference_accuracy": ("preference accuracy (held-out)", True),
+    "implicit_reward_accuracy": ("implicit-reward accuracy (vs base)", True),
+    "completion_nll": ("completion NLL (nats/token)", False),
+    "preference_margin": ("preference margin", True),
+    "implicit_reward_margin": ("implicit-reward margin", True),
+}
+
+
+def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -> str:
+    """A plain-text table of base vs trained metrics, with the gain and whether it helped."""
+    lines = [f"\n{recipe} on {model_name}: base vs trained", f"{'metric':40s} {'base':>9s} {'trained':>9s} {'gain':>9s}"]
+    for key, value in trained.items():
+        label, higher_is_better = METRIC_LABELS.get(key, (key, True))
+        if key in base:
+            gain = value - base[key]
+            better = gain > 0 if higher_is_better else gain < 0
+            lines.append(f"{label:40s} {base[key]:9.4f} {value:9.4f} {gain:+9.4f} {'better' if better else ''}")
+        else:
+            lines.append(f"{label:40s} {'-':>9s} {value:9.4f}")
+    return "\n".join(lines)
+
+
+def _plot_loss_curve(history: list[dict], path: Path, recipe: str) -> None:
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{recipe}: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

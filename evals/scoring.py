@@ -1,0 +1,84 @@
+"""Model-side scoring shared by every evaluation: completion log-probabilities, reward-model
+scores and greedy generations, batched and run without gradients."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + EOS and where the completion starts.
+
+    Tokenized the way TRL's DPO trainer does (the prompt alone and the whole text, split where
+    they diverge), so evaluation scores exactly the tokens training optimised.
+    """
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+    start = 0
+    while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
+        start += 1
+    return full_ids, start
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str],
+                        batch_size: int = 64) -> tuple[list[float], list[int]]:
+    """Summed log-probability of each completion (EOS included) given its prompt, and its length."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums, counts = [], []
+    for lo in range(0, len(prompts), batch_size):
+        pairs = [_tokenize_pair(tokenizer, p, c) for p, c in zip(prompts[lo:lo + batch_size],
+                                                                 completions[lo:lo + batch_size])]
+        ids, mask = _pad([ids for ids, _ in pairs], tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+        for row, (full, start) in enumerate(pairs):
+            # Token t is predicted at position t-1: score tokens start..end.
+            sums.append(logps[row, start - 1: len(full) - 1].sum().item())
+            counts.append(len(full) - start)
+    return sums, counts
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64) -> list[float]:
+    """Scalar scores of a sequence-classification reward model on prompt + completion (+ EOS)."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores = []
+    for lo in range(0, len(prompts), batch_size):
+        rows = [_tokenize_pair(tokenizer, p, c)[0] for p, c in zip(prompts[lo:lo + batch_size],
+                                                                 completions[lo:lo + batch_size])]
+        ids, mask = _pad(rows, tokenizer.pad_token_id)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        scores.extend(out[:, 0].float().tolist())
+    return scores
+
+
+@torch.no_grad()
+def greedy_generations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8,
+                       batch_size: int = 128) -> list[str]:
+    """Greedy completions (special tokens stripped), left-padded so every prompt ends at the edge."""
+    model.eval()
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    texts = []
+    try:
+        for lo in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True).to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return texts

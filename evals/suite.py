@@ -1,0 +1,136 @@
+"""Before/after evaluation shared by every recipe: what to measure and how gains are reported.
+
+Evaluations are data: `EvalSet` holds the held-out items, and the generic runners below score a
+policy or a reward model on whatever items are present. Every number is computed by a shipped
+`evaluate` metric (see `evals/metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from align_proxy.data.tasks import ArithmeticTask, parse_answer
+from evals.metrics import load_metric
+from evals.scoring import completion_logprobs, greedy_generations, reward_scores
+
+
+@dataclass
+class EvalSet:
+    """Held-out items; each metric runs only when its items are present."""
+
+    pairs: Dataset | None = None  # prompt / chosen / rejected: preference accuracy
+    completions: Dataset | None = None  # prompt / completion: completion NLL
+    task: ArithmeticTask | None = None
+    task_prompts: Dataset | None = None  # prompt / answer: task accuracy by greedy generation
+
+    @classmethod
+    def for_recipe(cls, recipe: str, test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> EvalSet:
+        """What a recipe's run is judged on: its own test split, plus the task's held-out sets."""
+        test = test.select(range(min(size, len(test))))
+        pairs = completions = None
+        if {"chosen", "rejected"} <= set(test.column_names):
+            pairs = _with_prompt(test)
+            completions = Dataset.from_dict({"prompt": pairs["prompt"], "completion": pairs["chosen"]})
+        elif "completion" in test.column_names:
+            completions = test
+        elif "text" in test.column_names:
+            completions = Dataset.from_dict({"prompt": [""] * len(test), "completion": test["text"]})
+        if task is not None:
+            if pairs is None:
+                pairs = task.preference(size, split="test", seed=seed)
+            return cls(pairs, completions, task, task.evaluation(size, seed=seed))
+        return cls(pairs, completions)
+
+    def summary(self) -> dict:
+        return {name: len(ds) for name, ds in
+                (("pairs", self.pairs), ("completions", self.completions), ("task_prompts", self.task_prompts))
+                if ds is not None}
+
+
+def _with_prompt(pairs: Dataset) -> Dataset:
+    if "prompt" in pairs.column_names:
+        return pairs
+    # Implicit-prompt preference data: score the whole sequences.
+    return pairs.add_column("prompt", [""] * len(pairs))
+
+
+def _texts(column) -> list[str]:
+    values = list(column)
+    if values and not isinstance(values[0], str):
+        raise TypeError("conversational evaluation data is not supported yet: pass standard (string) columns")
+    return values
+
+
+def _load(cls, path: str, **kwargs):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return cls.from_pretrained(path, dtype=torch.float32, **kwargs).to(device)
+
+
+def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path: str | None = None,
+                    beta: float | None = None, max_new_tokens: int = 8) -> dict[str, float]:
+    """Task accuracy, completion NLL and preference accuracy of a causal LM.
+
+    Preference accuracy ranks chosen over rejected by the policy's own log-likelihood, which is
+    comparable between a base model and a trained one. With a `reference_path` (DPO), the implicit
+    reward beta * log(pi / pi_ref) is scored too; for the reference itself it is 0 by definition,
+    so its accuracy is 0.5 (ties count half).
+    """
+    model = _load(AutoModelForCausalLM, model_path)
+    results: dict[str, float] = {}
+    if evalset.task_prompts is not None and evalset.task is not None:
+        generations = greedy_generations(model, tokenizer, _texts(evalset.task_prompts["prompt"]), max_new_tokens)
+        predictions = [parse_answer(g) or "" for g in generations]
+        scored = load_metric("task_accuracy").compute(predictions=predictions,
+                                                      references=list(evalset.task_prompts["answer"]))
+        results["task_accuracy"] = scored["accuracy"]
+    if evalset.completions is not None:
+        sums, counts = completion_logprobs(model, tokenizer, _texts(evalset.completions["prompt"]),
+                                           _texts(evalset.completions["completion"]))
+        results["completion_nll"] = load_metric("completion_nll").compute(sum_logprobs=sums, num_tokens=counts)["nll"]
+    if evalset.pairs is not None:
+        prompts = _texts(evalset.pairs["prompt"])
+        chosen, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
+        rejected, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+        scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
+        results["preference_accuracy"] = scored["accuracy"]
+        results["preference_margin"] = scored["mean_margin"]
+        if reference_path is not None and beta is not None:
+            del model
+            reference = _load(AutoModelForCausalLM, reference_path)
+            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
+            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+            scored = load_metric("preference_accuracy").compute(
+                chosen_scores=[beta * (c - r) for c, r in zip(chosen, ref_chosen)],
+                rejected_scores=[beta * (c - r) for c, r in zip(rejected, ref_rejected)],
+            )
+            results["implicit_reward_accuracy"] = scored["accuracy"]
+            results["implicit_reward_margin"] = scored["mean_margin"]
+    return results
+
+
+def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: int = 0) -> dict[str, float]:
+    """Preference accuracy of a reward model: how often it scores chosen above rejected.
+
+    A base causal LM gets a freshly initialised score head (seeded), as the reward trainer gives
+    it, so the base figure is what training starts from: near chance.
+    """
+    if evalset.pairs is None:
+        return {}
+    torch.manual_seed(seed)
+    model = _load(AutoModelForSequenceClassification, model_path, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    prompts = _texts(evalset.pairs["prompt"])
+    chosen = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
+    rejected = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
+    return {"preference_accuracy": scored["accuracy"], "preference_margin": scored["mean_margin"]}
+
+
+def gains(base: dict[str, float], trained: dict[str, float]) -> dict[str, float]:
+    """Trained minus base for every metric both have (for NLL, negative is better)."""
+    return {key: trained[key] - base[key] for key in trained if key in base}
