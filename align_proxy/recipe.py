@@ -165,6 +165,7 @@ class RecipeRun:
             "model": dataclasses.asdict(self.model),
             "dataset": self.data.source,
             "train": {
+                "distributed": _distributed_summary(trainer),
                 "global_step": trainer.state.global_step,
                 "log_history": history,
                 "final": history[-1] if history else {},
@@ -216,6 +217,19 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     run.write_config()
     run.evaluate_base()
     return run
+
+
+def _distributed_summary(trainer) -> dict:
+    """How the run was distributed, read off the live trainer (the DeepSpeed engine, if any)."""
+    state = trainer.accelerator.state
+    plugin = getattr(state, "deepspeed_plugin", None)
+    return {
+        "type": str(state.distributed_type),
+        "num_processes": state.num_processes,
+        "device": state.device.type,
+        "engine": type(trainer.model_wrapped).__name__,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+    }
 
 
 METRIC_LABELS = {

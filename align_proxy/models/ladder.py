@@ -40,6 +40,8 @@ class Rung:
     intermediate_size: int  # SwiGLU width, ~8/3 of hidden as in Llama and the proxies
     num_attention_heads: int
     num_key_value_heads: int
+    # Wider rungs take a lower peak rate, as in Pythia's suite (roughly 1/sqrt(width) here).
+    learning_rate: float = 3e-3
     num_hidden_layers: int = 8
 
     def config(self, vocab_size: int, max_positions: int) -> LlamaConfig:
@@ -64,9 +66,12 @@ class Rung:
 
 
 DEFAULT_RUNGS = (
-    Rung("ladder-s", hidden_size=48, intermediate_size=128, num_attention_heads=3, num_key_value_heads=1),
-    Rung("ladder-m", hidden_size=96, intermediate_size=256, num_attention_heads=6, num_key_value_heads=2),
-    Rung("ladder-l", hidden_size=144, intermediate_size=384, num_attention_heads=9, num_key_value_heads=3),
+    Rung("ladder-s", hidden_size=48, intermediate_size=128, num_attention_heads=3, num_key_value_heads=1,
+         learning_rate=3e-3),
+    Rung("ladder-m", hidden_size=96, intermediate_size=256, num_attention_heads=6, num_key_value_heads=2,
+         learning_rate=2e-3),
+    Rung("ladder-l", hidden_size=144, intermediate_size=384, num_attention_heads=9, num_key_value_heads=3,
+         learning_rate=1.5e-3),
 )
 
 
@@ -81,8 +86,6 @@ class LadderSpec:
     steps: int = 800
     batch_size: int = 16
     seq_len: int = 64
-    # Tiny models tolerate (and need) a high peak rate to learn in a few hundred steps.
-    learning_rate: float = 3e-3
     warmup_steps: int = 40
     weight_decay: float = 0.1
     heldout_rows: int = 64
@@ -140,12 +143,12 @@ def _token_rows(spec: LadderSpec, split: str, rows: int) -> torch.Tensor:
     return torch.tensor(stream[:needed], dtype=torch.long).view(rows, spec.seq_len)
 
 
-def _lr_at(step: int, spec: LadderSpec) -> float:
+def _lr_at(step: int, peak: float, spec: LadderSpec) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
     if step < spec.warmup_steps:
-        return spec.learning_rate * (step + 1) / spec.warmup_steps
+        return peak * (step + 1) / spec.warmup_steps
     progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-    return spec.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -164,7 +167,7 @@ def pretrain_rung(rung: Rung, spec: LadderSpec, train_rows: torch.Tensor, heldou
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.learning_rate, betas=(0.9, 0.95),
+        lr=rung.learning_rate, betas=(0.9, 0.95),
     )
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(spec.seed))
     started, ema = time.perf_counter(), None
@@ -173,7 +176,7 @@ def pretrain_rung(rung: Rung, spec: LadderSpec, train_rows: torch.Tensor, heldou
     for step in bar:
         batch = train_rows[order[step * spec.batch_size:(step + 1) * spec.batch_size]]
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, spec)
+            group["lr"] = _lr_at(step, rung.learning_rate, spec)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,16 +212,19 @@ def _save_atomically(model: LlamaForCausalLM, report: RungReport, spec: LadderSp
 
 
 def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, force: bool = False,
-                 progress: bool = True) -> list[RungReport]:
-    """Build every missing rung of `spec` (all of them with `force`) and return the ladder's table.
+                 progress: bool = True, only: tuple[str, ...] | None = None) -> list[RungReport]:
+    """Build every missing rung of `spec` (all of them with `force`; just `only` if given) and
+    return the table of the rungs built so far.
 
-    Safe to call from several processes at once (e.g. every rank under `accelerate launch`): one
-    builds while the others wait on a file lock, then all read the cache.
+    Rungs are independent (same data, own initialisation), so building one alone gives the same
+    weights as building the whole ladder. Safe to call from several processes at once (e.g. every
+    rank under `accelerate launch`): one builds while the others wait on a file lock.
     """
     directory = ladder_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
+    wanted = [r for r in spec.rungs if only is None or r.name in only]
     with FileLock(str(directory / ".lock")):
-        missing = [r for r in spec.rungs if force or not (directory / r.name / "rung.json").exists()]
+        missing = [r for r in wanted if force or not (directory / r.name / "rung.json").exists()]
         if missing:
             train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
             heldout = _token_rows(spec, "test", spec.heldout_rows)
@@ -243,11 +249,12 @@ def load_table(spec: LadderSpec = LadderSpec(), root: Path | None = None) -> lis
 
 
 def rung_path(name: str, spec: LadderSpec = LadderSpec(), root: Path | None = None, build: bool = True) -> Path:
-    """The directory of a rung, building the ladder first if it is not cached yet."""
+    """The directory of a rung, pretraining it first if it is not cached yet."""
     spec.rung(name)  # unknown names fail before any work
     path = ladder_dir(spec, root) / name
     if not (path / "rung.json").exists():
         if not build:
             raise FileNotFoundError(f"rung {name!r} is not built yet: run `align-proxy ladder build`")
-        build_ladder(spec, root)
+        print(f"[align-proxy] {name} is not cached: pretraining it now (once) into {path}", flush=True)
+        build_ladder(spec, root, only=(name,))
     return path

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny ladder the tests build themselves, isolated from the user's cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+from trl import DPOConfig, RewardConfig, SFTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
+
+# Keep every test offline and out of the user's cache, whatever the machine has set.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ALIGN_PROXY_HOME", str(tmp_path_factory.getbasetemp() / "align-proxy-home"))
+
+
+def tiny_spec(seed: int = 0, steps: int = 600):
+    """A two-rung ladder small enough to pretrain in seconds, same code path as the real one."""
+    from align_proxy.models.ladder import LadderSpec, Rung
+
+    return LadderSpec(
+        rungs=(
+            Rung("tiny-a", hidden_size=32, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
+                 num_hidden_layers=2),
+            Rung("tiny-b", hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=2),
+        ),
+        seed=seed, steps=steps, batch_size=16, seq_len=64, warmup_steps=20, heldout_rows=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_ladder(tmp_path_factory):
+    """Reports of a tiny ladder pretrained once per session on the built-in task."""
+    from align_proxy.models.ladder import build_ladder
+
+    root = tmp_path_factory.mktemp("tiny-ladder")
+    return build_ladder(tiny_spec(), root=root, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ladder) -> str:
+    """Path of the larger tiny rung: a base model with some skill, in Hugging Face format."""
+    return tiny_ladder[-1].path
+
+
+def load_recipe(name: str):
+    """Import `recipes/<name>.py` as a module, as `python recipes/<name>.py` would run it."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,71 @@
+"""Evaluation: shipped `evaluate` metrics load by path offline and score what they claim."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from align_proxy.data.tasks import get_task
+from align_proxy.models.tokenizer import build_tokenizer
+from evals.metrics import NAMES, load_metric
+from evals.scoring import completion_logprobs
+from evals.suite import EvalSet, evaluate_policy, evaluate_reward_model, gains
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metrics_load_from_the_repo_offline(name):
+    assert load_metric(name) is not None
+
+
+def test_metric_values():
+    assert load_metric("task_accuracy").compute(predictions=["1", "", "3"], references=["1", "2", "4"]) == \
+        {"accuracy": 1 / 3, "correct": 1}
+    scored = load_metric("preference_accuracy").compute(chosen_scores=[1.0, 0.0, 2.0], rejected_scores=[0.0, 0.0, 3.0])
+    assert scored == {"accuracy": 0.5, "mean_margin": 0.0}  # a tie counts half
+    nll = load_metric("completion_nll").compute(sum_logprobs=[-2.0, -4.0], num_tokens=[2, 4])
+    assert nll["nll"] == 1.0 and nll["perplexity"] == pytest.approx(math.e)
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(KeyError, match="shipped metrics"):
+        load_metric("accuracy")
+
+
+def test_completion_logprobs_score_only_completion_tokens_and_eos(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = build_tokenizer()
+    sums, counts = completion_logprobs(model, tok, ["12+35=", "1+1="], ["47", "2"])
+    assert counts == [3, 2]  # answer digits + </s>
+    ids = tok("12+35=47</s>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logps = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    assert sums[0] == pytest.approx(logps[-3:].sum().item(), abs=1e-4)
+
+
+def test_policy_evaluation_reports_every_metric_and_reference_is_neutral(tiny_model):
+    task = get_task("arith")
+    evalset = EvalSet.for_recipe("dpo", task.preference(40, split="test"), task, size=40)
+    result = evaluate_policy(tiny_model, build_tokenizer(), evalset, reference_path=tiny_model, beta=0.1)
+    assert set(result) == {"task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
+                           "implicit_reward_accuracy", "implicit_reward_margin"}
+    assert result["implicit_reward_accuracy"] == 0.5 and result["implicit_reward_margin"] == 0.0
+    assert 0.0 <= result["task_accuracy"] <= 1.0 and result["completion_nll"] > 0
+
+
+def test_base_model_prefers_gold_over_mistakes_more_than_chance(tiny_model):
+    """The tiny ladder is a base model with partial skill: its likelihood already favours gold."""
+    task = get_task("arith")
+    evalset = EvalSet(pairs=task.preference(200, split="test"))
+    assert evaluate_policy(tiny_model, build_tokenizer(), evalset)["preference_accuracy"] > 0.6
+
+
+def test_reward_model_base_is_a_seeded_fresh_head(tiny_model):
+    task = get_task("arith")
+    evalset = EvalSet(pairs=task.preference(50, split="test"))
+    first = evaluate_reward_model(tiny_model, build_tokenizer(), evalset, seed=0)
+    assert first == evaluate_reward_model(tiny_model, build_tokenizer(), evalset, seed=0)
+
+
+def test_gains_are_trained_minus_base():
+    assert gains({"a": 0.5, "b": 1.0}, {"a": 0.75, "c": 2.0}) == {"a": 0.25}

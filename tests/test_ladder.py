@@ -1,0 +1,84 @@
+"""The offline ladder: deterministic for a seed, cached, architecture of the proxies, better with scale."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
+
+from align_proxy.models import ladder
+from tests.conftest import tiny_spec
+
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_differs(tmp_path):
+    spec = tiny_spec(steps=20)
+    first = ladder.build_ladder(spec, root=tmp_path / "a", progress=False)
+    second = ladder.build_ladder(spec, root=tmp_path / "b", progress=False)
+    other = ladder.build_ladder(tiny_spec(seed=1, steps=20), root=tmp_path / "c", progress=False)
+    for a, b, c in zip(first, second, other):
+        wa, wb, wc = weights(a.path), weights(b.path), weights(c.path)
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_cached_build_is_reused_not_retrained(tmp_path):
+    spec = tiny_spec(steps=5)
+    built = ladder.build_ladder(spec, root=tmp_path, progress=False)
+    stamp = os.path.getmtime(os.path.join(built[0].path, "model.safetensors"))
+    again = ladder.build_ladder(spec, root=tmp_path, progress=False)
+    assert [r.path for r in again] == [r.path for r in built]
+    assert os.path.getmtime(os.path.join(again[0].path, "model.safetensors")) == stamp
+    assert not [p for p in os.listdir(ladder.ladder_dir(spec, tmp_path)) if ".tmp-" in p]  # nothing half-written
+
+
+def test_fingerprint_changes_with_anything_that_changes_weights():
+    assert tiny_spec().fingerprint() == tiny_spec().fingerprint()
+    assert tiny_spec().fingerprint() != tiny_spec(seed=1).fingerprint()
+    assert tiny_spec().fingerprint() != tiny_spec(steps=601).fingerprint()
+
+
+def test_rungs_have_the_proxies_architecture(tiny_ladder):
+    for report in tiny_ladder:
+        config = AutoConfig.from_pretrained(report.path)
+        assert config.architectures == ["LlamaForCausalLM"]
+        assert config.tie_word_embeddings and config.hidden_act == "silu"
+        assert config.num_attention_heads > config.num_key_value_heads  # grouped-query attention
+        meta = json.loads(open(os.path.join(report.path, "rung.json")).read())
+        assert meta["parameters"] == report.parameters
+
+
+def test_default_ladder_is_deep_narrow_and_spans_4x_in_parameters():
+    from align_proxy.models.registry import parameters_from_config
+
+    spec = ladder.LadderSpec()
+    counts = [parameters_from_config(r.config(100, spec.max_positions)) for r in spec.rungs]
+    assert len(counts) >= 3 and counts == sorted(counts) and counts[-1] / counts[0] >= 4
+    assert all(r.num_hidden_layers == spec.rungs[0].num_hidden_layers for r in spec.rungs)  # width varies only
+    assert all(r.hidden_size / r.num_hidden_layers <= 24 for r in spec.rungs)  # deep and narrow, like CLIMB
+
+
+def test_larger_rung_reaches_lower_heldout_loss(tiny_ladder):
+    small, large = tiny_ladder
+    assert large.parameters > small.parameters
+    assert large.heldout_loss < small.heldout_loss
+
+
+def test_unknown_rung_names_the_known_ones():
+    with pytest.raises(KeyError, match="ladder-s"):
+        ladder.rung_path("ladder-xxl")
+
+
+def test_one_rung_built_alone_equals_the_same_rung_of_a_full_build(tmp_path):
+    spec = tiny_spec(steps=10)
+    alone = ladder.build_ladder(spec, root=tmp_path / "one", progress=False, only=("tiny-b",))
+    full = ladder.build_ladder(spec, root=tmp_path / "all", progress=False)
+    assert [r.name for r in alone] == ["tiny-b"]
+    wa, wb = weights(alone[0].path), weights(full[1].path)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
