@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)  # long error messages stay on one line
 
 
 def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:

@@ -48,7 +48,11 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
     if test_split in splits:
         return RecipeData(splits[train_split], splits[test_split], name, None)
     # No held-out split: carve one, seeded, so before/after evaluation never sees training rows.
-    parts = splits[train_split].train_test_split(test_size=test_fraction, seed=seed)
+    train = splits[train_split]
+    if len(train) < 2:
+        # Too small to hold anything out: an empty test split, which validation then reports.
+        return RecipeData(train, train.select([]), name, None)
+    parts = train.train_test_split(test_size=max(1, int(len(train) * test_fraction)), seed=seed)
     return RecipeData(parts["train"], parts["test"], name, None)
 
 
