@@ -11,17 +11,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)  # long error messages stay on one line
+# Piped or logged output gets room for the tables (rich assumes 80 columns off a terminal), and
+# long error messages stay on one line.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
     table = Table(title="offline ladder (held-out = problems never seen in pretraining)")
-    for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "train s", "path"):
-        table.add_column(column, justify="left" if column in ("rung", "path") else "right")
+    for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "pretrain s"):
+        table.add_column(column, justify="left" if column == "rung" else "right", no_wrap=True)
     for r in reports:
         accuracy = f"{accuracies[r.name]:.3f}" if accuracies and r.name in accuracies else "-"
         table.add_row(r.name, f"{r.parameters:,}", str(r.num_hidden_layers), str(r.hidden_size),
-                      f"{r.heldout_loss:.4f}", accuracy, f"{r.seconds:.0f}", r.path)
+                      f"{r.heldout_loss:.4f}", accuracy, f"{r.seconds:.0f}")
     return table
 
 
@@ -49,6 +51,7 @@ def cmd_ladder(args) -> int:
             console.print("no rung is built yet: run `align-proxy ladder build`")
             return 1
     console.print(_ladder_table(reports, None if args.no_eval else _task_accuracies(reports, spec)))
+    console.print(f"rungs saved in {ladder.ladder_dir(spec, root)}")
     losses = [r.heldout_loss for r in reports]
     if len(reports) == len(spec.rungs) and losses != sorted(losses, reverse=True):
         console.print("[yellow]warning: held-out loss does not fall with every larger rung[/yellow]")

@@ -9,6 +9,7 @@ writes `run_config.yaml`, `metrics.json` and `loss_curve.png` to the output dire
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import torch
 import yaml
 from accelerate import PartialState
 from transformers import AutoTokenizer
-from trl import ModelConfig, ScriptArguments, TrlParser
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
@@ -114,6 +115,25 @@ class RecipeRun:
     @property
     def output_dir(self) -> Path:
         return Path(self.training_args.output_dir)
+
+    @functools.cached_property
+    def evalset(self):
+        """Held-out items scored before and after training: the test split plus the task's sets."""
+        from evals.suite import EvalSet
+
+        return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.training_args.seed)
+
+    def trainer_kwargs(self) -> dict:
+        """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
+        reference, from there), the config, the checked data, the tokenizer and LoRA if asked."""
+        return {
+            "model": self.model.path,
+            "args": self.training_args,
+            "train_dataset": self.data.train,
+            "eval_dataset": self.data.test if self.training_args.eval_strategy != "no" else None,
+            "processing_class": self.tokenizer,
+            "peft_config": get_peft_config(self.model_args),
+        }
 
     @property
     def is_main(self) -> bool:

@@ -28,27 +28,34 @@ class EvalSet:
     task_prompts: Dataset | None = None  # prompt / answer: task accuracy by greedy generation
 
     @classmethod
-    def for_recipe(cls, recipe: str, test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> EvalSet:
+    def for_recipe(cls, test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> EvalSet:
         """What a recipe's run is judged on: its own test split, plus the task's held-out sets."""
-        test = test.select(range(min(size, len(test))))
-        pairs = completions = None
-        if {"chosen", "rejected"} <= set(test.column_names):
-            pairs = _with_prompt(test)
-            completions = Dataset.from_dict({"prompt": pairs["prompt"], "completion": pairs["chosen"]})
-        elif "completion" in test.column_names:
-            completions = test
-        elif "text" in test.column_names:
-            completions = Dataset.from_dict({"prompt": [""] * len(test), "completion": test["text"]})
-        if task is not None:
-            if pairs is None:
-                pairs = task.preference(size, split="test", seed=seed)
-            return cls(pairs, completions, task, task.evaluation(size, seed=seed))
-        return cls(pairs, completions)
+        pairs, completions = _likelihood_items(test.select(range(min(size, len(test)))))
+        if task is None:
+            return cls(pairs, completions)
+        if pairs is None:
+            pairs = task.preference(size, split="test", seed=seed)
+        return cls(pairs, completions, task, task.evaluation(size, seed=seed))
 
-    def summary(self) -> dict:
-        return {name: len(ds) for name, ds in
-                (("pairs", self.pairs), ("completions", self.completions), ("task_prompts", self.task_prompts))
-                if ds is not None}
+
+def _likelihood_items(test: Dataset) -> tuple[Dataset | None, Dataset | None]:
+    """Preference pairs and gold completions found in a test split, in any accepted TRL format."""
+    text_columns = [c for c in ("prompt", "chosen", "rejected", "completion", "text") if c in test.column_names]
+    if not len(test) or not text_columns:
+        return None, None
+    if not all(isinstance(test[0][c], str) for c in text_columns):
+        # Conversational rows are scored the way TRL trains on them only through the chat template's
+        # rendering; rather than guess it, the task's own held-out sets are scored instead.
+        print("[align-proxy] conversational test split: its likelihood metrics are skipped")
+        return None, None
+    if {"chosen", "rejected"} <= set(test.column_names):
+        pairs = _with_prompt(test)
+        return pairs, Dataset.from_dict({"prompt": pairs["prompt"], "completion": pairs["chosen"]})
+    if "completion" in test.column_names:
+        return None, test
+    if "text" in test.column_names:
+        return None, Dataset.from_dict({"prompt": [""] * len(test), "completion": test["text"]})
+    return None, None
 
 
 def _with_prompt(pairs: Dataset) -> Dataset:

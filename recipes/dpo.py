@@ -21,29 +21,21 @@ Any field of `RecipeArguments`, `trl.DPOConfig` or `trl.ModelConfig` can be over
 command line (`--beta 0.2`, `--use_peft --lora_r 16`, `--dataset_name data/prefs.jsonl`).
 """
 
-from trl import DPOConfig, DPOTrainer, get_peft_config
+from trl import DPOConfig, DPOTrainer
 
 from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
-from evals.suite import EvalSet, evaluate_policy
+from evals.suite import evaluate_policy
 
 
 def evaluate(run, model_path: str) -> dict:
     # The implicit reward needs the reference: the base model the run started from.
-    evalset = EvalSet.for_recipe("dpo", run.data.test, run.data.task, run.script_args.eval_size, run.training_args.seed)
-    return evaluate_policy(model_path, run.tokenizer, evalset, reference_path=run.model.path,
+    return evaluate_policy(model_path, run.tokenizer, run.evalset, reference_path=run.model.path,
                            beta=run.training_args.beta, max_new_tokens=run.script_args.eval_max_new_tokens)
 
 
 def main(script_args: RecipeArguments, training_args: DPOConfig, model_args) -> dict:
     run = prepare_run("dpo", script_args, training_args, model_args, evaluate)
-    trainer = DPOTrainer(
-        model=run.model.path,  # a directory: TRL loads the reference model from the same path
-        args=training_args,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.test if training_args.eval_strategy != "no" else None,
-        processing_class=run.tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = DPOTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return run.finish(trainer)
 

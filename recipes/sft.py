@@ -16,27 +16,20 @@ Data: prompt-completion (`prompt`, `completion`), language modeling (`text`) or 
 overridden on the command line (`--learning_rate 1e-4`, `--use_peft`).
 """
 
-from trl import SFTConfig, SFTTrainer, get_peft_config
+from trl import SFTConfig, SFTTrainer
 
 from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
-from evals.suite import EvalSet, evaluate_policy
+from evals.suite import evaluate_policy
 
 
 def evaluate(run, model_path: str) -> dict:
-    evalset = EvalSet.for_recipe("sft", run.data.test, run.data.task, run.script_args.eval_size, run.training_args.seed)
-    return evaluate_policy(model_path, run.tokenizer, evalset, max_new_tokens=run.script_args.eval_max_new_tokens)
+    return evaluate_policy(model_path, run.tokenizer, run.evalset,
+                           max_new_tokens=run.script_args.eval_max_new_tokens)
 
 
 def main(script_args: RecipeArguments, training_args: SFTConfig, model_args) -> dict:
     run = prepare_run("sft", script_args, training_args, model_args, evaluate)
-    trainer = SFTTrainer(
-        model=run.model.path,
-        args=training_args,
-        train_dataset=run.data.train,
-        eval_dataset=run.data.test if training_args.eval_strategy != "no" else None,
-        processing_class=run.tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = SFTTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return run.finish(trainer)
 

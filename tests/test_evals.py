@@ -45,7 +45,7 @@ def test_completion_logprobs_score_only_completion_tokens_and_eos(tiny_model):
 
 def test_policy_evaluation_reports_every_metric_and_reference_is_neutral(tiny_model):
     task = get_task("arith")
-    evalset = EvalSet.for_recipe("dpo", task.preference(40, split="test"), task, size=40)
+    evalset = EvalSet.for_recipe(task.preference(40, split="test"), task, size=40)
     result = evaluate_policy(tiny_model, build_tokenizer(), evalset, reference_path=tiny_model, beta=0.1)
     assert set(result) == {"task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
                            "implicit_reward_accuracy", "implicit_reward_margin"}
