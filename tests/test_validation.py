@@ -8,7 +8,7 @@ from datasets import Dataset
 from align_proxy.data.loading import load_recipe_data
 from align_proxy.data.validation import DatasetFormatError, validate_dataset
 from align_proxy.models.tokenizer import build_tokenizer
-from tests.conftest import load_recipe
+from tests.conftest import CONFIG_CLASSES, load_recipe
 
 
 def write_jsonl(path, rows):
@@ -77,6 +77,12 @@ def test_local_files_of_each_type_load(tmp_path):
         assert len(data.train) + len(data.test) == 20 and len(data.test) == 2  # seeded held-out share
 
 
+def test_header_only_csv_is_reported_as_having_no_rows(tmp_path):
+    (tmp_path / "d.csv").write_text("prompt,completion\n")
+    with pytest.raises(DatasetFormatError, match="d.csv has no rows"):
+        load_recipe_data(str(tmp_path / "d.csv"), "sft")
+
+
 def test_unsupported_file_type_and_unknown_hub_dataset_get_clear_errors(tmp_path):
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported file type '.txt'"):
@@ -88,6 +94,8 @@ def test_unsupported_file_type_and_unknown_hub_dataset_get_clear_errors(tmp_path
 @pytest.mark.parametrize(
     "rows, expected",
     [
+        ([], "is empty"),
+        ([{"prompt": "1+1=", "chosen": "2"}], "missing column 'rejected'"),
         ([{"prompt": "1+1=", "chosen": "2", "rejectd": "3"}], "found 'rejectd'"),
         ([{"prompt": "1+1=", "chosen": 2, "rejected": 3}], "column 'chosen' holds int64"),
         ([{"prompt": "123456789012345678901234567890123=", "chosen": "2", "rejected": "3"}], "max_length is 32"),
@@ -102,7 +110,7 @@ def test_dpo_recipe_fails_on_bad_data_before_loading_any_model(tmp_path, monkeyp
     monkeypatch.setattr(registry, "resolve", no_model)
     data = write_jsonl(tmp_path / "bad.jsonl", rows * 4)
     dpo = load_recipe("dpo")
-    parser = dpo.make_parser(dpo.DPOConfig)
+    parser = dpo.make_parser(CONFIG_CLASSES["dpo"])
     args = parser.parse_args_and_config(
         ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--dataset_name", data, "--output_dir",
          str(tmp_path / "out")]

@@ -13,6 +13,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_dataset
 
 from align_proxy.data.tasks import BUILTIN_PREFIX, ArithmeticTask, get_task
+from align_proxy.data.validation import DatasetFormatError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # The task format each recipe trains on when fed a built-in task.
@@ -69,9 +70,13 @@ def _load_local(path: Path) -> DatasetDict:
         if suffix not in FILE_BUILDERS:
             raise ValueError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
         data_files = {"train": str(path)}
+        if path.stat().st_size == 0:
+            raise DatasetFormatError(f"{path} is empty: a recipe needs at least one example in it.")
     try:
         return load_dataset(FILE_BUILDERS[suffix], data_files=data_files)
     except Exception as err:  # noqa: BLE001 - parser errors from arrow are opaque; name the file
+        if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
+            raise DatasetFormatError(f"{path} has no rows: a recipe needs at least one example in it.") from err
         raise ValueError(f"could not read {path} as {FILE_BUILDERS[suffix]}: {err}") from err
 
 
