@@ -105,7 +105,10 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
         scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
         results["preference_accuracy"] = scored["accuracy"]
         results["preference_margin"] = scored["mean_margin"]
-        if reference_path is not None and beta is not None:
+        if reference_path == model_path:
+            # The reference against itself: every implicit reward is 0 by definition.
+            results["implicit_reward_accuracy"], results["implicit_reward_margin"] = 0.5, 0.0
+        elif reference_path is not None and beta is not None:
             del model
             reference = _load(AutoModelForCausalLM, reference_path)
             ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
