@@ -109,8 +109,11 @@ class RecipeRun:
     model: registry.ResolvedModel
     tokenizer: object
     data: RecipeData
-    evaluate: Callable[[str], dict]  # model directory -> metrics
+    evaluator: Callable[[RecipeRun, str], dict]  # the recipe's own: (run, model directory) -> metrics
     base_metrics: dict = field(default_factory=dict)
+
+    def evaluate(self, model_path: str) -> dict:
+        return self.evaluator(self, model_path)
 
     @property
     def output_dir(self) -> Path:
@@ -163,7 +166,11 @@ class RecipeRun:
         PartialState().wait_for_everyone()
 
     def finish(self, trainer) -> dict:
-        """Save, evaluate the trained model, and write the run's metrics and loss curve."""
+        """Save, evaluate the trained model, and write the run's metrics and loss curve.
+
+        `metrics.json` is written last, atomically: its presence marks a finished run, so a run
+        killed while saving is never mistaken for one.
+        """
         self.save_model(trainer)
         metrics = {}
         if self.is_main:
@@ -232,8 +239,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate=None)
-    run.evaluate = lambda path: evaluate(run, path)
+    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate)
     run.write_config()
     run.evaluate_base()
     return run

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -113,7 +113,6 @@ class RungReport:
     train_loss: float
     tokens: int
     seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 def cache_root() -> Path:
