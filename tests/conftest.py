@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,13 @@ from trl import DPOConfig, RewardConfig, SFTConfig
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
 
-# Keep every test offline and out of the user's cache, whatever the machine has set.
+# Keep every test offline and out of the user's cache, whatever the machine has set. Set at import,
+# before any fixture of any scope runs, so session- and module-scoped builds land here too.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("ALIGN_PROXY_HOME", str(tmp_path_factory.getbasetemp() / "align-proxy-home"))
+_HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
+os.environ["ALIGN_PROXY_HOME"] = _HOME.name
 
 
 def tiny_spec(seed: int = 0, steps: int = 600):

@@ -21,7 +21,8 @@ def test_climb_offline_error_says_where_to_put_a_converted_model():
     assert str(registry.climb_cache_dir(registry.CLIMB["climb-62m"])) in message
 
 
-def test_a_converted_climb_directory_in_the_cache_resolves(tmp_path):
+def test_a_converted_climb_directory_in_the_cache_resolves(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGN_PROXY_HOME", str(tmp_path))  # a private cache: other tests expect none
     target = registry.climb_cache_dir(registry.CLIMB["climb-62m"])
     tiny = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1)
