@@ -1,5 +1,5 @@
-"""The `align-proxy` command: build and inspect the offline ladder, list models and tasks, and
-check a dataset against a recipe before spending compute on it. Recipes themselves run as
+"""The `align-proxy` command: build and inspect the offline ladder, convert Megatron-LM checkpoints,
+list models and tasks, and check a dataset against a recipe before spending compute on it. Recipes themselves run as
 scripts (`python recipes/dpo.py ...` or `accelerate launch ... recipes/dpo.py ...`)."""
 
 from __future__ import annotations
@@ -106,6 +106,33 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from align_proxy.models.convert import convert_hf_to_megatron, convert_megatron_to_hf, verify_conversion
+    from align_proxy.models.megatron import ConversionError
+
+    src, out = Path(args.src), Path(args.out_dir)
+    try:
+        if (src / "config.json").exists():
+            report = convert_hf_to_megatron(src, out, iteration=args.iteration)
+            console.print(f"wrote a Megatron-LM checkpoint (local spec) to {out}")
+        else:
+            report = convert_megatron_to_hf(src, out, tokenizer=args.tokenizer, variant=args.variant)
+            console.print(f"wrote a Hugging Face model to {out}")
+    except ConversionError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    console.print_json(data={k: v for k, v in report.items() if k != "architecture"})
+    if args.verify and not (src / "config.json").exists():
+        check = verify_conversion(src, out)
+        if check["max_abs_logit_diff"] is None:
+            console.print("verify: the converted model runs (finite logits: "
+                          f"{check['hf_logits_finite']}); install megatron-core==0.16.1 to compare it with the source")
+        else:
+            console.print(f"verify: largest logit difference against megatron-core on {check['tokens']} tokens: "
+                          f"{check['max_abs_logit_diff']:.3e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     ladder_p.add_argument("--home", help="cache root (default: $ALIGN_PROXY_HOME or ~/.cache/align-proxy)")
     ladder_p.add_argument("--no-eval", action="store_true", help="skip the held-out task accuracy column")
     ladder_p.set_defaults(func=cmd_ladder)
+
+    convert_p = sub.add_parser("convert", help="convert a Megatron-LM checkpoint to Hugging Face format, or back")
+    convert_p.add_argument("src", help="model_optim_rng.pt, an iter_* directory, a checkpoint root with "
+                                       "latest_checkpointed_iteration.txt, or a Hugging Face directory (-> Megatron)")
+    convert_p.add_argument("out_dir", help="a new directory to write")
+    convert_p.add_argument("--tokenizer", help="tokenizer to save with the model (e.g. the Llama-2 tokenizer)")
+    convert_p.add_argument("--variant", choices=("62m", "350m"), help="CLIMB shapes, for checkpoints without args")
+    convert_p.add_argument("--iteration", type=int, default=0, help="iteration recorded in a Megatron output")
+    convert_p.add_argument("--verify", action="store_true",
+                           help="run the converted model and, with megatron-core installed, compare its logits")
+    convert_p.set_defaults(func=cmd_convert)
 
     sub.add_parser("models", help="list registry models and their parameter counts").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(func=cmd_tasks)

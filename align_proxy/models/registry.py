@@ -18,6 +18,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from align_proxy.models import ladder
 
 CLIMB_REPO = "nvidia/nemotron-climb-proxy-models"
+# The Llama-2 tokenizer the proxies were trained with, from an ungated public copy.
+LLAMA2_TOKENIZER = "hf-internal-testing/llama-tokenizer"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -128,15 +130,17 @@ def climb_cache_dir(variant: ClimbVariant) -> Path:
 
 
 def _resolve_climb(variant: ClimbVariant) -> ResolvedModel:
+    """A converted cache entry if there is one; else, online, download the release's Megatron
+    checkpoint and convert it into the cache once; offline, say which file to convert where."""
     parameters = parameters_from_config(variant.config())
     cached = climb_cache_dir(variant)
     if (cached / "config.json").exists():
         return ResolvedModel(variant.name, str(cached), parameters, "climb")
     how_to = (
-        f"The release ships Megatron-LM checkpoints ({CLIMB_REPO}, file {variant.megatron_checkpoint} for the "
-        f"{variant.variant} variant), which must be converted to a Hugging Face LlamaForCausalLM directory "
-        f"(config.json, safetensors, Llama-2 tokenizer). Put the converted directory at {cached} or pass it as "
-        "--model_name_or_path."
+        f"The release ships a Megatron-LM checkpoint ({CLIMB_REPO}, the {variant.variant} variant's "
+        f"{variant.megatron_checkpoint}). With the file at hand, convert it once into the cache: "
+        f"`align-proxy convert model_optim_rng.pt {cached} --tokenizer {LLAMA2_TOKENIZER}`; or pass any "
+        "converted Hugging Face directory as --model_name_or_path."
     )
     reason = _hub_offline_reason()
     if reason is None:
@@ -151,10 +155,29 @@ def _resolve_climb(variant: ClimbVariant) -> ResolvedModel:
             if hf_dir is not None:
                 from huggingface_hub import snapshot_download
 
-                root = snapshot_download(CLIMB_REPO, allow_patterns=[f"{hf_dir}/*"] if hf_dir else None)
+                root = snapshot_download(CLIMB_REPO, allow_patterns=[f"{hf_dir}/*"])
                 return ResolvedModel(variant.name, str(Path(root) / hf_dir), parameters, "climb")
-            raise ModelUnavailableError(f"{variant.name}: only a Megatron-LM checkpoint is published. {how_to}")
+            checkpoint = next((f for f in files if f.endswith(variant.megatron_checkpoint)), None)
+            if checkpoint is None:
+                raise ModelUnavailableError(f"{variant.name}: {CLIMB_REPO} has no {variant.megatron_checkpoint}. {how_to}")
+            _download_and_convert(checkpoint, variant, cached)
+            return ResolvedModel(variant.name, str(cached), parameters, "climb")
     raise ModelUnavailableError(f"{variant.name} cannot be downloaded ({reason}). {how_to}")
+
+
+def _download_and_convert(filename: str, variant: ClimbVariant, target: Path) -> None:
+    from filelock import FileLock
+    from huggingface_hub import hf_hub_download
+
+    from align_proxy.models.convert import convert_megatron_to_hf
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # every rank of a launch resolves the name; one converts
+        if (target / "config.json").exists():
+            return
+        print(f"[align-proxy] downloading {CLIMB_REPO}/{filename} and converting it into {target} (once)", flush=True)
+        source = hf_hub_download(CLIMB_REPO, filename)
+        convert_megatron_to_hf(Path(source), target, tokenizer=LLAMA2_TOKENIZER, variant=variant.variant)
 
 
 def _hf_format_dir(files: list[str], variant: ClimbVariant) -> str | None:
