@@ -69,7 +69,9 @@ def load_tokenizer(model_name: str, tokenizer_name: str | None):
         return build_tokenizer()
     source = tokenizer_name or model_name
     if source in registry.CLIMB:
-        source = registry.resolve(source).path
+        # The proxies' tokenizer is Llama-2's: no need to fetch a checkpoint to check the data.
+        cached = registry.climb_cache_dir(registry.CLIMB[source])
+        source = str(cached) if (cached / "tokenizer_config.json").exists() else registry.LLAMA2_TOKENIZER
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:

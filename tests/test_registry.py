@@ -51,3 +51,12 @@ def test_local_directory_resolves_with_tied_parameters_counted_once(tiny_model):
     assert resolved.source == "local"
     assert resolved.parameters == sum(p.numel() for p in model.parameters())  # parameters() dedups tied ones
     assert model.config.tie_word_embeddings
+
+
+def test_climb_tokenizer_is_found_without_fetching_the_checkpoint(monkeypatch):
+    """Data checks need only the tokenizer: a CLIMB name must not trigger a checkpoint download."""
+    from align_proxy.recipe import load_tokenizer
+
+    monkeypatch.setattr(registry, "resolve", lambda *a, **k: pytest.fail("resolved the model for a tokenizer"))
+    with pytest.raises(ValueError, match="(?s)hf-internal-testing/llama-tokenizer.*--tokenizer_name_or_path"):
+        load_tokenizer("climb-62m", None)  # offline in tests: the Hub copy of Llama-2's tokenizer is unreachable
