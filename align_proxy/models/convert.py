@@ -81,7 +81,7 @@ class Architecture:
             num_key_value_heads=self.num_query_groups, head_dim=self.head_dim, rms_norm_eps=self.norm_eps,
             rope_theta=self.rope_theta, max_position_embeddings=self.max_positions,
             tie_word_embeddings=self.tied, attention_bias=False, mlp_bias=False, hidden_act="silu",
-            torch_dtype=dtype,
+            dtype=dtype,
         )
 
     def megatron_args(self) -> argparse.Namespace:
@@ -280,7 +280,9 @@ def convert_megatron_to_hf(src: Path, out_dir: Path, tokenizer: str | None = Non
     dtype = checkpoint.state_dict[EMBEDDING].dtype
     with torch.device("meta"):
         model = LlamaForCausalLM(arch.hf_config(dtype))
-    model.load_state_dict(weights, strict=not arch.tied, assign=True)
+    if arch.tied:  # strict loading still checks every other name; tie_weights re-points the head
+        weights = {**weights, "lm_head.weight": weights["model.embed_tokens.weight"]}
+    model.load_state_dict(weights, strict=True, assign=True)
     if arch.tied:
         model.tie_weights()
     report = {
