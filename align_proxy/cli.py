@@ -34,7 +34,7 @@ def _task_accuracies(reports, spec) -> dict[str, float]:
 
     task = get_task(spec.task)
     evalset = EvalSet(task=task, task_prompts=task.evaluation(300, seed=spec.seed))
-    return {r.name: evaluate_policy(r.path, build_tokenizer(), evalset)["task_accuracy"] for r in reports}
+    return {r.name: evaluate_policy(r.path, build_tokenizer(), evalset).metrics["task_accuracy"] for r in reports}
 
 
 def cmd_ladder(args) -> int:

@@ -111,10 +111,10 @@ class RecipeRun:
     model: registry.ResolvedModel
     tokenizer: object
     data: RecipeData
-    evaluator: Callable[[RecipeRun, str], dict]  # the recipe's own: (run, model directory) -> metrics
-    base_metrics: dict = field(default_factory=dict)
+    evaluator: Callable[[RecipeRun, str], object]  # the recipe's own: (run, model directory) -> EvalResult
+    base: object | None = None  # the base model's EvalResult, when evaluated
 
-    def evaluate(self, model_path: str) -> dict:
+    def evaluate(self, model_path: str):
         return self.evaluator(self, model_path)
 
     @property
@@ -148,7 +148,7 @@ class RecipeRun:
         """Score the base model on the main process while the other ranks wait."""
         if self.script_args.eval_before and self.is_main:
             print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
-            self.base_metrics = self.evaluate(self.model.path)
+            self.base = self.evaluate(self.model.path)
         PartialState().wait_for_everyone()
 
     def save_model(self, trainer) -> None:
@@ -181,13 +181,15 @@ class RecipeRun:
             metrics = self._metrics(trainer, trained)
             _atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
             _plot_loss_curve(metrics["train"]["log_history"], self.output_dir / "loss_curve.png", self.recipe)
-            print(format_comparison(self.recipe, self.model.name, self.base_metrics, trained), flush=True)
+            base = self.base.metrics if self.base else {}
+            print(format_comparison(self.recipe, self.model.name, base, trained.metrics), flush=True)
         PartialState().wait_for_everyone()
         return metrics
 
-    def _metrics(self, trainer, trained: dict) -> dict:
+    def _metrics(self, trainer, trained) -> dict:
         from evals.suite import gains
 
+        base = self.base.metrics if self.base else {}
         history = trainer.state.log_history
         return {
             "recipe": self.recipe,
@@ -199,7 +201,13 @@ class RecipeRun:
                 "log_history": history,
                 "final": history[-1] if history else {},
             },
-            "eval": {"base": self.base_metrics, "trained": trained, "gain": gains(self.base_metrics, trained)},
+            "eval": {
+                "base": base,
+                "trained": trained.metrics,
+                "gain": gains(base, trained.metrics),
+                # Per-item scores, paired across base and trained: what a bootstrap over items needs.
+                "items": {"base": self.base.items if self.base else {}, "trained": trained.items},
+            },
         }
 
     def write_config(self) -> None:

@@ -7,7 +7,7 @@ policy or a reward model on whatever items are present. Every number is computed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
@@ -77,8 +77,28 @@ def _load(cls, path: str, **kwargs):
     return cls.from_pretrained(path, dtype=torch.float32, **kwargs).to(device)
 
 
+@dataclass
+class EvalResult:
+    """Aggregate metrics, and per-item scores on the same items in the same order, so a base and
+    a trained model can be compared item by item (paired bootstrap over items and seeds)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    items: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, items: list[float]) -> None:
+        self.metrics[name] = value
+        self.items[name] = [float(x) for x in items]
+
+
+def _preference(result: EvalResult, prefix: str, chosen: list[float], rejected: list[float]) -> None:
+    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    result.add(f"{prefix}_accuracy", scored["accuracy"], [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins])
+    result.add(f"{prefix}_margin", scored["mean_margin"], margins)
+
+
 def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path: str | None = None,
-                    beta: float | None = None, max_new_tokens: int = 8) -> dict[str, float]:
+                    beta: float | None = None, max_new_tokens: int = 8) -> EvalResult:
     """Task accuracy, completion NLL and preference accuracy of a causal LM.
 
     Preference accuracy ranks chosen over rejected by the policy's own log-likelihood, which is
@@ -87,49 +107,45 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
     so its accuracy is 0.5 (ties count half).
     """
     model = _load(AutoModelForCausalLM, model_path)
-    results: dict[str, float] = {}
+    result = EvalResult()
     if evalset.task_prompts is not None and evalset.task is not None:
         generations = greedy_generations(model, tokenizer, _texts(evalset.task_prompts["prompt"]), max_new_tokens)
         predictions = [parse_answer(g) or "" for g in generations]
-        scored = load_metric("task_accuracy").compute(predictions=predictions,
-                                                      references=list(evalset.task_prompts["answer"]))
-        results["task_accuracy"] = scored["accuracy"]
+        references = list(evalset.task_prompts["answer"])
+        scored = load_metric("task_accuracy").compute(predictions=predictions, references=references)
+        result.add("task_accuracy", scored["accuracy"], [p == r for p, r in zip(predictions, references)])
     if evalset.completions is not None:
         sums, counts = completion_logprobs(model, tokenizer, _texts(evalset.completions["prompt"]),
                                            _texts(evalset.completions["completion"]))
-        results["completion_nll"] = load_metric("completion_nll").compute(sum_logprobs=sums, num_tokens=counts)["nll"]
+        nll = load_metric("completion_nll").compute(sum_logprobs=sums, num_tokens=counts)["nll"]
+        result.add("completion_nll", nll, [-s / n for s, n in zip(sums, counts)])
     if evalset.pairs is not None:
         prompts = _texts(evalset.pairs["prompt"])
         chosen, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
         rejected, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
-        scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
-        results["preference_accuracy"] = scored["accuracy"]
-        results["preference_margin"] = scored["mean_margin"]
+        _preference(result, "preference", chosen, rejected)
         if reference_path == model_path:
             # The reference against itself: every implicit reward is 0 by definition.
-            results["implicit_reward_accuracy"], results["implicit_reward_margin"] = 0.5, 0.0
+            _preference(result, "implicit_reward", [0.0] * len(prompts), [0.0] * len(prompts))
         elif reference_path is not None and beta is not None:
             del model
             reference = _load(AutoModelForCausalLM, reference_path)
             ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
             ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
-            scored = load_metric("preference_accuracy").compute(
-                chosen_scores=[beta * (c - r) for c, r in zip(chosen, ref_chosen)],
-                rejected_scores=[beta * (c - r) for c, r in zip(rejected, ref_rejected)],
-            )
-            results["implicit_reward_accuracy"] = scored["accuracy"]
-            results["implicit_reward_margin"] = scored["mean_margin"]
-    return results
+            _preference(result, "implicit_reward", [beta * (c - r) for c, r in zip(chosen, ref_chosen)],
+                        [beta * (c - r) for c, r in zip(rejected, ref_rejected)])
+    return result
 
 
-def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: int = 0) -> dict[str, float]:
+def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: int = 0) -> EvalResult:
     """Preference accuracy of a reward model: how often it scores chosen above rejected.
 
     A base causal LM gets a freshly initialised score head (seeded), as the reward trainer gives
     it, so the base figure is what training starts from: near chance.
     """
+    result = EvalResult()
     if evalset.pairs is None:
-        return {}
+        return result
     torch.manual_seed(seed)
     model = _load(AutoModelForSequenceClassification, model_path, num_labels=1)
     if model.config.pad_token_id is None:
@@ -137,8 +153,8 @@ def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: in
     prompts = _texts(evalset.pairs["prompt"])
     chosen = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
     rejected = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
-    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
-    return {"preference_accuracy": scored["accuracy"], "preference_margin": scored["mean_margin"]}
+    _preference(result, "preference", chosen, rejected)
+    return result
 
 
 def gains(base: dict[str, float], trained: dict[str, float]) -> dict[str, float]:

@@ -46,7 +46,11 @@ def test_completion_logprobs_score_only_completion_tokens_and_eos(tiny_model):
 def test_policy_evaluation_reports_every_metric_and_reference_is_neutral(tiny_model):
     task = get_task("arith")
     evalset = EvalSet.for_recipe(task.preference(40, split="test"), task, size=40)
-    result = evaluate_policy(tiny_model, build_tokenizer(), evalset, reference_path=tiny_model, beta=0.1)
+    evaluated = evaluate_policy(tiny_model, build_tokenizer(), evalset, reference_path=tiny_model, beta=0.1)
+    result = evaluated.metrics
+    assert set(evaluated.items) == set(result)
+    assert len(evaluated.items["task_accuracy"]) == 40 and len(evaluated.items["preference_accuracy"]) == 40
+    assert sum(evaluated.items["task_accuracy"]) / 40 == result["task_accuracy"]
     assert set(result) == {"task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
                            "implicit_reward_accuracy", "implicit_reward_margin"}
     assert result["implicit_reward_accuracy"] == 0.5 and result["implicit_reward_margin"] == 0.0
@@ -57,7 +61,7 @@ def test_base_model_prefers_gold_over_mistakes_more_than_chance(tiny_model):
     """The tiny ladder is a base model with partial skill: its likelihood already favours gold."""
     task = get_task("arith")
     evalset = EvalSet(pairs=task.preference(200, split="test"))
-    assert evaluate_policy(tiny_model, build_tokenizer(), evalset)["preference_accuracy"] > 0.6
+    assert evaluate_policy(tiny_model, build_tokenizer(), evalset).metrics["preference_accuracy"] > 0.6
 
 
 def test_reward_model_base_is_a_seeded_fresh_head(tiny_model):

@@ -9,7 +9,8 @@ import pytest
 from align_proxy.models import ladder
 from tests.conftest import CONFIG_CLASSES, load_recipe
 
-pytestmark = pytest.mark.slow
+# Building the real ladder takes ~4 minutes alone on 2 cores; leave room beyond the default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

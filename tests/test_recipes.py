@@ -23,7 +23,10 @@ def run_recipe(name, config, tmp_path, model, *overrides):
 
 def assert_run_outputs(out, base_path):
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["eval"]) == {"base", "trained", "gain"} and metrics["eval"]["trained"]
+    assert set(metrics["eval"]) == {"base", "trained", "gain", "items"} and metrics["eval"]["trained"]
+    items = metrics["eval"]["items"]
+    for name, scores in items["trained"].items():  # paired per-item scores for every metric
+        assert len(scores) == len(items["base"][name]) > 0
     assert any("loss" in h for h in metrics["train"]["log_history"])
     assert (out / "loss_curve.png").stat().st_size > 1000
     resolved = yaml.safe_load((out / "run_config.yaml").read_text())
