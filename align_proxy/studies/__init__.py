@@ -1,0 +1,1 @@
+"""Transfer studies: spec, runner, results store, statistics and reports."""
