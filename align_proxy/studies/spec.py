@@ -1,0 +1,157 @@
+"""A transfer study's spec: which models, recipes, variants and seeds, checked before anything runs.
+
+A spec expands into cells (model, recipe, variant, seed); each cell is named by a content hash of
+its fully resolved configuration, so a rerun recognises the cells it has already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig
+
+from align_proxy.models import ladder, registry
+from align_proxy.recipe import RecipeArguments
+
+DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
+RECIPE_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
+TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
+
+
+class StudySpecError(ValueError):
+    """A malformed study spec; the message names the file, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RecipePlan:
+    recipe: str
+    config: str  # the recipe's YAML config, the same file `python recipes/<recipe>.py --config` takes
+    grid: dict[str, list] = field(default_factory=dict)
+
+    def variants(self) -> list[tuple[str, dict]]:
+        """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
+        if not self.grid:
+            return [("default", {})]
+        keys = sorted(self.grid)
+        combos = itertools.product(*(self.grid[k] for k in keys))
+        return [(",".join(f"{k}={v}" for k, v in zip(keys, values)), dict(zip(keys, values))) for values in combos]
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    recipe: str
+    variant: str
+    seed: int
+    overrides: dict  # command-line overrides of the recipe config, all of them
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    output_dir: str
+    models: list[str]
+    recipes: list[RecipePlan]
+    seeds: list[int]
+    dataset: str = "builtin:arith"
+    evaluation: dict = field(default_factory=dict)
+    target: str | float | None = None  # a registry name or a parameter count to predict gains at
+
+    def cells(self) -> list[Cell]:
+        cells = []
+        for plan in self.recipes:
+            config_text = Path(plan.config).read_text()
+            for model, (variant, grid_values), seed in itertools.product(self.models, plan.variants(), self.seeds):
+                overrides = {"model_name_or_path": model, "dataset_name": self.dataset, "seed": seed,
+                             **self.evaluation, **grid_values}
+                blob = json.dumps({"recipe": plan.recipe, "config": config_text, "overrides": overrides},
+                                  sort_keys=True, default=str)
+                digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest))
+        return cells
+
+
+def load_spec(path: str | Path | None = None) -> StudySpec:
+    """Read and check a spec file (the embedded default without a path)."""
+    path = Path(path) if path is not None else DEFAULT_SPEC
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise StudySpecError(f"cannot read study spec {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise StudySpecError(f"{path}: a study spec is a YAML mapping with keys {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    return _check(raw, path)
+
+
+def _fail(path: Path, message: str) -> None:
+    raise StudySpecError(f"{path}: {message}")
+
+
+def _check(raw: dict, path: Path) -> StudySpec:
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        _fail(path, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    models = raw.get("models") or []
+    if not isinstance(models, list) or len(models) < 2:
+        _fail(path, f"'models' lists {len(models) if isinstance(models, list) else models!r}; a transfer study "
+                    "compares at least two model sizes (e.g. [ladder-s, ladder-m, ladder-l])")
+    for model in models:
+        _check_model(str(model), path)
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
+    evaluation = raw.get("evaluation") or {}
+    _check_keys(evaluation, {f.name for f in dataclasses.fields(RecipeArguments)}, path, "evaluation")
+    recipes = [_check_recipe(entry, i, path) for i, entry in enumerate(raw.get("recipes") or [])]
+    if not recipes:
+        _fail(path, "'recipes' is empty: list at least one of " + ", ".join(RECIPE_CONFIGS))
+    return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
+                     models=[str(m) for m in models], recipes=recipes, seeds=seeds,
+                     dataset=str(raw.get("dataset", "builtin:arith")), evaluation=evaluation, target=raw.get("target"))
+
+
+def _check_model(model: str, path: Path) -> None:
+    known = {r.name for r in ladder.LadderSpec().rungs} | set(registry.CLIMB)
+    if model in known or Path(model).expanduser().is_dir() or model.count("/") == 1:
+        return  # a registry name, a local directory, or a Hub id (checked when its cell runs)
+    _fail(path, f"unknown model {model!r}: use a registry name ({', '.join(sorted(known))}), a local model "
+                "directory or a Hub id (owner/name)")
+
+
+def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
+    where = f"recipes[{index}]"
+    if not isinstance(entry, dict) or "recipe" not in entry:
+        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid'")
+    _check_keys(entry, {"recipe", "config", "grid"}, path, where)
+    recipe = entry["recipe"]
+    if recipe not in RECIPE_CONFIGS:
+        _fail(path, f"{where}: unknown recipe {recipe!r}; available: {', '.join(RECIPE_CONFIGS)}")
+    config = entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"
+    if not Path(config).is_file():
+        _fail(path, f"{where}: config file {config} not found (paths are relative to where the study runs)")
+    grid = entry.get("grid") or {}
+    allowed = {f.name for cls in (RecipeArguments, RECIPE_CONFIGS[recipe], ModelConfig) for f in dataclasses.fields(cls)}
+    _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
+    return RecipePlan(recipe, config, grid)
+
+
+def _check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "") -> None:
+    if not isinstance(mapping, dict):
+        _fail(path, f"{where} must be a mapping, got {mapping!r}")
+    for key in mapping:
+        if key not in allowed:
+            import difflib
+
+            near = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f" (did you mean '{near[0]}'?)" if near else ""
+            _fail(path, f"{where}: unknown key '{key}'{suggestion}; keys must be {hint or 'one of ' + ', '.join(sorted(allowed))}")

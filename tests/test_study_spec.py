@@ -1,0 +1,66 @@
+"""Study specs: malformed ones fail before anything runs; good ones expand into hashed cells."""
+
+import pytest
+
+from align_proxy.studies.spec import StudySpecError, load_spec
+
+GOOD = """
+name: t
+models: [ladder-s, ladder-m]
+seeds: [0, 1]
+recipes:
+  - recipe: dpo
+    config: recipes/configs/dpo_ladder_cpu.yaml
+    grid: {beta: [0.1, 0.3]}
+"""
+
+
+def spec_file(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_default_study_is_valid_and_spans_the_ladder():
+    spec = load_spec()
+    assert spec.models == ["ladder-s", "ladder-m", "ladder-l"] and len(spec.seeds) >= 2
+    assert {plan.recipe for plan in spec.recipes} == {"sft", "dpo", "reward"}
+    assert len(spec.cells()) == 3 * 3 * 2 * 2  # recipes x models x variants x seeds
+
+
+def test_cells_are_the_full_grid_with_unique_stable_hashes(tmp_path):
+    spec = load_spec(spec_file(tmp_path, GOOD))
+    cells = spec.cells()
+    assert len(cells) == 2 * 2 * 2
+    assert len({c.config_hash for c in cells}) == len(cells)
+    assert [c.config_hash for c in cells] == [c.config_hash for c in load_spec(spec_file(tmp_path, GOOD)).cells()]
+    assert {c.variant for c in cells} == {"beta=0.1", "beta=0.3"}
+    assert cells[0].overrides["model_name_or_path"] == "ladder-s" and "beta" in cells[0].overrides
+
+
+def test_a_changed_hyperparameter_changes_the_hash(tmp_path):
+    first = {c.variant: c.config_hash for c in load_spec(spec_file(tmp_path, GOOD)).cells() if c.seed == 0}
+    other = GOOD.replace("[0.1, 0.3]", "[0.1, 0.5]")
+    second = {c.variant: c.config_hash for c in load_spec(spec_file(tmp_path, other)).cells() if c.seed == 0}
+    assert first["beta=0.1"] != second.get("beta=0.5")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("recipe: dpo", "recipe: ppo"), "unknown recipe 'ppo'; available: sft, dpo, reward"),
+        (("[ladder-s, ladder-m]", "[ladder-s, ladder-xl]"), "unknown model 'ladder-xl'"),
+        (("{beta: [0.1, 0.3]}", "{betta: [0.1, 0.3]}"), "unknown key 'betta' \\(did you mean 'beta'\\?\\)"),
+        (("[ladder-s, ladder-m]", "[ladder-m]"), "at least two model sizes"),
+        (("{beta: [0.1, 0.3]}", "{beta: 0.1}"), "grid.beta must be a non-empty list"),
+        (("seeds: [0, 1]", "seeds: []"), "'seeds' must be a non-empty list"),
+        (("name: t", "nmae: t"), "unknown key\\(s\\) nmae"),
+        (("recipes/configs/dpo_ladder_cpu.yaml", "recipes/configs/nope.yaml"), "config file recipes/configs/nope.yaml not found"),
+    ],
+    ids=["recipe", "model", "variant-key", "single-model", "grid-value", "seeds", "top-level", "config"],
+)
+def test_malformed_spec_names_the_problem(tmp_path, change, expected):
+    path = spec_file(tmp_path, GOOD.replace(*change))
+    with pytest.raises(StudySpecError, match=expected) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
