@@ -111,8 +111,9 @@ def cmd_convert(args) -> int:
     from align_proxy.models.megatron import ConversionError
 
     src, out = Path(args.src), Path(args.out_dir)
+    to_megatron = (src / "config.json").exists()  # a Hugging Face directory goes the other way
     try:
-        if (src / "config.json").exists():
+        if to_megatron:
             report = convert_hf_to_megatron(src, out, iteration=args.iteration)
             console.print(f"wrote a Megatron-LM checkpoint (local spec) to {out}")
         else:
@@ -122,7 +123,7 @@ def cmd_convert(args) -> int:
         console.print(f"[red]error:[/red] {err}")
         return 2
     console.print_json(data={k: v for k, v in report.items() if k != "architecture"})
-    if args.verify and not (src / "config.json").exists():
+    if args.verify and not to_megatron:
         check = verify_conversion(src, out)
         if check["max_abs_logit_diff"] is None:
             console.print("verify: the converted model runs (finite logits: "

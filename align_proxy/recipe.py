@@ -118,6 +118,10 @@ class RecipeRun:
         return self.evaluator(self, model_path)
 
     @property
+    def base_metrics(self) -> dict:
+        return self.base.metrics if self.base else {}
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.training_args.output_dir)
 
@@ -181,15 +185,14 @@ class RecipeRun:
             metrics = self._metrics(trainer, trained)
             _atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
             _plot_loss_curve(metrics["train"]["log_history"], self.output_dir / "loss_curve.png", self.recipe)
-            base = self.base.metrics if self.base else {}
-            print(format_comparison(self.recipe, self.model.name, base, trained.metrics), flush=True)
+            print(format_comparison(self.recipe, self.model.name, self.base_metrics, trained.metrics), flush=True)
         PartialState().wait_for_everyone()
         return metrics
 
     def _metrics(self, trainer, trained) -> dict:
         from evals.suite import gains
 
-        base = self.base.metrics if self.base else {}
+        base = self.base_metrics
         history = trainer.state.log_history
         return {
             "recipe": self.recipe,

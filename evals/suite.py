@@ -121,8 +121,9 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
         result.add("completion_nll", nll, [-s / n for s, n in zip(sums, counts)])
     if evalset.pairs is not None:
         prompts = _texts(evalset.pairs["prompt"])
-        chosen, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
-        rejected, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+        chosen_texts, rejected_texts = _texts(evalset.pairs["chosen"]), _texts(evalset.pairs["rejected"])
+        chosen, _ = completion_logprobs(model, tokenizer, prompts, chosen_texts)
+        rejected, _ = completion_logprobs(model, tokenizer, prompts, rejected_texts)
         _preference(result, "preference", chosen, rejected)
         if reference_path == model_path:
             # The reference against itself: every implicit reward is 0 by definition.
@@ -130,8 +131,8 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
         elif reference_path is not None and beta is not None:
             del model
             reference = _load(AutoModelForCausalLM, reference_path)
-            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
-            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, chosen_texts)
+            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, rejected_texts)
             _preference(result, "implicit_reward", [beta * (c - r) for c, r in zip(chosen, ref_chosen)],
                         [beta * (c - r) for c, r in zip(rejected, ref_rejected)])
     return result

@@ -7,6 +7,7 @@ its fully resolved configuration, so a rerun recognises the cells it has already
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import yaml
 from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 
-from align_proxy.models import ladder, registry
+from align_proxy.models import registry
 from align_proxy.recipe import RecipeArguments
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
@@ -118,7 +119,7 @@ def _check(raw: dict, path: Path) -> StudySpec:
 
 
 def _check_model(model: str, path: Path) -> None:
-    known = {r.name for r in ladder.LadderSpec().rungs} | set(registry.CLIMB)
+    known = set(registry.registry_names())
     if model in known or Path(model).expanduser().is_dir() or model.count("/") == 1:
         return  # a registry name, a local directory, or a Hub id (checked when its cell runs)
     _fail(path, f"unknown model {model!r}: use a registry name ({', '.join(sorted(known))}), a local model "
@@ -150,8 +151,6 @@ def _check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = 
         _fail(path, f"{where} must be a mapping, got {mapping!r}")
     for key in mapping:
         if key not in allowed:
-            import difflib
-
             near = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f" (did you mean '{near[0]}'?)" if near else ""
             _fail(path, f"{where}: unknown key '{key}'{suggestion}; keys must be {hint or 'one of ' + ', '.join(sorted(allowed))}")
