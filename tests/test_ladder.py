@@ -82,3 +82,13 @@ def test_one_rung_built_alone_equals_the_same_rung_of_a_full_build(tmp_path):
     assert [r.name for r in alone] == ["tiny-b"]
     wa, wb = weights(alone[0].path), weights(full[1].path)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_table_reads_rung_metadata_with_fields_it_no_longer_knows(tmp_path):
+    spec = tiny_spec(steps=5)
+    built = ladder.build_ladder(spec, root=tmp_path, progress=False, only=("tiny-a",))
+    meta = os.path.join(built[0].path, "rung.json")
+    data = json.loads(open(meta).read())
+    data["extra"] = {}  # as written by an earlier version
+    open(meta, "w").write(json.dumps(data))
+    assert ladder.load_table(spec, tmp_path)[0].parameters == built[0].parameters

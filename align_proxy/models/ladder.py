@@ -241,9 +241,11 @@ def load_table(spec: LadderSpec = LadderSpec(), root: Path | None = None) -> lis
         meta = directory / rung.name / "rung.json"
         if meta.exists():
             data = json.loads(meta.read_text())
-            data.pop("spec", None)
             data["path"] = str(directory / rung.name)
-            reports.append(RungReport(**data))
+            # Keep the report's own fields only: rung.json also holds the spec, and a cache written by
+            # an older version may carry fields since dropped (its weights are still valid).
+            known = {f.name for f in dataclasses.fields(RungReport)}
+            reports.append(RungReport(**{k: v for k, v in data.items() if k in known}))
     return reports
 
 
