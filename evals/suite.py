@@ -29,13 +29,13 @@ class EvalSet:
 
     @classmethod
     def for_recipe(cls, test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> EvalSet:
-        """What a recipe's run is judged on: its own test split, plus the task's held-out sets."""
-        pairs, completions = _likelihood_items(test.select(range(min(size, len(test)))))
-        if task is None:
-            return cls(pairs, completions)
-        if pairs is None:
-            pairs = task.preference(size, split="test", seed=seed)
-        return cls(pairs, completions, task, task.evaluation(size, seed=seed))
+        """What a recipe's run is judged on: a built-in task's own held-out sets, whatever the recipe
+        (so every recipe's runs on a model share one base evaluation, item for item), or else the
+        recipe's test split."""
+        if task is not None:
+            return cls(task.preference(size, split="test", seed=seed), task.sft(size, split="test", seed=seed),
+                       task, task.evaluation(size, seed=seed))
+        return cls(*_likelihood_items(test.select(range(min(size, len(test))))))
 
 
 def _likelihood_items(test: Dataset) -> tuple[Dataset | None, Dataset | None]:

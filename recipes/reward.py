@@ -23,7 +23,7 @@ from evals.suite import evaluate_reward_model
 
 
 def evaluate(run, model_path: str) -> dict:
-    return evaluate_reward_model(model_path, run.tokenizer, run.evalset, seed=run.training_args.seed)
+    return evaluate_reward_model(model_path, run.tokenizer, run.evalset, seed=run.script_args.eval_seed)
 
 
 def main(script_args: RecipeArguments, training_args: RewardConfig, model_args) -> dict:

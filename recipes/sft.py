@@ -23,7 +23,9 @@ from evals.suite import evaluate_policy
 
 
 def evaluate(run, model_path: str) -> dict:
-    return evaluate_policy(model_path, run.tokenizer, run.evalset,
+    # The base model is the reference: its evaluation is then the very one a DPO run of it makes,
+    # so a transfer study scores each base model once for both recipes.
+    return evaluate_policy(model_path, run.tokenizer, run.evalset, reference_path=run.model.path,
                            max_new_tokens=run.script_args.eval_max_new_tokens)
 
 

@@ -30,13 +30,16 @@ class RecipeData:
 
 def load_recipe_data(name: str | None, recipe: str, config: str | None = None, train_split: str = "train",
                      test_split: str = "test", builtin_train_size: int = 2000, builtin_test_size: int = 200,
-                     seed: int = 0, test_fraction: float = 0.1) -> RecipeData:
+                     seed: int = 0, test_fraction: float = 0.1, eval_seed: int | None = None) -> RecipeData:
+    """Train and test splits of a recipe's data. `seed` draws built-in training examples; `eval_seed`
+    (default: `seed`) fixes the held-out rows, so runs that differ only in seed are scored on the same items."""
+    eval_seed = seed if eval_seed is None else eval_seed
     if not name:
         raise ValueError("no dataset given: pass --dataset_name (a built-in task such as 'builtin:arith', "
                          "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
     if name.startswith(BUILTIN_PREFIX):
         task = get_task(name)
-        splits = task.splits(TASK_FORMAT[recipe], builtin_train_size, builtin_test_size, seed=seed)
+        splits = task.splits(TASK_FORMAT[recipe], builtin_train_size, builtin_test_size, seed=seed, eval_seed=eval_seed)
         return RecipeData(splits["train"], splits["test"], name, task)
     path = Path(name).expanduser()
     if path.exists():
@@ -53,7 +56,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
     if len(train) < 2:
         # Too small to hold anything out: an empty test split, which validation then reports.
         return RecipeData(train, train.select([]), name, None)
-    parts = train.train_test_split(test_size=max(1, int(len(train) * test_fraction)), seed=seed)
+    parts = train.train_test_split(test_size=max(1, int(len(train) * test_fraction)), seed=eval_seed)
     return RecipeData(parts["train"], parts["test"], name, None)
 
 

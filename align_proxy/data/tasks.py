@@ -167,8 +167,9 @@ class ArithmeticTask:
         problems, _ = self._problems("eval", "test", n, seed)
         return Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
 
-    def splits(self, fmt: str, n_train: int, n_test: int, seed: int = 0) -> DatasetDict:
-        """Train and held-out test splits of one format (see `FORMATS`)."""
+    def splits(self, fmt: str, n_train: int, n_test: int, seed: int = 0, eval_seed: int | None = None) -> DatasetDict:
+        """Train and held-out test splits of one format (see `FORMATS`); the test split is drawn with
+        `eval_seed` (default: `seed`), so runs with different training seeds can share their test items."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown task format {fmt!r}: choose one of {sorted(FORMATS)}")
         make = {
@@ -178,7 +179,8 @@ class ArithmeticTask:
             "rl": self.rl,
             "eval": lambda n, split, seed: self.evaluation(n, seed),
         }[fmt]
-        return DatasetDict(train=make(n_train, split="train", seed=seed), test=make(n_test, split="test", seed=seed))
+        test_seed = seed if eval_seed is None else eval_seed
+        return DatasetDict(train=make(n_train, split="train", seed=seed), test=make(n_test, split="test", seed=test_seed))
 
 
 def _without_carry(problem: Problem) -> int:
