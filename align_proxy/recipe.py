@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,12 @@ class RecipeArguments(ScriptArguments):
     eval_before: bool = field(default=True, metadata={"help": "Evaluate the base model before training, so the "
                                                                 "gain is explicit."})
     eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out items, kept apart from --seed so runs "
+                                                         "with different training seeds are scored on the same items "
+                                                         "(paired comparisons, one base evaluation for all)."})
+    base_eval_cache: str | None = field(default=None, metadata={"help": "Directory of base-model evaluations shared "
+                                                                        "between runs (a transfer study sets it): a base "
+                                                                        "model is scored once per evaluation setup."})
 
 
 def make_parser(config_class: type, prog: str | None = None) -> TrlParser:
@@ -90,6 +97,17 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _files_stamp(location: str | None) -> list | None:
+    """Names, sizes and modification times of a local file or directory (None for a Hub id), so a
+    cache keyed on a path notices when what lies there changes."""
+    path = Path(location).expanduser() if location else None
+    if path is None or not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(f.relative_to(path) if path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in files]
+
+
 def _jsonable(value):
     if dataclasses.is_dataclass(value):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
@@ -130,7 +148,7 @@ class RecipeRun:
         """Held-out items scored before and after training: the test split plus the task's sets."""
         from evals.suite import EvalSet
 
-        return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.training_args.seed)
+        return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.script_args.eval_seed)
 
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
@@ -151,9 +169,45 @@ class RecipeRun:
     def evaluate_base(self) -> None:
         """Score the base model on the main process while the other ranks wait."""
         if self.script_args.eval_before and self.is_main:
-            print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
-            self.base = self.evaluate(self.model.path)
+            cache = self.script_args.base_eval_cache
+            self.base = self._base_from_cache(Path(cache)) if cache else self._evaluate_base_now()
         PartialState().wait_for_everyone()
+
+    def _evaluate_base_now(self):
+        print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
+        return self.evaluate(self.model.path)
+
+    def _base_from_cache(self, cache: Path):
+        """The base evaluation shared by every run with the same model and held-out items.
+
+        The key is everything the base score depends on; training seed and hyperparameters are not in
+        it (held-out items follow `eval_seed`, and DPO's implicit reward of the base against itself is
+        0 whatever beta); nor is the recipe, beyond whether it trains a policy or a reward model. The lock makes concurrent runs of one study wait for one evaluation.
+        """
+        from filelock import FileLock
+
+        from evals.suite import EvalResult
+
+        args = self.script_args
+        # SFT and DPO score a policy on the same items in the same way; a reward model is another model.
+        evaluation = "reward_model" if self.recipe == "reward" else "policy"
+        key = {"evaluation": evaluation, "model": self.model.path, "weights": _files_stamp(self.model.path),
+               "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
+               "dataset_files": _files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
+               "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
+               "eval_size": args.eval_size, "eval_seed": args.eval_seed,
+               "eval_max_new_tokens": args.eval_max_new_tokens}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache / f"{evaluation}-{self.model.name.replace('/', '--')}-{digest}.json"
+        cache.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                print(f"[align-proxy] base model {self.model.name}: evaluation reused from {path}", flush=True)
+                cached = json.loads(path.read_text())
+                return EvalResult(cached["metrics"], cached["items"])
+            result = self._evaluate_base_now()
+            _atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
+            return result
 
     def save_model(self, trainer) -> None:
         """Save the final model in Hugging Face format; a LoRA run saves the adapter in `adapter/`
@@ -238,7 +292,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     data = load_recipe_data(
         script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
         script_args.dataset_test_split, script_args.builtin_train_size, script_args.builtin_test_size,
-        seed=training_args.seed,
+        seed=training_args.seed, eval_seed=script_args.eval_seed,
     )
     max_length = getattr(training_args, "max_length", None)
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length)

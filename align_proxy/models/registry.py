@@ -74,6 +74,19 @@ def registry_names() -> list[str]:
     return [r.name for r in ladder.LadderSpec().rungs] + list(CLIMB)
 
 
+def parameter_count(name_or_path: str) -> int:
+    """A model's parameter count without building, downloading or converting it when it is a
+    registry name (a transfer study's target size need not exist on this machine)."""
+    if name_or_path in CLIMB:
+        return parameters_from_config(CLIMB[name_or_path].config())
+    spec = ladder.LadderSpec()
+    if name_or_path in {r.name for r in spec.rungs}:
+        from align_proxy.models.tokenizer import build_tokenizer
+
+        return parameters_from_config(spec.rung(name_or_path).config(len(build_tokenizer()), spec.max_positions))
+    return resolve(name_or_path).parameters
+
+
 def resolve(name_or_path: str, build_ladder: bool = True) -> ResolvedModel:
     """Resolve a registry name, local directory or Hub id; raise `ModelUnavailableError` with
     instructions when it cannot be loaded here."""
