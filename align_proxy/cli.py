@@ -1,6 +1,7 @@
-"""The `align-proxy` command: build and inspect the offline ladder, convert Megatron-LM checkpoints,
-list models and tasks, and check a dataset against a recipe before spending compute on it. Recipes themselves run as
-scripts (`python recipes/dpo.py ...` or `accelerate launch ... recipes/dpo.py ...`)."""
+"""The `align-proxy` command: run transfer studies and report them, build and inspect the offline
+ladder, convert Megatron-LM checkpoints, list models and tasks, and check a dataset against a recipe
+before spending compute on it. Recipes themselves run as scripts (`python recipes/dpo.py ...` or
+`accelerate launch ... recipes/dpo.py ...`)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,86 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from dataclasses import replace
+
+    from align_proxy.models.registry import ModelUnavailableError
+    from align_proxy.studies.runner import StudyRunError, run_study, study_paths
+    from align_proxy.studies.spec import StudySpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except StudySpecError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    if args.jobs is not None and args.jobs < 1:
+        console.print(f"[red]error:[/red] --jobs {args.jobs}: run at least 1 cell at a time")
+        return 2
+    if args.output_dir:
+        spec = replace(spec, output_dir=args.output_dir)
+    if args.status:
+        return _print_study_status(Path(spec.output_dir))
+    cells = spec.cells()
+    console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
+                  f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
+                  f"{len(cells)} cells, in {spec.output_dir}")
+    try:
+        outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report)
+    except (StudyRunError, ModelUnavailableError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed; "
+                  f"results in {study_paths(outcome.study_dir)['db']}")
+    if outcome.failed:
+        console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
+                      "rerun them with --retry-failed")
+    _print_report_paths(outcome.report)
+    return 1 if outcome.failed else 0
+
+
+def _print_study_status(study_dir: Path) -> int:
+    from align_proxy.studies.runner import study_paths
+    from align_proxy.studies.store import ResultStore
+
+    db = study_paths(study_dir)["db"]
+    if not db.exists():
+        console.print(f"no study has run in {study_dir} yet")
+        return 1
+    table = Table(title=f"cells of {study_dir}")
+    for column in ("cell", "recipe", "variant", "model", "seed", "status", "attempts", "error"):
+        table.add_column(column)
+    for cell in ResultStore(db).cells():
+        error = (cell["error"] or "").splitlines()[0] if cell["error"] else ""
+        table.add_row(cell["config_hash"], cell["recipe"], cell["variant"], cell["model"], str(cell["seed"]),
+                      cell["status"], str(cell["attempts"]), error)
+    console.print(table)
+    return 0
+
+
+def _print_report_paths(paths) -> None:
+    if not paths:
+        return
+    console.print("report: " + ", ".join(str(p) for p in paths.values()))
+    markdown = paths.get("md")
+    if markdown and markdown.exists():
+        from rich.markdown import Markdown
+
+        headline = markdown.read_text().split("\n## ", 2)
+        console.print(Markdown("\n## ".join(headline[:2])))
+
+
+def cmd_report(args) -> int:
+    from align_proxy.studies.runner import study_paths, write_study_report
+
+    study_dir = Path(args.study_dir)
+    if not study_paths(study_dir)["db"].exists():
+        console.print(f"[red]error:[/red] {study_dir} holds no results.sqlite: pass the output directory of a "
+                      "study (`align-proxy study` writes one)")
+        return 2
+    _print_report_paths(write_study_report(study_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert_p.add_argument("--verify", action="store_true",
                            help="run the converted model and, with megatron-core installed, compare its logits")
     convert_p.set_defaults(func=cmd_convert)
+
+    study_p = sub.add_parser("study", help="run a transfer study (the embedded default without a spec) and report it")
+    study_p.add_argument("spec", nargs="?", help="study spec YAML (default: the embedded ladder study)")
+    study_p.add_argument("--jobs", type=int, help="cells run at once (default: one per CPU core; 1 on a GPU)")
+    study_p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    study_p.add_argument("--output-dir", help="study directory (default: the spec's output_dir)")
+    study_p.add_argument("--status", action="store_true", help="list the cells and their status, run nothing")
+    study_p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    study_p.set_defaults(func=cmd_study)
+
+    report_p = sub.add_parser("report", help="write a study's report (HTML, Markdown, JSON) from its results")
+    report_p.add_argument("study_dir", help="the study's output directory")
+    report_p.set_defaults(func=cmd_report)
 
     sub.add_parser("models", help="list registry models and their parameter counts").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(func=cmd_tasks)

@@ -25,7 +25,7 @@ def test_embedded_default_study_is_valid_and_spans_the_ladder():
     spec = load_spec()
     assert spec.models == ["ladder-s", "ladder-m", "ladder-l"] and len(spec.seeds) >= 2
     assert {plan.recipe for plan in spec.recipes} == {"sft", "dpo", "reward"}
-    assert len(spec.cells()) == 3 * 3 * 2 * 2  # recipes x models x variants x seeds
+    assert len(spec.cells()) == 3 * 3 * 2 * len(spec.seeds)  # recipes x models x variants x seeds
 
 
 def test_cells_are_the_full_grid_with_unique_stable_hashes(tmp_path):
@@ -56,11 +56,19 @@ def test_a_changed_hyperparameter_changes_the_hash(tmp_path):
         (("seeds: [0, 1]", "seeds: []"), "'seeds' must be a non-empty list"),
         (("name: t", "nmae: t"), "unknown key\\(s\\) nmae"),
         (("recipes/configs/dpo_ladder_cpu.yaml", "recipes/configs/nope.yaml"), "config file recipes/configs/nope.yaml not found"),
+        (("grid: {beta: [0.1, 0.3]}", "metric: accuracy"), "unknown metric 'accuracy'; choose one of task_accuracy"),
     ],
-    ids=["recipe", "model", "variant-key", "single-model", "grid-value", "seeds", "top-level", "config"],
+    ids=["recipe", "model", "variant-key", "single-model", "grid-value", "seeds", "top-level", "config", "metric"],
 )
 def test_malformed_spec_names_the_problem(tmp_path, change, expected):
     path = spec_file(tmp_path, GOOD.replace(*change))
     with pytest.raises(StudySpecError, match=expected) as err:
         load_spec(path)
     assert str(path) in str(err.value)
+
+
+def test_recipe_configs_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    path = spec_file(tmp_path, GOOD)
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the project root's configs are used
+    plan = load_spec(path).recipes[0]
+    assert plan.config.endswith("recipes/configs/dpo_ladder_cpu.yaml") and plan.metric == "task_accuracy"

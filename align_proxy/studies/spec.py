@@ -22,6 +22,11 @@ from align_proxy.recipe import RecipeArguments
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 RECIPE_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
+# The metric a recipe's headline is judged on, unless the spec names another: what the recipe is for.
+PRIMARY_METRICS = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy"}
+METRICS = ("task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
+           "implicit_reward_accuracy", "implicit_reward_margin")
+PROJECT_ROOT = DEFAULT_SPEC.parents[2]
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
 
 
@@ -34,6 +39,7 @@ class RecipePlan:
     recipe: str
     config: str  # the recipe's YAML config, the same file `python recipes/<recipe>.py --config` takes
     grid: dict[str, list] = field(default_factory=dict)
+    metric: str = "task_accuracy"  # what the report's headline judges the recipe on
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -129,21 +135,32 @@ def _check_model(model: str, path: Path) -> None:
 def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
-        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid'")
-    _check_keys(entry, {"recipe", "config", "grid"}, path, where)
+        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid' and 'metric'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric"}, path, where)
     recipe = entry["recipe"]
     if recipe not in RECIPE_CONFIGS:
         _fail(path, f"{where}: unknown recipe {recipe!r}; available: {', '.join(RECIPE_CONFIGS)}")
-    config = entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"
-    if not Path(config).is_file():
-        _fail(path, f"{where}: config file {config} not found (paths are relative to where the study runs)")
+    config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
+    metric = entry.get("metric", PRIMARY_METRICS[recipe])
+    if metric not in METRICS:
+        _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     grid = entry.get("grid") or {}
     allowed = {f.name for cls in (RecipeArguments, RECIPE_CONFIGS[recipe], ModelConfig) for f in dataclasses.fields(cls)}
     _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
-    return RecipePlan(recipe, config, grid)
+    return RecipePlan(recipe, config, grid, metric)
+
+
+def _find_config(config: str, path: Path, where: str) -> str:
+    """A recipe config path, relative to the working directory, the spec file or the project root."""
+    candidates = [Path(config)] if Path(config).is_absolute() else \
+        [Path.cwd() / config, path.parent / config, PROJECT_ROOT / config]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve())
+    _fail(path, f"{where}: config file {config} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
 def _check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "") -> None:

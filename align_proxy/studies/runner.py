@@ -1,0 +1,258 @@
+"""Run a transfer study: every cell through its recipe script, each in its own process, results in
+the study's SQLite store, resumable after any interruption, `kill -9` included.
+
+Cells run `recipes/<recipe>.py` exactly as `python recipes/<recipe>.py --config ... --flag value`
+would, in a child process forked from a server that has already imported torch, transformers and
+TRL (multiprocessing's forkserver): a crash takes down one cell, not the study, and a small cell
+does not pay ~8 s of imports. A cell's `metrics.json`, which the recipe writes last and atomically,
+is its completion marker; the runner moves it into the store in one transaction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import runpy
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from align_proxy.studies.spec import Cell, StudySpec
+from align_proxy.studies.store import ResultStore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What the forkserver imports once, so a cell starts in well under a second.
+PRELOAD = ["torch", "transformers", "datasets", "peft", "trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
+           "trl.trainer.reward_trainer", "align_proxy.recipe", "evals.suite"]
+LOG_TAIL_CHARS = 2000
+
+
+class StudyRunError(RuntimeError):
+    """The study cannot run (already running, recipe scripts missing); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    study_dir: Path
+    total: int
+    done: int
+    failed: int
+    ran: int  # cells run (or recovered) by this invocation
+    report: dict[str, Path] | None = None
+
+
+def study_paths(study_dir: Path) -> dict[str, Path]:
+    return {"db": study_dir / "results.sqlite", "cells": study_dir / "cells", "base_evals": study_dir / "base_evals",
+            "lock": study_dir / ".study.lock"}
+
+
+def default_jobs() -> int:
+    """One cell at a time on a GPU (raise it with --jobs: small proxies share a card well); on a CPU,
+    one single-threaded cell per core, since tiny models do not use two cores well in one process."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1)
+
+
+def recipe_script(recipe: str) -> Path:
+    script = PROJECT_ROOT / "recipes" / f"{recipe}.py"
+    if not script.is_file():
+        raise StudyRunError(f"recipe script {script} not found: studies run the recipes of a source checkout "
+                            "(git clone, then pip install -e .)")
+    return script
+
+
+def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path) -> list[str]:
+    """The recipe's command line for a cell: its config file, then every override as a flag."""
+    argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
+    for key, value in cell.overrides.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
+              report: bool = True) -> StudyOutcome:
+    """Run every unfinished cell of `spec`, record results, and write the report."""
+    study_dir = Path(spec.output_dir)
+    paths = study_paths(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths["lock"]))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StudyRunError(f"another run of this study holds {paths['lock']}; wait for it to finish "
+                            "(a killed run releases the lock with its process)") from None
+    try:
+        scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
+        _start_forkserver()  # its imports overlap with resolving models (and building the ladder) here
+        store = ResultStore(paths["db"])
+        cells = spec.cells()
+        _register(store, spec, cells)
+        store.requeue(failed=retry_failed)
+        recovered = _recover_finished(store, cells, paths["cells"])
+        pending = [c for c in cells if store.statuses()[c.config_hash] == "pending"]
+        jobs = jobs or default_jobs()
+        configs = {plan.recipe: plan.config for plan in spec.recipes}
+        ran = _run_cells(store, pending, scripts, configs, paths, jobs, len(cells), progress)
+        statuses = store.statuses()
+        done = sum(statuses[c.config_hash] == "done" for c in cells)
+        failed = sum(statuses[c.config_hash] == "failed" for c in cells)
+    finally:
+        lock.release()
+    written = write_study_report(study_dir) if report and done else None
+    return StudyOutcome(study_dir, len(cells), done, failed, ran + recovered, written)
+
+
+def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
+    """Record what the study is, resolve every model (building ladder rungs first), add its cells."""
+    from align_proxy.models import registry
+
+    for name in spec.models:
+        model = registry.resolve(name)
+        store.add_model(name, model.path, model.parameters, model.source)
+    target = _target(spec)
+    store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
+                   primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds)
+    store.add_cells(cells)
+
+
+def _target(spec: StudySpec) -> list | None:
+    """(name, parameters) of the size gains are predicted at: a registry name or a parameter count."""
+    from align_proxy.models import registry
+
+    if spec.target is None:
+        return None
+    if isinstance(spec.target, (int, float)):
+        return [f"{spec.target:.3g} parameters", float(spec.target)]
+    return [str(spec.target), float(registry.parameter_count(str(spec.target)))]
+
+
+def _recover_finished(store: ResultStore, cells: list[Cell], cells_dir: Path) -> int:
+    """Record cells that finished (metrics.json written) but were killed before the store heard."""
+    statuses, recovered = store.statuses(), 0
+    for cell in cells:
+        metrics_path = cells_dir / cell.config_hash / "metrics.json"
+        if statuses[cell.config_hash] == "pending" and metrics_path.exists():
+            store.record_result(cell.config_hash, json.loads(metrics_path.read_text()), duration_s=0.0)
+            recovered += 1
+    return recovered
+
+
+def _run_cells(store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict, jobs: int,
+               total: int, progress: bool) -> int:
+    if not pending:
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = _start_forkserver()
+    queue, running, finished = list(pending), {}, 0
+    bar = tqdm(total=total, initial=total - len(pending), desc="study cells", unit="cell", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell = queue.pop(0)
+                running[cell.config_hash] = _start(context, store, cell, scripts, configs, paths, threads)
+                bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
+            ready = wait([proc.sentinel for proc, _, _ in running.values()])
+            for config_hash, (proc, cell_dir, started) in list(running.items()):
+                if proc.sentinel in ready:
+                    proc.join()
+                    del running[config_hash]
+                    _settle(store, config_hash, proc.exitcode, cell_dir, time.time() - started)
+                    finished += 1
+                    bar.update(1)
+    finally:
+        for proc, _, _ in running.values():  # interrupted (Ctrl-C): no cell outlives the study
+            proc.kill()
+        bar.close()
+    return finished
+
+
+def _start_forkserver():
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+    return context
+
+
+def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict, paths: dict, threads: int):
+    cell_dir = paths["cells"] / cell.config_hash
+    shutil.rmtree(cell_dir, ignore_errors=True)  # a killed attempt's leftovers never mix with this one
+    cell_dir.mkdir(parents=True)
+    argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"])
+    (cell_dir / "command.txt").write_text(" ".join(["python", str(scripts[cell.recipe]), *argv]) + "\n")
+    store.mark_running(cell.config_hash)
+    proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads),
+                           name=f"cell-{cell.config_hash}", daemon=False)
+    proc.start()
+    return proc, cell_dir, time.time()
+
+
+def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path, seconds: float) -> None:
+    metrics_path = cell_dir / "metrics.json"
+    if exitcode == 0 and metrics_path.exists():
+        store.record_result(config_hash, json.loads(metrics_path.read_text()), seconds)
+        return
+    reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
+    if exitcode == 0:
+        reason = "the recipe exited without writing metrics.json"
+    log = cell_dir / "cell.log"
+    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+    store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
+
+
+def run_cell(script: str, argv: list[str], log_path: str, threads: int) -> None:
+    """A cell's process: die with the study, log to the cell's directory, run the recipe script."""
+    _die_with_parent()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this cell when its parent goes (a `kill -9` of the study takes the
+    forkserver down, and with it every running cell), so no orphan writes into a resumed study."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def write_study_report(study_dir: Path) -> dict[str, Path]:
+    """Statistics over every finished cell of the study's current spec, and the report files."""
+    from align_proxy.studies.analysis import analyse
+    from align_proxy.studies.report import write_report
+
+    store = ResultStore(study_paths(study_dir)["db"])
+    info = store.info()
+    current = set(info.get("cells", []))
+    results = [r for r in store.results() if r.config_hash in current]
+    target = tuple(info["target"]) if info.get("target") else None
+    analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target)
+    return write_report(study_dir, analysis, results, title=f"Transfer study: {info.get('name', study_dir.name)}")

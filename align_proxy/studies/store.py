@@ -1,0 +1,179 @@
+"""A study's results store: one SQLite database in the study directory (stdlib sqlite3, WAL mode).
+
+Every cell has one row in `cells` with its status; a finished cell's metrics go into `results` in the
+same transaction that marks it done, so a kill at any moment leaves each cell either finished with
+exactly one result or not finished at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY, path TEXT NOT NULL, parameters INTEGER NOT NULL, source TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    config_hash TEXT PRIMARY KEY,
+    model TEXT NOT NULL, recipe TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,
+    overrides TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT, started_at REAL, finished_at REAL);
+CREATE TABLE IF NOT EXISTS results (
+    config_hash TEXT PRIMARY KEY REFERENCES cells (config_hash),
+    duration_s REAL NOT NULL,
+    metrics TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One finished cell, as the statistics and the report read it."""
+
+    config_hash: str
+    model: str
+    parameters: int
+    recipe: str
+    variant: str
+    seed: int
+    base: dict[str, float]  # metric -> base model's score
+    trained: dict[str, float]  # metric -> trained model's score
+    items_base: dict[str, list[float]] = field(default_factory=dict)  # metric -> per-item scores
+    items_trained: dict[str, list[float]] = field(default_factory=dict)  # same items, same order
+    log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
+    duration_s: float = 0.0
+
+    @classmethod
+    def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: dict, duration_s: float) -> CellResult:
+        evaluation = metrics.get("eval", {})
+        items = evaluation.get("items", {})
+        return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
+                   evaluation.get("base", {}), evaluation.get("trained", {}), items.get("base", {}),
+                   items.get("trained", {}), metrics.get("train", {}).get("log_history", []), duration_s)
+
+
+class ResultStore:
+    """The study's SQLite database; every method opens its own short transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            # WAL: readers (a report on a running study) never block the writer, and a commit is one
+            # append to the log, which survives a kill of the writing process.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- what the study is -------------------------------------------------------------------
+
+    def set_info(self, **values) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO study (key, value) VALUES (?, ?)",
+                           [(k, json.dumps(v)) for k, v in values.items()])
+
+    def info(self) -> dict:
+        with self._connect() as db:
+            return {row["key"]: json.loads(row["value"]) for row in db.execute("SELECT key, value FROM study")}
+
+    def add_model(self, name: str, path: str, parameters: int, source: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO models (name, path, parameters, source) VALUES (?, ?, ?, ?)",
+                       (name, path, parameters, source))
+
+    def models(self) -> dict[str, int]:
+        """Model name -> parameter count."""
+        with self._connect() as db:
+            return {row["name"]: row["parameters"] for row in db.execute("SELECT name, parameters FROM models")}
+
+    def add_cells(self, cells) -> None:
+        """Register cells (spec.Cell); a cell already known keeps its status and result."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO cells (config_hash, model, recipe, variant, seed, overrides) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(c.config_hash, c.model, c.recipe, c.variant, c.seed, json.dumps(c.overrides, sort_keys=True, default=str))
+                 for c in cells])
+
+    # --- running -----------------------------------------------------------------------------
+
+    def statuses(self) -> dict[str, str]:
+        with self._connect() as db:
+            return {row["config_hash"]: row["status"] for row in db.execute("SELECT config_hash, status FROM cells")}
+
+    def requeue(self, failed: bool = False) -> int:
+        """Put cells a killed run left 'running' (and, if asked, failed cells) back to pending."""
+        states = ("running", "failed") if failed else ("running",)
+        with self._transaction() as db:
+            marks = ",".join("?" * len(states))
+            return db.execute(f"UPDATE cells SET status = 'pending', error = NULL WHERE status IN ({marks})",
+                              states).rowcount
+
+    def mark_running(self, config_hash: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                       "finished_at = NULL, error = NULL WHERE config_hash = ?", (time.time(), config_hash))
+
+    def record_result(self, config_hash: str, metrics: dict, duration_s: float) -> None:
+        """Store a finished cell's metrics and mark it done, in one transaction.
+
+        A cell that already has a result is refused: a result is never duplicated or replaced.
+        """
+        with self._transaction() as db:
+            db.execute("INSERT INTO results (config_hash, duration_s, metrics) VALUES (?, ?, ?)",
+                       (config_hash, duration_s, json.dumps(metrics)))
+            db.execute("UPDATE cells SET status = 'done', finished_at = ?, error = NULL WHERE config_hash = ?",
+                       (time.time(), config_hash))
+
+    def record_failure(self, config_hash: str, error: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE cells SET status = 'failed', finished_at = ?, error = ? WHERE config_hash = ?",
+                       (time.time(), error, config_hash))
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def cells(self) -> list[dict]:
+        """Every cell with its status, attempts and error (for `align-proxy study --status`)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT config_hash, model, recipe, variant, seed, status, attempts, error, "
+                              "started_at, finished_at FROM cells ORDER BY recipe, variant, model, seed")
+            return [dict(row) for row in rows]
+
+    def results(self) -> list[CellResult]:
+        """Every finished cell's result, in a stable order."""
+        parameters = self.models()
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT c.config_hash, c.model, c.recipe, c.variant, c.seed, r.duration_s, r.metrics "
+                "FROM cells c JOIN results r USING (config_hash) WHERE c.status = 'done' "
+                "ORDER BY c.recipe, c.variant, c.model, c.seed").fetchall()
+        return [CellResult.from_metrics(row, parameters.get(row["model"], 0), json.loads(row["metrics"]),
+                                        row["duration_s"]) for row in rows]

@@ -1,0 +1,185 @@
+"""The study runner: cells run through the recipe scripts in their own processes, results land in the
+SQLite store exactly once, and a study killed with SIGKILL resumes without re-running finished cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# A small SFT config: the ladder config's settings with fewer examples, so a cell takes ~2 s.
+CONFIG = dict(yaml.safe_load((REPO / "recipes/configs/sft_ladder_cpu.yaml").read_text()),
+              builtin_train_size=256, builtin_test_size=40, eval_size=40, per_device_train_batch_size=32,
+              logging_steps=2)
+
+
+def write_spec(tmp_path: Path, models: list[str], grid: dict, seeds: list[int], name: str) -> Path:
+    config = tmp_path / "sft_tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    spec = {"name": name, "output_dir": str(tmp_path / name), "models": models, "seeds": seeds,
+            "recipes": [{"recipe": "sft", "config": str(config), "grid": grid}]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600, **kwargs)
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc (the cells run under the forkserver)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tiny_ladder, tmp_path_factory):
+    """Run a 2-model x 2-variant x 2-seed study, SIGKILL it mid-cell, then run it again to the end."""
+    tmp_path = tmp_path_factory.mktemp("study")
+    spec = write_spec(tmp_path, [r.path for r in tiny_ladder], {"learning_rate": [1e-3, 3e-4]}, [0, 1], "killed")
+    db = tmp_path / "killed" / "results.sqlite"
+    runner = subprocess.Popen([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "1",
+                               "--no-report"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # wait until two cells are done and a third is running
+            if db.exists():
+                status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status"))
+                if status.get("done", 0) >= 2 and status.get("running", 0) == 1:
+                    break
+            assert runner.poll() is None, "the study finished before it could be killed"
+            time.sleep(0.1)
+        else:
+            pytest.fail("the study never reached two finished cells")
+        cells_below = descendants(runner.pid)
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+    finally:
+        runner.kill()
+    before = {row[0]: row[1:] for row in rows(db, "SELECT config_hash, status, attempts, finished_at FROM cells")}
+    results_before = dict(rows(db, "SELECT config_hash, metrics FROM results"))
+    orphans_gone = _wait_gone(cells_below)
+    # The interrupted cell may have written metrics.json just before the kill reached it: then it is
+    # finished, and the rerun must record it rather than run it again.
+    interrupted = [h for h, (status, *_) in before.items() if status == "running"]
+    finished_unrecorded = {h for h in interrupted if (tmp_path / "killed" / "cells" / h / "metrics.json").exists()}
+    resumed = study(str(spec), "--jobs", "2", "--no-report")
+    return {"db": db, "spec": spec, "before": before, "results_before": results_before, "resumed": resumed,
+            "orphans_gone": orphans_gone, "study_dir": tmp_path / "killed", "finished_unrecorded": finished_unrecorded}
+
+
+def _wait_gone(pids: set[int], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_killed_study_takes_its_running_cells_with_it(killed_and_resumed):
+    assert killed_and_resumed["orphans_gone"]
+    statuses = [row[0] for row in killed_and_resumed["before"].values()]
+    assert statuses.count("running") == 1 and statuses.count("done") >= 2
+
+
+def test_resumed_study_ends_with_exactly_one_result_per_cell(killed_and_resumed):
+    resumed, db = killed_and_resumed["resumed"], killed_and_resumed["db"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    cells = rows(db, "SELECT config_hash, status FROM cells")
+    assert len(cells) == 8 and {status for _, status in cells} == {"done"}
+    counts = rows(db, "SELECT c.config_hash, COUNT(r.config_hash) FROM cells c "
+                      "LEFT JOIN results r USING (config_hash) GROUP BY c.config_hash")
+    assert all(count == 1 for _, count in counts)
+
+
+def test_resumed_study_does_not_rerun_finished_cells(killed_and_resumed):
+    db, before = killed_and_resumed["db"], killed_and_resumed["before"]
+    after = {row[0]: row[1:] for row in rows(db, "SELECT config_hash, status, attempts, finished_at FROM cells")}
+    results_after = dict(rows(db, "SELECT config_hash, metrics FROM results"))
+    for config_hash, (status, attempts, finished_at) in before.items():
+        if status == "done":
+            assert after[config_hash] == (status, attempts, finished_at)  # untouched: not run again
+            assert results_after[config_hash] == killed_and_resumed["results_before"][config_hash]
+        if status == "running":  # the cell the kill interrupted: run once more, unless it had finished
+            recovered = config_hash in killed_and_resumed["finished_unrecorded"]
+            assert after[config_hash][1] == (attempts if recovered else attempts + 1)
+
+
+def test_each_cell_ran_its_own_overrides_through_the_recipe(killed_and_resumed):
+    db, study_dir = killed_and_resumed["db"], killed_and_resumed["study_dir"]
+    for config_hash, variant, seed in rows(db, "SELECT config_hash, variant, seed FROM cells"):
+        resolved = yaml.safe_load((study_dir / "cells" / config_hash / "run_config.yaml").read_text())
+        assert f"learning_rate={resolved['training_args']['learning_rate']}" == variant
+        assert resolved["training_args"]["seed"] == seed
+        assert resolved["training_args"]["output_dir"] == str(study_dir / "cells" / config_hash)
+
+
+def test_base_model_is_evaluated_once_per_model_and_shared(killed_and_resumed):
+    db, study_dir = killed_and_resumed["db"], killed_and_resumed["study_dir"]
+    assert len(list((study_dir / "base_evals").glob("*.json"))) == 2  # two models, one evaluation each
+    base_by_model = {}
+    for model, metrics in rows(db, "SELECT c.model, r.metrics FROM cells c JOIN results r USING (config_hash)"):
+        base = json.loads(metrics)["eval"]["items"]["base"]
+        assert base_by_model.setdefault(model, base) == base  # same items, same scores, every cell
+
+
+def test_report_of_a_finished_study(killed_and_resumed):
+    study_dir = killed_and_resumed["study_dir"]
+    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "report", str(study_dir)], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"report.html", "report.md", "report.json"} <= {p.name for p in study_dir.iterdir()}
+    analysis = json.loads((study_dir / "report.json").read_text())
+    assert analysis  # the numbers themselves are pinned by test_analysis on planted results
+
+
+def test_failed_cells_keep_their_error_and_rerun_only_on_request(tiny_ladder, tmp_path):
+    # max_length 2 cannot hold any prompt: the recipe's data check fails in every cell, before training.
+    spec = write_spec(tmp_path, [r.path for r in tiny_ladder], {"max_length": [2]}, [0], "failing")
+    db = tmp_path / "failing" / "results.sqlite"
+    first = study(str(spec), "--no-report")
+    assert first.returncode == 1 and "0/2 cells done" in first.stdout and "2 failed" in first.stdout
+    errors = rows(db, "SELECT status, attempts, error FROM cells")
+    assert all(status == "failed" and attempts == 1 and "max_length" in error for status, attempts, error in errors)
+    assert study(str(spec), "--no-report").returncode == 1
+    assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # not retried unasked
+    study(str(spec), "--no-report", "--retry-failed")
+    assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
+
+
+def test_malformed_spec_stops_before_anything_runs(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"name: bad\noutput_dir: {tmp_path / 'out'}\nmodels: [ladder-s]\nrecipes: [{{recipe: sft}}]\n")
+    result = study(str(spec))
+    assert result.returncode == 2 and "at least two model sizes" in result.stdout and str(spec) in result.stdout
+    assert not (tmp_path / "out").exists()
