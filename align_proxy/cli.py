@@ -14,7 +14,7 @@ from rich.table import Table
 
 # Piped or logged output gets room for the tables (rich assumes 80 columns off a terminal), and
 # long error messages stay on one line.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
@@ -168,7 +168,7 @@ def cmd_study(args) -> int:
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
                       "rerun them with --retry-failed")
-    _print_report_paths(outcome.report)
+    _print_report(outcome.report)
     return 1 if outcome.failed else 0
 
 
@@ -191,16 +191,40 @@ def _print_study_status(study_dir: Path) -> int:
     return 0
 
 
-def _print_report_paths(paths) -> None:
+def _print_report(paths) -> None:
+    """The report's headline, as a table, and where the full report is."""
     if not paths:
         return
-    console.print("report: " + ", ".join(str(p) for p in paths.values()))
-    markdown = paths.get("md")
-    if markdown and markdown.exists():
-        from rich.markdown import Markdown
+    import json
 
-        headline = markdown.read_text().split("\n## ", 2)
-        console.print(Markdown("\n## ".join(headline[:2])))
+    from align_proxy.studies.plots import format_parameters
+
+    analysis = json.loads(paths["json"].read_text())
+    table = Table(title="does each recipe's gain transfer? (gain of the best variant, 95% interval)")
+    table.add_column("recipe", no_wrap=True)
+    table.add_column("judged on", no_wrap=True)
+    for model in analysis["models"]:
+        table.add_column(f"{model['name']} ({format_parameters(model['parameters'])})", no_wrap=True)
+    for column in ("transfers", "confidence"):
+        table.add_column(column, no_wrap=True)
+    for entry in analysis["headline"]:
+        by_model = {scale["model"]: scale for scale in entry["scales"]}
+        cells = [_verdict_text(by_model.get(m["name"])) for m in analysis["models"]]
+        transfers = entry["transfer"]["transfers"] if entry["transfer"] else "-"
+        table.add_row(entry["recipe"], entry["metric"], *cells, transfers, entry["confidence"])
+    console.print(table)
+    for entry in analysis["headline"]:
+        console.print(f"[bold]{entry['recipe']}[/bold]: {entry['conclusion']}")
+    console.print(f"report: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name})")
+
+
+def _verdict_text(scale: dict | None) -> str:
+    if scale is None:
+        return "-"
+    gain = scale["gain"]
+    colour = {"helps": "green", "hurts": "red"}.get(scale["verdict"], "yellow")
+    bounds = "" if gain["low"] is None else f" [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    return f"[{colour}]{scale['verdict']}[/{colour}] {gain['estimate']:+.3f}{bounds}"
 
 
 def cmd_report(args) -> int:
@@ -211,7 +235,7 @@ def cmd_report(args) -> int:
         console.print(f"[red]error:[/red] {study_dir} holds no results.sqlite: pass the output directory of a "
                       "study (`align-proxy study` writes one)")
         return 2
-    _print_report_paths(write_study_report(study_dir))
+    _print_report(write_study_report(study_dir))
     return 0
 
 

@@ -73,3 +73,13 @@ def test_reward_model_base_is_a_seeded_fresh_head(tiny_model):
 
 def test_gains_are_trained_minus_base():
     assert gains({"a": 0.5, "b": 1.0}, {"a": 0.75, "c": 2.0}) == {"a": 0.25}
+
+
+def test_builtin_task_runs_of_every_recipe_are_scored_on_the_same_items():
+    task = get_task("arith")
+    sft = EvalSet.for_recipe(task.sft(20, split="test", seed=3), task, size=20, seed=0)
+    dpo = EvalSet.for_recipe(task.preference(20, split="test", seed=5), task, size=20, seed=0)
+    for name in ("pairs", "completions", "task_prompts"):
+        assert getattr(sft, name).to_list() == getattr(dpo, name).to_list()
+    other_seed = EvalSet.for_recipe(task.sft(20, split="test"), task, size=20, seed=1)
+    assert other_seed.task_prompts.to_list() != sft.task_prompts.to_list()

@@ -254,5 +254,6 @@ def write_study_report(study_dir: Path) -> dict[str, Path]:
     current = set(info.get("cells", []))
     results = [r for r in store.results() if r.config_hash in current]
     target = tuple(info["target"]) if info.get("target") else None
-    analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target)
+    cells = [c for c in store.cells() if c["config_hash"] in current]
+    analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells)
     return write_report(study_dir, analysis, results, title=f"Transfer study: {info.get('name', study_dir.name)}")

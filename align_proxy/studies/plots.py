@@ -1,0 +1,221 @@
+"""The report's plots (matplotlib, no display): transfer curves, gain against scale with the fit,
+small-versus-large rank agreement, and training loss curves, each returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from align_proxy.studies.store import CellResult
+
+
+def format_number(x, signed: bool = False, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    x = 0.0 if abs(x) < 0.5 * 10 ** -digits else x  # no "-0.000" for a gain that rounds to zero
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def format_parameters(n: float | None) -> str:
+    """Parameter counts as the README writes them: 0.20M, 1.79M, 62.6M, 345.3M, 1.50B."""
+    if n is None:
+        return "n/a"
+    scale, unit = (1e9, "B") if n >= 1e9 else (1e6, "M") if n >= 1e4 else (1, "")
+    return f"{n / scale:.{0 if unit == '' else 2 if n < 10 * scale else 1}f}{unit}"
+
+
+def primary_metric_names(analysis: dict) -> dict[str, str]:
+    return {h["recipe"]: h["metric"] for h in analysis["headline"]}
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+def draw_plots(analysis: dict, results: list[CellResult]) -> dict[str, tuple[bytes, str]]:
+    """Plot name -> (PNG bytes, caption); a plot with nothing to show is left out."""
+    plots, level = {}, f"{analysis['confidence']:.0%}"
+    for name, draw, caption in (
+            ("transfer_curves", _transfer_curves, "Base and trained scores against parameters (log scale), one "
+             f"panel per metric; bars are {level} intervals from the two-level bootstrap over seeds and items."),
+            ("gain_vs_scale", _gain_vs_scale, "Gain (trained minus base) on each recipe's primary metric against "
+             "parameters, with the fit against log(parameters) and its prediction interval at the target size."),
+            ("rank_agreement", _rank_scatter, "Each variant's gain at the smallest against the largest scale; "
+             "points on one rising line mean the small model orders the variants as the large one does."),
+            ("loss_curves", lambda a, figure: _loss_curves(a, results, figure), "Training loss against step per "
+             "model: a thick line is the mean over seeds, thin lines are the seeds.")):
+        figure = Figure(figsize=(12, 3.6), layout="constrained")
+        if draw(analysis, figure):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+            plots[name] = (buffer.getvalue(), caption)
+    return plots
+
+
+def _axes(figure: Figure, n: int, ncols: int = 3) -> list:
+    nrows = -(-n // ncols)
+    figure.set_size_inches(4 * min(n, ncols) + 0.5, 3.3 * nrows + 0.3)
+    return list(figure.subplots(nrows, min(n, ncols), squeeze=False).ravel()[:n])
+
+
+def _colours(keys: list) -> dict:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {key: cmap(i % 10) for i, key in enumerate(keys)}
+
+
+def _transfer_curves(analysis: dict, figure: Figure) -> bool:
+    metrics = list(analysis["metrics"])
+    if not metrics:
+        return False
+    lines = sorted({(g["recipe"], g["variant"]) for g in analysis["gains"]})
+    colours, jitter = _colours(lines), {line: 1 + 0.04 * (i - len(lines) / 2) for i, line in enumerate(lines)}
+    for ax, metric in zip(_axes(figure, len(metrics)), metrics):
+        _draw_bases(ax, [b for b in analysis["base"] if b["metric"] == metric])
+        for line in lines:
+            rows = sorted((g for g in analysis["gains"] if (g["recipe"], g["variant"], g["metric"]) == (*line, metric)),
+                          key=lambda g: g["parameters"])
+            if rows:
+                _errorbar(ax, [g["parameters"] * jitter[line] for g in rows], [g["trained"] for g in rows],
+                          colour=colours[line], label=f"{line[0]} {line[1]}", marker="o")
+        ax.set(xscale="log", xlabel="parameters", title=analysis["metrics"][metric]["label"])
+        _model_ticks(ax, analysis["models"])
+        ax.legend(fontsize=6)
+    return True
+
+
+def _model_ticks(ax, models: list[dict]) -> None:
+    """Tick the x axis at the models themselves: the ladder spans one decade, so log ticks would crowd."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([m["parameters"] for m in models], [f"{m['name']}\n{format_parameters(m['parameters'])}" for m in models],
+                  fontsize=7)
+
+
+def _draw_bases(ax, bases: list[dict]) -> None:
+    """One dashed base line per distinct base evaluation: recipes sharing a base model's scores share a line."""
+    by_values = defaultdict(list)
+    for recipe in dict.fromkeys(b["recipe"] for b in bases):
+        rows = sorted((b for b in bases if b["recipe"] == recipe), key=lambda b: b["parameters"])
+        by_values[tuple((b["parameters"], b["base"]["estimate"]) for b in rows)].append((recipe, rows))
+    for shade, groups in zip(("black", "dimgray", "gray", "darkgray"), by_values.values()):
+        rows = groups[0][1]
+        _errorbar(ax, [b["parameters"] for b in rows], [b["base"] for b in rows], colour=shade, linestyle="--",
+                  label=f"base ({', '.join(r for r, _ in groups)})", marker="s")
+
+
+def _errorbar(ax, x: list[float], intervals: list[dict], colour, label: str, **style) -> None:
+    y = np.array([iv["estimate"] if iv["estimate"] is not None else np.nan for iv in intervals], dtype=float)
+    low = np.array([iv["low"] if iv["low"] is not None else np.nan for iv in intervals], dtype=float)
+    high = np.array([iv["high"] if iv["high"] is not None else np.nan for iv in intervals], dtype=float)
+    yerr = np.nan_to_num(np.vstack([y - low, high - y]), nan=0.0).clip(min=0)
+    ax.errorbar(x, y, yerr=yerr, color=colour, label=label, capsize=3, **{"markersize": 4, **style})
+
+
+def _gain_vs_scale(analysis: dict, figure: Figure) -> bool:
+    primary = primary_metric_names(analysis)
+    if not primary:
+        return False
+    for ax, (recipe, metric) in zip(_axes(figure, len(primary)), primary.items()):
+        variants = analysis["recipes"][recipe]
+        colours = _colours(variants)
+        for variant in variants:
+            rows = sorted((g for g in analysis["gains"] if (g["recipe"], g["variant"], g["metric"]) ==
+                           (recipe, variant, metric)), key=lambda g: g["parameters"])
+            if rows:
+                _errorbar(ax, [g["parameters"] for g in rows], [g["gain"] for g in rows], colours[variant],
+                          label=variant, marker="o", linestyle="none")
+            fit = next((f for f in analysis["fits"] if (f["recipe"], f["variant"], f["metric"]) ==
+                        (recipe, variant, metric)), None)
+            if fit:
+                _draw_fit(ax, fit, colours[variant])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set(xscale="log", xlabel="parameters", ylabel=f"gain in {metric}", title=recipe)
+        ax.legend(fontsize=6)
+    return True
+
+
+def _draw_fit(ax, fit: dict, colour) -> None:
+    sizes = [p for p, _ in fit["points"]] + ([fit["target_parameters"]] if fit["target_parameters"] else [])
+    x = np.geomspace(min(sizes), max(sizes), 50)
+    ax.plot(x, fit["intercept"] + fit["slope"] * np.log10(x), color=colour, linewidth=1, alpha=0.7)
+    if fit["prediction"] and fit["prediction"]["estimate"] is not None:
+        _errorbar(ax, [fit["target_parameters"]], [fit["prediction"]], colour, marker="*", markersize=9,
+                  label=f"{fit['variant']} predicted at {fit['target']}", linestyle="none")
+
+
+def _rank_scatter(analysis: dict, figure: Figure) -> bool:
+    entries = [h for h in analysis["headline"] if h["transfer"]]
+    if not entries:
+        return False
+    for ax, entry in zip(_axes(figure, len(entries)), entries):
+        transfer = entry["transfer"]
+        small, large = entry["scales"][0]["variants"], entry["scales"][-1]["variants"]
+        shared = [v for v in small if v in large]
+        x = [small[v]["gain"]["estimate"] for v in shared]
+        y = [large[v]["gain"]["estimate"] for v in shared]
+        ax.scatter(x, y, color="tab:blue", zorder=3)
+        for v, xi, yi in zip(shared, x, y):
+            ax.annotate(v, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        lo, hi = min(x + y + [0.0]), max(x + y + [0.0])
+        ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", linewidth=1)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.axvline(0, color="black", linewidth=0.5)
+        ranks = transfer["rank_agreement"]
+        ax.set(xlabel=f"gain at {transfer['smallest']}", ylabel=f"gain at {transfer['largest']}",
+               title=f"{entry['recipe']} ({entry['metric']})\nKendall {format_number(ranks['kendall'], digits=2)}, "
+                     f"decision accuracy {format_number(ranks['decision_accuracy'], digits=2)}")
+        ax.title.set_fontsize(9)
+    return True
+
+
+def _recipe_order(analysis: dict):
+    order = list(analysis["recipes"])
+    return lambda recipe: (order.index(recipe) if recipe in order else len(order), recipe)
+
+
+def _loss_curves(analysis: dict, results: list[CellResult], figure: Figure) -> bool:
+    curves = defaultdict(list)  # recipe -> [(model, parameters, variant, steps, losses)]
+    for cell in results:
+        points = [(h["step"], h["loss"]) for h in cell.log_history if "loss" in h and "step" in h]
+        if points:
+            curves[cell.recipe].append((cell.parameters, cell.model, cell.variant, *zip(*points)))
+    if not curves:
+        return False
+    for ax, recipe in zip(_axes(figure, len(curves)), sorted(curves, key=_recipe_order(analysis))):
+        runs = sorted(curves[recipe], key=lambda r: r[:3])
+        models = list(dict.fromkeys(r[1] for r in runs))
+        colours = _colours(models)
+        styles = dict(zip(dict.fromkeys(r[2] for r in runs), ("-", "--", ":", "-.") * 8))
+        for (model, variant), group in _group(runs).items():
+            for _, _, _, steps, losses in group:
+                ax.plot(steps, losses, color=colours[model], linestyle=styles[variant], linewidth=0.6, alpha=0.3)
+            steps, mean = _mean_curve(group)
+            ax.plot(steps, mean, color=colours[model], linestyle=styles[variant], linewidth=1.8,
+                    label=f"{model} {variant}")
+        ax.set(xlabel="step", ylabel="training loss", title=recipe)
+        ax.legend(fontsize=6)
+    return True
+
+
+def _group(runs: list[tuple]) -> dict[tuple, list[tuple]]:
+    groups = defaultdict(list)
+    for run in runs:
+        groups[(run[1], run[2])].append(run)
+    return groups
+
+
+def _mean_curve(group: list[tuple]) -> tuple[list, list]:
+    by_step = defaultdict(list)
+    for *_, steps, losses in group:
+        for step, loss in zip(steps, losses):
+            by_step[step].append(loss)
+    steps = sorted(by_step)
+    return steps, [float(np.mean(by_step[s])) for s in steps]
+
+
+# --- tables: rows of plain text, or (text, css class) for a colour-coded cell --------------------------

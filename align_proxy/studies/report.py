@@ -1,0 +1,258 @@
+"""A study's report: one self-contained HTML page (plots embedded), a Markdown summary and the JSON of
+every number, written for a researcher deciding whether a recipe is worth a large run.
+
+It draws what `analysis.analyse` computed and adds nothing but the loss curves from the results.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from align_proxy.studies.plots import format_number, format_parameters, primary_metric_names, draw_plots
+from align_proxy.studies.store import CellResult
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #bbb; padding: .3em .55em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.helps { background: #d8f0d8; } .hurts { background: #f6d5d5; } .unclear { background: #f3f0d9; }
+td.helps, td.hurts, td.unclear { white-space: nowrap; }
+.high { font-weight: bold; color: #1a6b1a; } .medium { color: #7a5a00; } .low { color: #a02020; }
+.warning { background: #fff4d6; border: 1px solid #e0c060; padding: .6em 1em; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: .9em; color: #555; } small { color: #555; }
+"""
+
+
+def write_report(study_dir: Path, analysis: dict, results: list[CellResult], title: str) -> dict[str, Path]:
+    """Write report.html, report.md, report.json and plots/*.png into `study_dir`, each atomically."""
+    study_dir = Path(study_dir)
+    (study_dir / "plots").mkdir(parents=True, exist_ok=True)
+    plots = draw_plots(analysis, results)
+    written = {f"plot_{name}": _write(study_dir / "plots" / f"{name}.png", png) for name, (png, _) in plots.items()}
+    written["json"] = _write(study_dir / "report.json", json.dumps(analysis, allow_nan=False, indent=1).encode())
+    written["markdown"] = _write(study_dir / "report.md", render_markdown(analysis, plots, title).encode())
+    written["html"] = _write(study_dir / "report.html", render_html(analysis, plots, title).encode())
+    return written
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+def _interval(iv: dict | None, signed: bool = True) -> str:
+    if not iv or iv["estimate"] is None:
+        return "n/a"
+    bounds = "" if iv["low"] is None else f" [{format_number(iv['low'], signed)}, {format_number(iv['high'], signed)}]"
+    return f"{format_number(iv['estimate'], signed)}{bounds}"
+
+
+def _verdict_cell(scale: dict | None, variant: str | None = None) -> tuple[str, str] | str:
+    if scale is None:
+        return "no results"
+    lines = [scale["verdict"], _interval(scale["gain"])] + ([variant] if variant else [])
+    return "\n".join(lines), scale["verdict"]
+
+
+def _headline_table(analysis: dict) -> tuple[list[str], list[list]]:
+    models = [m["name"] for m in analysis["models"]]
+    target = analysis["target"]
+    headers = (["recipe", "metric"] + [f"{m} ({format_parameters(p['parameters'])})" for m, p in
+                                       zip(models, analysis["models"])] +
+               ["transfers (smallest to largest)", "decision accuracy",
+                f"predicted gain at {target['name']}" if target else "prediction", "confidence"])
+    rows = []
+    for h in analysis["headline"]:
+        scales = {s["model"]: s for s in h["scales"]}
+        transfer = h["transfer"] or {}
+        accuracy = transfer.get("rank_agreement", {}).get("decision_accuracy")
+        rows.append([h["recipe"], h["metric_label"]] +
+                    [_verdict_cell(scales.get(m), scales[m]["best_variant"] if m in scales else None) for m in models] +
+                    [transfer.get("transfers", "one scale only"), format_number(accuracy, digits=2),
+                     _interval(h["prediction"]["gain"]) if h["prediction"] else "n/a",
+                     (h["confidence"], h["confidence"])])
+    return headers, rows
+
+
+def _variant_table(analysis: dict, entry: dict) -> tuple[list[str], list[list]]:
+    models = [s["model"] for s in entry["scales"]]
+    rows = [[variant] + [_verdict_cell(s["variants"].get(variant)) for s in entry["scales"]]
+            for variant in analysis["recipes"][entry["recipe"]]]
+    return ["variant"] + models, rows
+
+
+def _gain_table(analysis: dict) -> tuple[list[str], list[list]]:
+    rows = [[g["recipe"], g["variant"], g["model"], g["metric"], str(g["n_seeds"]), str(g["n_items"] or "aggregate"),
+             format_number(g["base_mean"]), _interval(g["trained"], signed=False), (_interval(g["gain"]), g["verdict"]),
+             g["verdict"]] for g in analysis["gains"]]
+    return ["recipe", "variant", "model", "metric", "seeds", "items", "base", "trained", "gain", "verdict"], rows
+
+
+def _ratio_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    primary = primary_metric_names(analysis)
+    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", v, _interval(iv, signed=False)]
+            for t in analysis["transfer"] if not primary_only or primary.get(t["recipe"]) == t["metric"]
+            for v, iv in t["ratios"].items()]
+    return ["recipe", "metric", "scales", "variant", "gain ratio (large / small)"], rows
+
+
+def _rank_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    primary = primary_metric_names(analysis)
+    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", str(t["rank_agreement"]["n_variants"]),
+             format_number(t["sign_agreement"], digits=2), format_number(t["rank_agreement"]["spearman"], digits=2),
+             format_number(t["rank_agreement"]["kendall"], digits=2), format_number(t["rank_agreement"]["decision_accuracy"], digits=2)]
+            for t in analysis["transfer"] if not primary_only or primary.get(t["recipe"]) == t["metric"]]
+    return ["recipe", "metric", "scales", "variants", "sign agreement", "Spearman", "Kendall",
+            "decision accuracy"], rows
+
+
+def _fit_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    primary = primary_metric_names(analysis)
+    rows = [[f["recipe"], f["variant"], f["metric"], format_number(f["slope"], signed=True, digits=4),
+             format_number(f["intercept"], signed=True, digits=4), format_number(f["r_squared"], digits=2), str(f["n_points"]),
+             f"{_interval(f['prediction'])} at {f['target']}" if f["prediction"] else "no target"]
+            for f in analysis["fits"] if not primary_only or primary.get(f["recipe"]) == f["metric"]]
+    return ["recipe", "variant", "metric", "slope per decade", "intercept", "R²", "points", "prediction"], rows
+
+
+def _base_table(analysis: dict) -> tuple[list[str], list[list]]:
+    rows = [[b["recipe"], b["model"], b["metric"], str(b["n_evaluations"]), _interval(b["base"], signed=False)]
+            for b in analysis["base"]]
+    return ["recipe", "model", "metric", "distinct evaluations", "base score"], rows
+
+
+def _completeness_table(analysis: dict) -> tuple[list[str], list[list]]:
+    rows = [[r["recipe"], r["model"], f"{r['done']} / {r['expected']}"]
+            for r in analysis["completeness"]["by_recipe_model"]]
+    return ["recipe", "model", "cells finished"], rows
+
+
+def _summary_lines(analysis: dict) -> list[str]:
+    done = analysis["completeness"]
+    target = analysis["target"]
+    models = ", ".join(f"{m['name']} ({format_parameters(m['parameters'])})" for m in analysis["models"])
+    return [f"Models: {models}.",
+            f"Cells finished: {done['done']} of {done['expected']} ({done['expected_from']}); seeds: "
+            f"{', '.join(map(str, analysis['seeds'])) or 'none'}.",
+            f"Intervals: {analysis['confidence']:.0%}, {analysis['n_resamples']} bootstrap resamples. Target size: "
+            + (f"{target['name']} ({format_parameters(target['parameters'])})." if target else "none named.")]
+
+
+def _partial_lines(analysis: dict, limit: int = 12) -> list[str]:
+    done = analysis["completeness"]
+    if done["complete"]:
+        return []
+    if not done["expected"]:
+        return ["No finished cells yet: there is nothing to analyse."]
+    missing = [f"{m['recipe']} {m['variant']} on {m['model']} seed {m['seed']} ({m['status']})"
+               for m in done["missing"]]
+    more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+    without = done["models_without_results"]
+    return [f"Partial study: {len(missing)} of {done['expected']} cells are not finished, so every number below "
+            f"may change. Missing: {'; '.join(missing[:limit])}{more}."] + \
+        ([f"No results yet for: {', '.join(without)}."] if without else [])
+
+
+HOW_TO_READ = [
+    "Gain is the trained model's score minus its base model's, on the same held-out items. Its interval is a "
+    "two-level bootstrap: seeds are resampled, then items within each seed, so it covers both training noise "
+    "and the finite evaluation set. 'helps' / 'hurts' means the interval excludes zero on the better / worse "
+    "side (for completion NLL lower is better); 'unclear' means it does not, or there was one number only.",
+    "The headline judges each recipe on its primary metric with the best variant at each scale; picking the "
+    "best of several variants flatters it a little, so a narrow 'helps' for one variant deserves a rerun.",
+    "Decision accuracy (as in DataDecide) is the share of variant pairs the smallest and largest model order "
+    "the same way: 1 means choosing a variant on the small model picks what the large model prefers, 0.5 is "
+    "a coin flip. Kendall and Spearman are the rank correlations of the variants' gains; the gain ratio is "
+    "the large model's gain over the small one's (undefined when the small gain's interval crosses zero).",
+    "The fit is gain against log10(parameters), one point per seed per model, and its interval is for one "
+    "run at the target size. From three tiny rungs to a model hundreds of times larger it is an "
+    "extrapolation: trust its sign more than its size, and less when the fit's R² is low.",
+]
+
+
+def _html_table(headers: list[str], rows: list[list], table_id: str | None = None) -> str:
+    def cell(value) -> str:
+        text, css = value if isinstance(value, tuple) else (value, None)
+        attribute = f' class="{html.escape(css)}"' if css else ""
+        return f"<td{attribute}>{html.escape(str(text)).replace(chr(10), '<br>')}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    ident = f' id="{html.escape(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        text = value[0] if isinstance(value, tuple) else value
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    if not rows:
+        return "_none yet_"
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
+def render_html(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str) -> str:
+    esc = html.escape
+    parts = [f"<h1>{esc(title)}</h1>", *(f"<p>{esc(line)}</p>" for line in _summary_lines(analysis)),
+             *(f'<p class="warning">{esc(line)}</p>' for line in _partial_lines(analysis)),
+             "<h2>Headline: is each recipe worth a large run?</h2>",
+             _html_table(*_headline_table(analysis), "headline"),
+             "<ul>" + "".join(f'<li><b>{esc(h["recipe"])}</b> (<span class="{esc(h["confidence"])}">'
+                              f'{esc(h["confidence"])} confidence</span>): {esc(h["conclusion"])}</li>'
+                              for h in analysis["headline"]) + "</ul>"]
+    for entry in analysis["headline"]:
+        parts += [f"<h3>{esc(entry['recipe'])}: every variant on {esc(entry['metric_label'])}</h3>",
+                  _html_table(*_variant_table(analysis, entry))]
+    parts.append("<h2>Plots</h2>")
+    for name, (png, caption) in plots.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(name.replace("_", " "))}: '
+                     f'{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>')
+    for heading, table in (("Gains per variant, model and metric", _gain_table), ("Transfer ratios", _ratio_table),
+                           ("Rank agreement across scales", _rank_table), ("Gain against scale fits", _fit_table),
+                           ("Base scores", _base_table), ("Cells finished", _completeness_table)):
+        parts += [f"<h2>{esc(heading)}</h2>", _html_table(*table(analysis))]
+    parts += ["<h2>How to read this</h2>", *(f"<p>{esc(p)}</p>" for p in HOW_TO_READ)]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def render_markdown(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str) -> str:
+    parts = [f"# {title}", "\n".join(_summary_lines(analysis)),
+             *(f"> **{line}**" for line in _partial_lines(analysis)),
+             "## Headline: is each recipe worth a large run?", _md_table(*_headline_table(analysis)),
+             "\n".join(f"- **{h['recipe']}** ({h['confidence']} confidence): {h['conclusion']}"
+                       for h in analysis["headline"])]
+    for entry in analysis["headline"]:
+        parts += [f"### {entry['recipe']}: every variant on {entry['metric_label']}",
+                  _md_table(*_variant_table(analysis, entry))]
+    parts += ["## Plots", *(f"![{name.replace('_', ' ')}](plots/{name}.png)\n\n{caption}"
+                            for name, (_, caption) in plots.items())]
+    parts += ["## Key numbers (primary metrics)", "### Rank agreement", _md_table(*_rank_table(analysis, True)),
+              "### Transfer ratios", _md_table(*_ratio_table(analysis, True)),
+              "### Gain against scale", _md_table(*_fit_table(analysis, True)),
+              "Every number, all metrics: `report.json`; the full tables: `report.html`.",
+              "## How to read this", *HOW_TO_READ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,154 @@
+"""A study's report: three files written atomically, a self-contained HTML page with its plots
+embedded, a Markdown summary, and the page rendering with its images in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from align_proxy.studies.analysis import analyse
+from align_proxy.studies.report import write_report
+from tests.test_analysis import MODELS, PRIMARY, TARGET, everywhere, planted_cells
+
+TITLE = "Transfer study: planted effects"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# Chromium run as a test needs: no sandbox (root in containers), no GPU, nothing fetched in the background.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+IMG_DATA = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"')
+
+
+def study_cells(drop_largest_seed: bool = False):
+    cells = (planted_cells("sft", {"lr=high": everywhere(0.2), "lr=low": everywhere(0.1)}) +
+             planted_cells("dpo", {"beta=0.1": everywhere(0.0), "beta=0.3": everywhere(0.05)}) +
+             planted_cells("reward", {"lr=1": everywhere(0.1)}, metric="preference_accuracy"))
+    return [c for c in cells if not (drop_largest_seed and c.model == "ladder-l" and c.seed == 2)]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A full study's report, written once for the module: (files, analysis)."""
+    cells = study_cells()
+    analysis = analyse(cells, MODELS, PRIMARY, target=TARGET)
+    return write_report(tmp_path_factory.mktemp("study"), analysis, cells, TITLE), analysis
+
+
+def test_report_writes_html_markdown_json_and_plots_with_no_temporary_files_left(report):
+    files, analysis = report
+    study_dir = files["html"].parent
+    assert {files["html"].name, files["markdown"].name, files["json"].name} == {"report.html", "report.md",
+                                                                                "report.json"}
+    plots = sorted(p.name for key, p in files.items() if key.startswith("plot_"))
+    assert plots == ["gain_vs_scale.png", "loss_curves.png", "rank_agreement.png", "transfer_curves.png"]
+    assert sorted(p.name for p in (study_dir / "plots").iterdir()) == plots
+    assert sorted(p.name for p in study_dir.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
+    assert json.loads(files["json"].read_text()) == analysis
+
+
+def test_rewriting_a_report_replaces_it_in_place(tmp_path):
+    cells = study_cells()
+    partial = analyse(cells[:10], MODELS, PRIMARY)
+    write_report(tmp_path, partial, cells[:10], TITLE)
+    files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY), cells, TITLE)
+    assert "Partial study" not in files["html"].read_text()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_html_embeds_every_plot_as_a_png_with_alt_text_and_fetches_nothing(report):
+    files, _ = report
+    page = files["html"].read_text()
+    images = IMG_DATA.findall(page)
+    assert len(images) == page.count("<img") == sum(key.startswith("plot_") for key in files)
+    for data, alt in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
+        assert alt.strip()
+    assert not re.search(r"https?://", page)
+    assert "<script" not in page and "<link" not in page
+
+
+def test_html_has_the_headline_table_with_a_coloured_verdict_per_scale(report):
+    files, analysis = report
+    page = files["html"].read_text()
+    headline = page[page.index('<table id="headline">'):]
+    headline = headline[:headline.index("</table>")]
+    assert headline.count("<tr>") == 1 + len(analysis["headline"])
+    assert headline.count('class="helps"') >= 3  # sft at every scale
+    conclusions = page[page.index("</table>", page.index('<table id="headline">')):].split("</ul>")[0]
+    assert "worth a large run" in conclusions  # each recipe's conclusion, in a list under the table
+    assert "How to read this" in page and "two-level bootstrap" in page
+
+
+def test_markdown_has_each_recipe_and_links_the_plots_it_wrote(report):
+    files, _ = report
+    text = files["markdown"].read_text()
+    for recipe in ("sft", "dpo", "reward"):
+        assert f"**{recipe}**" in text
+    for key, path in files.items():
+        if key.startswith("plot_"):
+            assert f"](plots/{path.name})" in text
+
+
+def test_a_partial_study_report_says_what_is_missing(tmp_path):
+    cells = study_cells(drop_largest_seed=True)
+    files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY, target=TARGET), cells, TITLE)
+    for path in (files["html"], files["markdown"]):
+        assert "Partial study: 5 of 45 cells are not finished" in path.read_text()
+    assert "sft lr=high on ladder-l seed 2 (not run)" in files["markdown"].read_text()
+
+
+def test_text_in_the_page_is_escaped(tmp_path):
+    cells = study_cells()
+    files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY), cells, "<script>alert(1)</script> & co")
+    page = files["html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+
+
+def test_a_study_without_loss_logs_leaves_out_the_loss_plot(tmp_path):
+    cells = [dataclasses.replace(c, log_history=[]) for c in study_cells()]
+    files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY), cells, TITLE)
+    assert "plot_loss_curves" not in files
+    assert files["html"].read_text().count("<img") == 3
+
+
+# --- in a real browser --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"headless browser check needs {', '.join(missing)} "
+                    "(Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="headless browser check needs selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                                  "--window-size=1280,1024"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_html_report_renders_in_headless_chromium_with_every_image(report, browser):
+    from selenium.webdriver.common.by import By
+
+    files, analysis = report
+    browser.get(files["html"].resolve().as_uri())  # returns once the page and its images have loaded
+    assert browser.title == TITLE
+    headline = browser.find_element(By.ID, "headline")
+    assert headline.is_displayed()
+    assert len(headline.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(analysis["headline"])
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+    assert len(images) == sum(key.startswith("plot_") for key in files)
+    for complete, width, height, alt in images:
+        assert complete and width > 0 and height > 0, f"image did not render: {alt}"
