@@ -1,7 +1,14 @@
 """Reward functions with TRL's signature `fn(prompts, completions, **kwargs) -> list[float]`.
 
-Look one up by its registered name (`arith_exact_match`) or by dotted path
-(`rewards.arith:exact_match`, `my_package.my_module:my_reward`).
+Name a reward in a config (`reward_funcs`) by:
+
+- a registered name: `arith_exact_match`, `arith_digit_overlap` (the built-in tasks' gold rewards),
+  `answer_format` (format) or `overlong_penalty` (length; follows the run's `max_completion_length`);
+- a dotted path: `rewards.arith:exact_match`, `my_package.my_module:my_reward`;
+- a directory written by `recipes/reward.py`: its reward model, as a learned reward.
+
+`load_rewards` turns a config's list into a `RewardSet`: every reward checked on every call (one
+finite number per completion, or an error naming it) and weighted by TRL's `reward_weights`.
 """
 
 from __future__ import annotations
@@ -9,16 +16,25 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from rewards import arith
+from rewards import arith, shaping
+from rewards.combine import CheckedReward, RewardError, RewardSet, check_signature
+from rewards.learned import LearnedReward, is_reward_model_dir
 
 REWARDS: dict[str, Callable] = {
     "arith_exact_match": arith.exact_match,
     "arith_digit_overlap": arith.digit_overlap,
+    "answer_format": shaping.answer_format,
+}
+# Rewards built from the run's TRL config (GRPOConfig / RLOOConfig), because they depend on it.
+FACTORIES: dict[str, Callable] = {
+    "overlong_penalty": shaping.OverlongPenalty.from_config,
 }
 
+__all__ = ["REWARDS", "FACTORIES", "RewardError", "RewardSet", "get_reward", "load_rewards"]
 
-def get_reward(name: str) -> Callable:
-    """A registered reward, or `module.path:function` imported on demand.
+
+def get_reward(name: str, config=None) -> Callable:
+    """A registered reward, a learned reward model's directory, or `module.path:function` imported on demand.
 
     >>> get_reward("arith_exact_match") is arith.exact_match
     True
@@ -27,10 +43,17 @@ def get_reward(name: str) -> Callable:
     """
     if name in REWARDS:
         return REWARDS[name]
+    if name in FACTORIES:
+        if config is None:
+            raise ValueError(f"reward {name!r} is built from the run's config: pass it (a GRPOConfig or RLOOConfig)")
+        return FACTORIES[name](config)
+    if is_reward_model_dir(name):
+        return LearnedReward(name)
     module_name, sep, attr = name.partition(":")
     if not sep:
-        raise KeyError(f"unknown reward {name!r}: registered rewards are {', '.join(REWARDS)}, "
-                       "or give a dotted path such as 'rewards.arith:exact_match'")
+        raise KeyError(f"unknown reward {name!r}: registered rewards are {', '.join([*REWARDS, *FACTORIES])}; "
+                       "or give a dotted path such as 'rewards.arith:exact_match', or the output directory of "
+                       "recipes/reward.py for a learned reward (none exists at that path)")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
@@ -38,3 +61,32 @@ def get_reward(name: str) -> Callable:
     if not callable(fn):
         raise TypeError(f"reward {name!r} is not callable")
     return fn
+
+
+def _display_name(spec: str, fn: Callable) -> str:
+    """What metrics and logs call a reward: its registered name, else the function's own name."""
+    if spec in REWARDS or spec in FACTORIES:
+        return spec
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def load_rewards(specs: list[str] | None, weights: list[float] | None = None, config=None) -> RewardSet:
+    """The configured rewards, checked and weighted (no weights: 1.0 each, as TRL defaults).
+
+    Names are made unique in config order (`learned_reward`, `learned_reward_2`), since metrics are keyed
+    by them.
+    """
+    if not specs:
+        raise RewardError("no reward given: pass --reward_funcs (e.g. arith_exact_match, or the output directory "
+                          "of recipes/reward.py for a learned reward); see rewards/__init__.py for every form")
+    names, funcs = [], []
+    for spec in specs:
+        fn = get_reward(spec, config)
+        name = base = _display_name(spec, fn)
+        suffix = 2
+        while name in names:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        check_signature(name, fn)
+        names.append(name)
+        funcs.append(CheckedReward(name, fn))
+    return RewardSet(names, funcs, [1.0] * len(funcs) if weights is None else [float(w) for w in weights])

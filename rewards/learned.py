@@ -1,0 +1,62 @@
+"""A learned reward: the reward model `recipes/reward.py` trained, as a reward function with TRL's signature.
+
+TRL can take a reward model's path itself, but it scores `prompt + completion` without the BOS and
+EOS tokens the reward trainer put around every pair it learned from, so its scores drift from the
+ones the model was trained (and evaluated) to give. This wrapper scores exactly the way
+`evals.scoring.reward_scores` does, with the reward model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from evals.scoring import reward_scores
+from rewards.arith import _prompt_text, _text
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    """A local directory holding a one-label sequence classifier (what `recipes/reward.py` writes)."""
+    config = Path(path).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(arch.endswith("ForSequenceClassification") for arch in architectures)
+
+
+class LearnedReward:
+    """Scores completions with a trained reward model; higher means the model prefers it.
+
+    The scale is whatever the reward model learned (a logit), not a probability: weight it against
+    other rewards with `--reward_weights`.
+    """
+
+    __name__ = "learned_reward"
+
+    def __init__(self, path: str | Path, device: str | torch.device | None = None, batch_size: int = 64):
+        self.path = str(Path(path).expanduser())
+        if not is_reward_model_dir(self.path):
+            raise ValueError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
+                             "(a config.json of a ...ForSequenceClassification model). Train one with "
+                             "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
+        if device is None:
+            from accelerate import PartialState
+
+            device = PartialState().device  # each process scores its own completions on its own device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32).to(device)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{self.path} has {self.model.config.num_labels} labels; a reward model has one score")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.requires_grad_(False)
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        return reward_scores(self.model, self.tokenizer, [_prompt_text(p) for p in prompts],
+                             [_text(c) for c in completions], batch_size=self.batch_size)
