@@ -54,13 +54,14 @@ class RecipeArguments(ScriptArguments):
                                                                         "model is scored once per evaluation setup."})
 
 
-def make_parser(config_class: type, prog: str | None = None) -> TrlParser:
+def make_parser(config_class: type, prog: str | None = None, script_class: type = RecipeArguments) -> TrlParser:
     """`--config FILE.yaml` plus command-line overrides, the TRL way.
 
     Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
-    refuses on a CPU-only machine); a config file or flag still wins.
+    refuses on a CPU-only machine); a config file or flag still wins. A recipe with arguments of its
+    own (the RL recipes' rewards) passes a subclass of `RecipeArguments` as `script_class`.
     """
-    parser = TrlParser((RecipeArguments, config_class, ModelConfig), prog=prog)
+    parser = TrlParser((script_class, config_class, ModelConfig), prog=prog)
     if not torch.cuda.is_available():
         parser.set_defaults(use_cpu=True, bf16=False)
     return parser
@@ -131,6 +132,9 @@ class RecipeRun:
     data: RecipeData
     evaluator: Callable[[RecipeRun, str], object]  # the recipe's own: (run, model directory) -> EvalResult
     base: object | None = None  # the base model's EvalResult, when evaluated
+    # What else the recipe's evaluation depends on (an RL evaluation: its rewards and sampling), added to
+    # the base-evaluation cache key; an "evaluation" entry names its kind.
+    evaluation_key: dict | None = None
 
     def evaluate(self, model_path: str):
         return self.evaluator(self, model_path)
@@ -196,7 +200,8 @@ class RecipeRun:
                "dataset_files": _files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
                "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
                "eval_size": args.eval_size, "eval_seed": args.eval_seed,
-               "eval_max_new_tokens": args.eval_max_new_tokens}
+               "eval_max_new_tokens": args.eval_max_new_tokens, **(self.evaluation_key or {})}
+        evaluation = key["evaluation"]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = cache / f"{evaluation}-{self.model.name.replace('/', '--')}-{digest}.json"
         cache.mkdir(parents=True, exist_ok=True)
@@ -280,7 +285,7 @@ class RecipeRun:
 
 
 def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig,
-                evaluate: Callable[[RecipeRun, str], dict]) -> RecipeRun:
+                evaluate: Callable[[RecipeRun, str], dict], evaluation_key: dict | None = None) -> RecipeRun:
     """Everything before the trainer: data checked first, then the model resolved (building the
     offline ladder on first use), the resolved config written, and the base model evaluated."""
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
@@ -306,7 +311,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate)
+    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate,
+                    evaluation_key=evaluation_key)
     run.write_config()
     run.evaluate_base()
     return run
@@ -332,6 +338,13 @@ METRIC_LABELS = {
     "completion_nll": ("completion NLL (nats/token)", False),
     "preference_margin": ("preference margin", True),
     "implicit_reward_margin": ("implicit-reward margin", True),
+    # RL evaluation (evals/rl.py), on completions sampled as in training. KL and length have no better
+    # direction (None): a KL of 0 is the untrained policy, not the goal.
+    "reward": ("reward (weighted, as trained)", True),
+    "gold_reward": ("gold reward (sampled, held-out)", True),
+    "learned_reward": ("learned-RM reward (sampled)", True),
+    "kl_to_reference": ("KL to reference (nats/seq)", None),
+    "response_length": ("response length (tokens)", None),
 }
 
 
@@ -342,7 +355,7 @@ def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -
         label, higher_is_better = METRIC_LABELS.get(key, (key, True))
         if key in base:
             gain = value - base[key]
-            better = gain > 0 if higher_is_better else gain < 0
+            better = higher_is_better is not None and (gain > 0 if higher_is_better else gain < 0)
             lines.append(f"{label:40s} {base[key]:9.4f} {value:9.4f} {gain:+9.4f} {'better' if better else ''}")
         else:
             lines.append(f"{label:40s} {'-':>9s} {value:9.4f}")

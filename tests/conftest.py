@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from trl import DPOConfig, RewardConfig, SFTConfig
+from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
+CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
 
 # Keep every test offline and out of the user's cache, whatever the machine has set. Set at import,
 # before any fixture of any scope runs, so session- and module-scoped builds land here too.
@@ -20,6 +20,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
+
+from align_proxy.recipe import RecipeArguments  # noqa: E402 - after the environment above is set
+from align_proxy.rl import RLArguments  # noqa: E402
 
 
 def tiny_spec(seed: int = 0, steps: int = 600):
@@ -58,3 +61,12 @@ def load_recipe(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# The script arguments each recipe parses (the RL recipes add their rewards); RecipeArguments otherwise.
+SCRIPT_CLASSES = {"grpo": RLArguments, "rloo": RLArguments}
+
+
+def recipe_parser(name: str):
+    """The parser `python recipes/<name>.py` builds: its script arguments, TRL config and ModelConfig."""
+    return load_recipe(name).make_parser(CONFIG_CLASSES[name], script_class=SCRIPT_CLASSES.get(name, RecipeArguments))

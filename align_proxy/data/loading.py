@@ -17,7 +17,7 @@ from align_proxy.data.validation import DatasetFormatError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # The task format each recipe trains on when fed a built-in task.
-TASK_FORMAT = {"sft": "sft", "dpo": "preference", "reward": "preference", "rl": "rl"}
+TASK_FORMAT = {"sft": "sft", "dpo": "preference", "reward": "preference", "rl": "rl", "grpo": "rl", "rloo": "rl"}
 
 
 @dataclass

@@ -39,6 +39,10 @@ RECIPE_FORMATS: dict[str, tuple[TrlFormat, ...]] = {
     "dpo": (PREFERENCE, IMPLICIT_PREFERENCE),
     "reward": (PREFERENCE, IMPLICIT_PREFERENCE),
     "rl": (PROMPT_ONLY,),
+    # The RL recipes generate their own completions: only prompts are needed; other columns (a built-in
+    # task's `answer`) reach the reward functions as keyword arguments.
+    "grpo": (PROMPT_ONLY,),
+    "rloo": (PROMPT_ONLY,),
 }
 
 

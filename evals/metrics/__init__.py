@@ -4,7 +4,7 @@ from functools import cache
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).parent
-NAMES = ("task_accuracy", "preference_accuracy", "completion_nll")
+NAMES = ("task_accuracy", "preference_accuracy", "completion_nll", "sequence_kl")
 
 
 @cache

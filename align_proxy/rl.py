@@ -1,0 +1,142 @@
+"""What the RL recipes (`recipes/grpo.py`, `recipes/rloo.py`) share: their arguments, the rollout
+backend (vLLM through TRL, or a faster Hugging Face `generate`), and their evaluation.
+
+Rollout, reward and update stay separate: rollouts are TRL's generation backends, configured here;
+rewards come from `rewards/` and know nothing of the trainer; the update is TRL's own loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from accelerate import PartialState
+from trl.import_utils import is_vllm_available
+
+from align_proxy.recipe import RecipeArguments, RecipeRun, _files_stamp
+from rewards import RewardSet, load_rewards
+
+VLLM_MODES = ("colocate", "server")
+
+
+@dataclass
+class RLArguments(RecipeArguments):
+    """The RL recipes' own arguments on top of `RecipeArguments`: what to reward and how to evaluate."""
+
+    reward_funcs: list[str] | None = field(
+        default=None, metadata={"help": "Rewards to optimise, summed with --reward_weights: registered names "
+                                        "(arith_exact_match, arith_digit_overlap, answer_format, overlong_penalty), "
+                                        "module:function paths, or the output directory of recipes/reward.py "
+                                        "(its reward model, as a learned reward)."})
+    eval_num_samples: int = field(default=4, metadata={"help": "Completions sampled per held-out prompt for the RL "
+                                                               "metrics (reward, gold reward, KL, length)."})
+    compile_generation: bool = field(
+        default=True, metadata={"help": "Without vLLM, on a GPU: generate with a static KV cache and a compiled "
+                                        "decoding step (CUDA graphs) instead of TRL's dynamic, uncompiled default. "
+                                        "No effect on CPU, where compiling costs more than it saves."})
+
+
+def check_rollout_backend(training_args) -> None:
+    """Fail at start-up, before data or weights are read, when the rollout backend asked for cannot run:
+    otherwise TRL only finds out when it builds its trainer, after the base model's evaluation."""
+    if not training_args.use_vllm:
+        return
+    if training_args.vllm_mode not in VLLM_MODES:
+        raise ValueError(f"--vllm_mode {training_args.vllm_mode!r} is not a vLLM mode: use 'colocate' (vLLM shares "
+                         "the training GPU, in this process) or 'server' (a separate `trl vllm-serve` process)")
+    if not is_vllm_available():
+        raise ImportError(
+            "--use_vllm is set, but vLLM is not installed here. Install the extra on a CUDA machine with "
+            "`pip install -e '.[vllm]'` (it brings its own CUDA torch), or pass --use_vllm false to generate "
+            "with Hugging Face generate (on a GPU: static cache, compiled decoding)."
+        )
+
+
+def _compile_blocker(trainer) -> str | None:
+    """Why compiled decoding cannot be used for this trainer, or None."""
+    if trainer.accelerator.device.type != "cuda":
+        # transformers compiles only on accelerators; forcing it on CPU measured slower at ladder sizes
+        # (tiny shape, batch 256: static cache -7%, compiled -39% after a 36 s compile).
+        return "not on a GPU"
+    if trainer.args.cache_implementation not in (None, "static"):
+        return f"--cache_implementation {trainer.args.cache_implementation} asked for"
+    if trainer.is_fsdp_enabled:
+        return "FSDP shards the weights"
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        # ZeRO-3 gathers the weights into fresh buffers for every generation: CUDA graphs would replay
+        # against stale addresses.
+        return "DeepSpeed ZeRO-3 gathers the weights anew for every generation"
+    return None
+
+
+def configure_rollouts(trainer, script_args: RLArguments) -> str:
+    """Make Hugging Face generation fast where it can be, and say which backend rolls out.
+
+    TRL builds its `GenerationConfig` with `disable_compile=True` and a dynamic cache, so each decoding
+    step launches every layer's kernels one by one from Python: launch-bound at proxy sizes (82 ms per
+    step for the 62M proxy at batch 256, 3.1k new tokens/s, in shared/bench/README.md). With a static
+    cache and compilation allowed, transformers compiles the decoding step (mode `reduce-overhead`: CUDA
+    graphs); TRL's generation batch has a fixed size and transformers only ever grows a static cache, so
+    it compiles once or twice per run. Larger generation batches (`steps_per_generation`) spread the
+    per-step cost over more completions, on CPU too.
+    """
+    args = trainer.args
+    per_call = args.generation_batch_size // max(1, trainer.accelerator.num_processes)
+    if args.use_vllm:
+        where = (f"server at {args.vllm_server_base_url or f'{args.vllm_server_host}:{args.vllm_server_port}'}"
+                 if args.vllm_mode == "server" else
+                 f"colocated on this GPU, {args.vllm_gpu_memory_utilization:.0%} of its memory")
+        message = f"rollouts: vLLM ({where}), {per_call} completions per generation batch"
+    elif args.use_transformers_continuous_batching:
+        message = f"rollouts: transformers continuous batching (vLLM not requested), {per_call} completions per call"
+    else:
+        message = f"rollouts: Hugging Face generate (vLLM not requested), {per_call} completions per generate call"
+        blocker = _compile_blocker(trainer) if script_args.compile_generation else "--compile_generation false"
+        if blocker is None:
+            from transformers import CompileConfig
+
+            config = trainer.generation_config
+            config.cache_implementation = config.cache_implementation or "static"
+            config.disable_compile = False
+            config.compile_config = CompileConfig()
+            message += f", {config.cache_implementation} cache, compiled decoding (CUDA graphs)"
+        else:
+            message += f", {trainer.generation_config.cache_implementation or 'dynamic'} cache, eager decoding " \
+                       f"({blocker})"
+    if PartialState().is_main_process:
+        print(f"[align-proxy] {message}", flush=True)
+    return message
+
+
+def reward_set(script_args: RLArguments, training_args) -> RewardSet:
+    """The run's rewards, weighted by TRL's own `reward_weights`, checked before any data is read."""
+    return load_rewards(script_args.reward_funcs, training_args.reward_weights, training_args)
+
+
+def evaluation_key(script_args: RLArguments, training_args) -> dict:
+    """What an RL evaluation depends on beyond the held-out items, so a cached base evaluation is reused
+    only by runs that score it the same way (a learned reward model's files included)."""
+    return {
+        "evaluation": "rl_policy",
+        "reward_funcs": list(script_args.reward_funcs or []),
+        "reward_files": [_files_stamp(spec) for spec in script_args.reward_funcs or []],
+        "reward_weights": training_args.reward_weights,
+        "eval_num_samples": script_args.eval_num_samples,
+        "sampling": [training_args.max_completion_length, training_args.temperature, training_args.top_p,
+                     training_args.top_k, training_args.min_p],
+    }
+
+
+def rl_evaluator(rewards: RewardSet) -> Callable[[RecipeRun, str], object]:
+    """The RL recipes' evaluator: a model directory scored against the run's base model as reference."""
+    from evals.rl import Sampling, evaluate_rl_policy, rl_prompts
+
+    def evaluate(run: RecipeRun, model_path: str):
+        args = run.script_args
+        sampling = Sampling.from_config(run.training_args, args.eval_num_samples, args.eval_seed)
+        prompts = rl_prompts(run.data.test, run.data.task, args.eval_size, args.eval_seed)
+        return evaluate_rl_policy(model_path, run.tokenizer, run.evalset, prompts, rewards, sampling,
+                                  reference_path=run.model.path, max_new_tokens=args.eval_max_new_tokens)
+
+    return evaluate

@@ -1,0 +1,153 @@
+"""Evaluation of an RL policy: what it earns on completions it samples, and how far it moved to earn it.
+
+On held-out prompts, for the base and the trained policy alike: each configured reward and their
+weighted total (as trained), the built-in task's gold reward, KL to the reference model and response
+length, all on `num_samples` completions per prompt sampled as in training; plus everything
+`evaluate_policy` scores (greedy task accuracy, completion NLL, preference accuracy). A learned
+reward and the gold reward are reported side by side because they can disagree: a policy can learn
+to please the reward model without getting more answers right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+from align_proxy.data.tasks import ArithmeticTask
+from evals.metrics import load_metric
+from evals.scoring import _pad
+from evals.suite import EvalResult, EvalSet, _load, _texts, evaluate_policy
+from rewards import RewardSet, arith
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How completions are sampled: the training run's own generation settings."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    num_samples: int = 4  # per prompt: a per-prompt mean is far less noisy than one sample
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config, num_samples: int, seed: int) -> Sampling:
+        return cls(config.max_completion_length, config.temperature, config.top_p, config.top_k, config.min_p,
+                   num_samples, seed)
+
+
+def rl_prompts(test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> Dataset:
+    """Held-out prompts: a built-in task's own evaluation prompts (the very items task accuracy is scored
+    on, so every metric pairs item by item), else the first `size` rows of the test split, whose other
+    columns reach the rewards as keyword arguments, as in training."""
+    if task is not None:
+        return task.evaluation(size, seed=seed)
+    return test.select(range(min(size, len(test))))
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[str], sampling: Sampling, eos_token_ids: list[int],
+                       batch_size: int = 256) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and sampled completion ids (cut after the first EOS, which is kept, as TRL does), each
+    prompt repeated `num_samples` times in a row."""
+    model.eval()
+    device = next(model.parameters()).device
+    prompt_ids = [ids for ids in tokenizer(prompts)["input_ids"] for _ in range(sampling.num_samples)]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(sampling.seed)  # base and trained policies sample with the same seed
+    completions = []
+    try:
+        for lo in range(0, len(prompt_ids), batch_size):
+            rows = prompt_ids[lo:lo + batch_size]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, row in enumerate(rows):  # left padding: every prompt ends where generation starts
+                ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
+            for row in out[:, width:].tolist():
+                ends = [i for i, token in enumerate(row) if token in eos_token_ids]
+                completions.append(row[: ends[0] + 1] if ends else row)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return prompt_ids, completions
+
+
+@torch.no_grad()
+def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                      batch_size: int = 256) -> list[float]:
+    """Summed log-probability of each completion's tokens given its prompt (temperature 1)."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums = []
+    for lo in range(0, len(prompt_ids), batch_size):
+        prompts, completions = prompt_ids[lo:lo + batch_size], completion_ids[lo:lo + batch_size]
+        ids, mask = _pad([p + c for p, c in zip(prompts, completions)], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+        for row, (p, c) in enumerate(zip(prompts, completions)):
+            # Token t is predicted at position t - 1.
+            sums.append(logps[row, len(p) - 1: len(p) + len(c) - 1].sum().item())
+    return sums
+
+
+def _per_prompt(values: list[float], num_samples: int) -> list[float]:
+    return [sum(values[i:i + num_samples]) / num_samples for i in range(0, len(values), num_samples)]
+
+
+def _add_mean(result: EvalResult, name: str, values: list[float], num_samples: int) -> None:
+    items = _per_prompt(values, num_samples)
+    result.add(name, sum(items) / len(items), items)
+
+
+def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
+                       sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8) -> EvalResult:
+    """Everything `evaluate_policy` scores, plus the RL metrics on sampled completions (see the module doc).
+
+    `reward`, each reward by its name and `gold_reward` are means over samples; `kl_to_reference` is in
+    nats per sequence (0 when the policy is the reference); `response_length` counts tokens, EOS
+    included, as TRL's `completions/mean_length` does. Per-item scores are per-prompt means, paired
+    across base and trained policies.
+    """
+    result = evaluate_policy(model_path, tokenizer, evalset, max_new_tokens=max_new_tokens)
+    model = _load(AutoModelForCausalLM, model_path)
+    eos = [tokenizer.eos_token_id]
+    texts = _texts(prompts["prompt"])
+    prompt_ids, completion_ids = sample_completions(model, tokenizer, texts, sampling, eos)
+    k = sampling.num_samples
+    repeated = [t for t in texts for _ in range(k)]
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    # The other columns reach the rewards as TRL passes them: all but the prompt and any gold completion,
+    # whose name TRL keeps for the generated one.
+    columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
+               if c not in ("prompt", "completion", "completion_ids")}
+
+    per_reward, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
+    _add_mean(result, "reward", total, k)
+    for name, values in per_reward.items():
+        # A reward is reported under its own name, unless a metric already holds it (a function called `reward`).
+        _add_mean(result, name if name not in result.metrics else f"reward_{name}", values, k)
+    if evalset.task is not None:
+        gold = arith.exact_match(repeated, completions, answer=columns.get("answer"))
+        _add_mean(result, "gold_reward", gold, k)
+
+    if reference_path is not None:
+        if reference_path == model_path:
+            policy = reference = [0.0] * len(completion_ids)  # the reference against itself: every log-ratio is 0
+        else:
+            policy = sequence_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id)
+            reference = sequence_logprobs(_load(AutoModelForCausalLM, reference_path), prompt_ids, completion_ids,
+                                          tokenizer.pad_token_id)
+        kl = load_metric("sequence_kl").compute(policy_logprobs=policy, reference_logprobs=reference)["kl"]
+        result.add("kl_to_reference", kl, _per_prompt([p - r for p, r in zip(policy, reference)], k))
+    _add_mean(result, "response_length", [float(len(c)) for c in completion_ids], k)
+    return result

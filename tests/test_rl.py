@@ -1,0 +1,113 @@
+"""The RL recipes train a few steps on a tiny model with Hugging Face generation, and evaluate like RL runs."""
+
+import json
+
+import pytest
+import torch
+from trl.import_utils import is_vllm_available
+
+import align_proxy.rl
+from rewards import RewardError
+from tests.conftest import load_recipe, recipe_parser
+from tests.test_recipes import changed
+
+# A few steps, small groups: seconds on one CPU core.
+TINY = ["--max_steps", "3", "--per_device_train_batch_size", "16", "--num_generations", "4",
+        "--builtin_train_size", "64", "--builtin_test_size", "32", "--eval_size", "16", "--eval_num_samples", "2",
+        "--logging_steps", "1", "--learning_rate", "1e-3", "--warmup_steps", "0"]
+RL_METRICS = {"task_accuracy", "reward", "gold_reward", "kl_to_reference", "response_length"}
+
+
+def run_rl(name, config, out, model, *overrides):
+    args = recipe_parser(name).parse_args_and_config(
+        ["--config", f"recipes/configs/{config}", "--model_name_or_path", model, "--output_dir", str(out), *TINY,
+         *overrides])
+    return load_recipe(name).main(*args)
+
+
+def assert_paired(metrics):
+    items = metrics["eval"]["items"]
+    for name, scores in items["trained"].items():
+        assert len(scores) == len(items["base"][name]) > 0, name
+
+
+def test_grpo_trains_with_hf_generation_and_weighted_gold_rewards(tiny_model, tmp_path, capsys):
+    # Exact match alone can leave every group of a tiny model all-wrong (no advantage, no update): digit
+    # overlap is dense, so the parameters must move.
+    metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", tiny_model, "--reward_funcs",
+                     "arith_exact_match", "arith_digit_overlap", "--reward_weights", "1.0", "0.5",
+                     "--base_eval_cache", str(tmp_path / "cache"))
+    assert "rollouts: Hugging Face generate (vLLM not requested)" in capsys.readouterr().out
+    base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
+    assert RL_METRICS | {"arith_exact_match", "arith_digit_overlap"} <= set(trained) and set(trained) == set(base)
+    assert base["kl_to_reference"] == 0.0 and trained["kl_to_reference"] != 0.0  # the policy left its reference
+    assert trained["reward"] == pytest.approx(trained["arith_exact_match"] + 0.5 * trained["arith_digit_overlap"])
+    assert trained["gold_reward"] == trained["arith_exact_match"]  # the same samples, the same gold
+    assert_paired(metrics)
+    logged = {key for entry in metrics["train"]["log_history"] for key in entry}
+    assert {"loss", "rewards/arith_exact_match/mean", "rewards/arith_digit_overlap/mean"} <= logged
+    assert changed(tmp_path / "out", tiny_model)
+    # An RL base evaluation depends on the rewards: it is cached apart from SFT/DPO's policy evaluation.
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.json")] == ["rl_policy"]
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model, tmp_path_factory):
+    """A reward model trained by recipes/reward.py on the tiny rung, as a study or a user would make one."""
+    out = tmp_path_factory.mktemp("reward-model")
+    reward = load_recipe("reward")
+    args = recipe_parser("reward").parse_args_and_config(
+        ["--config", "recipes/configs/reward_ladder_cpu.yaml", "--model_name_or_path", tiny_model, "--output_dir",
+         str(out), "--max_steps", "8", "--builtin_train_size", "256", "--eval_size", "16"])
+    reward.main(*args)
+    return str(out)
+
+
+def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model, tiny_reward_model, tmp_path):
+    metrics = run_rl("rloo", "rloo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs", tiny_reward_model)
+    base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
+    for scores in (base, trained):
+        assert RL_METRICS | {"learned_reward"} <= set(scores)
+        # Two different judges of the same samples: a logit of the reward model and a 0/1 gold check.
+        assert scores["learned_reward"] != scores["gold_reward"]
+    assert trained["learned_reward"] != base["learned_reward"]
+    assert "rewards/learned_reward/mean" in {key for entry in metrics["train"]["log_history"] for key in entry}
+    assert_paired(metrics)
+    assert changed(tmp_path, tiny_model)
+
+
+def test_a_reward_that_breaks_its_contract_stops_training_naming_it(tiny_model, tmp_path):
+    with pytest.raises(RewardError, match="reward 'gives_nan' returned nan"):
+        run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs",
+               "tests.test_rewards:gives_nan", "--eval_before", "false")
+
+
+@pytest.mark.parametrize("recipe", ["grpo", "rloo"])
+def test_use_vllm_without_vllm_fails_at_startup(recipe, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(align_proxy.rl, "is_vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r"--use_vllm is set, but vLLM is not installed.*\.\[vllm\]"):
+        run_rl(recipe, f"{recipe}_ladder_cpu.yaml", tmp_path, tiny_model, "--use_vllm", "true",
+               "--reward_funcs", "arith_exact_match")
+    assert not (tmp_path / "run_config.yaml").exists()  # stopped before anything was read, run or written
+
+
+def test_an_unknown_vllm_mode_fails_at_startup(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="--vllm_mode 'remote'.*'colocate'.*'server'"):
+        run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--use_vllm", "true", "--vllm_mode", "remote")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled decoding is set up only on a CUDA GPU")
+def test_hf_rollouts_on_a_gpu_use_a_static_cache_and_compiled_decoding(tiny_model, tmp_path, capsys):
+    metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--use_cpu", "false",
+                     "--reward_funcs", "arith_digit_overlap")
+    assert "static cache, compiled decoding (CUDA graphs)" in capsys.readouterr().out
+    assert metrics["train"]["distributed"]["device"] == "cuda" and changed(tmp_path, tiny_model)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and is_vllm_available()), reason="vLLM rollouts need vLLM and a GPU")
+def test_grpo_rolls_out_with_colocated_vllm(tiny_model, tmp_path, capsys):
+    run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--use_cpu", "false", "--use_vllm", "true",
+           "--vllm_gpu_memory_utilization", "0.2", "--reward_funcs", "arith_digit_overlap")
+    assert "rollouts: vLLM (colocated on this GPU" in capsys.readouterr().out
+    assert changed(tmp_path, tiny_model)
+    assert json.loads((tmp_path / "metrics.json").read_text())["eval"]["trained"]["kl_to_reference"] != 0.0
