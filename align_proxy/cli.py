@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_p = sub.add_parser("data", help="check a dataset against a recipe's TRL format")
     data_p.add_argument("action", choices=("check",))
     data_p.add_argument("dataset", help="builtin:<task>, a local file, or a Hub dataset id")
-    data_p.add_argument("--recipe", required=True, choices=("sft", "dpo", "reward"))
+    data_p.add_argument("--recipe", required=True, choices=("sft", "dpo", "reward", "grpo", "rloo"))
     data_p.add_argument("--model", help="model whose tokenizer measures prompt lengths")
     data_p.add_argument("--tokenizer", help="tokenizer to measure prompt lengths with")
     data_p.add_argument("--max_length", type=int, help="the recipe's max_length")

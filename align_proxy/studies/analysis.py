@@ -30,7 +30,8 @@ SCHEMA_VERSION = 1
 TRUSTED_DECISION_ACCURACY = 0.75
 
 
-def higher_is_better(metric: str) -> bool:
+def higher_is_better(metric: str) -> bool | None:
+    """True or False; None for a metric with no better direction (KL to the reference, length)."""
     return METRIC_LABELS.get(metric, (metric, True))[1]
 
 
@@ -62,6 +63,8 @@ def verdict(gain: Interval, metric: str, n_values: int = 2) -> str:
     """
     if n_values < 2 or math.isnan(gain.low) or math.isnan(gain.high):
         return "unclear"
+    if higher_is_better(metric) is None:  # KL, response length: a change, neither good nor bad
+        return "rises" if gain.low > 0 else "falls" if gain.high < 0 else "unclear"
     sign = 1.0 if higher_is_better(metric) else -1.0
     low, high = sorted((sign * gain.low, sign * gain.high))
     return "helps" if low > 0 else "hurts" if high < 0 else "unclear"

@@ -32,7 +32,8 @@ from align_proxy.studies.store import ResultStore
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What the forkserver imports once, so a cell starts in well under a second.
 PRELOAD = ["torch", "transformers", "datasets", "peft", "trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
-           "trl.trainer.reward_trainer", "align_proxy.recipe", "evals.suite"]
+           "trl.trainer.reward_trainer", "trl.trainer.grpo_trainer", "trl.trainer.rloo_trainer", "align_proxy.recipe",
+           "align_proxy.rl", "evals.suite", "evals.rl"]
 LOG_TAIL_CHARS = 2000
 
 
@@ -75,7 +76,8 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path) -> li
     """The recipe's command line for a cell: its config file, then every override as a flag."""
     argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
     for key, value in cell.overrides.items():
-        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+        values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
     return argv
 
 

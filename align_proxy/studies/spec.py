@@ -15,17 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig
+from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, SFTConfig
 
 from align_proxy.models import registry
 from align_proxy.recipe import RecipeArguments
+from align_proxy.rl import RLArguments
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
-RECIPE_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig}
+RECIPE_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
+SCRIPT_ARGUMENTS = {"grpo": RLArguments, "rloo": RLArguments}  # the others take RecipeArguments
 # The metric a recipe's headline is judged on, unless the spec names another: what the recipe is for.
-PRIMARY_METRICS = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy"}
+PRIMARY_METRICS = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy",
+                   "grpo": "task_accuracy", "rloo": "task_accuracy"}
 METRICS = ("task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
-           "implicit_reward_accuracy", "implicit_reward_margin")
+           "implicit_reward_accuracy", "implicit_reward_margin", "reward", "gold_reward", "learned_reward",
+           "kl_to_reference", "response_length")
 PROJECT_ROOT = DEFAULT_SPEC.parents[2]
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
 
@@ -145,7 +149,8 @@ def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
     if metric not in METRICS:
         _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     grid = entry.get("grid") or {}
-    allowed = {f.name for cls in (RecipeArguments, RECIPE_CONFIGS[recipe], ModelConfig) for f in dataclasses.fields(cls)}
+    script_class = SCRIPT_ARGUMENTS.get(recipe, RecipeArguments)
+    allowed = {f.name for cls in (script_class, RECIPE_CONFIGS[recipe], ModelConfig) for f in dataclasses.fields(cls)}
     _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
