@@ -23,12 +23,13 @@ import torch
 import yaml
 from accelerate import PartialState
 from transformers import AutoTokenizer
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
+from align_proxy.speed import RecipeParser, SpeedPlan, apply_proxy_speed
 
 logger = logging.getLogger("align_proxy")
 
@@ -52,16 +53,21 @@ class RecipeArguments(ScriptArguments):
     base_eval_cache: str | None = field(default=None, metadata={"help": "Directory of base-model evaluations shared "
                                                                         "between runs (a transfer study sets it): a base "
                                                                         "model is scored once per evaluation setup."})
+    proxy_speed: bool = field(default=True, metadata={"help": (
+        "Proxy-aware speed defaults (align_proxy/speed.py): no gradient checkpointing for models that fit; on a GPU "
+        "also padding-free batches with varlen attention, SFT packing, compiled decoder layers, precomputed DPO "
+        "reference log-probs, a micro-batch sized to free memory and data-loader workers. Never overrides a key you "
+        "set; false keeps TRL's defaults.")})
 
 
-def make_parser(config_class: type, prog: str | None = None, script_class: type = RecipeArguments) -> TrlParser:
+def make_parser(config_class: type, prog: str | None = None, script_class: type = RecipeArguments) -> RecipeParser:
     """`--config FILE.yaml` plus command-line overrides, the TRL way.
 
     Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
     refuses on a CPU-only machine); a config file or flag still wins. A recipe with arguments of its
     own (the RL recipes' rewards) passes a subclass of `RecipeArguments` as `script_class`.
     """
-    parser = TrlParser((script_class, config_class, ModelConfig), prog=prog)
+    parser = RecipeParser((script_class, config_class, ModelConfig), prog=prog)  # a TrlParser that knows your keys
     if not torch.cuda.is_available():
         parser.set_defaults(use_cpu=True, bf16=False)
     return parser
@@ -135,6 +141,7 @@ class RecipeRun:
     # What else the recipe's evaluation depends on (an RL evaluation: its rewards and sampling), added to
     # the base-evaluation cache key; an "evaluation" entry names its kind.
     evaluation_key: dict | None = None
+    speed: SpeedPlan | None = None  # the proxy-speed defaults this run got
 
     def evaluate(self, model_path: str):
         return self.evaluator(self, model_path)
@@ -164,6 +171,7 @@ class RecipeRun:
             "eval_dataset": self.data.test if self.training_args.eval_strategy != "no" else None,
             "processing_class": self.tokenizer,
             "peft_config": get_peft_config(self.model_args),
+            "callbacks": self.speed.callbacks() if self.speed else [],
         }
 
     @property
@@ -257,6 +265,7 @@ class RecipeRun:
             "recipe": self.recipe,
             "model": dataclasses.asdict(self.model),
             "dataset": self.data.source,
+            "speed": self.speed.record() if self.speed else None,
             "train": {
                 "distributed": _distributed_summary(trainer),
                 "global_step": trainer.state.global_step,
@@ -279,6 +288,7 @@ class RecipeRun:
             "script_args": _jsonable(self.script_args),
             "model_args": _jsonable(self.model_args),
             "training_args": _jsonable(self.training_args.to_dict()),
+            "speed": self.speed.record() if self.speed else None,
         }
         if self.is_main:
             _atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -305,6 +315,9 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
 
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
+    speed = apply_proxy_speed(recipe, script_args, training_args, model_args, model.parameters)
+    if PartialState().is_main_process:
+        print(f"[align-proxy] {speed.summary()}", flush=True)
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -312,7 +325,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         **(training_args.model_init_kwargs or {}),
     }
     run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate,
-                    evaluation_key=evaluation_key)
+                    evaluation_key=evaluation_key, speed=speed)
     run.write_config()
     run.evaluate_base()
     return run

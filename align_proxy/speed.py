@@ -1,0 +1,389 @@
+"""Proxy-speed defaults: what keeps a GPU busy on a 62M-350M proxy, applied to a recipe's TRL config.
+
+TRL's defaults suit 7B models: gradient checkpointing, padded batches, a reference model run beside the policy.
+On a proxy they leave an H100 mostly idle (shared/bench/README.md). `apply_proxy_speed` (called by
+`prepare_run`) sets better defaults for the machine the run is on, but never a key the user set in the
+`--config` YAML or on the command line (`RecipeParser` records those), and never one that changes the loss a
+batch gets (tests/test_speed.py holds the fast and plain paths to the same loss on the same batch). Two change
+what a step holds, and say so in the record: SFT packing (a step holds rows of max_length tokens, not that many
+examples) and, when no batch size is set, a micro-batch sized to free GPU memory instead of TRL's 8. It returns
+a `SpeedPlan`: what it applied, what was already so, what it skipped and why, written to run_config.yaml and
+metrics.json. `--proxy_speed false` runs TRL's defaults.
+
+On CPU only gradient checkpointing is touched (off when the model fits: the same numbers, faster); every other
+choice is a GPU one, so CPU runs, the README's figures among them, stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from transformers import TrainerCallback
+from trl import TrlParser
+
+from align_proxy import padding_free
+
+EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, on the script arguments
+# transformers 5 renamed gradient checkpointing; the old name is an alias kept equal to the new one.
+ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
+USER_SET = "set in the config or on the command line"
+MAX_MICRO_BATCH = 64  # rows; beyond this a proxy's step is long enough that launch overhead no longer matters
+# Defaults that are not config fields: what the trainer callback does to the model itself.
+MECHANISMS = ("padding_free_batches", "compiled_layers")
+
+
+class RecipeParser(TrlParser):
+    """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
+    command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values."""
+
+    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
+                              separate_remaining_strings=False):
+        args = list(args) if args is not None else sys.argv[1:]
+        explicit = self.explicit_keys(args)
+        outputs = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
+                                                separate_remaining_strings)
+        setattr(outputs[0], EXPLICIT_KEYS, explicit)
+        return outputs
+
+    def explicit_keys(self, args: list[str]) -> frozenset[str]:
+        args, keys = list(args), set()
+        if "--config" in args:
+            at = args.index("--config")
+            try:
+                with open(args[at + 1]) as handle:
+                    config = yaml.safe_load(handle)
+                keys |= set(config) - {"env"} if isinstance(config, dict) else set()
+            except (IndexError, OSError, yaml.YAMLError):
+                pass  # TrlParser reports a missing or broken config itself
+            del args[at:at + 2]
+        # Parse the flags with every default suppressed: what lands in the namespace is what the user typed.
+        saved = [(action, action.default, action.required) for action in self._actions]
+        try:
+            for action in self._actions:
+                action.default, action.required = argparse.SUPPRESS, False
+            namespace, _ = argparse.ArgumentParser.parse_known_args(self, args)
+        finally:
+            for action, default, required in saved:
+                action.default, action.required = default, required
+        keys |= set(vars(namespace))
+        return frozenset(keys | {ALIASES[k] for k in keys if k in ALIASES})
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the defaults depend on, read once; tests pass their own (a GPU described on a CPU machine)."""
+
+    cuda: bool
+    name: str
+    total_bytes: int  # memory of the accelerator, or of the machine on CPU
+    free_bytes: int
+    bf16: bool = False
+    liger: bool = False  # liger-kernel importable
+    varlen_attention: str | None = None  # attention that runs a packed row without a dense mask
+    cpus: int = 1
+    local_processes: int = 1  # processes of this launch sharing the machine's cores
+    deepspeed: bool = False
+
+    @classmethod
+    def detect(cls, use_cpu: bool = False, deepspeed: bool = False) -> Device:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if torch.cuda.is_available() and not use_cpu:
+            from transformers.utils import is_liger_kernel_available
+
+            free, total = torch.cuda.mem_get_info()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every rank must choose the same micro-batch (or their epochs differ in steps): the tightest decides.
+                tightest = torch.tensor([free], dtype=torch.int64, device="cuda")
+                torch.distributed.all_reduce(tightest, op=torch.distributed.ReduceOp.MIN)
+                free = int(tightest)
+            return cls(True, torch.cuda.get_device_name(), total, free, torch.cuda.is_bf16_supported(),
+                       is_liger_kernel_available(), padding_free.varlen_attention_available(True), cpus, local,
+                       deepspeed)
+        page = os.sysconf("SC_PAGE_SIZE")
+        return cls(False, "cpu", os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page,
+                   cpus=cpus, local_processes=local, deepspeed=deepspeed)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.total_bytes / 2**30:.0f} GiB, {self.free_bytes / 2**30:.0f} GiB free)"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few numbers a memory estimate needs, from the model's config (no weights read)."""
+
+    parameters: int
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int
+
+    @classmethod
+    def from_config(cls, config, parameters: int) -> ModelShape:
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        return cls(parameters, config.num_hidden_layers, config.hidden_size,
+                   getattr(config, "intermediate_size", 4 * config.hidden_size), kv_heads * head_dim)
+
+    def activation_bytes_per_token(self) -> int:
+        # What a decoder layer keeps for backward under bf16 autocast without recomputation (the bf16 inputs of
+        # every matmul, fp32 norm inputs and outputs, attention q/k/v/out, the SwiGLU intermediates): about
+        # 36h + 10f + 4kv bytes; the LM head adds little (TRL 1.16 scores completions in chunks). 25% margin.
+        return int(1.25 * self.layers * (36 * self.hidden + 10 * self.intermediate + 4 * self.kv_dim))
+
+    def static_bytes(self, reference_model: bool) -> int:
+        # fp32 weights, gradients and AdamW's two moments; a DPO reference model run beside the policy: its weights.
+        return self.parameters * (16 + (4 if reference_model else 0))
+
+
+@dataclass
+class SpeedPlan:
+    """The defaults one run got, as written to run_config.yaml and metrics.json under `speed`."""
+
+    enabled: bool
+    device: str = ""
+    applied: dict = field(default_factory=dict)  # key -> {"value", "was", "why"}
+    unchanged: dict = field(default_factory=dict)  # key -> why (TRL's default is already the fast value)
+    skipped: dict = field(default_factory=dict)  # key -> why not
+    note: str | None = None
+
+    @property
+    def padding_free_batches(self) -> bool:
+        return "padding_free_batches" in self.applied
+
+    @property
+    def compiled_layers(self) -> bool:
+        return "compiled_layers" in self.applied
+
+    def record(self) -> dict:
+        plain = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # enums and dtypes as text
+        return {k: v for k, v in plain.items() if v not in (None, {}, "")}
+
+    def callbacks(self) -> list:
+        wanted = self.padding_free_batches or self.compiled_layers
+        return [ModelSpeedCallback(self.padding_free_batches, self.compiled_layers)] if wanted else []
+
+    def summary(self) -> str:
+        if not self.enabled:
+            return f"proxy speed: off ({self.note or '--proxy_speed false'})"
+        applied = ", ".join(k if k in MECHANISMS else f"{k}={v['value']}" for k, v in self.applied.items()) or "nothing"
+        kept = ", ".join(k for k, why in self.skipped.items() if why == USER_SET)
+        return f"proxy speed on {self.device}: {applied}" + (f"; kept yours: {kept}" if kept else "")
+
+
+class ModelSpeedCallback(TrainerCallback):
+    """What the plan does to the trainer's model itself, at the end of `Trainer.__init__` (after TRL built the
+    model, before TRL precomputes DPO reference log-probs with it and before training): padding-free batches, and
+    `torch.compile` of each decoder layer in place.
+
+    Compiling layers in place, rather than the trainer's `torch_compile` (the whole model, through accelerate),
+    keeps TRL's fused LM head and the packing step eager (their data-dependent shapes would split one graph into
+    many), and keeps one model object (accelerate's regional compilation copies the top modules, so TRL, which
+    reads `self.model.training`, would log training metrics as evaluation ones).
+    """
+
+    def __init__(self, padding_free_batches: bool = True, compiled_layers: bool = False):
+        self.padding_free_batches, self.compiled_layers = padding_free_batches, compiled_layers
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        if self.padding_free_batches and not padding_free.pack_backbone(model):
+            print("[align-proxy] padding-free batches not installed: the backbone's forward is already wrapped",
+                  flush=True)
+        if self.compiled_layers and not compile_layers(model):
+            print("[align-proxy] decoder layers not compiled: no `layers` list found on the backbone", flush=True)
+
+
+def compile_layers(model) -> bool:
+    """`torch.compile` every decoder layer in place: one graph for the layer class, shared by all of them (shapes
+    become dynamic after the first change: padding-free rows differ in length every step)."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(core, "base_model", core), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return False
+    for layer in layers:
+        layer.compile()
+    return True
+
+
+def apply_proxy_speed(recipe: str, script_args, training_args, model_args, parameters: int,
+                      device: Device | None = None) -> SpeedPlan:
+    """Set the proxy-speed defaults on `training_args` / `model_args` in place; return what was done."""
+    if not getattr(script_args, "proxy_speed", True):
+        return SpeedPlan(False, note="--proxy_speed false: TRL's defaults")
+    explicit = getattr(script_args, EXPLICIT_KEYS, None)
+    if explicit is None:
+        return SpeedPlan(False, note="arguments not parsed by make_parser: which settings are the user's is "
+                                     "unknown, so none was changed")
+    deepspeed = bool(training_args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    device = device or Device.detect(training_args.use_cpu, deepspeed)
+    shape = _model_shape(model_args.model_name_or_path, parameters)
+    plan = SpeedPlan(True, device.describe() if device.cuda else "cpu")
+    wanted = _decide(recipe, training_args, model_args, explicit, device, shape, plan)
+    for key, (value, why) in wanted.items():
+        if key in MECHANISMS:
+            plan.applied[key] = {"value": value, "why": why}
+            continue
+        target = model_args if key == "attn_implementation" else training_args
+        was = getattr(target, key)
+        if was == value:
+            plan.unchanged[key] = f"already {value}"
+            continue
+        _set(target, key, value)
+        plan.applied[key] = {"value": value, "was": was, "why": why}
+    return plan
+
+
+def _model_shape(path: str, parameters: int) -> ModelShape | None:
+    from transformers import AutoConfig
+
+    try:
+        # The model is resolved (downloaded, converted or built) before this runs: never go to the network here.
+        return ModelShape.from_config(AutoConfig.from_pretrained(path, local_files_only=True), parameters)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _decide(recipe, args, model_args, explicit, device, shape, plan) -> dict:
+    """The defaults to set, in dependency order (a later choice reads the earlier ones' final values)."""
+    wanted: dict[str, tuple] = {}
+
+    def want(key, value, why, blocker=None):
+        if key in explicit:
+            plan.skipped[key] = USER_SET
+        elif blocker:
+            plan.skipped[key] = blocker
+        else:
+            wanted[key] = (value, why)
+
+    def final(key):
+        return wanted[key][0] if key in wanted else getattr(model_args if key == "attn_implementation" else args, key)
+
+    gpu = None if device.cuda else "not on a GPU"
+    preference = recipe in ("sft", "dpo", "reward")  # the trainers this module tunes beyond checkpointing
+    row_tokens = _row_tokens(recipe, args)
+    # Does a DPO reference model stay on the device beside the policy (no precomputed log-probs in the end)?
+    reference = recipe == "dpo" and not (args.precompute_ref_log_probs or (
+        device.cuda and "precompute_ref_log_probs" not in explicit and not args.sync_ref_model))
+
+    # Micro-batch first: whether the model fits without checkpointing depends on it.
+    rows = _rows_that_fit(shape, device, row_tokens, reference) if shape and device.cuda else 0
+    want("per_device_train_batch_size", rows,
+         f"largest power of two whose activations fit in 80% of the {device.free_bytes / 2**30:.0f} GiB free "
+         f"({row_tokens} tokens a row); TRL's default is 8",
+         gpu or ("DeepSpeed shards the optimizer: the estimate does not hold" if device.deepspeed else None)
+         or (None if rows else "model shape unknown, or not even one row fits"))
+    need = shape and (shape.static_bytes(reference)
+                      + final("per_device_train_batch_size") * row_tokens * shape.activation_bytes_per_token())
+    room = 0.9 * device.total_bytes if device.cuda else 0.5 * device.free_bytes
+    want("gradient_checkpointing", False,
+         f"the model fits without it (~{(need or 0) / 2**30:.1f} of {room / 2**30:.0f} GiB); recomputing costs time",
+         None if need and need < room else "the model may not fit without it (or its shape is unknown)")
+
+    want("bf16", True, "bf16 autocast over fp32 master weights", gpu or
+         ("this GPU has no bf16" if not device.bf16 else None) or ("fp16 asked for" if args.fp16 else None))
+    want("optim", "adamw_torch_fused", "one fused kernel for the AdamW update", gpu)
+    workers = min(4, max(1, device.cpus // max(1, device.local_processes) // 2))
+    want("dataloader_num_workers", workers, "batches collated while the GPU computes", gpu)
+    if final("dataloader_num_workers") > 0:
+        want("dataloader_persistent_workers", True, "workers kept between epochs and evaluations", gpu)
+    if preference:
+        procs = min(8, device.cpus // max(1, device.local_processes))
+        want("dataset_num_proc", procs, "tokenization in parallel", gpu or (None if procs > 1 else "one CPU core"))
+    want("compiled_layers", True, "torch.compile of each decoder layer, in place (ModelSpeedCallback)",
+         gpu or (f"torch_compile {USER_SET}" if "torch_compile" in explicit else None)
+         or ("DeepSpeed: compile untested with it here" if device.deepspeed else None)
+         or (None if preference else "RL recipes compile their rollouts instead (compile_generation)"))
+    if preference:
+        want("use_liger_kernel", True, "Liger's fused RMSNorm, SwiGLU and RoPE kernels",
+             gpu or (None if device.liger else "liger-kernel not installed (pip install liger-kernel)")
+             or ("torch.compile already fuses these ops, and Liger's Triton calls would split its graphs"
+                 if "compiled_layers" in wanted or args.torch_compile else None))
+        if "use_liger_kernel" in wanted:
+            # TRL 1.16 computes log-probs with its own chunked LM head (the 32000-way logits are never materialised),
+            # and refuses Liger's fused linear cross-entropy, which would replace it.
+            wanted["liger_kernel_config"] = ({**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False},
+                                             "TRL's fused LM head stays; Liger adds its layer kernels")
+        _decide_padding_free(recipe, args, explicit, device, want, final, wanted, plan)
+    if recipe == "dpo":
+        want("precompute_ref_log_probs", True,
+             "the reference model scores the data once, in no-grad batches, instead of every step; its weights "
+             "leave the GPU", gpu or ("sync_ref_model updates the reference" if args.sync_ref_model else None))
+    return wanted
+
+
+def _decide_padding_free(recipe, args, explicit, device, want, final, wanted, plan) -> None:
+    """SFT: TRL's best-fit-decreasing packing (padding-free rows, positions restarting at each example). DPO and
+    reward: the padded batch runs as one packed row (`padding_free.pack_backbone`). Both need an attention that
+    keeps examples apart without a dense mask, so the attention implementation is part of the choice."""
+    user_attention = "attn_implementation" in explicit
+    attention = final("attn_implementation") if user_attention else device.varlen_attention
+    blocker = ("not on a GPU (the dense packed mask is slower there than padding)" if not device.cuda else
+               None if attention else "no varlen attention here (PyTorch >= 2.9 on CUDA, or flash-attn)")
+    if user_attention and attention not in padding_free.VARLEN_IMPLEMENTATIONS:
+        blocker = f"attn_implementation {attention!r} was asked for; it needs a dense mask for packed rows"
+    if recipe == "sft":
+        want("packing", True, "rows of max_length tokens, no padding, examples kept apart by position_ids; a step "
+                              "then holds per_device_train_batch_size x max_length tokens, not that many examples",
+             blocker or ("padding_free false asked for" if "padding_free" in explicit and not args.padding_free
+                         else None))
+        if final("packing"):
+            want("packing_strategy", "bfd", "best-fit decreasing: whole examples, padding-free", blocker)
+    # TRL's SFT runs padding-free rows itself with padding_free, or with bfd packing.
+    packed_by_trl = recipe == "sft" and (args.padding_free or (
+        final("packing") and final("packing_strategy") in ("bfd", "bfd_split")))
+    # DPO's own padding_free: TRL 1.16 disables it (warns, pads); asking for it turns this module's on.
+    asked = recipe == "dpo" and "padding_free" in explicit and args.padding_free
+    refused = "padding_free" in explicit and not args.padding_free
+    if refused and not packed_by_trl:
+        plan.skipped["padding_free_batches"] = f"padding_free {USER_SET}"
+    elif not packed_by_trl:
+        # Asked for: transformers keeps packed examples apart with any attention, if not always fast.
+        want("padding_free_batches", True, "the padded batch runs as one packed row (padding_free.pack_backbone)",
+             None if asked else blocker)
+        if "padding_free_batches" in wanted and recipe == "dpo" and args.padding_free:
+            args.padding_free = False
+            plan.applied["padding_free"] = {"value": False, "was": True, "why": "TRL 1.16 disables its own DPO "
+                                            "padding_free (warns, pads); the backbone packs the batch instead"}
+    if user_attention:
+        plan.skipped["attn_implementation"] = USER_SET
+    elif (packed_by_trl or "padding_free_batches" in wanted) and device.cuda and attention:
+        want("attn_implementation", attention, "varlen attention: each example of a packed row attends only to "
+                                               "itself, without a dense mask")
+
+
+def _row_tokens(recipe: str, args) -> int:
+    """Tokens of one row of a micro-batch at most: a sequence, or a chosen/rejected pair."""
+    if recipe in ("grpo", "rloo"):
+        return 512 + (getattr(args, "max_completion_length", None) or 256)
+    length = getattr(args, "max_length", None) or 1024
+    return 2 * length if recipe in ("dpo", "reward") else length
+
+
+def _rows_that_fit(shape: ModelShape, device: Device, row_tokens: int, reference: bool) -> int:
+    budget = 0.8 * device.free_bytes - shape.static_bytes(reference)
+    fit = int(budget // (row_tokens * shape.activation_bytes_per_token()))
+    return min(MAX_MICRO_BATCH, 2 ** int(math.log2(fit))) if fit >= 1 else 0
+
+
+def _set(target, key: str, value) -> None:
+    """Set a field after `__post_init__`, and what `__post_init__` derives from it."""
+    setattr(target, key, value)
+    if key in ALIASES:
+        setattr(target, ALIASES[key], value)
+    if key == "bf16":
+        target.mixed_precision = "bf16"
+    if key == "optim":
+        from transformers.training_args import OptimizerNames
+
+        target.optim = OptimizerNames(value)

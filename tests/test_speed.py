@@ -1,0 +1,287 @@
+"""Proxy-speed defaults: they never override the user, leave CPU runs as they were, and the fast paths compute
+the same loss as plain TRL on the same batch (while naive packing, attending across examples, does not)."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from align_proxy import padding_free
+from align_proxy.models.registry import CLIMB
+from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+from align_proxy.recipe import prepare_run
+from align_proxy.speed import USER_SET, Device, ModelSpeedCallback, apply_proxy_speed
+from conftest import REPO, load_recipe, recipe_parser
+
+H100 = Device(True, "NVIDIA H100", 80 * 2**30, 79 * 2**30, bf16=True, liger=True,
+              varlen_attention=padding_free.VARLEN_ATTENTION, cpus=16)
+CPU_CONFIGS = sorted((REPO / "recipes" / "configs").glob("*_ladder_cpu.yaml"))
+TOLERANCE = 1e-5  # fp32, same weights and batch: only summation order differs
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> str:
+    """A small random Llama with the ladder's tokenizer (no pretraining needed for loss equality). A large
+    initialisation makes attention matter, so attending across examples visibly changes the loss."""
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.2, pad_token_id=PAD_ID,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def parse(recipe: str, *argv: str):
+    return recipe_parser(recipe).parse_args_and_config(list(argv))
+
+
+def gpu_plan(recipe: str, model: str, *argv: str, device: Device = H100):
+    """The defaults a run would get on an H100, decided on this CPU machine (nothing is built)."""
+    script_args, training_args, model_args = parse(
+        recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_climb_62m.yaml"), "--bf16", "false",
+        "--use_cpu", "true", *argv)
+    model_args.model_name_or_path = model
+    plan = apply_proxy_speed(recipe, script_args, training_args, model_args, 62_600_000, device=device)
+    return plan, training_args, model_args
+
+
+# --- whose setting is it ---------------------------------------------------------------------------------
+
+def test_parser_records_config_keys_and_flags_not_values(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\ndataset_name: builtin:arith\nlearning_rate: 1.0e-4\n")
+    script_args, *_ = parse("dpo", "--config", str(config), "--gradient_checkpointing", "true", "--beta=0.2",
+                            "--no_eval_before")
+    explicit = script_args._explicit_keys
+    # true is TRL's default for gradient_checkpointing: still the user's choice, and its new name follows it
+    assert {"learning_rate", "gradient_checkpointing", "activation_checkpointing", "beta", "eval_before"} <= explicit
+    assert "dataloader_num_workers" not in explicit and "torch_compile" not in explicit
+
+
+def test_gpu_defaults_never_override_a_key_the_user_set(random_model):
+    plan, args, model_args = gpu_plan("dpo", random_model, "--torch_compile", "false",
+                                      "--precompute_ref_log_probs", "false", "--attn_implementation", "sdpa")
+    assert args.torch_compile is False and args.precompute_ref_log_probs is False
+    assert model_args.attn_implementation == "sdpa"
+    assert args.per_device_train_batch_size == 32 and args.gradient_checkpointing is False  # the YAML's
+    for key in ("precompute_ref_log_probs", "attn_implementation", "per_device_train_batch_size"):
+        assert plan.skipped[key] == USER_SET
+    assert not plan.compiled_layers and "torch_compile" in plan.skipped["compiled_layers"]
+    # sdpa packs only with a dense mask: asking for it rules padding-free batches out
+    assert not plan.padding_free_batches and "sdpa" in plan.skipped["padding_free_batches"]
+    assert args.use_liger_kernel and args.liger_kernel_config == {"fused_linear_cross_entropy": False}
+    assert args.dataloader_num_workers == 4 and "dataloader_num_workers" in plan.applied
+
+
+def test_gpu_defaults_for_each_recipe(random_model):
+    sft, args, model_args = gpu_plan("sft", random_model)
+    assert args.packing and args.packing_strategy == "bfd" and not sft.padding_free_batches  # TRL packs SFT
+    assert model_args.attn_implementation == padding_free.VARLEN_ATTENTION and sft.compiled_layers
+    assert not args.torch_compile  # the layers compile in place; the trainer does not compile the whole model
+    assert "torch.compile" in sft.skipped["use_liger_kernel"]
+    dpo, args, model_args = gpu_plan("dpo", random_model)
+    assert dpo.padding_free_batches and args.precompute_ref_log_probs and not args.padding_free
+    assert model_args.attn_implementation == padding_free.VARLEN_ATTENTION
+    reward, args, _ = gpu_plan("reward", random_model, "--per_device_train_batch_size", "8")
+    assert reward.padding_free_batches and args.per_device_train_batch_size == 8
+    no_kernel, args, model_args = gpu_plan("dpo", random_model, device=Device(True, "old GPU", 16 * 2**30,
+                                                                              15 * 2**30, bf16=True))
+    assert not no_kernel.padding_free_batches and model_args.attn_implementation is None
+    assert "no varlen attention" in no_kernel.skipped["padding_free_batches"]
+
+
+def test_micro_batch_is_sized_to_free_memory_when_not_set(random_model, tmp_path):
+    config = tmp_path / "c.yaml"  # a config without a batch size
+    config.write_text("model_name_or_path: m\ndataset_name: builtin:arith\nmax_length: 1024\n")
+    script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
+    model_args.model_name_or_path = str(REPO)  # no config.json: the shape is unknown, so nothing is sized
+    plan = apply_proxy_speed("sft", script_args, args, model_args, 62_600_000, device=H100)
+    assert "unknown" in plan.skipped["per_device_train_batch_size"] and args.per_device_train_batch_size == 8
+    climb = tmp_path / "climb-62m"
+    CLIMB["climb-62m"].config().save_pretrained(climb)
+    for free_gib, rows in ((79, 64), (20, 16)):
+        script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
+        model_args.model_name_or_path = str(climb)
+        device = Device(True, "GPU", 80 * 2**30, free_gib * 2**30, bf16=True)
+        apply_proxy_speed("sft", script_args, args, model_args, 62_600_000, device=device)
+        assert args.per_device_train_batch_size == rows and args.gradient_checkpointing is False
+
+
+@pytest.mark.parametrize("path", CPU_CONFIGS, ids=lambda p: p.name)
+def test_shipped_cpu_configs_run_exactly_as_with_plain_trl(path, random_model):
+    recipe = path.name.split("_")[0]
+    outputs = {}
+    for speed in ("true", "false"):
+        script_args, args, model_args = parse(recipe, "--config", str(path), "--proxy_speed", speed)
+        model_args.model_name_or_path = random_model
+        apply_proxy_speed(recipe, script_args, args, model_args, 100_000)
+        outputs[speed] = (args.to_dict(), vars(model_args))
+    assert outputs["true"] == outputs["false"]
+
+
+# --- same batch, same loss ---------------------------------------------------------------------------------
+
+def build_trainer(recipe: str, model: str, tmp_path, *flags: str):
+    """The trainer `recipes/<recipe>.py` builds, on a few built-in examples, without evaluation."""
+    module = load_recipe(recipe)
+    args = parse(recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_ladder_cpu.yaml"),
+                 "--model_name_or_path", model, "--output_dir", str(tmp_path / "-".join(flags or ["plain"])),
+                 "--builtin_train_size", "48", "--builtin_test_size", "8", "--eval_before", "false", *flags)
+    run = prepare_run(recipe, *args, module.evaluate)
+    trainer_class = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "reward": "RewardTrainer"}[recipe]
+    return getattr(module, trainer_class)(**run.trainer_kwargs()), run
+
+
+@contextlib.contextmanager
+def naive_packing(monkeypatch):
+    """Pack the batch as one sequence (positions running on, one causal span): examples see each other."""
+    pack = padding_free._pack
+
+    def naive(*args):
+        row, _, _, _, mask = pack(*args)
+        n = row.size(1)
+        return row, torch.arange(n)[None], torch.tensor([0, n], dtype=torch.int32), n, mask
+
+    with monkeypatch.context() as patch:
+        patch.setattr(padding_free, "_pack", naive)
+        yield
+
+
+def step_away_from_reference(model, scale: float = 0.05) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+def loss_on(trainer, examples) -> float:
+    batch = trainer.data_collator(examples)
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", padding_free.VARLEN_ATTENTION])
+def test_sft_packed_row_gives_the_padded_batch_loss(random_model, tmp_path, attention):
+    plain, _ = build_trainer("sft", random_model, tmp_path, "--proxy_speed", "false")
+    # The GPU path, asked for on CPU: TRL's bfd packing (a padding-free row, positions restarting per example)
+    fast, _ = build_trainer("sft", random_model, tmp_path, "--packing", "true", "--attn_implementation", attention)
+    assert fast.data_collator.padding_free and not plain.data_collator.padding_free
+    examples = [plain.train_dataset[i] for i in range(12)]
+    padded, packed = loss_on(plain, examples), loss_on(fast, examples)
+    assert abs(padded - packed) < TOLERANCE, (padded, packed)
+    # Naive packing: the same row with positions running on, so examples attend to the ones before them
+    row = fast.data_collator(examples)
+    row["position_ids"] = torch.arange(row["input_ids"].size(1))[None]
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+        row.pop(key)
+    with torch.no_grad():
+        naive = float(fast.compute_loss(fast.model, row))
+    assert abs(naive - padded) > 100 * TOLERANCE, (naive, padded)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", padding_free.VARLEN_ATTENTION])
+def test_dpo_padding_free_with_precomputed_reference_gives_the_plain_loss(random_model, tmp_path, attention,
+                                                                          monkeypatch):
+    plain, _ = build_trainer("dpo", random_model, tmp_path, "--proxy_speed", "false")
+    fast, run = build_trainer("dpo", random_model, tmp_path, "--padding_free", "true", "--precompute_ref_log_probs",
+                              "true", "--attn_implementation", attention)
+    assert run.speed.padding_free_batches and fast.ref_model is None and plain.ref_model is not None
+    assert "ref_chosen_logps" in fast.train_dataset.column_names  # scored once, through the packed backbone
+    for trainer in (plain, fast):  # the same "trained" policy in both: a loss of log 2 would hide the reference
+        step_away_from_reference(trainer.model)
+    rows = range(8)
+    expected = loss_on(plain, [plain.train_dataset[i] for i in rows])
+    fast_examples = [fast.train_dataset[i] for i in rows]
+    assert abs(loss_on(fast, fast_examples) - expected) < TOLERANCE
+    # Naive packing: one sequence through the whole row, so each answer attends to the pairs before it
+    with naive_packing(monkeypatch):
+        assert abs(loss_on(fast, fast_examples) - expected) > 100 * TOLERANCE
+
+
+def test_reward_model_padding_free_gives_the_plain_loss(random_model, tmp_path, monkeypatch):
+    plain, _ = build_trainer("reward", random_model, tmp_path, "--proxy_speed", "false")
+    fast, _ = build_trainer("reward", random_model, tmp_path, "--attn_implementation", padding_free.VARLEN_ATTENTION)
+    fast.model.load_state_dict(plain.model.state_dict())  # the score head is drawn at random when loaded
+    ModelSpeedCallback().on_init_end(fast.args, fast.state, fast.control, model=fast.model)  # the GPU path's hook
+    assert fast.model.base_model._align_proxy_padding_free
+    examples = [plain.train_dataset[i] for i in range(10)]
+    expected = loss_on(plain, examples)
+    assert abs(loss_on(fast, examples) - expected) < TOLERANCE
+    with naive_packing(monkeypatch):
+        assert abs(loss_on(fast, examples) - expected) > 100 * TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or padding_free._KERNEL is None,
+                    reason="PyTorch's varlen FlashAttention kernel runs on CUDA only (the CPU path is the reference)")
+def test_varlen_kernel_matches_the_per_example_reference_on_a_gpu():
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 130, 1, 64])
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32).cuda()
+    total = int(lengths.sum())
+    query, key, value = (torch.randn(1, heads, total, 64, device="cuda") for heads in (6, 2, 2))
+    module = torch.nn.Module()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast, _ = padding_free.varlen_attention_forward(module, query, key, value, None, cu_seq_lens_q=cu,
+                                                        max_length_q=int(lengths.max()))
+    reference = padding_free._per_example_sdpa(*(t[0].transpose(0, 1) for t in (query, key, value)), cu, 64 ** -0.5)
+    assert fast.dtype == torch.bfloat16 and torch.allclose(fast[0].float(), reference, atol=3e-2)
+
+
+def test_packing_leaves_what_it_cannot_pack_to_the_original_forward():
+    ids = torch.ones(2, 4, dtype=torch.long)
+    left_padded = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    right_padded = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert padding_free._pack(ids, left_padded, None, {}) is None
+    assert padding_free._pack(ids, right_padded, None, {"past_key_values": object()}) is None
+    assert padding_free._pack(ids[:1], right_padded[:1], None, {}) is None
+    row, positions, cu, longest, _ = padding_free._pack(ids, right_padded, None, {})
+    assert positions.tolist() == [[0, 1, 0, 1, 2, 3]] and cu.tolist() == [0, 2, 6] and longest == 4
+
+
+# --- the recipes record it, the benchmark runs --------------------------------------------------------------
+
+def test_recipe_records_which_speed_settings_it_applied(random_model, tmp_path):
+    module = load_recipe("sft")
+    args = parse("sft", "--config", str(REPO / "recipes" / "configs" / "sft_ladder_cpu.yaml"), "--model_name_or_path",
+                 random_model, "--output_dir", str(tmp_path), "--builtin_train_size", "32", "--eval_size", "8",
+                 "--max_steps", "2", "--no_gradient_checkpointing", "--dataloader_num_workers", "0")
+    module.main(*args)
+    for record in (yaml.safe_load((tmp_path / "run_config.yaml").read_text())["speed"],
+                   json.loads((tmp_path / "metrics.json").read_text())["speed"]):
+        assert record["enabled"] and record["device"] == "cpu"
+        assert record["skipped"]["gradient_checkpointing"] == USER_SET
+        assert record["skipped"]["compiled_layers"] == "not on a GPU"
+
+
+def run_throughput(tmp_path, *args: str) -> dict:
+    out = tmp_path / "throughput.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--steps", "2", "--warmup",
+                             "1", "--rows", "60", "--batch", "4", "--max-len", "32", *args, "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_throughput_benchmark_compares_recipes_with_plain_trl_on_cpu(tmp_path):
+    report = run_throughput(tmp_path)
+    measured = {(r["recipe"], r["variant"]) for r in report["results"] if r.get("tokens_per_s", 0) > 0}
+    assert measured == {(r, v) for r in ("sft", "dpo", "reward") for v in ("trl-plain", "align-proxy")}
+    assert {r["recipe"] for r in report["ratios"]} == {"sft", "dpo", "reward"}
+
+
+def test_throughput_benchmark_measures_concurrent_runs(tmp_path):
+    runs = run_throughput(tmp_path, "--recipes", "reward", "--concurrent", "2")["concurrency"]["runs"]
+    assert runs[0]["processes"] == 2 and len(runs[0]["per_process_tokens_per_s"]) == 2
+    assert runs[0]["aggregate_tokens_per_s"] > 0
