@@ -8,21 +8,23 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
 
 # Keep every test offline and out of the user's cache, whatever the machine has set. Set at import,
-# before any fixture of any scope runs, so session- and module-scoped builds land here too.
+# before anything imports huggingface_hub (it reads HF_HUB_OFFLINE once, at its own import: set
+# later, a Hub lookup would retry the network for tens of seconds) and before any fixture runs.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
 
+from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig  # noqa: E402
+
 from align_proxy.recipe import RecipeArguments  # noqa: E402 - after the environment above is set
 from align_proxy.rl import RLArguments  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
 
 
 def tiny_spec(seed: int = 0, steps: int = 600):
