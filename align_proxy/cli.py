@@ -197,7 +197,7 @@ def _print_report(paths) -> None:
         return
     import json
 
-    from align_proxy.studies.plots import format_parameters
+    from align_proxy.studies.formatting import format_parameters
 
     analysis = json.loads(paths["json"].read_text())
     table = Table(title="does each recipe's gain transfer? (gain of the best variant, 95% interval)")
@@ -219,12 +219,12 @@ def _print_report(paths) -> None:
 
 
 def _verdict_text(scale: dict | None) -> str:
+    from align_proxy.studies.formatting import format_interval
+
     if scale is None:
         return "-"
-    gain = scale["gain"]
     colour = {"helps": "green", "hurts": "red"}.get(scale["verdict"], "yellow")
-    bounds = "" if gain["low"] is None else f" [{gain['low']:+.3f}, {gain['high']:+.3f}]"
-    return f"[{colour}]{scale['verdict']}[/{colour}] {gain['estimate']:+.3f}{bounds}"
+    return f"[{colour}]{scale['verdict']}[/{colour}] {format_interval(scale['gain'])}"
 
 
 def cmd_report(args) -> int:

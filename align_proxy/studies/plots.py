@@ -9,22 +9,8 @@ from collections import defaultdict
 import numpy as np
 from matplotlib.figure import Figure
 
+from align_proxy.studies.formatting import format_number, format_parameters
 from align_proxy.studies.store import CellResult
-
-
-def format_number(x, signed: bool = False, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    x = 0.0 if abs(x) < 0.5 * 10 ** -digits else x  # no "-0.000" for a gain that rounds to zero
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def format_parameters(n: float | None) -> str:
-    """Parameter counts as the README writes them: 0.20M, 1.79M, 62.6M, 345.3M, 1.50B."""
-    if n is None:
-        return "n/a"
-    scale, unit = (1e9, "B") if n >= 1e9 else (1e6, "M") if n >= 1e4 else (1, "")
-    return f"{n / scale:.{0 if unit == '' else 2 if n < 10 * scale else 1}f}{unit}"
 
 
 def primary_metric_names(analysis: dict) -> dict[str, str]:

@@ -13,7 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from align_proxy.studies.plots import format_number, format_parameters, primary_metric_names, draw_plots
+from align_proxy.studies.formatting import format_interval, format_number, format_parameters
+from align_proxy.studies.plots import draw_plots, primary_metric_names
 from align_proxy.studies.store import CellResult
 
 CSS = """
@@ -60,17 +61,10 @@ def _write(path: Path, data: bytes) -> Path:
 
 # --- formatting ---------------------------------------------------------------------------------
 
-def _interval(iv: dict | None, signed: bool = True) -> str:
-    if not iv or iv["estimate"] is None:
-        return "n/a"
-    bounds = "" if iv["low"] is None else f" [{format_number(iv['low'], signed)}, {format_number(iv['high'], signed)}]"
-    return f"{format_number(iv['estimate'], signed)}{bounds}"
-
-
 def _verdict_cell(scale: dict | None, variant: str | None = None) -> tuple[str, str] | str:
     if scale is None:
         return "no results"
-    lines = [scale["verdict"], _interval(scale["gain"])] + ([variant] if variant else [])
+    lines = [scale["verdict"], format_interval(scale["gain"])] + ([variant] if variant else [])
     return "\n".join(lines), scale["verdict"]
 
 
@@ -89,7 +83,7 @@ def _headline_table(analysis: dict) -> tuple[list[str], list[list]]:
         rows.append([h["recipe"], h["metric_label"]] +
                     [_verdict_cell(scales.get(m), scales[m]["best_variant"] if m in scales else None) for m in models] +
                     [transfer.get("transfers", "one scale only"), format_number(accuracy, digits=2),
-                     _interval(h["prediction"]["gain"]) if h["prediction"] else "n/a",
+                     format_interval(h["prediction"]["gain"]) if h["prediction"] else "n/a",
                      (h["confidence"], h["confidence"])])
     return headers, rows
 
@@ -103,14 +97,14 @@ def _variant_table(analysis: dict, entry: dict) -> tuple[list[str], list[list]]:
 
 def _gain_table(analysis: dict) -> tuple[list[str], list[list]]:
     rows = [[g["recipe"], g["variant"], g["model"], g["metric"], str(g["n_seeds"]), str(g["n_items"] or "aggregate"),
-             format_number(g["base_mean"]), _interval(g["trained"], signed=False), (_interval(g["gain"]), g["verdict"]),
+             format_number(g["base_mean"]), format_interval(g["trained"], signed=False), (format_interval(g["gain"]), g["verdict"]),
              g["verdict"]] for g in analysis["gains"]]
     return ["recipe", "variant", "model", "metric", "seeds", "items", "base", "trained", "gain", "verdict"], rows
 
 
 def _ratio_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
     primary = primary_metric_names(analysis)
-    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", v, _interval(iv, signed=False)]
+    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", v, format_interval(iv, signed=False)]
             for t in analysis["transfer"] if not primary_only or primary.get(t["recipe"]) == t["metric"]
             for v, iv in t["ratios"].items()]
     return ["recipe", "metric", "scales", "variant", "gain ratio (large / small)"], rows
@@ -130,13 +124,13 @@ def _fit_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], l
     primary = primary_metric_names(analysis)
     rows = [[f["recipe"], f["variant"], f["metric"], format_number(f["slope"], signed=True, digits=4),
              format_number(f["intercept"], signed=True, digits=4), format_number(f["r_squared"], digits=2), str(f["n_points"]),
-             f"{_interval(f['prediction'])} at {f['target']}" if f["prediction"] else "no target"]
+             f"{format_interval(f['prediction'])} at {f['target']}" if f["prediction"] else "no target"]
             for f in analysis["fits"] if not primary_only or primary.get(f["recipe"]) == f["metric"]]
     return ["recipe", "variant", "metric", "slope per decade", "intercept", "R²", "points", "prediction"], rows
 
 
 def _base_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[b["recipe"], b["model"], b["metric"], str(b["n_evaluations"]), _interval(b["base"], signed=False)]
+    rows = [[b["recipe"], b["model"], b["metric"], str(b["n_evaluations"]), format_interval(b["base"], signed=False)]
             for b in analysis["base"]]
     return ["recipe", "model", "metric", "distinct evaluations", "base score"], rows
 

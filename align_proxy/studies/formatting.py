@@ -1,0 +1,26 @@
+"""How the study report, its plots and the CLI write numbers, so all three read the same."""
+
+from __future__ import annotations
+
+
+def format_number(x, signed: bool = False, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    x = 0.0 if abs(x) < 0.5 * 10 ** -digits else x  # no "-0.000" for a gain that rounds to zero
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def format_parameters(n: float | None) -> str:
+    """Parameter counts as the README writes them: 0.20M, 1.79M, 62.6M, 345.3M, 1.50B."""
+    if n is None:
+        return "n/a"
+    scale, unit = (1e9, "B") if n >= 1e9 else (1e6, "M") if n >= 1e4 else (1, "")
+    return f"{n / scale:.{0 if unit == '' else 2 if n < 10 * scale else 1}f}{unit}"
+
+
+def format_interval(iv: dict | None, signed: bool = True) -> str:
+    """An Interval as JSON holds it: `+0.103 [+0.050, +0.158]`, or just the estimate when it has no bounds."""
+    if not iv or iv["estimate"] is None:
+        return "n/a"
+    bounds = "" if iv["low"] is None else f" [{format_number(iv['low'], signed)}, {format_number(iv['high'], signed)}]"
+    return f"{format_number(iv['estimate'], signed)}{bounds}"
