@@ -104,7 +104,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _files_stamp(location: str | None) -> list | None:
+def files_stamp(location: str | None) -> list | None:
     """Names, sizes and modification times of a local file or directory (None for a Hub id), so a
     cache keyed on a path notices when what lies there changes."""
     path = Path(location).expanduser() if location else None
@@ -194,24 +194,24 @@ class RecipeRun:
 
         The key is everything the base score depends on; training seed and hyperparameters are not in
         it (held-out items follow `eval_seed`, and DPO's implicit reward of the base against itself is
-        0 whatever beta); nor is the recipe, beyond whether it trains a policy or a reward model. The lock makes concurrent runs of one study wait for one evaluation.
+        0 whatever beta); nor is the recipe, beyond the kind of evaluation it runs: "policy" unless the
+        recipe's `evaluation_key` names another (a reward model is another model; an RL evaluation samples).
+        The lock makes concurrent runs of one study wait for one evaluation.
         """
         from filelock import FileLock
 
         from evals.suite import EvalResult
 
         args = self.script_args
-        # SFT and DPO score a policy on the same items in the same way; a reward model is another model.
-        evaluation = "reward_model" if self.recipe == "reward" else "policy"
-        key = {"evaluation": evaluation, "model": self.model.path, "weights": _files_stamp(self.model.path),
+        # SFT and DPO score a policy on the same items in the same way, so they share the "policy" kind.
+        key = {"evaluation": "policy", "model": self.model.path, "weights": files_stamp(self.model.path),
                "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
-               "dataset_files": _files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
+               "dataset_files": files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
                "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
                "eval_size": args.eval_size, "eval_seed": args.eval_seed,
                "eval_max_new_tokens": args.eval_max_new_tokens, **(self.evaluation_key or {})}
-        evaluation = key["evaluation"]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = cache / f"{evaluation}-{self.model.name.replace('/', '--')}-{digest}.json"
+        path = cache / f"{key['evaluation']}-{self.model.name.replace('/', '--')}-{digest}.json"
         cache.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if path.exists():

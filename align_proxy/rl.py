@@ -13,7 +13,7 @@ from typing import Callable
 from accelerate import PartialState
 from trl.import_utils import is_vllm_available
 
-from align_proxy.recipe import RecipeArguments, RecipeRun, _files_stamp
+from align_proxy.recipe import RecipeArguments, RecipeRun, files_stamp
 from rewards import RewardSet, load_rewards
 
 VLLM_MODES = ("colocate", "server")
@@ -120,7 +120,7 @@ def evaluation_key(script_args: RLArguments, training_args) -> dict:
     return {
         "evaluation": "rl_policy",
         "reward_funcs": list(script_args.reward_funcs or []),
-        "reward_files": [_files_stamp(spec) for spec in script_args.reward_funcs or []],
+        "reward_files": [files_stamp(spec) for spec in script_args.reward_funcs or []],
         "reward_weights": training_args.reward_weights,
         "eval_num_samples": script_args.eval_num_samples,
         "sampling": [training_args.max_completion_length, training_args.temperature, training_args.top_p,

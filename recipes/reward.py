@@ -30,7 +30,8 @@ def main(script_args: RecipeArguments, training_args: RewardConfig, model_args) 
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
         # A reward model is a sequence classifier: LoRA must also train and save its score head.
         model_args.lora_task_type = "SEQ_CLS"
-    run = prepare_run("reward", script_args, training_args, model_args, evaluate)
+    # A base model with a fresh score head is another model than the base policy: its own base evaluation.
+    run = prepare_run("reward", script_args, training_args, model_args, evaluate, {"evaluation": "reward_model"})
     trainer = RewardTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return run.finish(trainer)

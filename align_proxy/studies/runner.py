@@ -95,16 +95,17 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
                             "(a killed run releases the lock with its process)") from None
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
-        _start_forkserver()  # its imports overlap with resolving models (and building the ladder) here
+        context = _start_forkserver()  # its imports overlap with resolving models (and building the ladder) here
         store = ResultStore(paths["db"])
         cells = spec.cells()
         _register(store, spec, cells)
         store.requeue(failed=retry_failed)
         recovered = _recover_finished(store, cells, paths["cells"])
-        pending = [c for c in cells if store.statuses()[c.config_hash] == "pending"]
+        statuses = store.statuses()
+        pending = [c for c in cells if statuses[c.config_hash] == "pending"]
         jobs = jobs or default_jobs()
         configs = {plan.recipe: plan.config for plan in spec.recipes}
-        ran = _run_cells(store, pending, scripts, configs, paths, jobs, len(cells), progress)
+        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, len(cells), progress)
         statuses = store.statuses()
         done = sum(statuses[c.config_hash] == "done" for c in cells)
         failed = sum(statuses[c.config_hash] == "failed" for c in cells)
@@ -149,12 +150,11 @@ def _recover_finished(store: ResultStore, cells: list[Cell], cells_dir: Path) ->
     return recovered
 
 
-def _run_cells(store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict, jobs: int,
-               total: int, progress: bool) -> int:
+def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict,
+               jobs: int, total: int, progress: bool) -> int:
     if not pending:
         return 0
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = _start_forkserver()
     queue, running, finished = list(pending), {}, 0
     bar = tqdm(total=total, initial=total - len(pending), desc="study cells", unit="cell", disable=not progress,
                dynamic_ncols=True)
