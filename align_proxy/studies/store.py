@@ -8,6 +8,7 @@ exactly one result or not finished at all.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -65,8 +66,33 @@ class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        if not self.path.exists():
+            self._create()
+        with self._connect() as db:  # an older database gains any table it lacks
             db.executescript(SCHEMA)
+
+    def _create(self) -> None:
+        """Build the schema in a private file and link it into place, so that no reader (`--status`, a
+        report, a second runner) ever opens a database without its tables; a database another process
+        linked first wins and is kept."""
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        staging.unlink(missing_ok=True)
+        try:
+            db = sqlite3.connect(staging, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file's header
+                db.executescript(SCHEMA)
+            finally:
+                db.close()  # the last connection checkpoints and removes the -wal file
+            try:
+                os.link(staging, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links: rename, which cannot refuse an existing file
+                if not self.path.exists():
+                    os.replace(staging, self.path)
+        finally:
+            staging.unlink(missing_ok=True)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

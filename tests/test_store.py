@@ -1,0 +1,51 @@
+"""The results store's file: it appears with its tables already in it, and reopening keeps what it holds."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+
+from align_proxy.studies import store as store_module
+from align_proxy.studies.store import ResultStore
+
+
+def tables(path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_new_database_appears_with_its_schema(tmp_path, monkeypatch):
+    """A reader polling for the file (the CLI's --status, a report, a test) must never open it schemaless."""
+    target = tmp_path / "study" / "results.sqlite"
+    seen, real_link = [], os.link
+
+    def link(source, destination):
+        seen.append((os.path.exists(destination), tables(source)))
+        real_link(source, destination)
+
+    monkeypatch.setattr(store_module.os, "link", link)
+    ResultStore(target)
+    assert seen == [(False, {"study", "models", "cells", "results"})]
+    assert tables(target) == {"study", "models", "cells", "results"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.sqlite"]  # no staging file left
+    with closing(sqlite3.connect(target)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_reopening_keeps_the_database(tmp_path):
+    path = tmp_path / "results.sqlite"
+    ResultStore(path).set_info(name="kept")
+    assert ResultStore(path).info() == {"name": "kept"}
+
+
+def test_a_database_linked_first_by_another_process_wins(tmp_path, monkeypatch):
+    path = tmp_path / "results.sqlite"
+    ResultStore(path).set_info(name="first")
+
+    monkeypatch.setattr(ResultStore, "__init__", lambda self, p: setattr(self, "path", p))
+    late = ResultStore(path)
+    late._create()  # as if this process had checked for the file just before the other one linked it
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM study WHERE key = 'name'").fetchone() == ('"first"',)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("results.sqlite")) == []
