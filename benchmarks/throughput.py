@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -259,6 +260,7 @@ def measure(a) -> dict:
             try:
                 row = run_variant(recipe, variant, shape, model_dir, data, mean_len, a)
             except Exception as err:  # noqa: BLE001 - one failing variant should not hide the others' figures
+                traceback.print_exc()
                 row = {"recipe": recipe, "shape": shape, "variant": variant,
                        "error": f"{type(err).__name__}: {str(err)[:300]}"}
             print(json.dumps(row), flush=True)
