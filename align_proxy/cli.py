@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     study_p = sub.add_parser("study", help="run a transfer study (the embedded default without a spec) and report it")
     study_p.add_argument("spec", nargs="?", help="study spec YAML (default: the embedded ladder study)")
-    study_p.add_argument("--jobs", type=int, help="cells run at once (default: one per CPU core; 1 on a GPU)")
+    study_p.add_argument("--jobs", type=int, help="cells run at once (default: one per GPU, else one per CPU core); cells go to the least busy GPU")
     study_p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     study_p.add_argument("--output-dir", help="study directory (default: the spec's output_dir)")
     study_p.add_argument("--status", action="store_true", help="list the cells and their status, run nothing")

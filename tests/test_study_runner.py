@@ -184,3 +184,21 @@ def test_malformed_spec_stops_before_anything_runs(tmp_path):
     result = study(str(spec))
     assert result.returncode == 2 and "at least two model sizes" in result.stdout and str(spec) in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_each_running_cell_is_pinned_to_its_own_gpu(tiny_ladder, tmp_path, monkeypatch):
+    """Two GPUs, two jobs: the two cells run at once, one on each card (faked here: on a machine without CUDA
+    the variable is set and ignored, which is all this checks)."""
+    from align_proxy.studies import runner
+    from align_proxy.studies.spec import load_spec
+
+    monkeypatch.setattr(runner, "visible_gpus", lambda: ["3", "5"])
+    spec = load_spec(write_spec(tmp_path, [r.path for r in tiny_ladder], {}, [0], "pinned"))
+    outcome = runner.run_study(spec, progress=False, report=False)  # --jobs by default: one per GPU
+    assert outcome.done == 2
+    cells = sorted((tmp_path / "pinned" / "cells").iterdir())
+    pinned = {(cell / "command.txt").read_text().split()[0] for cell in cells}
+    assert pinned == {"CUDA_VISIBLE_DEVICES=3", "CUDA_VISIBLE_DEVICES=5"}
+    for cell in cells:
+        gpu = (cell / "command.txt").read_text().split()[0].split("=")[1]
+        assert f"cell on GPU {gpu}" in (cell / "cell.log").read_text()

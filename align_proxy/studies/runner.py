@@ -56,12 +56,41 @@ def study_paths(study_dir: Path) -> dict[str, Path]:
             "lock": study_dir / ".study.lock"}
 
 
-def default_jobs() -> int:
-    """One cell at a time on a GPU (raise it with --jobs: small proxies share a card well); on a CPU,
-    one single-threaded cell per core, since tiny models do not use two cores well in one process."""
+def visible_gpus() -> list[str]:
+    """The GPUs cells may use, as CUDA_VISIBLE_DEVICES names them for this process (indices, UUIDs or MIG
+    names); none on a machine without CUDA."""
     import torch
 
-    return 1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1)
+    if not torch.cuda.is_available():
+        return []
+    named = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return named or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def default_jobs(gpus: list[str]) -> int:
+    """One cell per GPU (raise it with --jobs: small proxies share a card well, and cells go to the least
+    busy GPU); on a CPU, one single-threaded cell per core, since tiny models do not use two cores well in
+    one process."""
+    return len(gpus) or max(1, os.cpu_count() or 1)
+
+
+class GpuSlots:
+    """Which GPU each running cell holds: a starting cell takes the GPU running the fewest cells (the lowest
+    index among equals), so N cells on N GPUs get one each and more share evenly."""
+
+    def __init__(self, gpus: list[str]):
+        self.load = {gpu: 0 for gpu in gpus}
+
+    def take(self) -> str | None:
+        if not self.load:
+            return None
+        gpu = min(self.load, key=self.load.get)  # dicts keep order: ties go to the first listed
+        self.load[gpu] += 1
+        return gpu
+
+    def give(self, gpu: str | None) -> None:
+        if gpu is not None:
+            self.load[gpu] -= 1
 
 
 def recipe_script(recipe: str) -> Path:
@@ -103,9 +132,10 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         recovered = _recover_finished(store, cells, paths["cells"])
         statuses = store.statuses()
         pending = [c for c in cells if statuses[c.config_hash] == "pending"]
-        jobs = jobs or default_jobs()
+        gpus = visible_gpus()
+        jobs = jobs or default_jobs(gpus)
         configs = {plan.recipe: plan.config for plan in spec.recipes}
-        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, len(cells), progress)
+        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, GpuSlots(gpus), len(cells), progress)
         statuses = store.statuses()
         done = sum(statuses[c.config_hash] == "done" for c in cells)
         failed = sum(statuses[c.config_hash] == "failed" for c in cells)
@@ -151,7 +181,7 @@ def _recover_finished(store: ResultStore, cells: list[Cell], cells_dir: Path) ->
 
 
 def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict,
-               jobs: int, total: int, progress: bool) -> int:
+               jobs: int, gpus: GpuSlots, total: int, progress: bool) -> int:
     if not pending:
         return 0
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -161,19 +191,20 @@ def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, 
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                cell = queue.pop(0)
-                running[cell.config_hash] = _start(context, store, cell, scripts, configs, paths, threads)
+                cell, gpu = queue.pop(0), gpus.take()
+                running[cell.config_hash] = (*_start(context, store, cell, scripts, configs, paths, threads, gpu), gpu)
                 bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
-            ready = wait([proc.sentinel for proc, _, _ in running.values()])
-            for config_hash, (proc, cell_dir, started) in list(running.items()):
+            ready = wait([proc.sentinel for proc, *_ in running.values()])
+            for config_hash, (proc, cell_dir, started, gpu) in list(running.items()):
                 if proc.sentinel in ready:
                     proc.join()
                     del running[config_hash]
+                    gpus.give(gpu)
                     _settle(store, config_hash, proc.exitcode, cell_dir, time.time() - started)
                     finished += 1
                     bar.update(1)
     finally:
-        for proc, _, _ in running.values():  # interrupted (Ctrl-C): no cell outlives the study
+        for proc, *_ in running.values():  # interrupted (Ctrl-C): no cell outlives the study
             proc.kill()
         bar.close()
     return finished
@@ -188,15 +219,17 @@ def _start_forkserver():
     return context
 
 
-def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict, paths: dict, threads: int):
+def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict, paths: dict, threads: int,
+           gpu: str | None):
     cell_dir = paths["cells"] / cell.config_hash
     shutil.rmtree(cell_dir, ignore_errors=True)  # a killed attempt's leftovers never mix with this one
     cell_dir.mkdir(parents=True)
     argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"])
-    (cell_dir / "command.txt").write_text(" ".join(["python", str(scripts[cell.recipe]), *argv]) + "\n")
+    device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
+    (cell_dir / "command.txt").write_text(" ".join([*device, "python", str(scripts[cell.recipe]), *argv]) + "\n")
     store.mark_running(cell.config_hash)
-    proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads),
-                           name=f"cell-{cell.config_hash}", daemon=False)
+    proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads,
+                                                  gpu), name=f"cell-{cell.config_hash}", daemon=False)
     proc.start()
     return proc, cell_dir, time.time()
 
@@ -214,8 +247,8 @@ def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path,
     store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
 
 
-def run_cell(script: str, argv: list[str], log_path: str, threads: int) -> None:
-    """A cell's process: die with the study, log to the cell's directory, run the recipe script."""
+def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None) -> None:
+    """A cell's process: die with the study, log to the cell's directory, run the recipe script on its GPU."""
     _die_with_parent()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush()
@@ -223,6 +256,11 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if gpu is not None:
+        # Read by CUDA when the recipe first touches the GPU: the forkserver never does (it only imports), so
+        # the cell sees its one GPU as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        print(f"[align-proxy] cell on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", flush=True)
     import torch
 
     torch.set_num_threads(threads)
