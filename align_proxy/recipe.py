@@ -27,6 +27,7 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
+from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.speed import RecipeParser, SpeedPlan, apply_proxy_speed
@@ -298,6 +299,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
                 evaluate: Callable[[RecipeRun, str], dict], evaluation_key: dict | None = None) -> RecipeRun:
     """Everything before the trainer: data checked first, then the model resolved (building the
     offline ladder on first use), the resolved config written, and the base model evaluated."""
+    die_with_study_cell()  # a worker of a study cell's `accelerate launch` must not outlive the study
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     name = model_args.model_name_or_path
     if not name:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from align_proxy.studies import runner
-from align_proxy.studies.runner import GpuSlots, default_jobs, visible_gpus
+from align_proxy.studies.runner import GpuSlots, StudyRunError, default_jobs, visible_gpus
 from conftest import REPO
 
 
@@ -22,6 +24,20 @@ def test_cells_take_the_least_busy_gpu():
     slots.give("0")
     slots.give("0")
     assert slots.take() == "0"
+
+
+def test_a_cell_of_several_processes_takes_that_many_distinct_gpus():
+    slots = GpuSlots(["0", "1", "2", "3"])
+    assert slots.take() == "0"
+    assert slots.take(2) == "1,2"  # the idle cards, not the busy one
+    assert slots.take(2) == "3,0"
+    slots.give("1,2")
+    assert slots.load == {"0": 2, "1": 0, "2": 0, "3": 1}
+
+
+def test_a_cell_wider_than_the_machine_is_refused():
+    with pytest.raises(StudyRunError, match="needs 8 GPUs; 2 are visible .*launch.num_processes"):
+        GpuSlots(["0", "1"]).take(8)
 
 
 def test_without_gpus_cells_get_none():
@@ -71,3 +87,43 @@ print("CALLS", calls)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "CALLS []" in result.stdout, result.stdout
+
+
+def test_a_worker_of_a_launched_cell_dies_with_its_launcher(tmp_path):
+    """A study cell of several processes is an `accelerate launch`; its workers must die with it, or a killed
+    study would leave them writing into the cell directory a resumed study reuses."""
+    worker = ("import os, sys, time; sys.path.insert(0, %r); from align_proxy.lifetime import die_with_study_cell; "
+              "die_with_study_cell(); open(%r, 'w').write(str(os.getpid())); time.sleep(60)")
+    pid_file = tmp_path / "worker.pid"
+    launcher = ("import os, subprocess, sys, time; os.environ['ALIGN_PROXY_CELL_PID'] = str(os.getpid()); "
+                f"subprocess.Popen([sys.executable, '-c', {worker % (str(REPO), str(pid_file))!r}]); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    try:
+        for _ in range(200):  # the worker writes its pid once it has asked to die with the launcher
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        proc.kill()
+        proc.wait()
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        proc.kill()
+
+
+def test_a_worker_whose_launcher_is_already_gone_exits_at_once():
+    worker = ("import os, sys; sys.path.insert(0, %r); os.environ['ALIGN_PROXY_CELL_PID'] = '1'; "
+              "from align_proxy.lifetime import die_with_study_cell; die_with_study_cell(); sys.exit(0)") % str(REPO)
+    assert subprocess.run([sys.executable, "-c", worker], timeout=60).returncode == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has died and waits only for its parent's wait()

@@ -202,3 +202,21 @@ def test_each_running_cell_is_pinned_to_its_own_gpu(tiny_ladder, tmp_path, monke
     for cell in cells:
         gpu = (cell / "command.txt").read_text().split()[0].split("=")[1]
         assert f"cell on GPU {gpu}" in (cell / "cell.log").read_text()
+
+
+@pytest.mark.distributed
+def test_cells_of_a_launched_recipe_run_under_deepspeed(tiny_ladder, tmp_path):
+    """`launch` in a recipe entry: each cell is an `accelerate launch` of two DeepSpeed ZeRO-2 processes."""
+    spec = yaml.safe_load(write_spec(tmp_path, [r.path for r in tiny_ladder], {}, [0], "launched").read_text())
+    spec["recipes"][0]["launch"] = {"config_file": "recipes/accelerate/deepspeed_cpu.yaml"}  # its num_processes: 2
+    path = tmp_path / "launched.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = study(str(path), "--jobs", "1", "--no-report")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = sorted((tmp_path / "launched" / "cells").iterdir())
+    assert len(cells) == 2
+    for cell in cells:
+        assert (cell / "command.txt").read_text().startswith("accelerate launch --config_file ")
+        distributed = json.loads((cell / "metrics.json").read_text())["train"]["distributed"]
+        assert distributed["num_processes"] == 2 and distributed["engine"] == "DeepSpeedEngine"
+    assert {row[0] for row in rows(tmp_path / "launched" / "results.sqlite", "SELECT status FROM cells")} == {"done"}

@@ -57,8 +57,15 @@ def test_a_changed_hyperparameter_changes_the_hash(tmp_path):
         (("name: t", "nmae: t"), "unknown key\\(s\\) nmae"),
         (("recipes/configs/dpo_ladder_cpu.yaml", "recipes/configs/nope.yaml"), "config file recipes/configs/nope.yaml not found"),
         (("grid: {beta: [0.1, 0.3]}", "metric: accuracy"), "unknown metric 'accuracy'; choose one of task_accuracy"),
+        (("grid: {beta: [0.1, 0.3]}", "launch: {num_processes: 2}"), "launch needs 'config_file'"),
+        (("grid: {beta: [0.1, 0.3]}", "launch: {config_file: recipes/accelerate/multi_gpu.yaml, processes: 2}"),
+         "unknown key 'processes' \\(did you mean 'num_processes'\\?\\)"),
+        (("grid: {beta: [0.1, 0.3]}", "launch: {config_file: recipes/accelerate/multi_gpu.yaml, num_processes: 0}"),
+         "launch.num_processes must be a positive integer"),
+        (("grid: {beta: [0.1, 0.3]}", "launch: {config_file: nope.yaml}"), "launch: config file nope.yaml not found"),
     ],
-    ids=["recipe", "model", "variant-key", "single-model", "grid-value", "seeds", "top-level", "config", "metric"],
+    ids=["recipe", "model", "variant-key", "single-model", "grid-value", "seeds", "top-level", "config", "metric",
+         "launch-config", "launch-key", "launch-processes", "launch-missing-file"],
 )
 def test_malformed_spec_names_the_problem(tmp_path, change, expected):
     path = spec_file(tmp_path, GOOD.replace(*change))
@@ -72,3 +79,17 @@ def test_recipe_configs_are_found_from_any_working_directory(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # no recipes/ here: the project root's configs are used
     plan = load_spec(path).recipes[0]
     assert plan.config.endswith("recipes/configs/dpo_ladder_cpu.yaml") and plan.metric == "task_accuracy"
+
+
+def test_launch_runs_cells_under_accelerate_and_is_part_of_the_cell(tmp_path):
+    plain = load_spec(spec_file(tmp_path, GOOD)).cells()
+    launched_spec = GOOD + "    launch: {config_file: recipes/accelerate/deepspeed_cpu.yaml}\n"
+    launched = load_spec(spec_file(tmp_path, launched_spec)).cells()
+    assert all(c.processes == 1 and not c.launch for c in plain)
+    assert all(c.processes == 2 for c in launched)  # the accelerate config's own num_processes
+    assert launched[0].launch["config_file"].endswith("recipes/accelerate/deepspeed_cpu.yaml")
+    # Two processes double the global batch: another run, so another cell, never a cached result.
+    assert not {c.config_hash for c in plain} & {c.config_hash for c in launched}
+    wider = load_spec(spec_file(tmp_path, launched_spec.replace("deepspeed_cpu.yaml}", "deepspeed_cpu.yaml, num_processes: 4}"))).cells()
+    assert all(c.processes == 4 for c in wider)
+    assert not {c.config_hash for c in wider} & {c.config_hash for c in launched}

@@ -10,13 +10,12 @@ is its completion marker; the runner moves it into the store in one transaction.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import multiprocessing
 import os
 import runpy
 import shutil
-import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from align_proxy.lifetime import CELL_PID, die_with_parent
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
@@ -75,21 +75,26 @@ def default_jobs(gpus: list[str]) -> int:
 
 
 class GpuSlots:
-    """Which GPU each running cell holds: a starting cell takes the GPU running the fewest cells (the lowest
-    index among equals), so N cells on N GPUs get one each and more share evenly."""
+    """Which GPUs each running cell holds: a starting cell takes the GPUs running the fewest cells (the lowest
+    index among equals), so N cells on N GPUs get one each and more share evenly. A cell of several
+    processes (`launch`) takes that many distinct GPUs; the value is what its CUDA_VISIBLE_DEVICES gets."""
 
     def __init__(self, gpus: list[str]):
         self.load = {gpu: 0 for gpu in gpus}
 
-    def take(self) -> str | None:
+    def take(self, count: int = 1) -> str | None:
         if not self.load:
             return None
-        gpu = min(self.load, key=self.load.get)  # dicts keep order: ties go to the first listed
-        self.load[gpu] += 1
-        return gpu
+        if count > len(self.load):
+            raise StudyRunError(f"a cell of {count} processes needs {count} GPUs; {len(self.load)} are visible "
+                                f"({', '.join(self.load)}): lower launch.num_processes in the spec")
+        chosen = sorted(self.load, key=self.load.get)[:count]  # a stable sort: ties go to the first listed
+        for gpu in chosen:
+            self.load[gpu] += 1
+        return ",".join(chosen)
 
-    def give(self, gpu: str | None) -> None:
-        if gpu is not None:
+    def give(self, gpus: str | None) -> None:
+        for gpu in gpus.split(",") if gpus is not None else []:
             self.load[gpu] -= 1
 
 
@@ -133,9 +138,12 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         statuses = store.statuses()
         pending = [c for c in cells if statuses[c.config_hash] == "pending"]
         gpus = visible_gpus()
+        slots = GpuSlots(gpus)
+        for processes in {cell.processes for cell in pending}:
+            slots.give(slots.take(processes))  # a cell wider than the machine fails here, before any cell runs
         jobs = jobs or default_jobs(gpus)
         configs = {plan.recipe: plan.config for plan in spec.recipes}
-        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, GpuSlots(gpus), len(cells), progress)
+        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, slots, len(cells), progress)
         statuses = store.statuses()
         done = sum(statuses[c.config_hash] == "done" for c in cells)
         failed = sum(statuses[c.config_hash] == "failed" for c in cells)
@@ -191,7 +199,8 @@ def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, 
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                cell, gpu = queue.pop(0), gpus.take()
+                cell = queue.pop(0)
+                gpu = gpus.take(cell.processes)
                 running[cell.config_hash] = (*_start(context, store, cell, scripts, configs, paths, threads, gpu), gpu)
                 bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
             ready = wait([proc.sentinel for proc, *_ in running.values()])
@@ -225,11 +234,13 @@ def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict
     shutil.rmtree(cell_dir, ignore_errors=True)  # a killed attempt's leftovers never mix with this one
     cell_dir.mkdir(parents=True)
     argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"])
+    launcher = launch_argv(cell.launch)
     device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
-    (cell_dir / "command.txt").write_text(" ".join([*device, "python", str(scripts[cell.recipe]), *argv]) + "\n")
+    shown = ["accelerate", "launch", *launcher[3:]] if launcher else ["python"]
+    (cell_dir / "command.txt").write_text(" ".join([*device, *shown, str(scripts[cell.recipe]), *argv]) + "\n")
     store.mark_running(cell.config_hash)
     proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads,
-                                                  gpu), name=f"cell-{cell.config_hash}", daemon=False)
+                                                  gpu, launcher), name=f"cell-{cell.config_hash}", daemon=False)
     proc.start()
     return proc, cell_dir, time.time()
 
@@ -247,9 +258,24 @@ def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path,
     store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
 
 
-def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None) -> None:
-    """A cell's process: die with the study, log to the cell's directory, run the recipe script on its GPU."""
-    _die_with_parent()
+def launch_argv(launch: dict) -> list[str]:
+    """`python -m accelerate.commands.launch ...` for a cell of several processes; [] for a plain cell. Each
+    launch gets a free port for its processes' rendezvous, so concurrent cells never meet."""
+    if not launch:
+        return []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch["config_file"],
+            "--num_processes", str(launch["num_processes"]), "--main_process_port", str(port)]
+
+
+def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None,
+             launcher: list[str] | None = None) -> None:
+    """A cell's process: die with the study, log to the cell's directory, run the recipe script on its GPUs;
+    a cell of several processes becomes their `accelerate launch` (same process, so it still dies with the
+    study, and its workers die with it: `align_proxy.lifetime`)."""
+    die_with_parent()  # the forkserver exits with the study, and takes this cell with it
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -258,9 +284,14 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if gpu is not None:
         # Read by CUDA when the recipe first touches the GPU: the forkserver never does (it only imports), so
-        # the cell sees its one GPU as cuda:0.
+        # the cell sees its GPUs as cuda:0, cuda:1, ...
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         print(f"[align-proxy] cell on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", flush=True)
+    if launcher:
+        processes = int(launcher[launcher.index("--num_processes") + 1])
+        os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))
+        os.environ[CELL_PID] = str(os.getpid())  # exec keeps the pid: the workers' parent is this process
+        os.execv(launcher[0], [*launcher, script, *argv])
     import torch
 
     torch.set_num_threads(threads)
@@ -270,18 +301,6 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this cell when its parent goes (a `kill -9` of the study takes the
-    forkserver down, and with it every running cell), so no orphan writes into a resumed study."""
-    if not sys.platform.startswith("linux"):
-        return
-    PR_SET_PDEATHSIG = 1
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def write_study_report(study_dir: Path) -> dict[str, Path]:

@@ -44,6 +44,8 @@ class RecipePlan:
     config: str  # the recipe's YAML config, the same file `python recipes/<recipe>.py --config` takes
     grid: dict[str, list] = field(default_factory=dict)
     metric: str = "task_accuracy"  # what the report's headline judges the recipe on
+    # Cells under `accelerate launch`: {"config_file": path, "num_processes": n}; empty: one plain process.
+    launch: dict = field(default_factory=dict)
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -62,6 +64,11 @@ class Cell:
     seed: int
     overrides: dict  # command-line overrides of the recipe config, all of them
     config_hash: str
+    launch: dict = field(default_factory=dict)  # the recipe plan's `launch`, config_file resolved
+
+    @property
+    def processes(self) -> int:
+        return int(self.launch.get("num_processes", 1))
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,12 @@ class StudySpec:
             for model, (variant, grid_values), seed in itertools.product(self.models, plan.variants(), self.seeds):
                 overrides = {"model_name_or_path": model, "dataset_name": self.dataset, "seed": seed,
                              **self.evaluation, **grid_values}
-                blob = json.dumps({"recipe": plan.recipe, "config": config_text, "overrides": overrides},
-                                  sort_keys=True, default=str)
+                described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
+                if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
+                    described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}
+                blob = json.dumps(described, sort_keys=True, default=str)
                 digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest))
+                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch))
         return cells
 
 
@@ -139,8 +148,8 @@ def _check_model(model: str, path: Path) -> None:
 def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
-        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid' and 'metric'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric"}, path, where)
+        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric' and 'launch'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch"}, path, where)
     recipe = entry["recipe"]
     if recipe not in RECIPE_CONFIGS:
         _fail(path, f"{where}: unknown recipe {recipe!r}; available: {', '.join(RECIPE_CONFIGS)}")
@@ -155,7 +164,28 @@ def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
-    return RecipePlan(recipe, config, grid, metric)
+    return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"))
+
+
+def _check_launch(launch, path: Path, where: str) -> dict:
+    """`launch: {config_file: recipes/accelerate/deepspeed_zero2.yaml, num_processes: 8}`: the cell runs under
+    `accelerate launch` with that config; num_processes defaults to the config's own."""
+    if launch is None:
+        return {}
+    _check_keys(launch, {"config_file", "num_processes"}, path, where)
+    if "config_file" not in launch:
+        _fail(path, f"{where} needs 'config_file', an accelerate config (e.g. recipes/accelerate/multi_gpu.yaml)")
+    config_file = _find_config(str(launch["config_file"]), path, where)
+    try:
+        accelerate_config = yaml.safe_load(Path(config_file).read_text())
+    except yaml.YAMLError as err:
+        _fail(path, f"{where}: {config_file} is not valid YAML: {err}")
+    if not isinstance(accelerate_config, dict):
+        _fail(path, f"{where}: {config_file} is not an accelerate config (a YAML mapping, as `accelerate config` writes)")
+    processes = launch.get("num_processes", accelerate_config.get("num_processes", 1))
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        _fail(path, f"{where}.num_processes must be a positive integer, got {processes!r}")
+    return {"config_file": config_file, "num_processes": processes}
 
 
 def _find_config(config: str, path: Path, where: str) -> str:
