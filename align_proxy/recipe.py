@@ -312,8 +312,9 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         seed=training_args.seed, eval_seed=script_args.eval_seed,
     )
     max_length = getattr(training_args, "max_length", None)
-    validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length)
-    validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length)
+    template = getattr(training_args, "chat_template_path", None)
+    validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
+    validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
 
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path

@@ -119,3 +119,18 @@ def test_dpo_recipe_fails_on_bad_data_before_loading_any_model(tmp_path, monkeyp
         dpo.main(*args)
     assert "bad.jsonl" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_conversational_data_needs_a_chat_template_before_anything_loads():
+    prompts = Dataset.from_dict({"prompt": [[{"role": "user", "content": "1+1="}]]})
+    tok = build_tokenizer()
+    assert tok.chat_template is None
+    with pytest.raises(DatasetFormatError, match="column 'prompt' is conversational .* no chat template .*"
+                                                 "--tokenizer_name_or_path"):
+        validate_dataset(prompts, "grpo", "chats.jsonl", "train", tok)
+    # SFT can install a template itself; a tokenizer with one renders the messages.
+    messages = Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]})
+    assert validate_dataset(messages, "sft", "x", "train", tok, chat_template_path="template.jinja").name == \
+        "conversational language-modeling"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert validate_dataset(prompts, "grpo", "chats.jsonl", "train", tok).name == "prompt-only"

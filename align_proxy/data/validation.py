@@ -54,8 +54,9 @@ def detect_format(columns: list[str], recipe: str) -> TrlFormat | None:
 
 
 def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tokenizer=None,
-                     max_length: int | None = None) -> TrlFormat:
-    """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong."""
+                     max_length: int | None = None, chat_template_path: str | None = None) -> TrlFormat:
+    """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong.
+    `chat_template_path`: a template the trainer will install (SFT's option), so the tokenizer need not have one."""
     where = f"{source} (split '{split}')"
     if recipe not in RECIPE_FORMATS:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {sorted(RECIPE_FORMATS)}")
@@ -66,6 +67,8 @@ def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tok
         raise DatasetFormatError(_missing_columns_message(dataset.column_names, recipe, where))
     for column in fmt.columns:
         _check_column(dataset, column, where, fmt)
+    if tokenizer is not None and not chat_template_path and getattr(tokenizer, "chat_template", None) is None:
+        _check_renderable(dataset, fmt, where)
     if tokenizer is not None and max_length is not None and fmt.prompt_column is not None:
         _check_prompt_lengths(dataset, fmt, where, tokenizer, max_length)
     return fmt
@@ -101,6 +104,18 @@ def _check_column(dataset: Dataset, column: str, where: str, fmt: TrlFormat) -> 
         f"{where}: column '{column}' holds {_type_name(feature)} values, but {fmt.describe()} needs strings "
         "(or, for conversational data, lists of {'role', 'content'} messages). Convert the column to text."
     )
+
+
+def _check_renderable(dataset: Dataset, fmt: TrlFormat, where: str) -> None:
+    """Conversational columns reach the model through the tokenizer's chat template: without one, TRL fails
+    at its first batch (or its first rollout), after the model is loaded and the base model evaluated."""
+    conversational = [c for c in fmt.columns if _is_messages(dataset.features[c])]
+    if conversational:
+        raise DatasetFormatError(
+            f"{where}: column '{conversational[0]}' is conversational (lists of messages), but the tokenizer has no "
+            "chat template to render it. Use a chat model's tokenizer (--tokenizer_name_or_path), give SFT a "
+            "template (--chat_template_path), or convert the column to text."
+        )
 
 
 def _is_string(feature) -> bool:
