@@ -5,21 +5,23 @@ weighted total (as trained), the built-in task's gold reward, KL to the referenc
 length, all on `num_samples` completions per prompt sampled as in training; plus everything
 `evaluate_policy` scores (greedy task accuracy, completion NLL, preference accuracy). A learned
 reward and the gold reward are reported side by side because they can disagree: a policy can learn
-to please the reward model without getting more answers right.
+to please the reward model without getting more answers right. Conversational prompts are rendered
+and handed to the rewards exactly as GRPO and RLOO do in training.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
+from trl.data_utils import is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask
 from evals.metrics import load_metric
 from evals.scoring import _pad
-from evals.suite import EvalResult, EvalSet, _load, _texts, evaluate_policy
+from evals.suite import EvalResult, EvalSet, _load, evaluate_policy
 from rewards import RewardSet, arith
 
 
@@ -34,11 +36,24 @@ class Sampling:
     min_p: float | None = None
     num_samples: int = 4  # per prompt: a per-prompt mean is far less noisy than one sample
     seed: int = 0
+    chat_template_kwargs: dict = field(default_factory=dict)  # conversational prompts render as in training
 
     @classmethod
     def from_config(cls, config, num_samples: int, seed: int) -> Sampling:
         return cls(config.max_completion_length, config.temperature, config.top_p, config.top_k, config.min_p,
-                   num_samples, seed)
+                   num_samples, seed, dict(config.chat_template_kwargs or {}))
+
+
+def prompt_token_ids(tokenizer, prompts: list, chat_template_kwargs: dict | None = None) -> list[list[int]]:
+    """Token ids of each prompt as GRPO and RLOO feed it to the policy: text prompts tokenized as they are,
+    conversational ones (lists of messages) through the tokenizer's chat template with the generation prompt."""
+    if not prompts or not is_conversational({"prompt": prompts[0]}):
+        return tokenizer(list(prompts))["input_ids"]
+    if tokenizer.chat_template is None:
+        raise ValueError("the prompts are conversational (lists of messages) but the tokenizer has no chat template "
+                         "to render them: use a chat model's tokenizer (--tokenizer_name_or_path) or text prompts")
+    return tokenizer.apply_chat_template(conversation=list(prompts), add_generation_prompt=True, tokenize=True,
+                                         return_dict=True, **(chat_template_kwargs or {}))["input_ids"]
 
 
 def rl_prompts(test: Dataset, task: ArithmeticTask | None, size: int, seed: int = 0) -> Dataset:
@@ -51,13 +66,13 @@ def rl_prompts(test: Dataset, task: ArithmeticTask | None, size: int, seed: int 
 
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts: list[str], sampling: Sampling, eos_token_ids: list[int],
+def sample_completions(model, tokenizer, prompts: list[list[int]], sampling: Sampling, eos_token_ids: list[int],
                        batch_size: int = 256) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt ids and sampled completion ids (cut after the first EOS, which is kept, as TRL does), each
-    prompt repeated `num_samples` times in a row."""
+    prompt (token ids, see `prompt_token_ids`) repeated `num_samples` times in a row."""
     model.eval()
     device = next(model.parameters()).device
-    prompt_ids = [ids for ids in tokenizer(prompts)["input_ids"] for _ in range(sampling.num_samples)]
+    prompt_ids = [list(ids) for ids in prompts for _ in range(sampling.num_samples)]
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(sampling.seed)  # base and trained policies sample with the same seed
     completions = []
@@ -118,14 +133,17 @@ def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Da
     included, as TRL's `completions/mean_length` does. Per-item scores are per-prompt means, paired
     across base and trained policies.
     """
+    originals = list(prompts["prompt"])
+    tokenized = prompt_token_ids(tokenizer, originals, sampling.chat_template_kwargs)  # fails before any scoring
     result = evaluate_policy(model_path, tokenizer, evalset, max_new_tokens=max_new_tokens)
     model = _load(AutoModelForCausalLM, model_path)
     eos = [tokenizer.eos_token_id]
-    texts = _texts(prompts["prompt"])
-    prompt_ids, completion_ids = sample_completions(model, tokenizer, texts, sampling, eos)
+    prompt_ids, completion_ids = sample_completions(model, tokenizer, tokenized, sampling, eos)
     k = sampling.num_samples
-    repeated = [t for t in texts for _ in range(k)]
+    repeated = [p for p in originals for _ in range(k)]
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    if is_conversational({"prompt": originals[0]}):  # the rewards get what TRL gives them in training
+        completions = [[{"role": "assistant", "content": text}] for text in completions]
     # The other columns reach the rewards as TRL passes them: all but the prompt and any gold completion,
     # whose name TRL keeps for the generated one.
     columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names

@@ -20,7 +20,8 @@ CUDA_VISIBLE_DEVICES=1,2,3,4,5,6,7 accelerate launch --config_file recipes/accel
 ```
 
 Rewards are named in the config (`reward_funcs`, weighted by `reward_weights`; see `rewards/`). Data:
-prompt-only (`prompt`); other columns (a built-in task's `answer`) reach the rewards. Any field of
+prompt-only (`prompt`: text, or lists of messages rendered by the tokenizer's chat template in training
+and evaluation alike); other columns (a built-in task's `answer`) reach the rewards. Any field of
 `RLArguments`, `trl.GRPOConfig` or `trl.ModelConfig` can be overridden on the command line
 (`--beta 0.02`, `--num_generations 16`, `--use_vllm false`).
 """

@@ -1,12 +1,15 @@
 """The RL recipes train a few steps on a tiny model with Hugging Face generation, and evaluate like RL runs."""
 
 import json
+import random
+import shutil
 
 import pytest
 import torch
 from trl.import_utils import is_vllm_available
 
 import align_proxy.rl
+from align_proxy.data.validation import DatasetFormatError
 from rewards import RewardError
 from tests.conftest import load_recipe, recipe_parser
 from tests.test_recipes import changed
@@ -49,6 +52,54 @@ def test_grpo_trains_with_hf_generation_and_weighted_gold_rewards(tiny_model, tm
     assert changed(tmp_path / "out", tiny_model)
     # An RL base evaluation depends on the rewards: it is cached apart from SFT/DPO's policy evaluation.
     assert [p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.json")] == ["rl_policy"]
+
+
+def conversational_shape(prompts, completions, **kwargs):
+    """1.0 for each (prompt, completion) that arrives as TRL gives conversational data: lists of messages."""
+    return [float(isinstance(p, list) and isinstance(c, list) and c[0]["role"] == "assistant")
+            for p, c in zip(prompts, completions)]
+
+
+def test_grpo_on_conversational_prompts_renders_them_with_the_chat_template(tiny_model, tmp_path):
+    """Prompts as lists of messages: TRL renders them with the chat template in training; the RL evaluation
+    must render them the same way and hand the rewards conversational completions, as TRL does."""
+    from transformers import AutoTokenizer
+
+    from evals.rl import prompt_token_ids
+
+    chat_model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model, chat_model)
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the task's own text
+    tokenizer.save_pretrained(chat_model)
+    rng = random.Random(0)
+    rows = [(rng.randrange(10, 50), rng.randrange(10, 50)) for _ in range(80)]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"{a}+{b}="}], "answer": str(a + b)})
+                            + "\n" for a, b in rows))
+    chats = [[{"role": "user", "content": "12+35="}]]
+    assert tokenizer.decode(prompt_token_ids(tokenizer, chats)[0]) == "12+35="
+
+    metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", str(chat_model), "--dataset_name", str(data),
+                     "--reward_funcs", "arith_exact_match", "arith_digit_overlap",
+                     "tests.test_rl:conversational_shape", "--reward_weights", "1.0", "0.5", "0.0")
+    base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
+    assert {"reward", "arith_exact_match", "arith_digit_overlap", "kl_to_reference", "response_length"} <= set(trained)
+    assert base["conversational_shape"] == trained["conversational_shape"] == 1.0  # in evaluation, as in training:
+    logged = {entry.get("rewards/conversational_shape/mean") for entry in metrics["train"]["log_history"]}
+    assert 1.0 in logged and logged <= {1.0, None}
+    assert "gold_reward" not in trained  # a user's dataset: its rewards are the judges
+    assert base["arith_digit_overlap"] > 0  # the completions reached the rewards as text they could parse
+    assert_paired(metrics)
+    assert changed(tmp_path / "out", str(chat_model))
+
+
+def test_conversational_prompts_without_a_chat_template_fail_before_training(tiny_model, tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"{i}+1="}]}) + "\n" for i in range(20)))
+    with pytest.raises(DatasetFormatError, match="column 'prompt' is conversational"):
+        run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", tiny_model, "--dataset_name", str(data))
+    assert not (tmp_path / "out" / "run_config.yaml").exists()
 
 
 @pytest.fixture(scope="module")
