@@ -125,6 +125,8 @@ def evaluation_key(script_args: RLArguments, training_args) -> dict:
         "eval_num_samples": script_args.eval_num_samples,
         "sampling": [training_args.max_completion_length, training_args.temperature, training_args.top_p,
                      training_args.top_k, training_args.min_p],
+        # How conversational prompts render (only when set, so other runs keep their cached evaluations).
+        **({"chat_template_kwargs": training_args.chat_template_kwargs} if training_args.chat_template_kwargs else {}),
     }
 
 
