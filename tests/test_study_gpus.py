@@ -65,6 +65,10 @@ def test_default_jobs_is_one_cell_per_gpu_else_per_core(monkeypatch):
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 6)
     assert default_jobs(["0", "1", "2", "3"]) == 4
     assert default_jobs([]) == 6
+    # Cells of two processes each (`launch`): as many as fit side by side, never fewer than one.
+    assert default_jobs(["0", "1", "2", "3"], processes=2) == 2
+    assert default_jobs(["0", "1"], processes=4) == 1
+    assert default_jobs([], processes=2) == 3
 
 
 @pytest.mark.slow

@@ -67,11 +67,13 @@ def visible_gpus() -> list[str]:
     return named or [str(i) for i in range(torch.cuda.device_count())]
 
 
-def default_jobs(gpus: list[str]) -> int:
-    """One cell per GPU (raise it with --jobs: small proxies share a card well, and cells go to the least
-    busy GPU); on a CPU, one single-threaded cell per core, since tiny models do not use two cores well in
-    one process."""
-    return len(gpus) or max(1, os.cpu_count() or 1)
+def default_jobs(gpus: list[str], processes: int = 1) -> int:
+    """As many cells as the GPUs hold with one process per GPU (`processes`: the widest cell's; raise it with
+    --jobs: small proxies share a card well, and cells go to the least busy GPUs); on a CPU, one
+    single-threaded cell per core, since tiny models do not use two cores well in one process."""
+    if gpus:
+        return max(1, len(gpus) // processes)
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 class GpuSlots:
@@ -141,7 +143,7 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         slots = GpuSlots(gpus)
         for processes in {cell.processes for cell in pending}:
             slots.give(slots.take(processes))  # a cell wider than the machine fails here, before any cell runs
-        jobs = jobs or default_jobs(gpus)
+        jobs = jobs or default_jobs(gpus, max((cell.processes for cell in pending), default=1))
         configs = {plan.recipe: plan.config for plan in spec.recipes}
         ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, slots, len(cells), progress)
         statuses = store.statuses()
