@@ -220,3 +220,48 @@ def test_cells_of_a_launched_recipe_run_under_deepspeed(tiny_ladder, tmp_path):
         distributed = json.loads((cell / "metrics.json").read_text())["train"]["distributed"]
         assert distributed["num_processes"] == 2 and distributed["engine"] == "DeepSpeedEngine"
     assert {row[0] for row in rows(tmp_path / "launched" / "results.sqlite", "SELECT status FROM cells")} == {"done"}
+
+
+GRPO_TINY = dict(yaml.safe_load((REPO / "recipes/configs/grpo_ladder_cpu.yaml").read_text()),
+                 max_steps=3, per_device_train_batch_size=16, num_generations=4, builtin_train_size=64,
+                 logging_steps=1, warmup_steps=0, eval_num_samples=2)
+
+
+def write_chain_spec(tmp_path: Path, models: list[str], sft_grid: dict, name: str) -> Path:
+    """SFT on each model, then GRPO from each SFT cell's model: the order an RLHF recipe runs in."""
+    (tmp_path / "grpo_tiny.yaml").write_text(yaml.safe_dump(GRPO_TINY))
+    spec = yaml.safe_load(write_spec(tmp_path, models, sft_grid, [0], name).read_text())
+    spec["evaluation"] = {"eval_size": 16, "builtin_test_size": 32}  # both recipes score the same items
+    spec["recipes"].append({"recipe": "grpo", "config": str(tmp_path / "grpo_tiny.yaml"), "start_from": "sft"})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_recipe_started_from_another_trains_the_model_that_cell_trained(tiny_ladder, tmp_path):
+    spec = write_chain_spec(tmp_path, [r.path for r in tiny_ladder], {}, "chain")
+    result = study(str(spec), "--jobs", "2", "--no-report")
+    assert result.returncode == 0, result.stdout + result.stderr
+    db = tmp_path / "chain" / "results.sqlite"
+    cells = {(recipe, model): config_hash for config_hash, recipe, model in
+             rows(db, "SELECT config_hash, recipe, model FROM cells WHERE status = 'done'")}
+    assert len(cells) == 4
+    for model in {model for _, model in cells}:
+        sft, grpo = cells["sft", model], cells["grpo", model]
+        command = (tmp_path / "chain" / "cells" / grpo / "command.txt").read_text().split()
+        assert command[command.index("--model_name_or_path") + 1] == str(tmp_path / "chain" / "cells" / sft)
+        trained_by_sft = json.loads((tmp_path / "chain" / "cells" / sft / "metrics.json").read_text())["eval"]
+        grpo_base = json.loads((tmp_path / "chain" / "cells" / grpo / "metrics.json").read_text())["eval"]
+        # GRPO's starting point is the SFT cell's trained model, item for item, not the rung it began from.
+        assert grpo_base["items"]["base"]["task_accuracy"] == trained_by_sft["items"]["trained"]["task_accuracy"]
+
+
+def test_cells_whose_start_cell_failed_are_failed_without_running(tiny_ladder, tmp_path):
+    spec = write_chain_spec(tmp_path, [r.path for r in tiny_ladder], {"max_length": [2]}, "stranded")
+    result = study(str(spec), "--no-report")
+    assert result.returncode == 1
+    failed = rows(tmp_path / "stranded" / "results.sqlite", "SELECT recipe, status, attempts, error FROM cells")
+    assert {(recipe, status) for recipe, status, _, _ in failed} == {("sft", "failed"), ("grpo", "failed")}
+    for recipe, _, attempts, error in failed:
+        if recipe == "grpo":
+            assert attempts == 0 and "not run: the cell it starts from" in error and "--retry-failed" in error

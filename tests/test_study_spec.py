@@ -1,5 +1,7 @@
 """Study specs: malformed ones fail before anything runs; good ones expand into hashed cells."""
 
+from pathlib import Path
+
 import pytest
 
 from align_proxy.studies.spec import StudySpecError, load_spec
@@ -93,3 +95,59 @@ def test_launch_runs_cells_under_accelerate_and_is_part_of_the_cell(tmp_path):
     wider = load_spec(spec_file(tmp_path, launched_spec.replace("deepspeed_cpu.yaml}", "deepspeed_cpu.yaml, num_processes: 4}"))).cells()
     assert all(c.processes == 4 for c in wider)
     assert not {c.config_hash for c in wider} & {c.config_hash for c in launched}
+
+
+CHAIN = GOOD.replace("recipe: dpo\n    config: recipes/configs/dpo_ladder_cpu.yaml\n    grid: {beta: [0.1, 0.3]}",
+                     "recipe: sft\n    config: recipes/configs/sft_ladder_cpu.yaml\n    grid: {learning_rate: [0.001]}") + """\
+  - recipe: grpo
+    config: recipes/configs/grpo_ladder_cpu.yaml
+    start_from: sft
+"""
+
+
+def test_start_from_links_each_cell_to_the_same_model_and_seed_of_the_earlier_recipe(tmp_path):
+    cells = load_spec(spec_file(tmp_path, CHAIN)).cells()
+    sft = {(c.model, c.seed): c.config_hash for c in cells if c.recipe == "sft"}
+    grpo = [c for c in cells if c.recipe == "grpo"]
+    assert len(grpo) == 4 and all(c.start_from == sft[c.model, c.seed] for c in grpo)
+    assert all(c.start_from is None for c in cells if c.recipe == "sft")
+    # A change to the start cell is a change to every cell trained from its model.
+    other = {c.config_hash for c in load_spec(spec_file(tmp_path, CHAIN.replace("[0.001]", "[0.0003]"))).cells()
+             if c.recipe == "grpo"}
+    assert not other & {c.config_hash for c in grpo}
+
+
+@pytest.mark.parametrize("start, expected", [
+    ("start_from: dpo", "'dpo' is not a recipe listed before this one \\(listed before: sft\\)"),
+    ("start_from: {recipe: sft, variant: learning_rate=0.1}", "sft has no variant 'learning_rate=0.1'; its variants: "
+                                                             "learning_rate=0.001"),
+    ("start_from: {recipe: sft, seed: 1}", "unknown key 'seed'"),
+])
+def test_a_bad_start_from_names_the_problem(tmp_path, start, expected):
+    with pytest.raises(StudySpecError, match=expected):
+        load_spec(spec_file(tmp_path, CHAIN.replace("start_from: sft", start)))
+
+
+def test_start_from_a_recipe_with_several_variants_must_name_one(tmp_path):
+    text = CHAIN.replace("[0.001]", "[0.001, 0.0003]")
+    with pytest.raises(StudySpecError, match="sft has 2 variants; name the one to start from with 'variant' "
+                                             "\\(learning_rate=0.001, learning_rate=0.0003\\)"):
+        load_spec(spec_file(tmp_path, text))
+    named = text.replace("start_from: sft", "start_from: {recipe: sft, variant: learning_rate=0.0003}")
+    cells = load_spec(spec_file(tmp_path, named)).cells()
+    chosen = {c.config_hash for c in cells if c.recipe == "sft" and c.variant == "learning_rate=0.0003"}
+    assert {c.start_from for c in cells if c.recipe == "grpo"} == chosen
+
+
+def test_a_recipe_listed_twice_is_refused(tmp_path):
+    text = GOOD + "  - recipe: dpo\n    config: recipes/configs/dpo_ladder_cpu.yaml\n"
+    with pytest.raises(StudySpecError, match="recipe 'dpo' is listed twice"):
+        load_spec(spec_file(tmp_path, text))
+
+
+def test_the_readme_spec_example_is_a_valid_spec(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme[readme.index("name: dpo-beta"):]
+    spec = load_spec(spec_file(tmp_path, example[:example.index("```")]))
+    assert [plan.recipe for plan in spec.recipes] == ["dpo", "sft", "grpo"]
+    assert spec.recipes[1].launch["num_processes"] == 4 and spec.recipes[2].start_from["recipe"] == "sft"

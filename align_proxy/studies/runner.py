@@ -108,10 +108,12 @@ def recipe_script(recipe: str) -> Path:
     return script
 
 
-def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path) -> list[str]:
-    """The recipe's command line for a cell: its config file, then every override as a flag."""
+def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None) -> list[str]:
+    """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
+    starts from another cell's model (`start_from`) gets that cell's directory as its model."""
     argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
-    for key, value in cell.overrides.items():
+    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {})}
+    for key, value in overrides.items():
         values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
         argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
     return argv
@@ -192,33 +194,63 @@ def _recover_finished(store: ResultStore, cells: list[Cell], cells_dir: Path) ->
 
 def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict,
                jobs: int, gpus: GpuSlots, total: int, progress: bool) -> int:
+    """Run the pending cells, `jobs` at a time, each once the cell it starts from (if any) is done."""
     if not pending:
         return 0
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    status = store.statuses()  # read once, then kept up to date here: this process is the only writer
     queue, running, finished = list(pending), {}, 0
     bar = tqdm(total=total, initial=total - len(pending), desc="study cells", unit="cell", disable=not progress,
                dynamic_ncols=True)
+
+    def settled(config_hash: str, outcome: str) -> None:
+        nonlocal finished
+        status[config_hash] = outcome
+        finished += 1
+        bar.update(1)
+
     try:
         while queue or running:
-            while queue and len(running) < jobs:
-                cell = queue.pop(0)
+            for cell in _stranded(queue, status):
+                queue.remove(cell)
+                store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) failed; "
+                                                       "fix that one, then rerun with --retry-failed")
+                settled(cell.config_hash, "failed")
+            startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
+            for cell in startable[:max(0, jobs - len(running))]:
+                queue.remove(cell)
                 gpu = gpus.take(cell.processes)
                 running[cell.config_hash] = (*_start(context, store, cell, scripts, configs, paths, threads, gpu), gpu)
                 bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
+            if not running:
+                if queue:  # unreachable for a checked spec: start cells come earlier in it
+                    raise StudyRunError(f"{len(queue)} cell(s) wait on cells that never run: {queue[0].config_hash}")
+                break
             ready = wait([proc.sentinel for proc, *_ in running.values()])
             for config_hash, (proc, cell_dir, started, gpu) in list(running.items()):
                 if proc.sentinel in ready:
                     proc.join()
                     del running[config_hash]
                     gpus.give(gpu)
-                    _settle(store, config_hash, proc.exitcode, cell_dir, time.time() - started)
-                    finished += 1
-                    bar.update(1)
+                    settled(config_hash, _settle(store, config_hash, proc.exitcode, cell_dir, time.time() - started))
     finally:
         for proc, *_ in running.values():  # interrupted (Ctrl-C): no cell outlives the study
             proc.kill()
         bar.close()
     return finished
+
+
+def _stranded(queue: list[Cell], status: dict[str, str]) -> list[Cell]:
+    """Queued cells that can never run: the cell they start from failed (or is itself stranded)."""
+    failed = {h for h, s in status.items() if s == "failed"}
+    stranded: list[Cell] = []
+    grew = True
+    while grew:
+        new = [c for c in queue if c.start_from in failed and c not in stranded]
+        stranded += new
+        failed |= {c.config_hash for c in new}
+        grew = bool(new)
+    return stranded
 
 
 def _start_forkserver():
@@ -235,7 +267,8 @@ def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict
     cell_dir = paths["cells"] / cell.config_hash
     shutil.rmtree(cell_dir, ignore_errors=True)  # a killed attempt's leftovers never mix with this one
     cell_dir.mkdir(parents=True)
-    argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"])
+    start_model = paths["cells"] / cell.start_from if cell.start_from else None
+    argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"], start_model)
     launcher = launch_argv(cell.launch)
     device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
     shown = ["accelerate", "launch", *launcher[3:]] if launcher else ["python"]
@@ -247,17 +280,19 @@ def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict
     return proc, cell_dir, time.time()
 
 
-def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path, seconds: float) -> None:
+def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path, seconds: float) -> str:
+    """Record how a cell's process ended; returns its status, "done" or "failed"."""
     metrics_path = cell_dir / "metrics.json"
     if exitcode == 0 and metrics_path.exists():
         store.record_result(config_hash, json.loads(metrics_path.read_text()), seconds)
-        return
+        return "done"
     reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
     if exitcode == 0:
         reason = "the recipe exited without writing metrics.json"
     log = cell_dir / "cell.log"
     tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
     store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
+    return "failed"
 
 
 def launch_argv(launch: dict) -> list[str]:

@@ -46,6 +46,8 @@ class RecipePlan:
     metric: str = "task_accuracy"  # what the report's headline judges the recipe on
     # Cells under `accelerate launch`: {"config_file": path, "num_processes": n}; empty: one plain process.
     launch: dict = field(default_factory=dict)
+    # Start each cell from the model another recipe's cell trained (same model and seed): {"recipe", "variant"}.
+    start_from: dict = field(default_factory=dict)
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -65,6 +67,7 @@ class Cell:
     overrides: dict  # command-line overrides of the recipe config, all of them
     config_hash: str
     launch: dict = field(default_factory=dict)  # the recipe plan's `launch`, config_file resolved
+    start_from: str | None = None  # config_hash of the cell whose trained model this cell starts from
 
     @property
     def processes(self) -> int:
@@ -83,7 +86,7 @@ class StudySpec:
     target: str | float | None = None  # a registry name or a parameter count to predict gains at
 
     def cells(self) -> list[Cell]:
-        cells = []
+        cells: list[Cell] = []
         for plan in self.recipes:
             config_text = Path(plan.config).read_text()
             for model, (variant, grid_values), seed in itertools.product(self.models, plan.variants(), self.seeds):
@@ -92,9 +95,14 @@ class StudySpec:
                 described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
                 if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
                     described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}
+                start = None
+                if plan.start_from:  # the start cell's hash names everything its model came from
+                    start = next(c.config_hash for c in cells if (c.model, c.recipe, c.variant, c.seed) ==
+                                 (model, plan.start_from["recipe"], plan.start_from["variant"], seed))
+                    described["start_from"] = start
                 blob = json.dumps(described, sort_keys=True, default=str)
                 digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch))
+                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch, start))
         return cells
 
 
@@ -129,7 +137,9 @@ def _check(raw: dict, path: Path) -> StudySpec:
         _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
     evaluation = raw.get("evaluation") or {}
     _check_keys(evaluation, {f.name for f in dataclasses.fields(RecipeArguments)}, path, "evaluation")
-    recipes = [_check_recipe(entry, i, path) for i, entry in enumerate(raw.get("recipes") or [])]
+    recipes: list[RecipePlan] = []
+    for i, entry in enumerate(raw.get("recipes") or []):
+        recipes.append(_check_recipe(entry, i, path, recipes))
     if not recipes:
         _fail(path, "'recipes' is empty: list at least one of " + ", ".join(RECIPE_CONFIGS))
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
@@ -145,14 +155,17 @@ def _check_model(model: str, path: Path) -> None:
                 "directory or a Hub id (owner/name)")
 
 
-def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
+def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan]) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
-        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric' and 'launch'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch"}, path, where)
+        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch' "
+                    "and 'start_from'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from"}, path, where)
     recipe = entry["recipe"]
     if recipe not in RECIPE_CONFIGS:
         _fail(path, f"{where}: unknown recipe {recipe!r}; available: {', '.join(RECIPE_CONFIGS)}")
+    if any(plan.recipe == recipe for plan in earlier):
+        _fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
     config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
     metric = entry.get("metric", PRIMARY_METRICS[recipe])
     if metric not in METRICS:
@@ -164,7 +177,33 @@ def _check_recipe(entry, index: int, path: Path) -> RecipePlan:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
-    return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"))
+    return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"),
+                      _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from"))
+
+
+def _check_start(start, earlier: list[RecipePlan], path: Path, where: str) -> dict:
+    """`start_from: sft` or `{recipe: sft, variant: learning_rate=0.001}`: each cell trains, and is judged
+    against, the model that cell of an earlier recipe trained from the same base model with the same seed
+    (SFT, then GRPO: the order RLHF runs in)."""
+    if start is None:
+        return {}
+    if isinstance(start, str):
+        start = {"recipe": start}
+    _check_keys(start, {"recipe", "variant"}, path, where)
+    plans = {plan.recipe: plan for plan in earlier}
+    plan = plans.get(start.get("recipe"))
+    if plan is None:
+        _fail(path, f"{where}: {start.get('recipe')!r} is not a recipe listed before this one "
+                    f"(listed before: {', '.join(plans) or 'none'}); the recipe a cell starts from runs first")
+    variants = [name for name, _ in plan.variants()]
+    variant = start.get("variant")
+    if variant is None and len(variants) > 1:
+        _fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to start from with "
+                    f"'variant' ({', '.join(variants)})")
+    variant = variant if variant is not None else variants[0]
+    if variant not in variants:
+        _fail(path, f"{where}: {plan.recipe} has no variant {variant!r}; its variants: {', '.join(variants)}")
+    return {"recipe": plan.recipe, "variant": variant}
 
 
 def _check_launch(launch, path: Path, where: str) -> dict:
