@@ -197,7 +197,7 @@ def _print_report(paths) -> None:
         return
     import json
 
-    from align_proxy.studies.formatting import format_parameters
+    from align_proxy.studies.formatting import format_parameters, recipe_label
 
     analysis = json.loads(paths["json"].read_text())
     table = Table(title="does each recipe's gain transfer? (gain of the best variant, 95% interval)")
@@ -211,10 +211,10 @@ def _print_report(paths) -> None:
         by_model = {scale["model"]: scale for scale in entry["scales"]}
         cells = [_verdict_text(by_model.get(m["name"])) for m in analysis["models"]]
         transfers = entry["transfer"]["transfers"] if entry["transfer"] else "-"
-        table.add_row(entry["recipe"], entry["metric"], *cells, transfers, entry["confidence"])
+        table.add_row(recipe_label(entry), entry["metric"], *cells, transfers, entry["confidence"])
     console.print(table)
     for entry in analysis["headline"]:
-        console.print(f"[bold]{entry['recipe']}[/bold]: {entry['conclusion']}")
+        console.print(f"[bold]{recipe_label(entry)}[/bold]: {entry['conclusion']}")
     console.print(f"report: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name})")
 
 

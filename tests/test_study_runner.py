@@ -240,8 +240,11 @@ def write_chain_spec(tmp_path: Path, models: list[str], sft_grid: dict, name: st
 
 def test_a_recipe_started_from_another_trains_the_model_that_cell_trained(tiny_ladder, tmp_path):
     spec = write_chain_spec(tmp_path, [r.path for r in tiny_ladder], {}, "chain")
-    result = study(str(spec), "--jobs", "2", "--no-report")
+    result = study(str(spec), "--jobs", "2")
     assert result.returncode == 0, result.stdout + result.stderr
+    # The report says what a started recipe's gain is measured from.
+    assert "grpo (from sft): " in result.stdout and "gains are over the model sft (default) trained" in result.stdout
+    assert "**grpo (from sft)**" in (tmp_path / "chain" / "report.md").read_text()
     db = tmp_path / "chain" / "results.sqlite"
     cells = {(recipe, model): config_hash for config_hash, recipe, model in
              rows(db, "SELECT config_hash, recipe, model FROM cells WHERE status = 'done'")}

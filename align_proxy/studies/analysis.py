@@ -339,12 +339,13 @@ def _pattern(scales: list[dict]) -> str:
 
 def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
             target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-            cells: list[dict] | None = None) -> dict:
+            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> dict:
     """Every number of a study's report, JSON-ready (json.dumps(..., allow_nan=False) works).
 
     `models` maps name -> parameters (models with no results yet count as missing); `primary_metrics`
     maps recipe -> the metric its headline is judged on; `target` is (name, parameters) to predict
-    gains at; `cells` (ResultStore.cells()) lists the study's cells, else the grid is inferred.
+    gains at; `cells` (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts`
+    maps recipe -> the {"recipe", "variant"} its cells started from (their gains are over that model).
     """
     models = {**{c.model: c.parameters for c in results}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
@@ -359,6 +360,12 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     metrics = _ordered({g["metric"] for g in gains}, list(METRIC_LABELS))
     headline = [_headline(r, _primary(r, primary_metrics, gains), gains, transfer, fits, order, target)
                 for r in recipes]
+    for entry in headline:
+        start = (starts or {}).get(entry["recipe"])
+        entry["starts_from"] = start
+        if start:
+            entry["conclusion"] += (f"; gains are over the model {start['recipe']} ({start['variant']}) trained, "
+                                    "which each cell started from")
     return _jsonable({
         "schema": SCHEMA_VERSION, "confidence": confidence, "n_resamples": n_resamples,
         "models": [{"name": m, "parameters": models[m]} for m in order],

@@ -24,3 +24,9 @@ def format_interval(iv: dict | None, signed: bool = True) -> str:
         return "n/a"
     bounds = "" if iv["low"] is None else f" [{format_number(iv['low'], signed)}, {format_number(iv['high'], signed)}]"
     return f"{format_number(iv['estimate'], signed)}{bounds}"
+
+
+def recipe_label(entry: dict) -> str:
+    """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`."""
+    start = entry.get("starts_from")
+    return f"{entry['recipe']} (from {start['recipe']})" if start else entry["recipe"]

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from align_proxy.studies.formatting import format_interval, format_number, format_parameters
+from align_proxy.studies.formatting import format_interval, format_number, format_parameters, recipe_label
 from align_proxy.studies.plots import draw_plots, primary_metric_names
 from align_proxy.studies.store import CellResult
 
@@ -80,7 +80,7 @@ def _headline_table(analysis: dict) -> tuple[list[str], list[list]]:
         scales = {s["model"]: s for s in h["scales"]}
         transfer = h["transfer"] or {}
         accuracy = transfer.get("rank_agreement", {}).get("decision_accuracy")
-        rows.append([h["recipe"], h["metric_label"]] +
+        rows.append([recipe_label(h), h["metric_label"]] +
                     [_verdict_cell(scales.get(m), scales[m]["best_variant"] if m in scales else None) for m in models] +
                     [transfer.get("transfers", "one scale only"), format_number(accuracy, digits=2),
                      format_interval(h["prediction"]["gain"]) if h["prediction"] else "n/a",
@@ -213,11 +213,11 @@ def render_html(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str)
              *(f'<p class="warning">{esc(line)}</p>' for line in _partial_lines(analysis)),
              "<h2>Headline: is each recipe worth a large run?</h2>",
              _html_table(*_headline_table(analysis), "headline"),
-             "<ul>" + "".join(f'<li><b>{esc(h["recipe"])}</b> (<span class="{esc(h["confidence"])}">'
+             "<ul>" + "".join(f'<li><b>{esc(recipe_label(h))}</b> (<span class="{esc(h["confidence"])}">'
                               f'{esc(h["confidence"])} confidence</span>): {esc(h["conclusion"])}</li>'
                               for h in analysis["headline"]) + "</ul>"]
     for entry in analysis["headline"]:
-        parts += [f"<h3>{esc(entry['recipe'])}: every variant on {esc(entry['metric_label'])}</h3>",
+        parts += [f"<h3>{esc(recipe_label(entry))}: every variant on {esc(entry['metric_label'])}</h3>",
                   _html_table(*_variant_table(analysis, entry))]
     parts.append("<h2>Plots</h2>")
     for name, (png, caption) in plots.items():
@@ -237,10 +237,10 @@ def render_markdown(analysis: dict, plots: dict[str, tuple[bytes, str]], title: 
     parts = [f"# {title}", "\n".join(_summary_lines(analysis)),
              *(f"> **{line}**" for line in _partial_lines(analysis)),
              "## Headline: is each recipe worth a large run?", _md_table(*_headline_table(analysis)),
-             "\n".join(f"- **{h['recipe']}** ({h['confidence']} confidence): {h['conclusion']}"
+             "\n".join(f"- **{recipe_label(h)}** ({h['confidence']} confidence): {h['conclusion']}"
                        for h in analysis["headline"])]
     for entry in analysis["headline"]:
-        parts += [f"### {entry['recipe']}: every variant on {entry['metric_label']}",
+        parts += [f"### {recipe_label(entry)}: every variant on {entry['metric_label']}",
                   _md_table(*_variant_table(analysis, entry))]
     parts += ["## Plots", *(f"![{name.replace('_', ' ')}](plots/{name}.png)\n\n{caption}"
                             for name, (_, caption) in plots.items())]

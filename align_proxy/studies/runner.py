@@ -166,7 +166,8 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
         store.add_model(name, model.path, model.parameters, model.source)
     target = _target(spec)
     store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
-                   primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds)
+                   primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds,
+                   starts={p.recipe: p.start_from for p in spec.recipes if p.start_from})
     store.add_cells(cells)
 
 
@@ -351,5 +352,6 @@ def write_study_report(study_dir: Path) -> dict[str, Path]:
     results = [r for r in store.results() if r.config_hash in current]
     target = tuple(info["target"]) if info.get("target") else None
     cells = [c for c in store.cells() if c["config_hash"] in current]
-    analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells)
+    analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
+                       starts=info.get("starts"))
     return write_report(study_dir, analysis, results, title=f"Transfer study: {info.get('name', study_dir.name)}")
