@@ -151,3 +151,10 @@ def test_the_readme_spec_example_is_a_valid_spec(tmp_path):
     spec = load_spec(spec_file(tmp_path, example[:example.index("```")]))
     assert [plan.recipe for plan in spec.recipes] == ["dpo", "sft", "grpo"]
     assert spec.recipes[1].launch["num_processes"] == 4 and spec.recipes[2].start_from["recipe"] == "sft"
+
+
+def test_the_shipped_rlhf_study_chains_grpo_onto_sft():
+    spec = load_spec(Path(__file__).parents[1] / "align_proxy/studies/rlhf.yaml")
+    cells = spec.cells()
+    sft = {(c.model, c.seed): c.config_hash for c in cells if c.recipe == "sft"}
+    assert len(cells) == 18 and {c.start_from for c in cells if c.recipe == "grpo"} == set(sft.values())
