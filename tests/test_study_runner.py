@@ -74,9 +74,12 @@ def killed_and_resumed(tiny_ladder, tmp_path_factory):
     try:
         while time.monotonic() < deadline:  # wait until two cells are done and a third is running
             if db.exists():
+                # Only the runner writes the store: stopped, it cannot move on between this look and the kill.
+                os.kill(runner.pid, signal.SIGSTOP)
                 status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status"))
                 if status.get("done", 0) >= 2 and status.get("running", 0) == 1:
                     break
+                os.kill(runner.pid, signal.SIGCONT)
             assert runner.poll() is None, "the study finished before it could be killed"
             time.sleep(0.1)
         else:
