@@ -103,14 +103,14 @@ def test_a_worker_of_a_launched_cell_dies_with_its_launcher(tmp_path):
                 f"subprocess.Popen([sys.executable, '-c', {worker % (str(REPO), str(pid_file))!r}]); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", launcher])
     try:
-        for _ in range(200):  # the worker writes its pid once it has asked to die with the launcher
+        for _ in range(600):  # the worker writes its pid once it has asked to die with the launcher
             if pid_file.exists() and pid_file.read_text():
                 break
             time.sleep(0.05)
         pid = int(pid_file.read_text())
         proc.kill()
         proc.wait()
-        for _ in range(100):
+        for _ in range(200):
             if not _alive(pid):
                 break
             time.sleep(0.05)
