@@ -84,12 +84,16 @@ class GpuSlots:
     def __init__(self, gpus: list[str]):
         self.load = {gpu: 0 for gpu in gpus}
 
+    def check_width(self, count: int) -> None:
+        """Refuse a cell of more processes than there are GPUs (on a GPU machine; CPU cells have no slots)."""
+        if self.load and count > len(self.load):
+            raise StudyRunError(f"a cell of {count} processes needs {count} GPUs; {len(self.load)} are visible "
+                                f"({', '.join(self.load)}): lower launch.num_processes in the spec")
+
     def take(self, count: int = 1) -> str | None:
         if not self.load:
             return None
-        if count > len(self.load):
-            raise StudyRunError(f"a cell of {count} processes needs {count} GPUs; {len(self.load)} are visible "
-                                f"({', '.join(self.load)}): lower launch.num_processes in the spec")
+        self.check_width(count)
         chosen = sorted(self.load, key=self.load.get)[:count]  # a stable sort: ties go to the first listed
         for gpu in chosen:
             self.load[gpu] += 1
@@ -143,9 +147,9 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         pending = [c for c in cells if statuses[c.config_hash] == "pending"]
         gpus = visible_gpus()
         slots = GpuSlots(gpus)
-        for processes in {cell.processes for cell in pending}:
-            slots.give(slots.take(processes))  # a cell wider than the machine fails here, before any cell runs
-        jobs = jobs or default_jobs(gpus, max((cell.processes for cell in pending), default=1))
+        widest = max((cell.processes for cell in pending), default=1)
+        slots.check_width(widest)  # before any cell runs
+        jobs = jobs or default_jobs(gpus, widest)
         configs = {plan.recipe: plan.config for plan in spec.recipes}
         ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, slots, len(cells), progress)
         statuses = store.statuses()
@@ -270,13 +274,14 @@ def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict
     cell_dir.mkdir(parents=True)
     start_model = paths["cells"] / cell.start_from if cell.start_from else None
     argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"], start_model)
-    launcher = launch_argv(cell.launch)
+    launch = launch_flags(cell.launch)
     device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
-    shown = ["accelerate", "launch", *launcher[3:]] if launcher else ["python"]
+    shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]
     (cell_dir / "command.txt").write_text(" ".join([*device, *shown, str(scripts[cell.recipe]), *argv]) + "\n")
     store.mark_running(cell.config_hash)
+    threads = max(1, threads // cell.processes)  # per process: a launched cell's processes share its cores
     proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads,
-                                                  gpu, launcher), name=f"cell-{cell.config_hash}", daemon=False)
+                                                  gpu, launch), name=f"cell-{cell.config_hash}", daemon=False)
     proc.start()
     return proc, cell_dir, time.time()
 
@@ -296,20 +301,20 @@ def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path,
     return "failed"
 
 
-def launch_argv(launch: dict) -> list[str]:
-    """`python -m accelerate.commands.launch ...` for a cell of several processes; [] for a plain cell. Each
-    launch gets a free port for its processes' rendezvous, so concurrent cells never meet."""
+def launch_flags(launch: dict) -> list[str]:
+    """The `accelerate launch` flags of a cell of several processes; [] for a plain cell. Each launch gets a
+    free port for its processes' rendezvous, so concurrent cells never meet."""
     if not launch:
         return []
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch["config_file"],
-            "--num_processes", str(launch["num_processes"]), "--main_process_port", str(port)]
+    return ["--config_file", launch["config_file"], "--num_processes", str(launch["num_processes"]),
+            "--main_process_port", str(port)]
 
 
 def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None,
-             launcher: list[str] | None = None) -> None:
+             launch: list[str] | None = None) -> None:
     """A cell's process: die with the study, log to the cell's directory, run the recipe script on its GPUs;
     a cell of several processes becomes their `accelerate launch` (same process, so it still dies with the
     study, and its workers die with it: `align_proxy.lifetime`)."""
@@ -325,11 +330,9 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
         # the cell sees its GPUs as cuda:0, cuda:1, ...
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         print(f"[align-proxy] cell on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", flush=True)
-    if launcher:
-        processes = int(launcher[launcher.index("--num_processes") + 1])
-        os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))
+    if launch:
         os.environ[CELL_PID] = str(os.getpid())  # exec keeps the pid: the workers' parent is this process
-        os.execv(launcher[0], [*launcher, script, *argv])
+        os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", *launch, script, *argv])
     import torch
 
     torch.set_num_threads(threads)

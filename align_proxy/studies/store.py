@@ -68,6 +68,7 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._create()
+            return
         with self._connect() as db:  # an older database gains any table it lacks
             db.executescript(SCHEMA)
 
