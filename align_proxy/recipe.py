@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
+from align_proxy.files import atomic_write
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
@@ -95,14 +95,6 @@ def load_tokenizer(model_name: str, tokenizer_name: str | None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def files_stamp(location: str | None) -> list | None:
@@ -220,7 +212,7 @@ class RecipeRun:
                 cached = json.loads(path.read_text())
                 return EvalResult(cached["metrics"], cached["items"])
             result = self._evaluate_base_now()
-            _atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
+            atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
             return result
 
     def save_model(self, trainer) -> None:
@@ -251,7 +243,7 @@ class RecipeRun:
             print(f"[align-proxy] evaluating trained model in {self.output_dir} ...", flush=True)
             trained = self.evaluate(str(self.output_dir))
             metrics = self._metrics(trainer, trained)
-            _atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+            atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
             _plot_loss_curve(metrics["train"]["log_history"], self.output_dir / "loss_curve.png", self.recipe)
             print(format_comparison(self.recipe, self.model.name, self.base_metrics, trained.metrics), flush=True)
         PartialState().wait_for_everyone()
@@ -292,7 +284,7 @@ class RecipeRun:
             "speed": self.speed.record() if self.speed else None,
         }
         if self.is_main:
-            _atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
 def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig,

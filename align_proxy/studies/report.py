@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from align_proxy.files import atomic_write
 from align_proxy.studies.formatting import format_interval, format_number, format_parameters, recipe_label
 from align_proxy.studies.plots import draw_plots, primary_metric_names
 from align_proxy.studies.store import CellResult
@@ -36,27 +35,12 @@ figcaption { font-size: .9em; color: #555; } small { color: #555; }
 def write_report(study_dir: Path, analysis: dict, results: list[CellResult], title: str) -> dict[str, Path]:
     """Write report.html, report.md, report.json and plots/*.png into `study_dir`, each atomically."""
     study_dir = Path(study_dir)
-    (study_dir / "plots").mkdir(parents=True, exist_ok=True)
     plots = draw_plots(analysis, results)
-    written = {f"plot_{name}": _write(study_dir / "plots" / f"{name}.png", png) for name, (png, _) in plots.items()}
-    written["json"] = _write(study_dir / "report.json", json.dumps(analysis, allow_nan=False, indent=1).encode())
-    written["markdown"] = _write(study_dir / "report.md", render_markdown(analysis, plots, title).encode())
-    written["html"] = _write(study_dir / "report.html", render_html(analysis, plots, title).encode())
+    written = {f"plot_{name}": atomic_write(study_dir / "plots" / f"{name}.png", png) for name, (png, _) in plots.items()}
+    written["json"] = atomic_write(study_dir / "report.json", json.dumps(analysis, allow_nan=False, indent=1))
+    written["markdown"] = atomic_write(study_dir / "report.md", render_markdown(analysis, plots, title))
+    written["html"] = atomic_write(study_dir / "report.html", render_html(analysis, plots, title))
     return written
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --- formatting ---------------------------------------------------------------------------------
