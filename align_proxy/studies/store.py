@@ -50,6 +50,7 @@ class CellResult:
     items_trained: dict[str, list[float]] = field(default_factory=dict)  # same items, same order
     log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
     duration_s: float = 0.0
+    diverged: dict | None = None  # {"step", "loss"} when training diverged: no trained scores then
 
     @classmethod
     def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: dict, duration_s: float) -> CellResult:
@@ -57,7 +58,8 @@ class CellResult:
         items = evaluation.get("items", {})
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
                    evaluation.get("base", {}), evaluation.get("trained", {}), items.get("base", {}),
-                   items.get("trained", {}), metrics.get("train", {}).get("log_history", []), duration_s)
+                   items.get("trained", {}), metrics.get("train", {}).get("log_history", []), duration_s,
+                   metrics.get("diverged"))
 
 
 class ResultStore:
