@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from align_proxy.data.tasks import get_task
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 
 # Bump when a change to this file changes the weights a spec produces: old caches then rebuild.
-LADDER_VERSION = 1
+# 2: pretraining runs on one CPU thread (version 1 used every core, so the weights depended on the core count).
+LADDER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -227,10 +229,25 @@ def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, forc
         if missing:
             train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
             heldout = _token_rows(spec, "test", spec.heldout_rows)
-            for rung in missing:
-                shutil.rmtree(directory / rung.name, ignore_errors=True)
-                pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress)
+            with _one_thread():
+                for rung in missing:
+                    shutil.rmtree(directory / rung.name, ignore_errors=True)
+                    pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress)
         return load_table(spec, root)
+
+
+@contextmanager
+def _one_thread():
+    """Pretrain on one CPU thread. How many threads split a matrix product changes the order its sums are
+    added in, so a 2-core and a 4-core machine would pretrain different rungs from one seed (and a study's
+    base models, hence its verdicts, would depend on the core count); one thread also never stalls when
+    other processes share the cores, which a multi-threaded step does badly at these sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_table(spec: LadderSpec = LadderSpec(), root: Path | None = None) -> list[RungReport]:
