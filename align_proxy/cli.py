@@ -223,7 +223,7 @@ def _verdict_text(scale: dict | None) -> str:
 
     if scale is None:
         return "-"
-    colour = {"helps": "green", "hurts": "red"}.get(scale["verdict"], "yellow")
+    colour = {"helps": "green", "hurts": "red", "diverges": "magenta"}.get(scale["verdict"], "yellow")
     return f"[{colour}]{scale['verdict']}[/{colour}] {format_interval(scale['gain'])}"
 
 
