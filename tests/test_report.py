@@ -153,3 +153,16 @@ def test_the_html_report_renders_in_headless_chromium_with_every_image(report, b
     assert len(images) == sum(key.startswith("plot_") for key in files)
     for complete, width, height, alt in images:
         assert complete and width > 0 and height > 0, f"image did not render: {alt}"
+
+
+def test_a_diverged_variant_is_reported_as_such_and_every_plot_still_draws(tmp_path):
+    from tests.test_analysis import diverging
+
+    cells = diverging(study_cells(), "lr=high", "ladder-l")
+    cells = [dataclasses.replace(c, log_history=[{"step": 1, "loss": 2.0}, {"step": 7, "loss": 1.5e5}])
+             if c.diverged else c for c in cells]
+    files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY, target=TARGET), cells, TITLE)
+    page = files["html"].read_text()
+    assert "lr=high diverges at ladder-l (3/3 seeds" in page
+    assert 'class="diverges"' in page
+    assert {"plot_rank_agreement", "plot_loss_curves", "plot_gain_vs_scale"} <= set(files)
