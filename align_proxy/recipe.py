@@ -24,6 +24,7 @@ from accelerate import PartialState
 from transformers import AutoTokenizer
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
+from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.files import atomic_write
@@ -305,6 +306,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
                          f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
     check_writable(training_args.output_dir)  # before any model loads (or a ladder rung is built)
+    # `true` means the newest complete checkpoint in output_dir; a half-saved one is never resumed from.
+    training_args.resume_from_checkpoint = resume_point(training_args.output_dir, training_args.resume_from_checkpoint)
     tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
     data = load_recipe_data(
         script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
