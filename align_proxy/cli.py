@@ -242,9 +242,12 @@ def cmd_report(args) -> int:
 def cmd_recipe(args) -> int:
     from align_proxy.install import recipe_names, recipes_dir, run_recipe
 
-    if args.where or not args.name:
-        console.print(f"{recipes_dir()} (recipes: {', '.join(recipe_names())}; configs/, accelerate/)")
-        return 0 if args.where else 2
+    if args.where:
+        print(recipes_dir())  # plain, for $(align-proxy recipe --where)/dpo.py
+        return 0
+    if not args.name:
+        console.print(f"[red]error:[/red] name a recipe: {', '.join(recipe_names())} (scripts and configs in {recipes_dir()})")
+        return 2
     run_recipe(args.name, args.args)
     return 0
 
