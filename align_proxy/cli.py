@@ -246,7 +246,8 @@ def cmd_recipe(args) -> int:
         print(recipes_dir())  # plain, for $(align-proxy recipe --where)/dpo.py
         return 0
     if not args.name:
-        console.print(f"[red]error:[/red] name a recipe: {', '.join(recipe_names())} (scripts and configs in {recipes_dir()})")
+        console.print(f"[red]error:[/red] name a recipe: {', '.join(recipe_names())} "
+                      f"(scripts and configs in {recipes_dir()})")
         return 2
     run_recipe(args.name, args.args)
     return 0
@@ -287,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_p = sub.add_parser("recipe", help="run a recipe script from any directory: align-proxy recipe sft --config "
                                              "sft_ladder_cpu.yaml ... (shipped config names resolve)")
     recipe_p.add_argument("name", nargs="?", help="sft, dpo, reward, grpo or rloo")
-    recipe_p.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own flags, as `python recipes/NAME.py` takes")
+    recipe_p.add_argument("args", nargs=argparse.REMAINDER,
+                          help="the recipe's own flags, as `python recipes/NAME.py` takes them")
     recipe_p.add_argument("--where", action="store_true", help="print where the recipe scripts and configs are")
     recipe_p.set_defaults(func=cmd_recipe)
 

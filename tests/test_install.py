@@ -31,7 +31,8 @@ def test_checkout_relative_config_paths_name_the_shipped_files():
     expected = REPO / "recipes" / "configs" / "sft_ladder_cpu.yaml"
     assert shipped_file("recipes/configs/sft_ladder_cpu.yaml") == shipped_file("sft_ladder_cpu.yaml") == expected
     assert shipped_file("no_such.yaml") is None
-    assert resolve_config_flags(["--config", "sft_ladder_cpu.yaml", "--x", "y"]) == ["--config", str(expected), "--x", "y"]
+    resolved = resolve_config_flags(["--config", "sft_ladder_cpu.yaml", "--x", "y"])
+    assert resolved == ["--config", str(expected), "--x", "y"]
 
 
 def run(args: list, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -68,10 +69,11 @@ def installed(tmp_path_factory):
 
 
 def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
-    out = run([installed["python"], "-c", "import align_proxy.install as i, align_proxy.studies.spec as s; "
-               "print(i.__file__); print(i.recipes_dir()); "
-               "print([p.config for f in (None, s.DEFAULT_SPEC.with_name('rlhf.yaml')) for p in s.load_spec(f).recipes])"],
-              installed["cwd"], installed["env"]).stdout.splitlines()
+    script = ("import align_proxy.install as i, align_proxy.studies.spec as s\n"
+              "print(i.__file__)\nprint(i.recipes_dir())\n"
+              "specs = (None, s.DEFAULT_SPEC.with_name('rlhf.yaml'))  # the shipped specs\n"
+              "print([p.config for f in specs for p in s.load_spec(f).recipes])")
+    out = run([installed["python"], "-c", script], installed["cwd"], installed["env"]).stdout.splitlines()
     site = str(installed["venv"])
     assert out[0].startswith(site) and out[1].startswith(site), out  # not the checkout's, not an editable install
     configs = eval(out[2])  # noqa: S307 - our own printed list of paths

@@ -115,11 +115,15 @@ def test_a_recipe_killed_after_a_checkpoint_resumes_bit_identically(reference, t
     finally:
         run.kill()
         run.wait()
-    last = resume_point(out, "true")
-    assert int(Path(last).name.split("-")[1]) < CONFIG["max_steps"]
+    last = Path(resume_point(out, "true"))
+    assert int(last.name.split("-")[1]) < CONFIG["max_steps"]
+    saved_at = (last / "trainer_state.json").stat().st_mtime_ns
     resumed = subprocess.run(recipe_command(config, tiny_model, out, "--resume_from_checkpoint", "true"), env=ENV,
                              timeout=TIMEOUT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # It resumed rather than started over (which, seeded, would end the same): the steps up to that checkpoint
+    # were not trained, nor saved, again.
+    assert (last / "trainer_state.json").stat().st_mtime_ns == saved_at
     assert_bit_identical(out, reference)
     assert losses(out) == losses(reference)
 
