@@ -5,6 +5,10 @@ scheduler and RNG states), so a checkpoint is complete when that file parses and
 killed while saving leaves one that is not, and it is never resumed from. Resuming restores weights,
 optimizer, scheduler, RNG and the position in the (seeded) data order: on CPU a resumed run ends
 bit-identical to an uninterrupted one (tests/test_resume.py).
+
+What a resume reads is read safely: transformers loads weights from safetensors and the optimizer,
+scheduler and RNG files with `weights_only`; DeepSpeed unpickles its own `global_step*/` files in
+full, so before a resume hands them over, every class they name must be one a ZeRO checkpoint holds.
 """
 
 from __future__ import annotations
@@ -14,9 +18,18 @@ import re
 import shutil
 from pathlib import Path
 
+from align_proxy.models.safe_load import UnsafeCheckpointError, unsafe_globals
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 _TRUE, _FALSE = {"true", "yes", "1", "last", "latest"}, {"false", "no", "0", "none", ""}
+# Beyond tensors and plain values, what DeepSpeed's ZeRO optimizer files pickle (read off a ZeRO-2 checkpoint).
+DEEPSPEED_GLOBALS = {
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+}
 
 
 class CheckpointError(ValueError):
@@ -61,6 +74,7 @@ def resume_point(output_dir: str | Path, value) -> str | None:
                 f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint (a checkpoint-N folder "
                 f"with its {TRAINER_STATE}). Run without the flag to start fresh; runs leave checkpoints when "
                 "save_strategy is 'steps' (see save_steps in the CLIMB configs).")
+        check_deepspeed_files(last)
         return str(last)
     path = Path(value).expanduser()
     if not is_complete(path):
@@ -68,7 +82,24 @@ def resume_point(output_dir: str | Path, value) -> str | None:
             f"--resume_from_checkpoint {value}: not a complete checkpoint (expected a checkpoint-N folder holding "
             f"{TRAINER_STATE} at step N; a run killed while saving leaves an incomplete one). Pass an earlier "
             "checkpoint, or `true` for the newest complete one in --output_dir.")
+    check_deepspeed_files(path)
     return str(path)
+
+
+def check_deepspeed_files(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose DeepSpeed files name code beyond `DEEPSPEED_GLOBALS` (or cannot be scanned):
+    DeepSpeed would import and call it while loading them."""
+    for file in sorted(Path(checkpoint).glob("global_step*/*.pt")):
+        try:
+            names = unsafe_globals(file)
+        except UnsafeCheckpointError as err:
+            raise CheckpointError(str(err)) from err
+        refused = ["an unscannable legacy-format pickle"] if names is None else sorted(set(names) - DEEPSPEED_GLOBALS)
+        if refused:
+            raise CheckpointError(
+                f"{file} names {', '.join(refused)}: DeepSpeed unpickles its checkpoint files in full, so resuming "
+                "would import and call it. Resume only from checkpoints your own runs wrote; if this one is, and the "
+                "names are DeepSpeed's, add them to DEEPSPEED_GLOBALS in align_proxy/checkpoints.py.")
 
 
 def clear_for_attempt(cell_dir: Path) -> Path | None:

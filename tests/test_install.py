@@ -68,6 +68,7 @@ def installed(tmp_path_factory):
     return {"python": python, "cli": venv / "bin" / "align-proxy", "env": env, "cwd": empty, "venv": venv}
 
 
+@pytest.mark.slow  # builds and installs a wheel, ~10 s
 def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
     script = ("import align_proxy.install as i, align_proxy.studies.spec as s\n"
               "print(i.__file__)\nprint(i.recipes_dir())\n"
@@ -80,6 +81,7 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
     assert configs and all(c.startswith(site) for c in configs)
 
 
+@pytest.mark.slow  # a study and a recipe in fresh processes, ~30 s
 def test_a_two_cell_study_and_a_recipe_run_from_an_empty_directory(installed, tiny_ladder):
     cwd, env = installed["cwd"], installed["env"]
     spec = {"name": "anywhere", "output_dir": "anywhere", "models": [r.path for r in tiny_ladder], "seeds": [0],

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from align_proxy.checkpoints import CheckpointError, checkpoints, clear_for_attempt, is_complete, resume_point
 from tests.conftest import REPO
+from tests.test_safe_load import Payload
 
 # Eight steps an epoch, 24 steps: the killed run stops inside the first epoch and the resumed one must replay
 # the rest of that epoch's order and the next two shuffles exactly.
@@ -103,6 +104,7 @@ def reference(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # three recipe processes, ~20 s
 def test_a_recipe_killed_after_a_checkpoint_resumes_bit_identically(reference, tiny_model, tmp_path):
     config, out = write_config(tmp_path), tmp_path / "killed"
     run = subprocess.Popen(recipe_command(config, tiny_model, out), env=ENV, stdout=subprocess.DEVNULL,
@@ -128,6 +130,7 @@ def test_a_recipe_killed_after_a_checkpoint_resumes_bit_identically(reference, t
     assert losses(out) == losses(reference)
 
 
+@pytest.mark.slow  # two study runs, each starting its forkserver, ~40 s
 def test_a_killed_study_cell_resumes_from_its_checkpoint_and_matches(reference, tiny_ladder, tiny_model, tmp_path):
     config = write_config(tmp_path)
     spec = {"name": "resume", "output_dir": str(tmp_path / "study"), "models": [r.path for r in tiny_ladder],
@@ -187,3 +190,16 @@ def test_a_new_attempt_keeps_complete_checkpoints_only(tmp_path):
     (tmp_path / "cell.log").write_text("old")
     assert clear_for_attempt(tmp_path) == tmp_path / "checkpoint-4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_deepspeed_checkpoint_that_would_run_code_is_refused_before_resuming(tmp_path):
+    checkpoint, marker = tmp_path / "checkpoint-2", tmp_path / "pwned"
+    (checkpoint / "global_step2").mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    optim = checkpoint / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"state": {}}, "hook": Payload(os.system, f"touch {marker}")}, optim)
+    with pytest.raises(CheckpointError, match="names posix.system: DeepSpeed unpickles"):
+        resume_point(tmp_path, "true")
+    torch.save({"optimizer_state_dict": {"state": {0: torch.zeros(2)}}, "ds_version": "0.16"}, optim)
+    assert resume_point(tmp_path, "true") == str(checkpoint)
+    assert not marker.exists()

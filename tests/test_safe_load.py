@@ -18,7 +18,7 @@ from align_proxy.models.megatron import ConversionError, load_checkpoint
 from align_proxy.models.safe_load import UnsafeCheckpointError, load_pickled
 
 
-class _Payload:
+class Payload:
     """Unpickles to `function(argument)`: what a malicious checkpoint carries in its `args`."""
 
     def __init__(self, function, argument):
@@ -40,8 +40,8 @@ def save_checkpoint_with_args(path, args) -> None:
 @pytest.mark.parametrize("function", ["os.system", "builtins.exec"])
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(function, tmp_path, capsys):
     marker = tmp_path / "pwned"
-    payload = (_Payload(os.system, f"touch {marker}") if function == "os.system"
-               else _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"))
+    payload = (Payload(os.system, f"touch {marker}") if function == "os.system"
+               else Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"))
     checkpoint = tmp_path / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     save_checkpoint_with_args(checkpoint, argparse.Namespace(num_layers=1, evil=payload))
 
@@ -56,7 +56,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(functio
 def test_refusal_happens_before_unpickling_and_names_the_global(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "blob.pt"
-    torch.save({"x": torch.zeros(1), "hook": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()")}, path)
+    torch.save({"x": torch.zeros(1), "hook": Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()")}, path)
     with pytest.raises(UnsafeCheckpointError, match="names builtins.exec"):
         load_pickled(path)
     assert not marker.exists()

@@ -36,21 +36,25 @@ def allowed_globals() -> list:
     return [argparse.Namespace, *_numpy_rng_globals()]
 
 
-def unsafe_globals(path: Path) -> list[str]:
-    """The globals `path` names that neither torch nor `allowed_globals` allow, read without unpickling
-    (an empty list for torch's legacy non-zip format, which the loader alone guards)."""
+def unsafe_globals(path: Path) -> list[str] | None:
+    """The globals `path` names that neither torch nor `allowed_globals` allow, read without unpickling;
+    None for torch's legacy non-zip format, which cannot be scanned (the `weights_only` loader still guards it)."""
     with torch.serialization.safe_globals(allowed_globals()):
         try:
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
         except ValueError:  # not a zip checkpoint: nothing to scan statically
-            return []
+            return None
+        except pickle.UnpicklingError as err:  # opcodes torch.save never writes (pickle protocol 4's, say)
+            raise UnsafeCheckpointError(
+                f"{path} was not loaded: its pickle uses instructions a torch.save checkpoint does not ({err}), so "
+                "what it would run cannot be checked. Use a checkpoint from a source you trust.") from err
 
 
 def load_pickled(path: Path, stub: Callable[[str], type | None] = lambda name: None, map_location="cpu"):
     """`torch.load(path)` through the allow-list. `stub(full_name)` returns an inert class to stand in
     for a global the file names (e.g. every `megatron.*` class), or None to refuse it."""
     path = Path(path)
-    unknown = unsafe_globals(path)
+    unknown = unsafe_globals(path) or []
     stubs = {name: stub(name) for name in unknown}
     refused = [name for name, cls in stubs.items() if cls is None]
     if refused:
