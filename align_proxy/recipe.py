@@ -305,7 +305,6 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     if not name:
         raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
                          f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
-    check_writable(training_args.output_dir)  # before any model loads (or a ladder rung is built)
     # `true` means the newest complete checkpoint in output_dir; a half-saved one is never resumed from.
     training_args.resume_from_checkpoint = resume_point(training_args.output_dir, training_args.resume_from_checkpoint)
     tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
@@ -319,6 +318,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
     validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
 
+    # Before any model loads (or a ladder rung is built); after the data checks, so bad data leaves no output_dir.
+    check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
     speed = apply_proxy_speed(recipe, script_args, training_args, model_args, model.parameters)
