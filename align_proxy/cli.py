@@ -1,7 +1,7 @@
 """The `align-proxy` command: run transfer studies and report them, build and inspect the offline
 ladder, convert Megatron-LM checkpoints, list models and tasks, and check a dataset against a recipe
-before spending compute on it. Recipes themselves run as scripts (`python recipes/dpo.py ...` or
-`accelerate launch ... recipes/dpo.py ...`)."""
+before spending compute on it. Recipes run as scripts (`python recipes/dpo.py ...` or
+`accelerate launch ... recipes/dpo.py ...`), or from any directory as `align-proxy recipe dpo ...`."""
 
 from __future__ import annotations
 
@@ -239,6 +239,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from align_proxy.install import recipe_names, recipes_dir, run_recipe
+
+    if args.where:
+        print(recipes_dir())  # plain, for $(align-proxy recipe --where)/dpo.py
+        return 0
+    if not args.name:
+        console.print(f"[red]error:[/red] name a recipe: {', '.join(recipe_names())} "
+                      f"(scripts and configs in {recipes_dir()})")
+        return 2
+    run_recipe(args.name, args.args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     study_p.add_argument("--status", action="store_true", help="list the cells and their status, run nothing")
     study_p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     study_p.set_defaults(func=cmd_study)
+
+    recipe_p = sub.add_parser("recipe", help="run a recipe script from any directory: align-proxy recipe sft --config "
+                                             "sft_ladder_cpu.yaml ... (shipped config names resolve)")
+    recipe_p.add_argument("name", nargs="?", help="sft, dpo, reward, grpo or rloo")
+    recipe_p.add_argument("args", nargs=argparse.REMAINDER,
+                          help="the recipe's own flags, as `python recipes/NAME.py` takes them")
+    recipe_p.add_argument("--where", action="store_true", help="print where the recipe scripts and configs are")
+    recipe_p.set_defaults(func=cmd_recipe)
 
     report_p = sub.add_parser("report", help="write a study's report (HTML, Markdown, JSON) from its results")
     report_p.add_argument("study_dir", help="the study's output directory")

@@ -24,12 +24,14 @@ from accelerate import PartialState
 from transformers import AutoTokenizer
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
+from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.files import atomic_write
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
+from align_proxy.outputs import check_writable, publish_model, reset_staging, staging_dir
 from align_proxy.speed import RecipeParser, SpeedPlan, apply_proxy_speed
 
 logger = logging.getLogger("align_proxy")
@@ -220,15 +222,21 @@ class RecipeRun:
         and the merged model at the top, so the output loads with `from_pretrained` either way."""
         from peft import PeftModel
 
-        trainer.save_model(str(self.output_dir))
+        # Saved into a staging folder, then renamed into place (align_proxy/outputs.py): never half a model.
+        if self.is_main:
+            reset_staging(self.output_dir)
+        PartialState().wait_for_everyone()
+        staging = staging_dir(self.output_dir)
+        trainer.save_model(str(staging))
         model = trainer.accelerator.unwrap_model(trainer.model)
         if isinstance(model, PeftModel) and self.is_main:
-            model.save_pretrained(str(self.output_dir / "adapter"))
-            model.merge_and_unload().save_pretrained(str(self.output_dir))
+            model.save_pretrained(str(staging / "adapter"))
+            model.merge_and_unload().save_pretrained(str(staging))
             for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-                (self.output_dir / leftover).unlink(missing_ok=True)
+                (staging / leftover).unlink(missing_ok=True)
         if self.is_main:
-            self.tokenizer.save_pretrained(str(self.output_dir))
+            self.tokenizer.save_pretrained(str(staging))
+            publish_model(self.output_dir)
         PartialState().wait_for_everyone()
 
     def finish(self, trainer) -> dict:
@@ -297,6 +305,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     if not name:
         raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
                          f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
+    # `true` means the newest complete checkpoint in output_dir; a half-saved one is never resumed from.
+    training_args.resume_from_checkpoint = resume_point(training_args.output_dir, training_args.resume_from_checkpoint)
     tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
     data = load_recipe_data(
         script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
@@ -308,6 +318,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
     validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
 
+    # Before any model loads (or a ladder rung is built); after the data checks, so bad data leaves no output_dir.
+    check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
     speed = apply_proxy_speed(recipe, script_args, training_args, model_args, model.parameters)

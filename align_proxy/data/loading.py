@@ -7,6 +7,7 @@ held-out share, so every recipe can evaluate before and after training.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,48 @@ def _load_local(path: Path) -> DatasetDict:
         data_files = {"train": str(path)}
         if path.stat().st_size == 0:
             raise DatasetFormatError(f"{path} is empty: a recipe needs at least one example in it.")
+    if FILE_BUILDERS[suffix] == "json":
+        for file in [path] if path.is_file() else [f for f in files if f.suffix == suffix]:
+            check_json_file(file)
     try:
         return load_dataset(FILE_BUILDERS[suffix], data_files=data_files)
     except Exception as err:  # noqa: BLE001 - parser errors from arrow are opaque; name the file
         if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
             raise DatasetFormatError(f"{path} has no rows: a recipe needs at least one example in it.") from err
         raise ValueError(f"could not read {path} as {FILE_BUILDERS[suffix]}: {err}") from err
+
+
+def check_json_file(path: Path) -> None:
+    """A JSON document or JSON Lines (one object a line, as `datasets` reads either extension) that
+    parses; else a `DatasetFormatError` naming the file, line and column (arrow's own error names neither)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError as whole:
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        looks_like_lines = path.suffix == ".jsonl" or (lines and _parses_to_object(lines[0][1]))
+        if not looks_like_lines:
+            raise DatasetFormatError(f"{path}, line {whole.lineno} column {whole.colno}: not valid JSON ({whole.msg}). "
+                                     "A .json file holds one JSON document (a list of objects) or one JSON object "
+                                     "per line; fix that line.") from None
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetFormatError(f"{path}, line {number} column {err.colno}: not valid JSON ({err.msg}). Each "
+                                     "line of a JSON Lines file is one complete JSON object; fix that line.") from None
+        if not isinstance(row, dict):
+            raise DatasetFormatError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object. Each line of "
+                                     "a JSON Lines file is one object of named columns, e.g. "
+                                     '{"prompt": "...", "completion": "..."}.')
+
+
+def _parses_to_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _load_hub(name: str, config: str | None) -> DatasetDict:

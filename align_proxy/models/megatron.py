@@ -2,19 +2,21 @@
 
 A Megatron checkpoint is a `torch.save` of a dict with `model` (the state dict), `optimizer`,
 `rng_state`, `iteration` and usually `args`, an argparse Namespace that references Megatron
-classes. Unpickling swaps every `megatron.*` class for an inert stub, so the file loads the same
-whether or not Megatron is importable, and no Megatron code runs.
+classes. The file is read through an allow-list (`safe_load`): tensors, containers, plain values and
+that Namespace load; every `megatron.*`, Transformer Engine or apex class becomes an inert stub, so
+the file loads the same whether or not Megatron is importable and no Megatron code runs; any other
+class or function the pickle names is refused, so a crafted checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import argparse
-import pickle
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from align_proxy.models.safe_load import UnsafeCheckpointError, load_pickled
 
 CHECKPOINT_NAME = "model_optim_rng.pt"
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
@@ -26,6 +28,8 @@ class ConversionError(RuntimeError):
 
 class _MegatronStub:
     """Stands in for any pickled Megatron object (enums, configs, functions): keeps its state."""
+
+    _args: tuple = ()  # set when called (an enum's reduce); torch's loader builds classes with __new__
 
     def __init__(self, *args, **kwargs):
         self._args = args
@@ -41,16 +45,14 @@ class _MegatronStub:
         return (_MegatronStub, self._args)
 
 
-class _StubbingUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if module == "megatron" or module.startswith(("megatron.", "transformer_engine", "apex")):
-            return type(name, (_MegatronStub,), {"__module__": __name__})
-        return super().find_class(module, name)
+STUBBED_PACKAGES = ("megatron", "transformer_engine", "apex")
 
 
-# torch.load takes a pickle *module*; this one differs from `pickle` only in its Unpickler.
-_stub_pickle = types.ModuleType("align_proxy_stub_pickle")
-_stub_pickle.__dict__.update(Unpickler=_StubbingUnpickler, load=pickle.load, loads=pickle.loads)
+def _megatron_stub(full_name: str) -> type | None:
+    """An inert stand-in for a Megatron, Transformer Engine or apex class; None (refuse) for anything else."""
+    if full_name.split(".", 1)[0] not in STUBBED_PACKAGES:
+        return None
+    return type(full_name.rsplit(".", 1)[-1], (_MegatronStub,), {"__module__": __name__})
 
 
 def locate_checkpoint(src: Path) -> Path:
@@ -83,7 +85,9 @@ class MegatronCheckpoint:
 def load_checkpoint(src: Path) -> MegatronCheckpoint:
     path = locate_checkpoint(src)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
+        blob = load_pickled(path, stub=_megatron_stub)
+    except UnsafeCheckpointError as err:
+        raise ConversionError(str(err)) from err
     except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean an unreadable file
         raise ConversionError(f"cannot read {path}: {type(err).__name__}: {err}. The file is truncated or not "
                               "a torch.save checkpoint; download it again.") from err

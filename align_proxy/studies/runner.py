@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import os
 import runpy
-import shutil
 import socket
 import sys
 import time
@@ -25,11 +24,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from align_proxy.checkpoints import clear_for_attempt, remove_checkpoints
+from align_proxy.install import recipes_dir
 from align_proxy.lifetime import CELL_PID, die_with_parent
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What the forkserver imports once, so a cell starts in well under a second.
 PRELOAD = ["torch", "transformers", "datasets", "peft", "trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
            "trl.trainer.reward_trainer", "trl.trainer.grpo_trainer", "trl.trainer.rloo_trainer", "align_proxy.recipe",
@@ -105,10 +105,9 @@ class GpuSlots:
 
 
 def recipe_script(recipe: str) -> Path:
-    script = PROJECT_ROOT / "recipes" / f"{recipe}.py"
+    script = recipes_dir() / f"{recipe}.py"  # the checkout's recipes/, or the copy an install ships
     if not script.is_file():
-        raise StudyRunError(f"recipe script {script} not found: studies run the recipes of a source checkout "
-                            "(git clone, then pip install -e .)")
+        raise StudyRunError(f"recipe script {script} not found: reinstall align-proxy")
     return script
 
 
@@ -270,10 +269,11 @@ def _start_forkserver():
 def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict, paths: dict, threads: int,
            gpu: str | None):
     cell_dir = paths["cells"] / cell.config_hash
-    shutil.rmtree(cell_dir, ignore_errors=True)  # a killed attempt's leftovers never mix with this one
-    cell_dir.mkdir(parents=True)
+    # A killed attempt's leftovers never mix with this one; its complete checkpoints stay, and this attempt resumes.
+    checkpoint = clear_for_attempt(cell_dir)
     start_model = paths["cells"] / cell.start_from if cell.start_from else None
     argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"], start_model)
+    argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
     launch = launch_flags(cell.launch)
     device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
     shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]
@@ -291,6 +291,7 @@ def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path,
     metrics_path = cell_dir / "metrics.json"
     if exitcode == 0 and metrics_path.exists():
         store.record_result(config_hash, json.loads(metrics_path.read_text()), seconds)
+        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
         return "done"
     reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
     if exitcode == 0:

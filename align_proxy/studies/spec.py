@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, SFTConfig
 
+from align_proxy.install import shipped_file
 from align_proxy.models import registry
 from align_proxy.recipe import RecipeArguments
 from align_proxy.rl import RLArguments
@@ -228,12 +229,15 @@ def _check_launch(launch, path: Path, where: str) -> dict:
 
 
 def _find_config(config: str, path: Path, where: str) -> str:
-    """A recipe config path, relative to the working directory, the spec file or the project root."""
+    """A recipe config path, relative to the working directory, the spec file or the project root; else
+    a shipped file it names (`recipes/configs/...` resolves in any install)."""
     candidates = [Path(config)] if Path(config).is_absolute() else \
         [Path.cwd() / config, path.parent / config, PROJECT_ROOT / config]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate.resolve())
+    if not Path(config).is_absolute() and shipped_file(config):
+        return str(shipped_file(config))
     _fail(path, f"{where}: config file {config} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 

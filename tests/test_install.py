@@ -1,0 +1,99 @@
+"""An install works outside the repository: a wheel carries the recipes and their configs, and from an empty
+directory `align-proxy study` runs a 2-cell study and `align-proxy recipe` runs a recipe."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from align_proxy.install import recipes_dir, resolve_config_flags, shipped_file
+from tests.conftest import REPO
+
+SOURCES = ["align_proxy", "recipes", "rewards", "evals", "pyproject.toml", "README.md"]
+
+
+def test_every_package_folder_is_in_the_wheels_package_list():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for top in ("align_proxy", "rewards", "evals")
+             for p in (REPO / top).rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_checkout_relative_config_paths_name_the_shipped_files():
+    assert recipes_dir() == REPO / "recipes"
+    expected = REPO / "recipes" / "configs" / "sft_ladder_cpu.yaml"
+    assert shipped_file("recipes/configs/sft_ladder_cpu.yaml") == shipped_file("sft_ladder_cpu.yaml") == expected
+    assert shipped_file("no_such.yaml") is None
+    resolved = resolve_config_flags(["--config", "sft_ladder_cpu.yaml", "--x", "y"])
+    assert resolved == ["--config", str(expected), "--x", "y"]
+
+
+def run(args: list, cwd: Path, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A wheel built from this checkout, installed (not editable) into a fresh virtual environment that reuses
+    the installed dependencies; the environment its commands run in (no PYTHONPATH, offline)."""
+    tmp = tmp_path_factory.mktemp("install")
+    source = tmp / "src"
+    source.mkdir()
+    for name in SOURCES:  # a copy: building writes build/ and *.egg-info beside the sources
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, source / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1", OMP_NUM_THREADS="1")
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", source],
+        tmp, env)
+    wheel = next((tmp / "dist").glob("align_proxy-*.whl"))
+    venv = tmp / "venv"
+    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp, env)
+    python = venv / "bin" / "python"
+    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-build-isolation",
+         "--force-reinstall", wheel], tmp, env)
+    empty = tmp / "empty"
+    empty.mkdir()
+    return {"python": python, "cli": venv / "bin" / "align-proxy", "env": env, "cwd": empty, "venv": venv}
+
+
+@pytest.mark.slow  # builds and installs a wheel, ~10 s
+def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
+    script = ("import align_proxy.install as i, align_proxy.studies.spec as s\n"
+              "print(i.__file__)\nprint(i.recipes_dir())\n"
+              "specs = (None, s.DEFAULT_SPEC.with_name('rlhf.yaml'))  # the shipped specs\n"
+              "print([p.config for f in specs for p in s.load_spec(f).recipes])")
+    out = run([installed["python"], "-c", script], installed["cwd"], installed["env"]).stdout.splitlines()
+    site = str(installed["venv"])
+    assert out[0].startswith(site) and out[1].startswith(site), out  # not the checkout's, not an editable install
+    configs = eval(out[2])  # noqa: S307 - our own printed list of paths
+    assert configs and all(c.startswith(site) for c in configs)
+
+
+@pytest.mark.slow  # a study and a recipe in fresh processes, ~30 s
+def test_a_two_cell_study_and_a_recipe_run_from_an_empty_directory(installed, tiny_ladder):
+    cwd, env = installed["cwd"], installed["env"]
+    spec = {"name": "anywhere", "output_dir": "anywhere", "models": [r.path for r in tiny_ladder], "seeds": [0],
+            "evaluation": {"eval_size": 16, "builtin_train_size": 64, "builtin_test_size": 16},
+            "recipes": [{"recipe": "sft", "config": "recipes/configs/sft_ladder_cpu.yaml", "grid": {"max_steps": [2]}}]}
+    (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
+    study = run([installed["cli"], "study", "spec.yaml", "--jobs", "2", "--no-report"], cwd, env)
+    assert "2/2 cells done" in study.stdout, study.stdout
+    assert all((cell / "model.safetensors").exists() for cell in (cwd / "anywhere" / "cells").iterdir())
+    assert str(installed["venv"]) in next((cwd / "anywhere" / "cells").glob("*/command.txt")).read_text()
+
+    run([installed["cli"], "recipe", "sft", "--config", "sft_ladder_cpu.yaml", "--model_name_or_path",
+         tiny_ladder[0].path, "--output_dir", "sft-out", "--max_steps", "2", "--builtin_train_size", "64",
+         "--eval_size", "16"], cwd, env)
+    assert (cwd / "sft-out" / "model.safetensors").exists() and (cwd / "sft-out" / "metrics.json").exists()
