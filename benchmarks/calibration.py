@@ -3,7 +3,7 @@
 none to large, 3 and 5 seeds, zero and non-zero gains, binary and continuous metrics. Required: at
 least 0.93 in every setting.
 
-    python benchmarks/calibration.py                  # the full sweep: 2000 studies per setting (a few minutes)
+    python benchmarks/calibration.py                  # the full sweep: 2000 studies per setting (~16 CPU-minutes)
     python benchmarks/calibration.py --studies 400    # what tests/test_calibration.py runs
 
 Each row also runs the interval align-proxy used before (a two-level bootstrap that resamples items

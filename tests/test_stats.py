@@ -220,3 +220,13 @@ def test_the_scale_fit_covers_the_true_trend_at_the_target():
 def test_fewer_than_three_sizes_raise():
     with pytest.raises(ValueError, match="at least 3 models"):
         fit_gain_vs_scale([1e6, 1e6, 1e7, 1e7], [0.1, 0.11, 0.2, 0.21], target_parameters=1e9)
+
+
+def test_power_gives_a_joint_design_when_neither_seeds_nor_items_alone_suffice():
+    # Item noise too large for more seeds to help, seed spread too large (at 3 seeds) for more items to help.
+    parts = VarianceParts(-0.053, 3, 200, item_var=0.164, seed_var=0.001, residual_var=0.1)
+    power = required_design(parts, -0.053)
+    assert power.seeds is None and power.items is None
+    seeds, items = power.together
+    assert seeds > 3 and items > 200
+    assert parts.standard_error_at(seeds, items) <= 0.053 / (1.96 + 0.84)

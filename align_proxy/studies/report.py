@@ -120,6 +120,8 @@ def _power_text(power: dict | None) -> str:
     options = [f"{power['seeds']} seeds" if power["seeds"] else None,
                f"{power['items']} items" if power["items"] else None]
     options = [o for o in options if o]
+    if not options and power.get("together"):
+        return f"{power['together'][0]} seeds and {power['together'][1]} items together"
     return " or ".join(options) if options else f"out of reach (detectable: {power['detectable']:.3f})"
 
 

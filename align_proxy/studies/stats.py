@@ -267,13 +267,16 @@ class Power:
 
     `seeds`: seeds needed at the current item count (None: more than `max_seeds`); `items`: items needed at
     the current seed count (None: no item count suffices, the seed spread alone is too large, or more than
-    `max_items`); `detectable`: the smallest effect the current design resolves with 80% power.
+    `max_items`); `detectable`: the smallest effect the current design resolves with 80% power;
+    `together`: when neither alone suffices, the (seeds, items) design of fewest seed-item evaluations that
+    does (None: none within `max_seeds` and `max_items`).
     """
 
     effect: float
     seeds: int | None
     items: int | None
     detectable: float
+    together: tuple[int, int] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -300,19 +303,26 @@ def required_design(parts: VarianceParts, effect: float, confidence: float = 0.9
                                parts.residual_var / s, parts.seed_var, parts.residual_var)
         return scaled.degrees_of_freedom()
 
-    seeds = next((s for s in range(2, max_seeds + 1) if size > 0 and
-                  parts.standard_error_at(s, parts.n_items) <= needed_se(df_at(s, parts.n_items))), None)
-    items = None
-    if parts.n_items > 1 and size > 0:
+    def enough(s: int, n: int) -> bool:
+        return size > 0 and parts.standard_error_at(s, n) <= needed_se(df_at(s, n))
+
+    def fewest_items(s: int) -> int | None:
         n = parts.n_items
         while n <= max_items:
-            if parts.standard_error_at(parts.n_seeds, n) <= needed_se(df_at(parts.n_seeds, n)):
-                items = n
-                break
+            if enough(s, n):
+                return n
             n = max(n + 1, int(n * 1.05))
+        return None
+
+    seeds = next((s for s in range(2, max_seeds + 1) if enough(s, parts.n_items)), None)
+    items = fewest_items(parts.n_seeds) if parts.n_items > 1 else None
+    together = None
+    if seeds is None and items is None and parts.n_items > 1 and size > 0:
+        designs = [(s, n) for s in range(parts.n_seeds + 1, min(max_seeds, 50) + 1) if (n := fewest_items(s))]
+        together = min(designs, key=lambda d: (d[0] * d[1], d[0]), default=None)
     df = parts.degrees_of_freedom()
     t_crit = float(stats.t.ppf(0.5 + confidence / 2, max(df, 1.0)))
-    return Power(float(effect), seeds, items, (t_crit + z_power) * parts.standard_error)
+    return Power(float(effect), seeds, items, (t_crit + z_power) * parts.standard_error, together)
 
 
 # --- orderings ------------------------------------------------------------------------------------

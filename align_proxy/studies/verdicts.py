@@ -170,6 +170,9 @@ def _power_phrase(power: dict, what: str, model: str) -> str:
         options.append(f"{power['seeds']} seeds")
     if power["items"] is not None:
         options.append(f"{power['items']} held-out items")
+    if not options and power.get("together"):
+        seeds, items = power["together"]
+        return f"{what} at {model} needs about {seeds} seeds and {items} held-out items together (80% power)"
     if not options:
         return (f"{what} at {model} is beyond any practical number of seeds or items (the design resolves "
                 f"effects of about {power['detectable']:.3f})")
