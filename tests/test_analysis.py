@@ -111,7 +111,7 @@ def test_reversed_variant_ordering_has_decision_accuracy_zero_and_names_both_bes
     h = headline(analysis, "sft")
     assert h["recommended_variant"] == "a"
     assert h["transfer"]["ordering"] == "changes"
-    assert ("best variant changes: c at ladder-s (P 0.99), a at ladder-l (P 1.00) (decision accuracy 0.00)"
+    assert ("best variant changes: c at ladder-s (P 0.99), a at ladder-l (P 1.00); decision accuracy 0.00"
             in h["conclusion"])
     assert h["transfer"]["rank_intervals"]["decision_accuracy"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
 

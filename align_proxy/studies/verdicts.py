@@ -135,7 +135,7 @@ def ordering_note(entry: dict) -> str:
     transfer, scales = entry["transfer"], entry["scales"]
     first, last = scales[0], scales[-1]
     accuracy = transfer["rank_agreement"]["decision_accuracy"]
-    ranks = "" if accuracy is None or math.isnan(accuracy) else f" (decision accuracy {accuracy:.2f})"
+    ranks = "" if accuracy is None or math.isnan(accuracy) else f"; decision accuracy {accuracy:.2f}"
     ordering = transfer["ordering"]
     if ordering == "one variant":
         return f"one variant tried ({last['best_variant']})"
