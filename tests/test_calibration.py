@@ -12,7 +12,7 @@ STUDIES = 400  # per setting: the coverage estimate's standard error is about 0.
 SETTINGS = designs()  # binary and continuous x 3 and 5 seeds x seed effect none to large x zero and non-zero gain
 
 
-@pytest.mark.parametrize("design", SETTINGS, ids=lambda d: f"{d.metric}-{d.n_seeds}seeds-sd{d.seed_sd}-effect{d.effect}")
+@pytest.mark.parametrize("design", SETTINGS, ids=lambda d: f"{d.metric}-{d.n_seeds}seeds-sd{d.seed_sd}-gain{d.gain}")
 def test_nominal_95_percent_gain_intervals_cover_the_true_gain(design):
     covered, _ = coverage(design, STUDIES, n_resamples=500)
     assert covered >= 0.93, f"{design}: coverage {covered:.3f}"
@@ -20,6 +20,6 @@ def test_nominal_95_percent_gain_intervals_cover_the_true_gain(design):
 
 def test_a_large_seed_effect_widens_the_interval():
     # The interval must grow with the seed spread, not stay at the item bootstrap's width.
-    _, calm = coverage(Design("continuous", 3, seed_sd=0.0, effect=0.0), 100, n_resamples=500)
-    _, noisy = coverage(Design("continuous", 3, seed_sd=0.3, effect=0.0), 100, n_resamples=500)
+    _, calm = coverage(Design("continuous", 3, seed_sd=0.0, gain=0.0), 100, n_resamples=500)
+    _, noisy = coverage(Design("continuous", 3, seed_sd=0.3, gain=0.0), 100, n_resamples=500)
     assert noisy > 3 * calm
