@@ -108,7 +108,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from align_proxy.models.convert import convert_hf_to_megatron, convert_megatron_to_hf, verify_conversion
+    from align_proxy.models.convert import convert_hf_to_megatron, convert_megatron_to_hf
+    from align_proxy.models.megatron_reference import verify_conversion
     from align_proxy.models.megatron import ConversionError
 
     src, out = Path(args.src), Path(args.out_dir)

@@ -20,7 +20,7 @@ from trl.data_utils import is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask
 from evals.metrics import load_metric
-from evals.scoring import _pad
+from align_proxy.scoring import pad_rows
 from evals.suite import EvalResult, EvalSet, _load, evaluate_policy
 from rewards import RewardSet, arith
 
@@ -106,7 +106,7 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     sums = []
     for lo in range(0, len(prompt_ids), batch_size):
         prompts, completions = prompt_ids[lo:lo + batch_size], completion_ids[lo:lo + batch_size]
-        ids, mask = _pad([p + c for p, c in zip(prompts, completions)], pad_id)
+        ids, mask = pad_rows([p + c for p, c in zip(prompts, completions)], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
         for row, (p, c) in enumerate(zip(prompts, completions)):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from align_proxy.data.tasks import ArithmeticTask, parse_answer
 from evals.metrics import load_metric
-from evals.scoring import completion_logprobs, greedy_generations, reward_scores
+from align_proxy.scoring import completion_logprobs, greedy_generations, reward_scores
 
 
 @dataclass

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from align_proxy.data.tasks import get_task
 from align_proxy.models.tokenizer import build_tokenizer
 from evals.metrics import NAMES, load_metric
-from evals.scoring import completion_logprobs
+from align_proxy.scoring import completion_logprobs
 from evals.suite import EvalSet, evaluate_policy, evaluate_reward_model, gains
 
 
