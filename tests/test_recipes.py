@@ -8,13 +8,12 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tests.conftest import CONFIG_CLASSES, load_recipe
+from tests.conftest import load_recipe, recipe_parser
 
 
 def run_recipe(name, config, tmp_path, model, *overrides):
     recipe = load_recipe(name)
-    config_class = CONFIG_CLASSES[name]
-    args = recipe.make_parser(config_class).parse_args_and_config(
+    args = recipe_parser(name).parse_args_and_config(
         ["--config", f"recipes/configs/{config}", "--model_name_or_path", model, "--output_dir", str(tmp_path),
          "--logging_steps", "2", *overrides]
     )
@@ -83,6 +82,5 @@ def test_reward_recipe_learns_to_rank_gold_above_mistakes(tiny_model, tmp_path):
 def test_stale_config_keys_fail_loudly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: ladder-s\nnot_a_real_option: 3\n")
-    dpo = load_recipe("dpo")
     with pytest.raises(ValueError, match="not_a_real_option"):
-        dpo.make_parser(dpo.DPOConfig).parse_args_and_config(["--config", str(bad)])
+        recipe_parser("dpo").parse_args_and_config(["--config", str(bad)])
