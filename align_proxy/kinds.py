@@ -59,8 +59,9 @@ class RecipeKind:
         return load_object(self.evaluation)
 
     @property
-    def trainer_module(self) -> str:
-        return self.trainer.partition(":")[0]
+    def imports(self) -> tuple[str, ...]:
+        """The modules a run of this kind imports (what a study's cell server imports once for all its cells)."""
+        return tuple(dict.fromkeys(path.partition(":")[0] for path in (self.trainer, self.arguments, self.evaluation)))
 
     @property
     def script_path(self) -> Path:

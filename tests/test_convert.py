@@ -213,6 +213,5 @@ def test_converted_model_trains_under_the_dpo_recipe_unchanged(local_state, tmp_
          "--output_dir", str(tmp_path / "dpo"), "--max_steps", "3", "--builtin_train_size", "64",
          "--eval_size", "10"]
     )
-    metrics = dpo.main(*args)
-    assert metrics["train"]["global_step"] == 3
-    assert LlamaForCausalLM.from_pretrained(tmp_path / "dpo") is not None
+    assert dpo.main(*args).train.global_step == 3
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "dpo").num_parameters() > 0

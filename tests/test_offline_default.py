@@ -30,7 +30,7 @@ def test_quickstart_dpo_beats_the_base_model_on_preference_accuracy(default_ladd
     args = recipe_parser("dpo").parse_args_and_config(
         ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--output_dir", str(tmp_path)]
     )
-    metrics = dpo.main(*args)
+    metrics = dpo.main(*args).to_json()
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     assert trained["preference_accuracy"] > base["preference_accuracy"]
     assert 0.0 < base["task_accuracy"] < 1.0  # a base model with partial skill

@@ -25,7 +25,7 @@ def run_rl(name, config, out, model, *overrides):
     args = recipe_parser(name).parse_args_and_config(
         ["--config", f"recipes/configs/{config}", "--model_name_or_path", model, "--output_dir", str(out), *TINY,
          *overrides])
-    return load_recipe(name).main(*args)
+    return load_recipe(name).main(*args).to_json()  # metrics.json's layout
 
 
 def assert_paired(metrics):

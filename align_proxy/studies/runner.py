@@ -26,21 +26,13 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from align_proxy.kinds import KINDS, recipe_kind
+from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
 from align_proxy.run_metrics import RunMetrics
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
-# What the forkserver imports once, so a cell starts in well under a second: the libraries, every recipe kind's
-# trainer, and what the recipes share.
-LIBRARIES = ["torch", "transformers", "datasets", "peft", "trl"]
-SHARED = ["align_proxy.recipe", "align_proxy.rl", "evals.suite", "evals.rl"]
 LOG_TAIL_CHARS = 2000
-
-
-def preload() -> list[str]:
-    return [*LIBRARIES, *dict.fromkeys(kind.trainer_module for kind in KINDS.values()), *SHARED]
 
 
 class StudyRunError(RuntimeError):
@@ -168,7 +160,8 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
                             "(a killed run releases the lock with its process)") from None
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
-        context = _start_forkserver()  # its imports overlap with resolving models (and building the ladder) here
+        # The cell server's imports overlap with resolving models (and building the ladder) here.
+        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes])
         store = ResultStore(paths.db)
         cells = spec.cells()
         _register(store, spec, cells)
@@ -295,11 +288,13 @@ def _stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str
     return stranded
 
 
-def _start_forkserver():
+def _start_forkserver(kinds: list) -> multiprocessing.context.BaseContext:
+    """The server cells fork from, having imported once what the study's recipe kinds import (torch, TRL, the
+    trainers, the evaluations), so a cell starts in well under a second."""
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(preload())
+    context.set_forkserver_preload(list(dict.fromkeys(module for kind in kinds for module in kind.imports)))
     forkserver.ensure_running()
     return context
 
