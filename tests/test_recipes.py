@@ -31,13 +31,14 @@ def losses(metrics) -> list[float]:
 PINNED_LOSSES = {
     "sft": [1.4739271402359009, 1.4504995346069336, 1.3754923343658447],
     "dpo": [0.6931471824645996, 0.6920636892318726, 0.6923292875289917],
-    "reward": [],
+    "reward": [0.6932510137557983, 0.6949217319488525, 0.689478874206543, 0.693407416343689],  # its first steps
 }
 
 
 def assert_pinned(recipe: str, metrics) -> None:
+    pinned = PINNED_LOSSES[recipe]
     print(f"{recipe} losses: {losses(metrics)}")
-    assert losses(metrics) == pytest.approx(PINNED_LOSSES[recipe], rel=1e-4)
+    assert losses(metrics)[:len(pinned)] == pytest.approx(pinned, rel=1e-4)
 
 
 def assert_run_outputs(out, base_path):

@@ -224,7 +224,7 @@ def test_a_diverged_cell_is_a_result_never_retried_or_rerun(tmp_path):
         assert study(str(spec), "--no-report", *retry).returncode == 0
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # neither rerun nor retried
     status = study(str(spec), "--status")
-    assert status.stdout.count("diverged") == 2, status.stdout
+    assert status.stdout.count("│ diverged ") == 2, status.stdout  # the status column of each diverged cell
 
 
 def test_the_store_returns_a_diverged_cell_with_its_base_scores_and_divergence(fake_kind, tmp_path):

@@ -385,9 +385,8 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
     if launch:
         os.environ[CELL_PID] = str(os.getpid())  # exec keeps the pid: the workers' parent is this process
         os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", *launch, script, *argv])
-    import torch
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:  # imported by the cell server before OMP_NUM_THREADS was set: tell it directly
+        sys.modules["torch"].set_num_threads(threads)
     sys.argv = [script, *argv]
     try:
         runpy.run_path(script, run_name="__main__")
