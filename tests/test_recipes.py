@@ -60,6 +60,7 @@ def changed(out, base_path):
     return shared and any(not torch.equal(trained[k], base[k]) for k in shared)
 
 
+@pytest.mark.slow
 def test_sft_recipe_trains_and_saves_a_loadable_model(tiny_model, tmp_path):
     run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path, tiny_model, "--max_steps", "6", "--builtin_train_size",
                "256", "--eval_size", "40")
@@ -70,6 +71,7 @@ def test_sft_recipe_trains_and_saves_a_loadable_model(tiny_model, tmp_path):
     assert changed(tmp_path, tiny_model)
 
 
+@pytest.mark.slow
 def test_dpo_recipe_trains_and_reports_implicit_reward(tiny_model, tmp_path):
     run_recipe("dpo", "dpo_ladder_cpu.yaml", tmp_path, tiny_model, "--max_steps", "6", "--builtin_train_size",
                "256", "--eval_size", "40")
@@ -81,6 +83,7 @@ def test_dpo_recipe_trains_and_reports_implicit_reward(tiny_model, tmp_path):
     assert changed(tmp_path, tiny_model)
 
 
+@pytest.mark.slow
 def test_lora_is_one_flag_and_saves_adapter_and_merged_model(tiny_model, tmp_path):
     run_recipe("dpo", "dpo_ladder_cpu.yaml", tmp_path, tiny_model, "--max_steps", "4", "--builtin_train_size",
                "128", "--eval_size", "20", "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
@@ -91,6 +94,7 @@ def test_lora_is_one_flag_and_saves_adapter_and_merged_model(tiny_model, tmp_pat
     assert changed(tmp_path, tiny_model)
 
 
+@pytest.mark.slow
 def test_reward_recipe_learns_to_rank_gold_above_mistakes(tiny_model, tmp_path):
     run_recipe("reward", "reward_ladder_cpu.yaml", tmp_path, tiny_model, "--builtin_train_size", "2048",
                "--eval_size", "200", "--num_train_epochs", "2")
@@ -111,6 +115,7 @@ def test_stale_config_keys_fail_loudly(tmp_path):
         recipe_parser("dpo").parse_args_and_config(["--config", str(bad)])
 
 
+@pytest.mark.slow
 def test_an_exploding_loss_ends_the_run_as_diverged_without_a_traceback(tiny_model, tmp_path, capfd):
     record = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path, tiny_model, "--max_steps", "20", "--learning_rate",
                         "100", "--builtin_train_size", "256", "--eval_size", "20")
