@@ -17,7 +17,7 @@ from align_proxy.models.registry import CLIMB
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from align_proxy.recipe import prepare_run
 from align_proxy.recipe import EXPLICIT_KEYS
-from align_proxy.speed import USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
+from align_proxy.speed import MECHANISMS, USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
 from conftest import REPO, load_recipe, recipe_parser
 
 H100 = Device(True, "NVIDIA H100", 80 * 2**30, 79 * 2**30, bf16=True, liger=True,
@@ -73,7 +73,10 @@ def test_planning_changes_nothing_until_applied(random_model):
                             device=H100)
     assert plan.applied and (args.to_dict(), dict(vars(model_args))) == before
     plan.apply(args, model_args)
-    assert args.bf16 is True and args.precompute_ref_log_probs is True
+    assert args.precompute_ref_log_probs is True and args.optim == "adamw_torch_fused"
+    for key, change in plan.applied.items():  # every planned value, and only those, written
+        if key not in MECHANISMS:
+            assert getattr(model_args if key == "attn_implementation" else args, key) == change["value"], key
 
 
 # --- whose setting is it ---------------------------------------------------------------------------------
