@@ -68,7 +68,7 @@ def test_a_gain_at_every_scale_helps_everywhere_and_transfers():
     assert h["transfer"]["rank_agreement"]["decision_accuracy"] == 1.0
     assert h["confidence"] == "high"
     assert h["prediction"]["gain"]["estimate"] == pytest.approx(0.2, abs=1e-9)
-    assert h["conclusion"].startswith("worth a large run: helps at every scale; lr=high best at both ends")
+    assert h["conclusion"].startswith("worth a large run: helps at every scale; lr=high best at both ends (P 1.00")
     assert "climb-350m" in h["conclusion"]
 
 
@@ -110,7 +110,10 @@ def test_reversed_variant_ordering_has_decision_accuracy_zero_and_names_both_bes
     assert t["rank_agreement"]["kendall"] == pytest.approx(-1.0)
     h = headline(analysis, "sft")
     assert h["recommended_variant"] == "a"
-    assert "best variant changes: c at ladder-s, a at ladder-l (decision accuracy 0.00)" in h["conclusion"]
+    assert h["transfer"]["ordering"] == "changes"
+    assert ("best variant changes: c at ladder-s (P 0.99), a at ladder-l (P 1.00) (decision accuracy 0.00)"
+            in h["conclusion"])
+    assert h["transfer"]["rank_intervals"]["decision_accuracy"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
 
 
 def test_a_log_linear_trend_is_fitted_and_predicted_at_the_target():
@@ -120,7 +123,7 @@ def test_a_log_linear_trend_is_fitted_and_predicted_at_the_target():
     fit = next(f for f in analysis["fits"] if f["metric"] == "task_accuracy")
     assert fit["slope"] == pytest.approx(slope, abs=1e-9)
     assert fit["intercept"] == pytest.approx(intercept, abs=1e-9)
-    assert fit["n_points"] == 9  # one point per seed per model
+    assert fit["n_points"] == 3  # one point per model: its seeds share items, they are not independent points
     expected = intercept + slope * math.log10(TARGET[1])
     assert fit["prediction"]["estimate"] == pytest.approx(expected, abs=1e-9)
     assert fit["prediction"]["low"] < expected < fit["prediction"]["high"]
@@ -189,7 +192,10 @@ def test_without_item_scores_each_seed_counts_as_one_value():
     g = gain_of(analyse(cells, MODELS, PRIMARY), "sft", "a", "ladder-s")
     assert (g["per_item"], g["n_items"]) == (False, 0)
     assert g["gain"]["estimate"] == pytest.approx(0.2)
-    assert g["gain"]["low"] == pytest.approx(0.19) and g["gain"]["high"] == pytest.approx(0.21)
+    # Three seed values (0.19, 0.20, 0.21) and no items: the t interval over seeds, 2 degrees of freedom.
+    half = 4.303 * 0.01 / math.sqrt(3)
+    assert g["gain"]["low"] == pytest.approx(0.2 - half, abs=0.003)
+    assert g["gain"]["high"] == pytest.approx(0.2 + half, abs=0.003)
 
 
 def test_one_seed_without_item_scores_is_unclear():
@@ -214,8 +220,9 @@ def test_every_number_dumps_as_strict_json_with_undefined_values_as_null():
     analysis = analyse(cells, MODELS, PRIMARY, target=TARGET)
     text = json.dumps(analysis, allow_nan=False)
     assert json.loads(text) == analysis
-    assert set(analysis) == {"schema", "confidence", "n_resamples", "models", "target", "seeds", "recipes",
-                             "metrics", "completeness", "headline", "base", "gains", "transfer", "fits"}
+    assert set(analysis) == {"schema", "confidence", "n_resamples", "resolved_threshold", "models", "target",
+                             "seeds", "recipes", "metrics", "completeness", "headline", "base", "gains",
+                             "orderings", "transfer", "metric_trust", "fits"}
     assert transfer_of(analysis, "sft", "ladder-s", "ladder-l")["ratios"]["a"]["estimate"] is None
     assert headline(analysis, "reward")["transfer"] is None
     assert "only ladder-s has results" in headline(analysis, "reward")["conclusion"]
@@ -226,3 +233,108 @@ def test_models_are_ordered_by_parameters():
     analysis = analyse(planted_cells("sft", {"a": everywhere(0.2)}), shuffled, PRIMARY)
     assert [m["name"] for m in analysis["models"]] == ["ladder-s", "ladder-m", "ladder-l"]
     assert [s["model"] for s in headline(analysis, "sft")["scales"]] == ["ladder-s", "ladder-m", "ladder-l"]
+
+
+# --- orderings, power, divergence, metric trust, extrapolation ------------------------------------------
+
+def test_variants_inside_the_noise_are_not_called_a_change_of_winner():
+    # Equal true gains at both ends: whichever leads by chance, the headline must not say the winner changes.
+    gains = {"a": everywhere(0.10), "b": everywhere(0.10)}
+    h = headline(analyse(planted_cells("sft", gains, noise=0.3), MODELS, PRIMARY), "sft")
+    assert h["transfer"]["ordering"] == "not resolved"
+    assert "best variant changes" not in h["conclusion"]
+    assert "variants not distinguishable at ladder-s" in h["conclusion"]
+    assert all(0.05 < s["p_best"] < 0.95 for s in h["scales"])
+
+
+def test_an_ordering_probability_is_the_share_of_resamples_a_variant_wins():
+    analysis = analyse(planted_cells("sft", {"a": everywhere(0.3), "b": everywhere(0.1)}), MODELS, PRIMARY)
+    ordering = next(o for o in analysis["orderings"] if o["model"] == "ladder-m")
+    assert ordering["leader"] == "a" and ordering["resolved"]
+    assert ordering["p_best"]["a"] + ordering["p_best"]["b"] == pytest.approx(1.0)
+    assert ordering["p_beats"]["a"]["b"] == pytest.approx(ordering["p_best"]["a"])
+
+
+def test_an_unclear_gain_says_how_many_seeds_or_items_would_resolve_it():
+    analysis = analyse(planted_cells("dpo", {"b": everywhere(0.01)}, noise=0.3), MODELS, PRIMARY)
+    g = gain_of(analysis, "dpo", "b", "ladder-m")
+    assert g["verdict"] == "unclear"
+    power = g["power"]
+    assert power["items"] is not None and power["items"] > 60
+    assert power["detectable"] > abs(g["gain"]["estimate"])
+    assert "needs about" in headline(analysis, "dpo")["conclusion"]
+
+
+def diverging(cells: list[CellResult], variant: str, model: str, seeds=SEEDS) -> list[CellResult]:
+    """The cells of `variant` on `model` (those seeds) as a diverged run leaves them: base scores only."""
+    out = []
+    for c in cells:
+        if (c.variant, c.model) == (variant, model) and c.seed in seeds:
+            c = CellResult(c.config_hash, c.model, c.parameters, c.recipe, c.variant, c.seed, c.base, {},
+                           c.items_base, {}, c.log_history, c.duration_s, {"step": 7, "loss": 1.5e5})
+        out.append(c)
+    return out
+
+
+def test_a_variant_diverging_at_the_largest_rung_is_a_result_not_a_gap():
+    cells = diverging(planted_cells("sft", {"lr=high": everywhere(0.2), "lr=low": everywhere(0.1)}),
+                      "lr=high", "ladder-l")
+    analysis = analyse(cells, MODELS, PRIMARY, target=TARGET)
+    g = gain_of(analysis, "sft", "lr=high", "ladder-l")
+    assert g["verdict"] == "diverges" and g["diverged"]["seeds"] == 3 and g["diverged"]["step"] == 7
+    h = headline(analysis, "sft")
+    largest = h["scales"][-1]
+    assert largest["best_variant"] == "lr=low" and largest["verdict"] == "helps"
+    assert largest["p_best"] == 1.0  # a diverging variant loses every resample
+    assert "lr=high diverges at ladder-l (3/3 seeds; loss 1.5e+05 at step 7)" in h["conclusion"]
+    assert h["transfer"]["ordering"] == "changes"
+    assert analysis["completeness"]["complete"]
+    json.dumps(analysis, allow_nan=False)
+
+
+def test_a_recipe_whose_every_variant_diverges_at_a_rung_diverges_there():
+    cells = diverging(planted_cells("sft", {"lr=high": everywhere(0.2)}), "lr=high", "ladder-l")
+    h = headline(analyse(cells, MODELS, PRIMARY), "sft")
+    assert [s["verdict"] for s in h["scales"]] == ["helps", "helps", "diverges"]
+    assert h["transfer"]["transfers"] == "no"
+    assert h["conclusion"].startswith("do not spend a large run on it: helps at ladder-s, ladder-m; diverges at ladder-l")
+
+
+def test_one_diverged_seed_marks_the_variant_and_keeps_the_other_seeds_gain():
+    cells = diverging(planted_cells("sft", {"a": everywhere(0.2), "b": everywhere(0.1)}), "a", "ladder-m", seeds=(1,))
+    g = gain_of(analyse(cells, MODELS, PRIMARY), "sft", "a", "ladder-m")
+    assert (g["verdict"], g["n_seeds"], g["diverged"]["seeds"], g["diverged"]["of"]) == ("diverges", 2, 1, 3)
+    assert g["gain"]["estimate"] == pytest.approx(0.2, abs=0.02)
+
+
+def test_each_small_scale_metric_is_scored_on_how_it_predicts_the_largest_ordering():
+    agree = {"a": {"ladder-s": 0.1, "ladder-m": 0.1, "ladder-l": 0.1}, "b": {"ladder-s": 0.3, "ladder-m": 0.3,
+                                                                            "ladder-l": 0.3}}
+    # completion NLL at the smallest rung orders the variants the other way (b drops NLL less).
+    nll = {"a": everywhere(-0.4), "b": everywhere(-0.1)}
+    cells = planted_cells("sft", agree) + planted_cells("sft", nll, metric="completion_nll", base_level=1.5)
+    merged = {}
+    for c in cells:
+        key = (c.variant, c.model, c.seed)
+        if key in merged:
+            m = merged[key]
+            c = CellResult(m.config_hash, m.model, m.parameters, m.recipe, m.variant, m.seed, {**m.base, **c.base},
+                           {**m.trained, **c.trained}, {**m.items_base, **c.items_base},
+                           {**m.items_trained, **c.items_trained}, m.log_history, m.duration_s)
+        merged[key] = c
+    trust = analyse(list(merged.values()), MODELS, PRIMARY)["metric_trust"]
+    candidates = {c["metric"]: c["decision_accuracy"] for c in trust[0]["candidates"]}
+    assert trust[0]["judged"] == "task_accuracy" and trust[0]["small"] == "ladder-s"
+    assert candidates["task_accuracy"]["estimate"] == 1.0 and candidates["task_accuracy"]["low"] == 1.0
+    assert candidates["completion_nll"]["estimate"] == 0.0 and candidates["completion_nll"]["high"] == 0.0
+
+
+def test_a_prediction_beyond_the_metrics_range_is_given_as_a_direction_with_its_probability():
+    steep = {"ladder-s": 0.05, "ladder-m": 0.2, "ladder-l": 0.33}  # extrapolates past +1 at the target
+    h = headline(analyse(planted_cells("reward", {"a": steep}, metric="preference_accuracy"), MODELS,
+                         {"reward": "preference_accuracy"}, target=TARGET), "reward")
+    p = h["prediction"]
+    assert not p["trusted"] and p["direction"] == "helps" and 0.5 < p["direction_probability"] <= 1.0
+    assert "range an accuracy can gain" in p["untrusted_because"]
+    assert f"the trend says helps with probability {p['direction_probability']:.2f}" in h["conclusion"]
+    assert "predicted +" not in h["conclusion"]

@@ -44,7 +44,8 @@ def test_report_writes_html_markdown_json_and_plots_with_no_temporary_files_left
     assert {files["html"].name, files["markdown"].name, files["json"].name} == {"report.html", "report.md",
                                                                                 "report.json"}
     plots = sorted(p.name for key, p in files.items() if key.startswith("plot_"))
-    assert plots == ["gain_vs_scale.png", "loss_curves.png", "rank_agreement.png", "transfer_curves.png"]
+    assert plots == ["gain_vs_scale.png", "loss_curves.png", "metric_trust.png", "rank_agreement.png",
+                     "transfer_curves.png"]
     assert sorted(p.name for p in (study_dir / "plots").iterdir()) == plots
     assert sorted(p.name for p in study_dir.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
     assert json.loads(files["json"].read_text()) == analysis
@@ -80,7 +81,7 @@ def test_html_has_the_headline_table_with_a_coloured_verdict_per_scale(report):
     assert headline.count('class="helps"') >= 3  # sft at every scale
     conclusions = page[page.index("</table>", page.index('<table id="headline">')):].split("</ul>")[0]
     assert "worth a large run" in conclusions  # each recipe's conclusion, in a list under the table
-    assert "How to read this" in page and "two-level bootstrap" in page
+    assert "How to read this" in page and "seeds - 1 degrees of freedom" in page
 
 
 def test_markdown_has_each_recipe_and_links_the_plots_it_wrote(report):
@@ -112,7 +113,7 @@ def test_a_study_without_loss_logs_leaves_out_the_loss_plot(tmp_path):
     cells = [dataclasses.replace(c, log_history=[]) for c in study_cells()]
     files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY), cells, TITLE)
     assert "plot_loss_curves" not in files
-    assert files["html"].read_text().count("<img") == 3
+    assert files["html"].read_text().count("<img") == 4
 
 
 # --- in a real browser --------------------------------------------------------------------------

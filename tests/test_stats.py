@@ -1,16 +1,22 @@
-"""Transfer statistics: bootstrap intervals, gain ratios, rank agreement and the gain-vs-scale fit."""
+"""Transfer statistics: crossed intervals, ordering probabilities, power, gain ratios, rank agreement and the
+gain-vs-scale fit. Their coverage in the study's design is in test_calibration.py."""
 
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from align_proxy.studies.stats import (
-    Interval,
+    CrossedResampler,
+    VarianceParts,
+    decision_accuracy,
     fit_gain_vs_scale,
     gain_interval,
+    probability_greater,
     rank_agreement,
     ratio_interval,
+    required_design,
     sign_agreement,
 )
 
@@ -78,16 +84,17 @@ def test_clearly_positive_gain_interval_excludes_zero():
     assert not interval.covers(0.0)
 
 
-def test_bootstrap_is_deterministic_for_a_seed():
+def test_intervals_are_deterministic_for_a_seed():
     gains = seeds_of(np.random.default_rng(3), 0.05)
     assert gain_interval(gains, n_resamples=N, seed=7) == gain_interval(gains, n_resamples=N, seed=7)
     assert gain_interval(gains, n_resamples=N, seed=7) != gain_interval(gains, n_resamples=N, seed=8)
 
 
-def test_single_seed_resamples_items_and_single_value_is_degenerate():
+def test_a_single_seed_resamples_items_and_a_single_value_has_no_interval():
     one_seed = gain_interval([np.array([0.0, 1.0, 0.0, 1.0])], n_resamples=N)
     assert one_seed.low < 0.5 < one_seed.high
-    assert gain_interval([np.array([0.3])], n_resamples=N) == Interval(0.3, 0.3, 0.3)
+    single = gain_interval([np.array([0.3])], n_resamples=N)
+    assert single.estimate == 0.3 and math.isnan(single.low) and math.isnan(single.high)
 
 
 def test_empty_gains_raise():
@@ -97,17 +104,92 @@ def test_empty_gains_raise():
         gain_interval([np.array([0.1]), np.array([])])
 
 
+def test_items_shared_by_seeds_widen_the_interval_beyond_independent_resampling():
+    # Every seed scored on the same items: a hard item is hard for all of them, so item noise does not
+    # average away over seeds. Three identical seeds carry exactly one seed's item information.
+    items = np.random.default_rng(9).choice([-1.0, 0.0, 1.0], size=200)
+    shared = gain_interval([items, items, items], n_resamples=N)
+    alone = gain_interval([items], n_resamples=N)
+    assert shared.high - shared.low == pytest.approx(alone.high - alone.low, rel=0.1)
+
+
+def test_a_dominant_seed_effect_gives_a_t_interval_over_seeds():
+    # Seeds differ by whole offsets and items add nothing: the interval is the mean's t interval with S-1 df.
+    offsets = np.array([0.10, 0.15, 0.26])
+    seeds = [np.full(50, o) for o in offsets]
+    interval = gain_interval(seeds, n_resamples=20_000)
+    half = float(stats.t.ppf(0.975, 2)) * offsets.std(ddof=1) / math.sqrt(3)
+    assert interval.low == pytest.approx(offsets.mean() - half, abs=0.01)
+    assert interval.high == pytest.approx(offsets.mean() + half, abs=0.01)
+
+
+def test_variance_parts_separate_items_seeds_and_their_interaction():
+    rng = np.random.default_rng(10)
+    item, seed = rng.normal(0, 0.5, 4000), np.array([-0.2, 0.0, 0.2, 0.4])
+    matrix = 1.0 + item[None, :] + seed[:, None] + rng.normal(0, 0.3, (4, 4000))
+    parts = VarianceParts.of(matrix)
+    assert parts.residual_var == pytest.approx(0.09, rel=0.05)
+    assert parts.item_var == pytest.approx(0.25 + 0.09 / 4, rel=0.1)
+    assert parts.seed_var == pytest.approx(seed.var(ddof=1), rel=0.05)
+
+
+def test_metrics_of_the_same_runs_share_their_seed_draw():
+    # A lucky seed is lucky on every metric: replicates of two metrics of one group move together.
+    resampler = CrossedResampler(2000, seed=0)
+    seeds = np.array([[0.1], [0.3], [0.5]])
+    a = resampler.replicates(seeds, ("sft", "v", "m"))
+    b = resampler.replicates(-2 * seeds, ("sft", "v", "m"))
+    other = resampler.replicates(seeds, ("sft", "w", "m"))
+    assert np.corrcoef(a, b)[0, 1] == pytest.approx(-1.0)
+    assert abs(np.corrcoef(a, other)[0, 1]) < 0.1
+
+
+def test_probability_greater_counts_ties_half():
+    assert probability_greater(np.array([1.0, 1.0]), np.array([1.0, 0.0])) == 0.75
+
+
+def test_power_asks_for_more_seeds_when_seeds_dominate_and_more_items_when_items_do():
+    seedy = VarianceParts(0.05, 3, 200, item_var=0.001, seed_var=0.004, residual_var=0.0)
+    power = required_design(seedy, 0.05)
+    assert power.seeds is not None and power.seeds > 3
+    assert power.items is None  # the seed spread alone is too large for any item count
+    itemy = VarianceParts(0.05, 3, 200, item_var=0.4, seed_var=0.0, residual_var=0.0)
+    power = required_design(itemy, 0.05)
+    assert power.items is not None and power.items > 200
+    assert power.seeds is None  # shared items: more seeds do not shrink their noise
+    assert power.detectable > 0.05
+
+
+def test_power_design_reaches_the_required_standard_error():
+    # By hand: at 200 items the item part is (0.01 - 0.006/3)/200 = 4e-5, and 0.03 / (1.96 + 0.84) squared is
+    # 1.15e-4, so the seed part 0.0005/S must stay under 7.5e-5: S >= 7 with normal quantiles, a little more
+    # with the t quantile of the design's few degrees of freedom.
+    parts = VarianceParts(0.03, 3, 200, item_var=0.01, seed_var=0.0005, residual_var=0.006)
+    power = required_design(parts, 0.03)
+    assert power.seeds in (7, 8, 9)
+    assert parts.standard_error_at(power.seeds, 200) <= 0.03 / (1.96 + 0.84)
+
+
+def test_decision_accuracy_works_on_replicate_rows():
+    small = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    large = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    assert decision_accuracy(small, large).tolist() == [1.0, 0.0]
+
+
 def test_ratio_of_planted_doubled_gain_is_near_two():
     rng = np.random.default_rng(4)
-    interval = ratio_interval(seeds_of(rng, 0.2, spread=0.05), seeds_of(rng, 0.4, spread=0.05), n_resamples=N)
-    assert interval.estimate == pytest.approx(2.0, abs=0.1)
-    assert interval.covers(2.0)
+    small = np.concatenate([[0.2], rng.normal(0.2, 0.01, 2000)])
+    large = np.concatenate([[0.4], 2 * small[1:] + rng.normal(0, 0.005, 2000)])
+    interval = ratio_interval(small, large)
+    assert interval.estimate == pytest.approx(2.0)
+    assert interval.covers(2.0) and interval.high - interval.low < 0.3
 
 
-def test_ratio_with_zero_small_gain_is_nan():
-    small = [np.array([-0.1, 0.1]), np.array([0.1, -0.1])]
-    interval = ratio_interval(small, seeds_of(np.random.default_rng(5), 0.4), n_resamples=N)
-    assert all(math.isnan(v) for v in interval.to_dict().values())
+def test_ratio_with_a_small_gain_crossing_zero_is_nan():
+    rng = np.random.default_rng(5)
+    small = np.concatenate([[0.01], rng.normal(0.01, 0.05, 2000)])
+    interval = ratio_interval(small, np.concatenate([[0.4], rng.normal(0.4, 0.05, 2000)]))
+    assert all(math.isnan(v) for v in interval.to_json().values())
     assert not interval.covers(0.0)
 
 
@@ -118,11 +200,23 @@ def test_planted_log_linear_trend_is_recovered():
     fit = fit_gain_vs_scale(list(params), list(gains), target_parameters=7e9)
     assert fit.slope == pytest.approx(0.02, abs=0.003)
     assert fit.intercept == pytest.approx(0.05, abs=0.02)
-    assert fit.r_squared > 0.95 and fit.n_points == 5
+    assert fit.r_squared > 0.95 and fit.n_points == 5 and fit.degrees_of_freedom == 3
     assert fit.prediction.covers(0.05 + 0.02 * math.log10(7e9))
     assert fit.prediction.high - fit.prediction.low > 0
+    assert fit.probability_positive > 0.99
+
+
+def test_the_scale_fit_covers_the_true_trend_at_the_target():
+    # Rung means scatter about a log-linear trend (estimation noise and lack of fit); three rungs leave one
+    # degree of freedom, and the prediction interval must still cover the trend at a 200x extrapolation.
+    rng = np.random.default_rng(11)
+    params = np.array([2e5, 8e5, 1.8e6])
+    truth = 0.1 + 0.05 * math.log10(3.5e8)
+    hits = sum(fit_gain_vs_scale(list(params), list(0.1 + 0.05 * np.log10(params) + rng.normal(0, 0.02, 3)),
+                                 3.5e8).prediction.covers(truth) for _ in range(1000))
+    assert hits / 1000 >= 0.95
 
 
 def test_fewer_than_three_sizes_raise():
-    with pytest.raises(ValueError, match="3 distinct"):
+    with pytest.raises(ValueError, match="at least 3 models"):
         fit_gain_vs_scale([1e6, 1e6, 1e7, 1e7], [0.1, 0.11, 0.2, 0.21], target_parameters=1e9)

@@ -1,145 +1,512 @@
-"""A transfer study's numbers: each recipe variant's gain per model with an interval, how the gains
-carry from small models to large, a fit against scale, and a headline per recipe a researcher can act on.
+"""A transfer study's numbers: each recipe variant's gain per model with an interval that matches the study's
+design, which variant wins at each scale and how sure that is, how gains and orderings carry from small
+models to large, which small-scale metric predicts the large model's ranking, a fit against scale, and
+what more data would resolve what is still unclear.
 
-Finished cells in, one JSON-ready dict out (nan becomes None); the report only draws what is here.
+Finished cells in, one JSON-ready dict out (nan becomes None); the report only draws what is here, and
+`verdicts` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
+draw over the whole study: items shared by every cell scored on them, seeds per training run.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
+from scipy import stats as scipy_stats
 
-from align_proxy.recipe import METRIC_LABELS
+from align_proxy.studies import verdicts
 from align_proxy.studies.stats import (
     Interval,
+    CrossedResampler,
+    VarianceParts,
+    as_matrix,
+    decision_accuracy,
     fit_gain_vs_scale,
-    gain_interval,
+    percentile_interval,
+    probability_greater,
     rank_agreement,
     ratio_interval,
+    required_design,
     sign_agreement,
 )
 from align_proxy.studies.store import CellResult
+from align_proxy.studies.verdicts import RESOLVED, higher_is_better, improvement, metric_label, verdict
 
-SCHEMA_VERSION = 1
-# Below this share of variant pairs ordered alike at both ends, small-scale rankings are not trusted.
-TRUSTED_DECISION_ACCURACY = 0.75
-
-
-def higher_is_better(metric: str) -> bool | None:
-    """True or False; None for a metric with no better direction (KL to the reference, length)."""
-    return METRIC_LABELS.get(metric, (metric, True))[1]
+SCHEMA_VERSION = 2
+METRIC_ORDER = list(verdicts.METRIC_LABELS)
 
 
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, (metric, True))[0]
+def _diverged(cell: CellResult) -> dict | None:
+    return getattr(cell, "diverged", None)
 
 
-@dataclass(frozen=True)
-class _Bootstrap:
-    confidence: float
-    n_resamples: int
+# --- per (recipe, variant, model, metric): the data and their replicates -------------------------------
 
-    def interval(self, key: tuple, arrays: list[np.ndarray]) -> Interval:
-        # A stable seed per quantity: reruns give the same numbers, quantities do not share draws.
-        return gain_interval(arrays, self.confidence, self.n_resamples, seed=_seed_of(key))
+@dataclass
+class _Quantity:
+    """One recipe variant's scores on one model and metric, over its finished (not diverged) seeds."""
 
-    def ratio(self, key: tuple, small: list[np.ndarray], large: list[np.ndarray]) -> Interval:
-        return ratio_interval(small, large, self.confidence, self.n_resamples, seed=_seed_of(key))
+    recipe: str
+    variant: str
+    model: str
+    metric: str
+    seeds: list[int]
+    per_item: bool
+    base: np.ndarray  # (items,) or (1,) when only aggregates are known
+    trained: np.ndarray  # (seeds x items)
+    gain_replicates: np.ndarray = field(default=None)
+    trained_replicates: np.ndarray = field(default=None)
 
+    @property
+    def gain(self) -> np.ndarray:
+        return self.trained - self.base[None, :]
 
-def _seed_of(key: tuple) -> int:
-    return zlib.crc32(repr(key).encode())
-
-
-def verdict(gain: Interval, metric: str, n_values: int = 2) -> str:
-    """'helps' / 'hurts' when the interval excludes 0 on the better / worse side, else 'unclear'.
-
-    A single number (one seed, no per-item scores) has no spread to judge by, so it is 'unclear'.
-    """
-    if n_values < 2 or math.isnan(gain.low) or math.isnan(gain.high):
-        return "unclear"
-    if higher_is_better(metric) is None:  # KL, response length: a change, neither good nor bad
-        return "rises" if gain.low > 0 else "falls" if gain.high < 0 else "unclear"
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    low, high = sorted((sign * gain.low, sign * gain.high))
-    return "helps" if low > 0 else "hurts" if high < 0 else "unclear"
+    @property
+    def key(self) -> tuple:
+        return self.recipe, self.variant, self.model, self.metric
 
 
-def _direction(estimate: float, metric: str) -> str:
-    improvement = _improvement(estimate, metric)
-    # Float noise of an exactly-zero planted or tied gain is no direction.
-    return "same" if abs(improvement) < 1e-12 else "better" if improvement > 0 else "worse"
-
-
-def _improvement(gain: float, metric: str) -> float:
-    """The gain signed so that larger is better, whatever the metric's direction."""
-    return gain if higher_is_better(metric) else -gain
-
-
-# --- per-seed arrays --------------------------------------------------------------------------
-
-def _paired(cell: CellResult, metric: str) -> bool:
-    base, trained = cell.items_base.get(metric), cell.items_trained.get(metric)
-    return bool(base) and bool(trained) and len(base) == len(trained)
-
-
-def _seed_arrays(cells: list[CellResult], metric: str) -> dict:
-    """Per-seed base, trained and gain arrays: per item when every seed has paired item scores,
-    else one aggregate value per seed (so seeds still resample, items cannot)."""
+def _quantity(cells: list[CellResult], metric: str) -> _Quantity | None:
+    """Per-item scores when every seed has paired items of one length, else one aggregate per seed."""
     cells = [c for c in cells if metric in c.base and metric in c.trained]
-    per_item = bool(cells) and all(_paired(c, metric) for c in cells)
-    if per_item:
-        base = [np.asarray(c.items_base[metric], dtype=float) for c in cells]
-        trained = [np.asarray(c.items_trained[metric], dtype=float) for c in cells]
+    if not cells:
+        return None
+    first = cells[0]
+    paired = all(c.items_base.get(metric) and len(c.items_base[metric]) == len(c.items_trained.get(metric) or [])
+                 for c in cells) and len({len(c.items_base[metric]) for c in cells}) == 1
+    if paired:
+        base = np.asarray(first.items_base[metric], dtype=float)
+        trained = as_matrix([c.items_trained[metric] for c in cells])
     else:
-        base = [np.array([c.base[metric]], dtype=float) for c in cells]
-        trained = [np.array([c.trained[metric]], dtype=float) for c in cells]
-    return {"seeds": [c.seed for c in cells], "per_item": per_item, "base": base, "trained": trained,
-            "gain": [t - b for t, b in zip(trained, base)]}
-
-
-def _mean(arrays: list[np.ndarray]) -> float:
-    return float(np.mean([a.mean() for a in arrays])) if arrays else math.nan
-
-
-# --- sections ----------------------------------------------------------------------------------
-
-def _gain_records(groups: dict, models: dict[str, int], boot: _Bootstrap) -> tuple[list[dict], dict]:
-    records, arrays_of = [], {}
-    for (recipe, variant, model), cells in groups.items():
-        for metric in _metrics_of(cells):
-            arrays = _seed_arrays(cells, metric)
-            if not arrays["seeds"]:
-                continue
-            key = (recipe, variant, model, metric)
-            gain = boot.interval(("gain",) + key, arrays["gain"])
-            n_values = sum(a.size for a in arrays["gain"])
-            arrays_of[key] = arrays
-            records.append({
-                "recipe": recipe, "variant": variant, "model": model, "parameters": models[model],
-                "metric": metric, "n_seeds": len(arrays["seeds"]), "seeds": arrays["seeds"],
-                "per_item": arrays["per_item"], "n_items": int(arrays["gain"][0].size) if arrays["per_item"] else 0,
-                "base_mean": _mean(arrays["base"]), "trained_mean": _mean(arrays["trained"]),
-                "trained": boot.interval(("trained",) + key, arrays["trained"]).to_dict(),
-                "gain": gain.to_dict(), "improvement": _improvement(gain.estimate, metric),
-                "direction": _direction(gain.estimate, metric), "verdict": verdict(gain, metric, n_values)})
-    return records, arrays_of
+        base = np.array([float(np.mean([c.base[metric] for c in cells]))])
+        trained = np.array([[c.trained[metric]] for c in cells], dtype=float)
+        # Each seed's own base (they are one evaluation when shared, so this changes nothing then).
+        trained = trained - np.array([[c.base[metric]] for c in cells]) + base[None, :]
+    return _Quantity(first.recipe, first.variant, first.model, metric, [c.seed for c in cells], paired, base, trained)
 
 
 def _metrics_of(cells: list[CellResult]) -> list[str]:
-    found = {m for c in cells for m in c.trained if m in c.base}
-    known = [m for m in METRIC_LABELS if m in found]
-    return known + sorted(found - set(known))
+    found = {m for c in cells for m in c.trained if m in c.base} | {m for c in cells if _diverged(c) for m in c.base}
+    return _ordered(found, METRIC_ORDER)
 
 
-def _base_records(results: list[CellResult], models: dict[str, int], boot: _Bootstrap) -> list[dict]:
+# --- records --------------------------------------------------------------------------------------------
+
+def _gain_record(q: _Quantity, models: dict[str, int], diverged: dict, confidence: float) -> dict:
+    gain = percentile_interval(float(q.gain.mean()), q.gain_replicates, confidence)
+    n_values = q.gain.size
+    parts = VarianceParts.of(q.gain)
+    word = "diverges" if diverged else verdict(gain, q.metric, n_values)
+    record = {
+        "recipe": q.recipe, "variant": q.variant, "model": q.model, "parameters": models[q.model], "metric": q.metric,
+        "n_seeds": len(q.seeds), "seeds": q.seeds, "per_item": q.per_item, "n_items": q.base.size if q.per_item else 0,
+        "base_mean": float(q.base.mean()), "trained_mean": float(q.trained.mean()),
+        "trained": percentile_interval(float(q.trained.mean()), q.trained_replicates, confidence).to_json(),
+        # A variant that diverged in any seed ranks below every variant that never did.
+        "gain": gain.to_json(), "improvement": -math.inf if diverged else improvement(gain.estimate, q.metric),
+        "direction": verdicts.direction(gain.estimate, q.metric), "verdict": word, "diverged": diverged or None,
+        "variance": {"item": parts.item_var, "seed": parts.seed_var, "interaction": parts.residual_var,
+                     "standard_error": parts.standard_error},
+        "power": None,
+    }
+    if word == "unclear" and n_values > 1 and len(q.seeds) > 1:
+        record["power"] = required_design(parts, gain.estimate, confidence).to_json()
+    return record
+
+
+def _diverged_record(recipe: str, variant: str, model: str, metric: str, models: dict[str, int],
+                     diverged: dict) -> dict:
+    """A variant none of whose seeds finished training at this model: no gain, the worst outcome."""
+    nan = Interval(math.nan, math.nan, math.nan).to_json()
+    return {"recipe": recipe, "variant": variant, "model": model, "parameters": models[model], "metric": metric,
+            "n_seeds": 0, "seeds": [], "per_item": False, "n_items": 0, "base_mean": math.nan,
+            "trained_mean": math.nan, "trained": nan, "gain": nan, "improvement": -math.inf, "direction": "worse",
+            "verdict": "diverges", "diverged": diverged, "variance": None, "power": None}
+
+
+def _divergence_summary(cells: list[CellResult]) -> dict | None:
+    hit = [(c, _diverged(c)) for c in cells if _diverged(c)]
+    if not hit:
+        return None
+    first = min(hit, key=lambda pair: pair[1].get("step", 0))[1]
+    return {"seeds": len(hit), "of": len(cells), "step": first.get("step"), "loss": first.get("loss"),
+            "seed_list": sorted(c.seed for c, _ in hit)}
+
+
+def _improvement_replicates(record: dict, quantity: _Quantity | None, n: int) -> np.ndarray:
+    """[estimate, replicates...] of the improvement (larger is better); a diverging variant is worst in all."""
+    if record["verdict"] == "diverges" or quantity is None:
+        return np.full(n + 1, -np.inf)
+    sign = -1.0 if higher_is_better(record["metric"]) is False else 1.0
+    return sign * np.concatenate([[record["gain"]["estimate"]], quantity.gain_replicates])
+
+
+def _ordering_record(recipe: str, metric: str, model: str, variants: dict[str, np.ndarray],
+                     quantities: dict[str, _Quantity | None], confidence: float) -> dict:
+    """Which variant is best at one model, and how often it wins across replicates."""
+    names = sorted(variants)
+    table = np.vstack([variants[v][1:] for v in names])  # variants x replicates
+    best_in = table.max(axis=0)
+    winners = table == best_in[None, :]
+    p_best = {v: float((winners[i] / winners.sum(axis=0)).mean()) for i, v in enumerate(names)}
+    estimates = {v: variants[v][0] for v in names}
+    leader = max(names, key=lambda v: (estimates[v], v))
+    beats = {a: {b: probability_greater(variants[a][1:], variants[b][1:]) for b in names if b != a} for a in names}
+    record = {"recipe": recipe, "metric": metric, "model": model, "variants": names, "leader": leader,
+              "p_best": p_best, "p_beats": beats, "resolved": len(names) == 1 or p_best[leader] >= RESOLVED,
+              "power": None}
+    if not record["resolved"]:
+        runner_up = max((v for v in names if v != leader), key=lambda v: (estimates[v], v))
+        record["runner_up"] = runner_up
+        difference = _difference_parts(quantities.get(leader), quantities.get(runner_up))
+        if difference is not None:
+            record["power"] = required_design(difference, estimates[leader] - estimates[runner_up],
+                                              confidence).to_json()
+    return record
+
+
+def _difference_parts(a: _Quantity | None, b: _Quantity | None) -> VarianceParts | None:
+    """Variance components of the difference between two variants' gains on the same items (independent runs)."""
+    if a is None or b is None or not (a.per_item and b.per_item) or a.base.size != b.base.size:
+        return None
+    pa, pb = VarianceParts.of(a.gain), VarianceParts.of(b.gain)
+    s = min(pa.n_seeds, pb.n_seeds)
+    if s < 2:
+        return None
+    item_var = float((a.gain.mean(axis=0) - b.gain.mean(axis=0)).var(ddof=1))
+    return VarianceParts(pa.mean - pb.mean, s, pa.n_items, item_var, pa.seed_var + pb.seed_var,
+                         pa.residual_var + pb.residual_var)
+
+
+def _rank_replicates(small: np.ndarray, large: np.ndarray, confidence: float) -> dict:
+    """Decision accuracy, Spearman and Kendall of two orderings (variants in columns; row 0 the estimate, the
+    rest replicates), each with its percentile interval over the replicates."""
+    small, large = _finite_ranks(small), _finite_ranks(large)
+    out = {}
+    accuracy = decision_accuracy(small, large)
+    out["decision_accuracy"] = percentile_interval(float(accuracy[0]), accuracy[1:], confidence).to_json()
+    rs, rl = scipy_stats.rankdata(small, axis=1), scipy_stats.rankdata(large, axis=1)
+    spearman = _row_correlation(rs, rl)
+    out["spearman"] = percentile_interval(float(spearman[0]), spearman[1:], confidence).to_json() \
+        if np.all(np.isfinite(spearman[1:])) else Interval(float(spearman[0]), math.nan, math.nan).to_json()
+    kendall = _kendall_tau_b(small, large)
+    out["kendall"] = percentile_interval(float(kendall[0]), kendall[1:], confidence).to_json() \
+        if np.all(np.isfinite(kendall[1:])) else Interval(float(kendall[0]), math.nan, math.nan).to_json()
+    return out
+
+
+def _finite_ranks(values: np.ndarray) -> np.ndarray:
+    """Diverging variants (-inf) rank below every other, tied with each other."""
+    values = np.array(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    floor = (finite.min() - 1.0) if finite.size else -1.0
+    values[~np.isfinite(values)] = floor
+    return values
+
+
+def _row_correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((xc ** 2).sum(axis=1) * (yc ** 2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (xc * yc).sum(axis=1) / denominator, np.nan)
+
+
+def _kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    pairs = list(combinations(range(x.shape[1]), 2))
+    sx = np.stack([np.sign(x[:, i] - x[:, j]) for i, j in pairs], axis=1)
+    sy = np.stack([np.sign(y[:, i] - y[:, j]) for i, j in pairs], axis=1)
+    denominator = np.sqrt((sx != 0).sum(axis=1) * (sy != 0).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (sx * sy).sum(axis=1) / denominator, np.nan)
+
+
+# --- the study ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Study:
+    """What the sections below share: the study's models in size order and every quantity's replicates."""
+
+    models: dict[str, int]
+    order: list[str]
+    confidence: float
+    n_resamples: int
+    quantities: dict[tuple, _Quantity] = field(default_factory=dict)
+    gains: dict[tuple, dict] = field(default_factory=dict)
+
+    def improvements(self, recipe: str, metric: str, model: str) -> dict[str, np.ndarray]:
+        return {v: _improvement_replicates(g, self.quantities.get((r, v, m, k)), self.n_resamples)
+                for (r, v, m, k), g in self.gains.items() if (r, k, m) == (recipe, metric, model)}
+
+
+def _gain_section(study: _Study, groups: dict, resampler: CrossedResampler) -> None:
+    for (recipe, variant, model), cells in groups.items():
+        finished = [c for c in cells if not _diverged(c)]
+        diverged = _divergence_summary(cells)
+        for metric in _metrics_of(cells):
+            q = _quantity(finished, metric)
+            key = (recipe, variant, model, metric)
+            if q is None:
+                if diverged:
+                    study.gains[key] = _diverged_record(recipe, variant, model, metric, study.models, diverged)
+                continue
+            group = (recipe, variant, model)
+            q.gain_replicates = resampler.replicates(q.gain, group)
+            q.trained_replicates = resampler.replicates(q.trained, group)
+            study.quantities[key] = q
+            study.gains[key] = _gain_record(q, study.models, diverged, study.confidence)
+
+
+def _ordering_section(study: _Study) -> dict[tuple, dict]:
+    orderings = {}
+    for recipe, metric, model in sorted({(r, k, m) for r, _, m, k in study.gains}):
+        variants = study.improvements(recipe, metric, model)
+        quantities = {v: study.quantities.get((recipe, v, model, metric)) for v in variants}
+        orderings[(recipe, metric, model)] = _ordering_record(recipe, metric, model, variants, quantities,
+                                                              study.confidence)
+    return orderings
+
+
+def _transfer_section(study: _Study) -> list[dict]:
+    """For each pair of models small < large: gain ratios, sign and rank agreement of the variants."""
+    by_recipe_metric: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for (recipe, variant, model, metric), g in study.gains.items():
+        by_recipe_metric[(recipe, metric)][model][variant] = g
+    records = []
+    for (recipe, metric), per_model in by_recipe_metric.items():
+        present = [m for m in study.order if m in per_model]
+        for small, large in combinations(present, 2):
+            shared = sorted(per_model[small].keys() & per_model[large].keys())
+            ratios = {}
+            for v in shared:
+                qs, ql = (study.quantities.get((recipe, v, m, metric)) for m in (small, large))
+                ratios[v] = (ratio_interval(_with_estimate(qs), _with_estimate(ql), study.confidence).to_json()
+                             if qs is not None and ql is not None else Interval(math.nan, math.nan, math.nan).to_json())
+            estimates = [{v: per_model[m][v]["gain"]["estimate"] for v in shared
+                          if per_model[m][v]["verdict"] != "diverges"} for m in (small, large)]
+            improvements = [{v: per_model[m][v]["improvement"] for v in shared} for m in (small, large)]
+            record = {"recipe": recipe, "metric": metric, "small": small, "large": large,
+                      "small_parameters": study.models[small], "large_parameters": study.models[large],
+                      "variants": shared, "ratios": ratios, "sign_agreement": sign_agreement(*estimates),
+                      "rank_agreement": rank_agreement(*[{v: _finite(x) for v, x in imp.items()}
+                                                         for imp in improvements]),
+                      "rank_intervals": None}
+            if len(shared) >= 2:
+                small_reps = np.stack([study.improvements(recipe, metric, small)[v] for v in shared], axis=1)
+                large_reps = np.stack([study.improvements(recipe, metric, large)[v] for v in shared], axis=1)
+                record["rank_intervals"] = _rank_replicates(small_reps, large_reps, study.confidence)
+            records.append(record)
+    return records
+
+
+def _with_estimate(q: _Quantity) -> np.ndarray:
+    return np.concatenate([[q.gain.mean()], q.gain_replicates])
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -1e300
+
+
+def _metric_trust_section(study: _Study, primary: dict[str, str]) -> list[dict]:
+    """Per recipe (DataDecide's question): how well does each metric measured at the smallest model order the
+    variants as the judged metric does at the largest? Decision accuracy with its interval."""
+    records = []
+    for recipe, judged in primary.items():
+        models = [m for m in study.order if any((r, mm) == (recipe, m) for r, _, mm, _ in study.gains)]
+        if len(models) < 2:
+            continue
+        small, large = models[0], models[-1]
+        target = study.improvements(recipe, judged, large)
+        if len(target) < 2:
+            continue
+        candidates = []
+        metrics = _ordered({k for r, _, m, k in study.gains if (r, m) == (recipe, small)}, METRIC_ORDER)
+        for metric in metrics:
+            if higher_is_better(metric) is None:  # KL and length order nothing
+                continue
+            predictor = study.improvements(recipe, metric, small)
+            shared = sorted(predictor.keys() & target.keys())
+            if len(shared) < 2:
+                continue
+            x = _finite_ranks(np.stack([predictor[v] for v in shared], axis=1))
+            y = _finite_ranks(np.stack([target[v] for v in shared], axis=1))
+            accuracy = decision_accuracy(x, y)
+            candidates.append({"metric": metric, "label": metric_label(metric), "n_variants": len(shared),
+                               "decision_accuracy": percentile_interval(float(accuracy[0]), accuracy[1:],
+                                                                        study.confidence).to_json()})
+        if candidates:
+            records.append({"recipe": recipe, "judged": judged, "small": small, "large": large,
+                            "candidates": sorted(candidates, key=lambda c: -c["decision_accuracy"]["estimate"])})
+    return records
+
+
+def _fit_section(study: _Study, target: tuple[str, float] | None) -> list[dict]:
+    """gain ~ log10(parameters) per recipe variant and metric over each model's mean gain (>= 3 models)."""
+    points: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
+    for (recipe, variant, model, metric), q in study.quantities.items():
+        if study.gains[(recipe, variant, model, metric)]["verdict"] != "diverges":
+            points[(recipe, variant, metric)].append((study.models[model], float(q.gain.mean())))
+    records = []
+    for (recipe, variant, metric), pts in points.items():
+        params = [p for p, _ in pts]
+        if len(set(params)) < 3 or len(set(params)) != len(params) or min(params) <= 0:
+            continue  # a model of unknown size (0) has no place on the axis
+        target_parameters = target[1] if target else max(params)
+        fit = fit_gain_vs_scale(params, [g for _, g in pts], target_parameters, study.confidence)
+        factor = target[1] / max(params) if target else None
+        records.append({"recipe": recipe, "variant": variant, "metric": metric, "points": sorted(pts),
+                        "slope": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared,
+                        "n_points": fit.n_points, "degrees_of_freedom": fit.degrees_of_freedom,
+                        "target": target[0] if target else None, "target_parameters": target[1] if target else None,
+                        "extrapolation_factor": factor, "prediction": fit.prediction.to_json() if target else None,
+                        "probability_positive": fit.probability_positive if target else None})
+    return records
+
+
+def _prediction(fit: dict, metric: str) -> dict:
+    """The fit's word at the target: a number only when the metric's range and the fit's reach allow one."""
+    iv = Interval(**fit["prediction"])
+    p_up = fit["probability_positive"]
+    better_up = higher_is_better(metric) is not False
+    p_better = p_up if better_up else 1.0 - p_up
+    word = "helps" if p_better >= 0.5 else "hurts"
+    if higher_is_better(metric) is None:
+        word, p_better = ("rises", p_up) if p_up >= 0.5 else ("falls", 1.0 - p_up)
+    reasons = []
+    if metric.endswith("_accuracy") and (iv.high > 1 or iv.low < -1):
+        # An accuracy gains at most 1: a straight line in log(parameters) that leaves [-1, 1] must bend first.
+        reasons.append("its interval leaves the range an accuracy can gain")
+    if fit["extrapolation_factor"] > verdicts.FAR_EXTRAPOLATION and not fit["r_squared"] >= verdicts.WEAK_FIT:
+        reasons.append(f"{fit['extrapolation_factor']:.0f}x past the largest rung on a fit of R^2 "
+                       f"{fit['r_squared']:.2f} over {fit['n_points']} sizes")
+    return {"target": fit["target"], "target_parameters": fit["target_parameters"], "variant": fit["variant"],
+            "gain": fit["prediction"], "extrapolation_factor": fit["extrapolation_factor"],
+            "verdict": verdict(iv, metric), "direction": word,
+            "direction_probability": max(p_better, 1.0 - p_better) if word in ("rises", "falls") else p_better,
+            "trusted": not reasons, "untrusted_because": "; ".join(reasons) or None,
+            "beyond_range": bool(reasons and reasons[0].startswith("its interval"))}
+
+
+# --- headline ---------------------------------------------------------------------------------------------
+
+def _headline(recipe: str, metric: str, study: _Study, orderings: dict, transfer: list[dict], fits: list[dict],
+              target) -> dict:
+    mine = [g for g in study.gains.values() if g["recipe"] == recipe and g["metric"] == metric]
+    scales = [_scale_entry(model, [g for g in mine if g["model"] == model], orderings[(recipe, metric, model)])
+              for model in study.order if any(g["model"] == model for g in mine)]
+    entry = {"recipe": recipe, "metric": metric, "metric_label": metric_label(metric),
+             "higher_is_better": higher_is_better(metric), "scales": scales,
+             "recommended_variant": scales[-1]["best_variant"] if scales else None,
+             "transfer": _transfer_summary(scales, transfer, recipe, metric), "prediction": None}
+    wanted = (recipe, entry["recommended_variant"], metric)
+    fit = next((f for f in fits if (f["recipe"], f["variant"], f["metric"]) == wanted), None)
+    if fit and target:
+        entry["prediction"] = _prediction(fit, metric)
+    return entry
+
+
+def _scale_entry(model: str, rows: list[dict], ordering: dict) -> dict:
+    """The best variant that never diverged judges the scale; when every variant diverged, the scale diverges."""
+    ranked = [g for g in rows if g["verdict"] != "diverges"]
+    best = max(ranked, key=lambda g: (g["improvement"], g["variant"])) if ranked else None
+    diverged = {g["variant"]: g["diverged"] for g in rows if g["diverged"]}
+    entry = {"model": model, "parameters": rows[0]["parameters"],
+             "best_variant": best["variant"] if best else None,
+             "gain": best["gain"] if best else Interval(math.nan, math.nan, math.nan).to_json(),
+             "verdict": best["verdict"] if best else "diverges",
+             "power": best["power"] if best else None,
+             "p_best": ordering["p_best"].get(best["variant"], math.nan) if best else math.nan,
+             "resolved": ordering["resolved"] and best is not None and ordering["leader"] == best["variant"],
+             "ordering_power": ordering["power"], "diverged": diverged,
+             "variants": {g["variant"]: {"gain": g["gain"], "verdict": g["verdict"],
+                                         "p_best": ordering["p_best"].get(g["variant"])} for g in rows}}
+    return entry
+
+
+def _transfer_summary(scales: list[dict], transfer: list[dict], recipe: str, metric: str) -> dict | None:
+    if len(scales) < 2:
+        return None
+    first, last = scales[0], scales[-1]
+    ends = {_as_outcome(first["verdict"]), _as_outcome(last["verdict"])}
+    transfers = ("yes" if len(ends) == 1 and "unclear" not in ends else
+                 "no" if ends == {"helps", "hurts"} else "unclear")
+    pair = next(t for t in transfer if (t["recipe"], t["metric"], t["small"], t["large"]) ==
+                (recipe, metric, first["model"], last["model"]))
+    n_variants = len(first["variants"].keys() & last["variants"].keys())
+    if n_variants < 2:
+        ordering = "one variant"
+    elif first["resolved"] and last["resolved"]:
+        ordering = "same" if first["best_variant"] == last["best_variant"] else "changes"
+    else:
+        ordering = "not resolved"
+    return {"smallest": first["model"], "largest": last["model"], "verdict_smallest": first["verdict"],
+            "verdict_largest": last["verdict"], "transfers": transfers, "ordering": ordering,
+            "same_best_variant": ordering == "same", "sign_agreement": pair["sign_agreement"],
+            "rank_agreement": pair["rank_agreement"], "rank_intervals": pair["rank_intervals"]}
+
+
+def _as_outcome(word: str) -> str:
+    # A recipe whose every variant diverges at a scale is, for transfer, a recipe that hurts there.
+    return "hurts" if word == "diverges" else word
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
+            target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
+            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> dict:
+    """Every number of a study's report, JSON-ready (json.dumps(..., allow_nan=False) works).
+
+    `results` are finished cells, diverged ones included (a `diverged` attribute of {step, loss}); `models`
+    maps name -> parameters (models with no results yet count as missing); `primary_metrics` maps recipe ->
+    the metric its headline is judged on; `target` is (name, parameters) to predict gains at; `cells`
+    (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts` maps recipe -> the
+    {"recipe", "variant"} its cells started from (their gains are over that model).
+    """
+    models = {**{c.model: c.parameters for c in results}, **models}
+    order = sorted(models, key=lambda m: (models[m], m))
+    study = _Study(models, order, confidence, n_resamples)
+    groups = defaultdict(list)
+    for cell in sorted(results, key=lambda c: (c.recipe, c.variant, models[c.model], c.seed)):
+        groups[(cell.recipe, cell.variant, cell.model)].append(cell)
+    _gain_section(study, groups, CrossedResampler(n_resamples, seed=0))
+    orderings = _ordering_section(study)
+    transfer = _transfer_section(study)
+    fits = _fit_section(study, target)
+    for fit in fits:
+        fit["prediction_trusted"] = _prediction(fit, fit["metric"])["trusted"] if target else None
+    recipes = _ordered({c.recipe for c in results}, list(primary_metrics))
+    gains = sorted(study.gains.values(), key=lambda g: (g["recipe"], g["variant"], models[g["model"]],
+                                                         _order_index(g["metric"])))
+    primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
+    headline = [_headline(r, primary[r], study, orderings, transfer, fits, target) for r in recipes]
+    for entry in headline:
+        entry["starts_from"] = (starts or {}).get(entry["recipe"])
+        entry["confidence"] = verdicts.confidence(entry)
+        entry["conclusion"] = verdicts.conclusion(entry)
+    metrics = _ordered({g["metric"] for g in gains}, METRIC_ORDER)
+    return _jsonable({
+        "schema": SCHEMA_VERSION, "confidence": confidence, "n_resamples": n_resamples,
+        "resolved_threshold": RESOLVED,
+        "models": [{"name": m, "parameters": models[m]} for m in order],
+        "target": {"name": target[0], "parameters": target[1]} if target else None,
+        "seeds": sorted({c.seed for c in results}),
+        "recipes": {r: sorted({c.variant for c in results if c.recipe == r}) for r in recipes},
+        "metrics": {m: {"label": metric_label(m), "higher_is_better": higher_is_better(m)} for m in metrics},
+        "completeness": _completeness(results, order, cells), "headline": headline,
+        "base": _base_records(results, models, confidence, n_resamples), "gains": gains,
+        "orderings": list(orderings.values()), "transfer": transfer,
+        "metric_trust": _metric_trust_section(study, primary), "fits": fits})
+
+
+def _base_records(results: list[CellResult], models: dict[str, int], confidence: float,
+                  n_resamples: int) -> list[dict]:
     """Base scores per recipe (a reward model's base has a fresh score head, unlike a policy's) and model;
     an evaluation shared by several cells counts once."""
+    resampler = CrossedResampler(n_resamples, seed=1)
     by_key: dict[tuple, dict[tuple, np.ndarray]] = defaultdict(dict)
     for cell in results:
         for metric, value in cell.base.items():
@@ -147,57 +514,13 @@ def _base_records(results: list[CellResult], models: dict[str, int], boot: _Boot
             by_key[(cell.recipe, cell.model, metric)][tuple(items)] = np.asarray(items, dtype=float)
     records = []
     for (recipe, model, metric), unique in by_key.items():
-        arrays = list(unique.values())
-        records.append({"recipe": recipe, "model": model, "parameters": models[model],
-                        "metric": metric, "n_evaluations": len(arrays),
-                        "base": boot.interval(("base", recipe, model, metric), arrays).to_dict()})
-    return records
-
-
-def _transfer_records(gains: list[dict], arrays_of: dict, models: dict[str, int], order: list[str],
-                      boot: _Bootstrap) -> list[dict]:
-    by_recipe_metric: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for g in gains:
-        by_recipe_metric[(g["recipe"], g["metric"])][g["model"]][g["variant"]] = g
-    records = []
-    for (recipe, metric), per_model in by_recipe_metric.items():
-        present = [m for m in order if m in per_model]
-        for small, large in combinations(present, 2):
-            shared = sorted(per_model[small].keys() & per_model[large].keys())
-            ratios = {v: boot.ratio(("ratio", recipe, v, metric, small, large),
-                                    arrays_of[(recipe, v, small, metric)]["gain"],
-                                    arrays_of[(recipe, v, large, metric)]["gain"]).to_dict() for v in shared}
-            estimates = [{v: per_model[m][v]["gain"]["estimate"] for v in shared} for m in (small, large)]
-            improvements = [{v: per_model[m][v]["improvement"] for v in shared} for m in (small, large)]
-            records.append({"recipe": recipe, "metric": metric, "small": small, "large": large,
-                            "small_parameters": models[small], "large_parameters": models[large],
-                            "variants": shared, "ratios": ratios,
-                            "sign_agreement": sign_agreement(*estimates),
-                            "rank_agreement": rank_agreement(*improvements)})
-    return records
-
-
-def _fit_records(arrays_of: dict, models: dict[str, int], target: tuple[str, float] | None,
-                 confidence: float) -> list[dict]:
-    """gain ~ log10(parameters) per recipe variant and metric, one point per seed per model, so the
-    prediction interval is for one run at the target size, seed noise included."""
-    points: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-    for (recipe, variant, model, metric), arrays in arrays_of.items():
-        points[(recipe, variant, metric)] += [(models[model], float(g.mean())) for g in arrays["gain"]]
-    records = []
-    for (recipe, variant, metric), pts in points.items():
-        params = [p for p, _ in pts]
-        if len(set(params)) < 3 or min(params) <= 0:  # a model of unknown size (0) has no place on the axis
-            continue
-        target_parameters = target[1] if target else max(params)
-        fit = fit_gain_vs_scale(params, [g for _, g in pts], target_parameters, confidence)
-        records.append({"recipe": recipe, "variant": variant, "metric": metric, "points": sorted(pts),
-                        "slope": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared,
-                        "n_points": fit.n_points, "target": target[0] if target else None,
-                        "target_parameters": target[1] if target else None,
-                        "extrapolation_factor": target[1] / max(params) if target else None,
-                        "prediction": fit.prediction.to_dict() if target else None})
-    return records
+        matrix = as_matrix(list(unique.values()))
+        estimate = float(matrix.mean())
+        base = (percentile_interval(estimate, resampler.replicates(matrix, ("base", recipe, model)), confidence)
+                if matrix.size > 1 else Interval(estimate, math.nan, math.nan))
+        records.append({"recipe": recipe, "model": model, "parameters": models[model], "metric": metric,
+                        "n_evaluations": len(unique), "base": base.to_json()})
+    return sorted(records, key=lambda r: (r["recipe"], models[r["model"]], _order_index(r["metric"])))
 
 
 def _completeness(results: list[CellResult], order: list[str], cells: list[dict] | None) -> dict:
@@ -211,170 +534,25 @@ def _completeness(results: list[CellResult], order: list[str], cells: list[dict]
         seeds = sorted({c.seed for c in results})
         expected = {(r, v, m, s): "not run" for (r, v) in variants for m in order for s in seeds}
     for key in done:
-        expected[key] = "done"
-    table = defaultdict(lambda: {"done": 0, "expected": 0})
+        expected[key] = "done" if expected.get(key) != "diverged" else "diverged"
+    finished = {"done", "diverged"}
+    table = defaultdict(lambda: {"done": 0, "expected": 0, "diverged": 0})
     for (recipe, _, model, _), status in expected.items():
         table[(recipe, model)]["expected"] += 1
-        table[(recipe, model)]["done"] += status == "done"
+        table[(recipe, model)]["done"] += status in finished
+        table[(recipe, model)]["diverged"] += status == "diverged"
     missing = [{"recipe": r, "variant": v, "model": m, "seed": s, "status": status}
-               for (r, v, m, s), status in sorted(expected.items(), key=lambda kv: str(kv[0])) if status != "done"]
+               for (r, v, m, s), status in sorted(expected.items(), key=lambda kv: str(kv[0])) if status not in finished]
     return {"expected": len(expected), "done": len(expected) - len(missing), "complete": bool(expected) and not missing,
+            "diverged": sum(s == "diverged" for s in expected.values()),
             "expected_from": "study cells" if cells is not None else "inferred from finished cells",
             "by_recipe_model": [{"recipe": r, "model": m, **counts} for (r, m), counts in sorted(table.items(),
                                 key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))],
             "missing": missing, "models_without_results": [m for m in order if m not in {c.model for c in results}]}
 
 
-# --- headline ----------------------------------------------------------------------------------
-
-def _headline(recipe: str, metric: str, gains: list[dict], transfer: list[dict], fits: list[dict],
-              order: list[str], target: tuple[str, float] | None) -> dict:
-    mine = [g for g in gains if g["recipe"] == recipe and g["metric"] == metric]
-    scales = [_scale_entry(model, [g for g in mine if g["model"] == model]) for model in order
-              if any(g["model"] == model for g in mine)]
-    entry = {"recipe": recipe, "metric": metric, "metric_label": metric_label(metric),
-             "higher_is_better": higher_is_better(metric), "scales": scales,
-             "recommended_variant": scales[-1]["best_variant"] if scales else None,
-             "transfer": _transfer_summary(scales, transfer, recipe, metric), "prediction": None}
-    wanted = (recipe, entry["recommended_variant"], metric)
-    fit = next((f for f in fits if (f["recipe"], f["variant"], f["metric"]) == wanted), None)
-    if fit and target:
-        entry["prediction"] = {"target": target[0], "target_parameters": target[1], "variant": fit["variant"],
-                               "gain": fit["prediction"], "extrapolation_factor": fit["extrapolation_factor"],
-                               "verdict": verdict(Interval(**fit["prediction"]), metric),
-                               # An accuracy gains at most 1: a straight line in log(parameters) that
-                               # leaves [-1, 1] before the target has to bend first.
-                               "beyond_range": metric.endswith("_accuracy") and
-                               (fit["prediction"]["high"] > 1 or fit["prediction"]["low"] < -1)}
-    entry["confidence"] = _confidence(entry)
-    entry["conclusion"] = _conclusion(entry)
-    return entry
-
-
-def _scale_entry(model: str, rows: list[dict]) -> dict:
-    best = max(rows, key=lambda g: (g["improvement"], g["variant"]))
-    return {"model": model, "parameters": best["parameters"], "best_variant": best["variant"],
-            "gain": best["gain"], "verdict": best["verdict"],
-            "variants": {g["variant"]: {"gain": g["gain"], "verdict": g["verdict"]} for g in rows}}
-
-
-def _transfer_summary(scales: list[dict], transfer: list[dict], recipe: str, metric: str) -> dict | None:
-    if len(scales) < 2:
-        return None
-    first, last = scales[0], scales[-1]
-    ends = {first["verdict"], last["verdict"]}
-    transfers = ("yes" if len(ends) == 1 and "unclear" not in ends else
-                 "no" if ends == {"helps", "hurts"} else "unclear")
-    pair = next(t for t in transfer if (t["recipe"], t["metric"], t["small"], t["large"]) ==
-                (recipe, metric, first["model"], last["model"]))
-    return {"smallest": first["model"], "largest": last["model"], "verdict_smallest": first["verdict"],
-            "verdict_largest": last["verdict"], "transfers": transfers,
-            "same_best_variant": first["best_variant"] == last["best_variant"],
-            "sign_agreement": pair["sign_agreement"], "rank_agreement": pair["rank_agreement"]}
-
-
-def _confidence(entry: dict) -> str:
-    """high: one decisive verdict at every scale, rankings carry, and the prediction agrees;
-    medium: the same decisive verdict at the smallest and largest scale; low: anything else."""
-    transfer = entry["transfer"]
-    if transfer is None or transfer["transfers"] != "yes":
-        return "low"
-    accuracy = transfer["rank_agreement"]["decision_accuracy"]
-    ranks_ok = accuracy is None or math.isnan(accuracy) or accuracy >= TRUSTED_DECISION_ACCURACY
-    every_scale = len({s["verdict"] for s in entry["scales"]}) == 1
-    prediction = entry["prediction"]
-    prediction_ok = prediction is None or prediction["verdict"] == transfer["verdict_largest"]
-    return "high" if every_scale and ranks_ok and prediction_ok else "medium"
-
-
-def _conclusion(entry: dict) -> str:
-    scales = entry["scales"]
-    if not scales:
-        return "no finished cells yet"
-    largest = scales[-1]["verdict"]
-    action = {"hurts": "do not spend a large run on it", "unclear": "no evidence yet to justify a large run",
-              "helps": {"high": "worth a large run", "medium": "probably worth a large run",
-                        "low": "promising at the largest rung, not yet consistent across scales"
-                        if entry["transfer"] else "promising, but run more sizes before deciding"}[entry["confidence"]],
-              }[largest]
-    parts = [f"{action}: {_pattern(scales)}"]
-    transfer = entry["transfer"]
-    if transfer:
-        accuracy = transfer["rank_agreement"]["decision_accuracy"]
-        ranks = "" if accuracy is None or math.isnan(accuracy) else f" (decision accuracy {accuracy:.2f})"
-        if transfer["rank_agreement"]["n_variants"] < 2:
-            parts.append(f"one variant tried ({scales[-1]['best_variant']})")
-        elif transfer["same_best_variant"]:
-            parts.append(f"{scales[0]['best_variant']} best at both ends{ranks}")
-        else:
-            parts.append(f"best variant changes: {scales[0]['best_variant']} at {scales[0]['model']}, "
-                         f"{scales[-1]['best_variant']} at {scales[-1]['model']}{ranks}")
-    else:
-        parts.append(f"only {scales[0]['model']} has results, so nothing yet on transfer")
-    if entry["prediction"]:
-        p = entry["prediction"]
-        g = p["gain"]
-        factor = p["extrapolation_factor"]
-        reach = f"{factor:.0f}x beyond the largest rung: an extrapolation" if factor > 1 else "within the rungs"
-        parts.append(f"predicted {g['estimate']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] at {p['target']} "
-                     f"for {p['variant']} ({reach})")
-        if p.get("beyond_range"):
-            parts.append("that interval leaves the range an accuracy can gain, so the log-linear trend must bend "
-                         "before the target: trust its sign, not its size")
-    return "; ".join(parts)
-
-
-def _pattern(scales: list[dict]) -> str:
-    verdicts = [s["verdict"] for s in scales]
-    if len(set(verdicts)) == 1:
-        word = {"helps": "helps", "hurts": "hurts", "unclear": "no clear effect"}[verdicts[0]]
-        return f"{word} at every scale" if len(scales) > 1 else f"{word} at {scales[0]['model']}"
-    groups = defaultdict(list)
-    for s in scales:
-        groups[s["verdict"]].append(s["model"])
-    return "; ".join(f"{v} at {', '.join(ms)}" for v, ms in groups.items())
-
-
-# --- entry point -------------------------------------------------------------------------------
-
-def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
-            target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> dict:
-    """Every number of a study's report, JSON-ready (json.dumps(..., allow_nan=False) works).
-
-    `models` maps name -> parameters (models with no results yet count as missing); `primary_metrics`
-    maps recipe -> the metric its headline is judged on; `target` is (name, parameters) to predict
-    gains at; `cells` (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts`
-    maps recipe -> the {"recipe", "variant"} its cells started from (their gains are over that model).
-    """
-    models = {**{c.model: c.parameters for c in results}, **models}
-    order = sorted(models, key=lambda m: (models[m], m))
-    boot = _Bootstrap(confidence, n_resamples)
-    groups = defaultdict(list)
-    for cell in sorted(results, key=lambda c: (c.recipe, c.variant, models[c.model], c.seed)):
-        groups[(cell.recipe, cell.variant, cell.model)].append(cell)
-    gains, arrays_of = _gain_records(groups, models, boot)
-    transfer = _transfer_records(gains, arrays_of, models, order, boot)
-    fits = _fit_records(arrays_of, models, target, confidence)
-    recipes = _ordered({c.recipe for c in results}, list(primary_metrics))
-    metrics = _ordered({g["metric"] for g in gains}, list(METRIC_LABELS))
-    headline = [_headline(r, _primary(r, primary_metrics, gains), gains, transfer, fits, order, target)
-                for r in recipes]
-    for entry in headline:
-        start = (starts or {}).get(entry["recipe"])
-        entry["starts_from"] = start
-        if start:
-            entry["conclusion"] += (f"; gains are over the model {start['recipe']} ({start['variant']}) trained, "
-                                    "which each cell started from")
-    return _jsonable({
-        "schema": SCHEMA_VERSION, "confidence": confidence, "n_resamples": n_resamples,
-        "models": [{"name": m, "parameters": models[m]} for m in order],
-        "target": {"name": target[0], "parameters": target[1]} if target else None,
-        "seeds": sorted({c.seed for c in results}),
-        "recipes": {r: sorted({c.variant for c in results if c.recipe == r}) for r in recipes},
-        "metrics": {m: {"label": metric_label(m), "higher_is_better": higher_is_better(m)} for m in metrics},
-        "completeness": _completeness(results, order, cells), "headline": headline,
-        "base": _base_records(results, models, boot), "gains": gains, "transfer": transfer, "fits": fits})
+def _order_index(metric: str) -> int:
+    return METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER)
 
 
 def _ordered(names: set[str], preferred: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 """The report's plots (matplotlib, no display): transfer curves, gain against scale with the fit,
-small-versus-large rank agreement, and training loss curves, each returned as PNG bytes."""
+small-versus-large rank agreement, which small-scale metric predicts the large model's ordering, and
+training loss curves, each returned as PNG bytes."""
 
 from __future__ import annotations
 
@@ -24,13 +25,19 @@ def draw_plots(analysis: dict, results: list[CellResult]) -> dict[str, tuple[byt
     plots, level = {}, f"{analysis['confidence']:.0%}"
     for name, draw, caption in (
             ("transfer_curves", _transfer_curves, "Base and trained scores against parameters (log scale), one "
-             f"panel per metric; bars are {level} intervals from the two-level bootstrap over seeds and items."),
+             f"panel per metric; bars are {level} intervals (items resampled jointly, seed spread t-scaled)."),
             ("gain_vs_scale", _gain_vs_scale, "Gain (trained minus base) on each recipe's primary metric against "
-             "parameters, with the fit against log(parameters) and its prediction interval at the target size."),
+             "parameters, with the fit against log(parameters) over the models' mean gains; a star with a bar is "
+             "the prediction interval at the target size, a hollow star (no bar) a prediction given as a "
+             "direction only (beyond the metric's range, or far past the rungs on a weak fit)."),
             ("rank_agreement", _rank_scatter, "Each variant's gain at the smallest against the largest scale; "
              "points on one rising line mean the small model orders the variants as the large one does."),
+            ("metric_trust", _metric_trust, "Decision accuracy of each metric measured on the smallest model "
+             "against the judged metric on the largest (DataDecide's question: which cheap metric picks the "
+             f"variant the large model prefers), with {level} intervals; 0.5 is a coin flip."),
             ("loss_curves", lambda a, figure: _loss_curves(a, results, figure), "Training loss against step per "
-             "model: a thick line is the mean over seeds, thin lines are the seeds.")):
+             "model: a thick line is the mean over seeds, thin lines are the seeds (log scale when a run "
+             "diverged).")):
         figure = Figure(figsize=(12, 3.6), layout="constrained")
         if draw(analysis, figure):
             buffer = io.BytesIO()
@@ -129,9 +136,15 @@ def _draw_fit(ax, fit: dict, colour) -> None:
     sizes = [p for p, _ in fit["points"]] + ([fit["target_parameters"]] if fit["target_parameters"] else [])
     x = np.geomspace(min(sizes), max(sizes), 50)
     ax.plot(x, fit["intercept"] + fit["slope"] * np.log10(x), color=colour, linewidth=1, alpha=0.7)
-    if fit["prediction"] and fit["prediction"]["estimate"] is not None:
+    if not fit["prediction"] or fit["prediction"]["estimate"] is None:
+        return
+    if fit.get("prediction_trusted"):
         _errorbar(ax, [fit["target_parameters"]], [fit["prediction"]], colour, marker="*", markersize=9,
                   label=f"{fit['variant']} predicted at {fit['target']}", linestyle="none")
+    else:
+        ax.plot([fit["target_parameters"]], [fit["prediction"]["estimate"]], marker="*", markersize=9,
+                markerfacecolor="none", color=colour, linestyle="none",
+                label=f"{fit['variant']} at {fit['target']}: direction only")
 
 
 def _rank_scatter(analysis: dict, figure: Figure) -> bool:
@@ -141,7 +154,10 @@ def _rank_scatter(analysis: dict, figure: Figure) -> bool:
     for ax, entry in zip(_axes(figure, len(entries)), entries):
         transfer = entry["transfer"]
         small, large = entry["scales"][0]["variants"], entry["scales"][-1]["variants"]
-        shared = [v for v in small if v in large]
+        shared = [v for v in small if v in large and small[v]["gain"]["estimate"] is not None
+                  and large[v]["gain"]["estimate"] is not None]  # a variant that diverged has no gain to place
+        if not shared:
+            continue
         x = [small[v]["gain"]["estimate"] for v in shared]
         y = [large[v]["gain"]["estimate"] for v in shared]
         ax.scatter(x, y, color="tab:blue", zorder=3)
@@ -183,8 +199,34 @@ def _loss_curves(analysis: dict, results: list[CellResult], figure: Figure) -> b
             steps, mean = _mean_curve(group)
             ax.plot(steps, mean, color=colours[model], linestyle=styles[variant], linewidth=1.8,
                     label=f"{model} {variant}")
+        highest = max(max(losses) for *_, losses in runs)
+        lowest = min(min(losses) for *_, losses in runs)
+        if lowest > 0 and highest / lowest > 100:  # a diverged run would flatten every other curve
+            ax.set_yscale("log")
         ax.set(xlabel="step", ylabel="training loss", title=recipe)
         ax.legend(fontsize=6)
+    return True
+
+
+def _metric_trust(analysis: dict, figure: Figure) -> bool:
+    trust = analysis.get("metric_trust") or []
+    if not trust:
+        return False
+    for ax, entry in zip(_axes(figure, len(trust)), trust):
+        candidates = entry["candidates"][::-1]
+        y = np.arange(len(candidates))
+        estimate = np.array([c["decision_accuracy"]["estimate"] for c in candidates], dtype=float)
+        low = np.array([c["decision_accuracy"]["low"] if c["decision_accuracy"]["low"] is not None else np.nan
+                        for c in candidates], dtype=float)
+        high = np.array([c["decision_accuracy"]["high"] if c["decision_accuracy"]["high"] is not None else np.nan
+                         for c in candidates], dtype=float)
+        xerr = np.nan_to_num(np.vstack([estimate - low, high - estimate]), nan=0.0).clip(min=0)
+        ax.errorbar(estimate, y, xerr=xerr, fmt="o", color="tab:blue", capsize=3)
+        ax.axvline(0.5, color="gray", linestyle=":", linewidth=1)
+        ax.set_yticks(y, [c["metric"] for c in candidates], fontsize=7)
+        ax.set(xlim=(-0.05, 1.05), xlabel=f"decision accuracy vs {entry['judged']} at {entry['large']}",
+               title=f"{entry['recipe']}: metrics at {entry['small']}")
+        ax.title.set_fontsize(9)
     return True
 
 

@@ -1,6 +1,31 @@
 """Statistics of a transfer study: how sure is a recipe's gain, and does it carry from small models to large.
 
-Gains are trained-minus-base scores; intervals come from a two-level (seeds, then items) bootstrap.
+Pure functions over arrays (numpy and scipy, no torch). The data come from a crossed design, and every
+interval here is built for it:
+
+- every seed of every cell is scored on the *same* held-out items (they follow `eval_seed`), and the
+  base model is scored on them once, so an item's difficulty is shared by all seeds: its sampling
+  error does not average away over seeds;
+- each seed is its own training run, so a seed shifts the whole score (a seed effect), and with 3-5
+  seeds that spread is itself badly known.
+
+A quantity's scores form a (seeds x items) matrix. Its estimate is the grand mean, whose variance is
+`var(item part) + var(seed part)` with the item part `(sigma_item^2 + sigma_interaction^2 / S) / n` and the
+seed part `sigma_seed^2 / S`. `CrossedResampler` draws replicates of every quantity at once:
+
+- the item part nonparametrically, by one bootstrap draw of item indices *shared* by every quantity
+  scored on those items (all seeds, variants, recipes and models), so paired comparisons stay paired;
+- the seed part parametrically, as a Student t with S - 1 degrees of freedom scaled by the seed
+  spread net of item noise (two-way ANOVA: var(seed means) - MS_residual / n). A percentile bootstrap
+  over 3 seeds has only 10 distinct means and a variance (S - 1) / S too small; the t draw is what a
+  hierarchical model with a flat prior on the seed variance gives, so with a dominant seed effect the
+  interval is the classical t interval and with none it is the item bootstrap. Metrics of the same
+  cells share the seed draw through their seed deviations, so a lucky seed is lucky on every metric.
+
+`tests/test_calibration.py` simulates the study's design (shared items, one base evaluation, seed
+effects from none to large, 3 and 5 seeds, binary and continuous metrics) and checks that nominal 95%
+intervals cover the true expected gain at least 93% of the time; `benchmarks/calibration.py` runs
+the full sweep.
 """
 
 from __future__ import annotations
@@ -26,36 +51,16 @@ class Interval:
         """Whether `value` lies in [low, high]; never true for an undefined (nan) interval."""
         return bool(self.low <= value <= self.high)
 
-    def to_dict(self) -> dict[str, float]:
+    def excludes_zero(self) -> bool:
+        return bool(self.low > 0 or self.high < 0)
+
+    def to_json(self) -> dict[str, float]:
         return asdict(self)
+
+    to_dict = to_json
 
 
 NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
-
-
-def _as_seed_arrays(gains: list[np.ndarray]) -> list[np.ndarray]:
-    arrays = [np.asarray(g, dtype=float).ravel() for g in gains]
-    if not arrays or any(a.size == 0 for a in arrays):
-        raise ValueError("gains must hold at least one seed, and every seed at least one item gain")
-    return arrays
-
-
-def _point_estimate(arrays: list[np.ndarray]) -> float:
-    # Every seed weighs the same, however many items it was evaluated on.
-    return float(np.mean([a.mean() for a in arrays]))
-
-
-def _bootstrap_means(arrays: list[np.ndarray], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Two-level bootstrap: pick seeds with replacement, then items within each picked seed."""
-    n_seeds = len(arrays)
-    picked = rng.integers(n_seeds, size=(n_resamples, n_seeds))
-    slot_means = np.empty(picked.shape)
-    # Seeds may differ in item count, so resample items one seed at a time, all its slots at once.
-    for i, items in enumerate(arrays):
-        slots = picked == i
-        draws = rng.integers(items.size, size=(int(slots.sum()), items.size))
-        slot_means[slots] = items[draws].mean(axis=1)
-    return slot_means.mean(axis=1)
 
 
 def _check_confidence(confidence: float) -> None:
@@ -63,41 +68,282 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
 
 
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(estimate: float, replicates: np.ndarray, confidence: float = 0.95) -> Interval:
+    """`estimate` with the central `confidence` range of its replicates (nan replicates make it undefined)."""
+    _check_confidence(confidence)
+    replicates = np.asarray(replicates, dtype=float)
+    if replicates.size == 0 or not np.all(np.isfinite(replicates)) or not math.isfinite(estimate):
+        return Interval(float(estimate), math.nan, math.nan)
     alpha = 1.0 - confidence
-    low, high = np.quantile(samples, [alpha / 2, 1.0 - alpha / 2])
-    return float(low), float(high)
+    low, high = np.quantile(replicates, [alpha / 2, 1.0 - alpha / 2])
+    return Interval(float(estimate), float(low), float(high))
 
 
-def gain_interval(gains: list[np.ndarray], confidence: float = 0.95, n_resamples: int = 2000,
-                  seed: int = 0) -> Interval:
-    """Mean gain over seeds with a percentile interval from the two-level bootstrap.
+# --- one quantity's scores -------------------------------------------------------------------------
 
-    `gains` holds one array per seed of per-item gains (length 1 when only an aggregate is known).
+def as_matrix(seeds: list) -> np.ndarray:
+    """Per-seed scores as a (seeds x items) matrix; seeds of unequal length (or aggregates) keep only each
+    seed's mean, one column, so seeds still count and items cannot be resampled."""
+    arrays = [np.asarray(s, dtype=float).ravel() for s in seeds]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("scores must hold at least one seed, and every seed at least one item")
+    if len({a.size for a in arrays}) == 1:
+        return np.vstack(arrays)
+    return np.array([[a.mean()] for a in arrays])
+
+
+@dataclass(frozen=True)
+class VarianceParts:
+    """A (seeds x items) matrix's grand mean and the variance components its interval rests on.
+
+    `item_var`: variance of an item's seed-averaged score (sigma_item^2 + sigma_interaction^2 / S);
+    `seed_var`: the seed effect's variance, net of item noise (sigma_seed^2, never negative);
+    `residual_var`: the seed-by-item interaction (sigma_interaction^2).
+
+    >>> m = np.array([[1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    >>> p = VarianceParts.of(m)
+    >>> round(p.mean, 3), p.n_seeds, p.n_items, round(p.standard_error, 3)
+    (0.75, 3, 4, 0.186)
     """
-    _check_confidence(confidence)
-    arrays = _as_seed_arrays(gains)
-    samples = _bootstrap_means(arrays, n_resamples, np.random.default_rng(seed))
-    return Interval(_point_estimate(arrays), *_percentiles(samples, confidence))
+
+    mean: float
+    n_seeds: int
+    n_items: int
+    item_var: float
+    seed_var: float
+    residual_var: float
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> VarianceParts:
+        m = np.asarray(matrix, dtype=float)
+        s, n = m.shape
+        grand = float(m.mean())
+        item_means, seed_means = m.mean(axis=0), m.mean(axis=1)
+        item_var = float(item_means.var(ddof=1)) if n > 1 else 0.0
+        seed_means_var = float(seed_means.var(ddof=1)) if s > 1 else 0.0
+        if s > 1 and n > 1:
+            residual = m - item_means[None, :] - seed_means[:, None] + grand
+            residual_var = float((residual ** 2).sum() / ((s - 1) * (n - 1)))
+        else:
+            residual_var = 0.0
+        # A seed mean carries its seed's interaction noise over n items; what is left is the seed effect.
+        seed_var = max(0.0, seed_means_var - residual_var / n)
+        return cls(grand, s, n, item_var, seed_var, residual_var)
+
+    @property
+    def standard_error(self) -> float:
+        return math.sqrt(self.item_var / self.n_items + self.seed_var / self.n_seeds)
+
+    def standard_error_at(self, n_seeds: int, n_items: int) -> float:
+        """The standard error a design of `n_seeds` x `n_items` would have, with these components."""
+        item = (self.item_var - self.residual_var / self.n_seeds) + self.residual_var / n_seeds
+        return math.sqrt(max(item, 0.0) / n_items + self.seed_var / n_seeds)
+
+    def degrees_of_freedom(self) -> float:
+        """Welch-Satterthwaite degrees of freedom of the standard error (items ~ n - 1, seeds S - 1)."""
+        parts = [(self.item_var / self.n_items, self.n_items - 1), (self.seed_var / self.n_seeds, self.n_seeds - 1)]
+        parts = [(v, df) for v, df in parts if v > 0 and df > 0]
+        if not parts:
+            return math.inf
+        return sum(v for v, _ in parts) ** 2 / sum(v * v / df for v, df in parts)
 
 
-def ratio_interval(small: list[np.ndarray], large: list[np.ndarray], confidence: float = 0.95,
-                   n_resamples: int = 2000, seed: int = 0) -> Interval:
-    """Gain ratio large/small with a percentile interval, both sides bootstrapped independently.
+# --- replicates -----------------------------------------------------------------------------------
 
-    The ratio is undefined when the small model's mean gain is zero or its bootstrap means cross
-    zero (the ratio would jump through infinity); the Interval is then all nan, never inf.
+class CrossedResampler:
+    """Replicates of many quantities of one study, drawn jointly as the study's data were made.
+
+    Quantities scored on the same items (same item count) share one bootstrap draw of item indices;
+    quantities from the same training runs (`group`: a recipe variant on a model) share one seed draw.
+    Every call is deterministic for the resampler's seed.
     """
-    _check_confidence(confidence)
-    small_arrays, large_arrays = _as_seed_arrays(small), _as_seed_arrays(large)
-    rng = np.random.default_rng(seed)
-    small_samples = _bootstrap_means(small_arrays, n_resamples, rng)
-    large_samples = _bootstrap_means(large_arrays, n_resamples, rng)
-    denominator = _point_estimate(small_arrays)
-    if denominator == 0.0 or small_samples.min() <= 0.0 <= small_samples.max():
+
+    def __init__(self, n_resamples: int = 2000, seed: int = 0):
+        if n_resamples < 100:
+            raise ValueError(f"n_resamples must be at least 100, got {n_resamples}")
+        self.n_resamples = n_resamples
+        self._seed = seed
+        self._item_weights: dict[int, np.ndarray] = {}
+        self._seed_draws: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def item_weights(self, n_items: int) -> np.ndarray:
+        """(n_resamples x n_items) bootstrap counts / n_items: row r averages a resample of items."""
+        if n_items not in self._item_weights:
+            rng = np.random.default_rng([self._seed, 1, n_items])
+            picks = rng.integers(n_items, size=(self.n_resamples, n_items))
+            rows = np.arange(self.n_resamples)[:, None] * n_items
+            counts = np.bincount((picks + rows).ravel(), minlength=self.n_resamples * n_items)
+            self._item_weights[n_items] = counts.reshape(self.n_resamples, n_items) / n_items
+        return self._item_weights[n_items]
+
+    def _seed_draw(self, group: tuple, n_seeds: int) -> tuple[np.ndarray, np.ndarray]:
+        """Standard normals (R x S) and the t scale sqrt((S-1) / chi2_{S-1}) (R,) for one group's runs."""
+        key = (group, n_seeds)
+        if key not in self._seed_draws:
+            rng = np.random.default_rng([self._seed, 2, _stable_hash(group), n_seeds])
+            z = rng.standard_normal((self.n_resamples, n_seeds))
+            scale = np.sqrt((n_seeds - 1) / rng.chisquare(n_seeds - 1, self.n_resamples)) if n_seeds > 1 else \
+                np.zeros(self.n_resamples)
+            self._seed_draws[key] = (z, scale)
+        return self._seed_draws[key]
+
+    def replicates(self, matrix: np.ndarray, group: tuple) -> np.ndarray:
+        """Replicates of the grand mean of a (seeds x items) matrix (see the module docstring)."""
+        m = np.asarray(matrix, dtype=float)
+        s, n = m.shape
+        parts = VarianceParts.of(m)
+        replicates = np.full(self.n_resamples, parts.mean)
+        if n > 1:
+            replicates = self.item_weights(n) @ m.mean(axis=0)
+        if s > 1:
+            z, scale = self._seed_draw(group, s)
+            deviations = m.mean(axis=1) - parts.mean
+            spread = float(np.sqrt(deviations.var(ddof=1)))
+            # Shrink the seed deviations to the seed effect net of item noise, keeping their pattern (shared by
+            # every metric of the group through `z`), then give them a t_{S-1} scale.
+            shrink = math.sqrt(parts.seed_var) / spread if spread > 0 else 0.0
+            seed_part = (z @ (deviations * shrink)) / math.sqrt(s - 1) / math.sqrt(s) * scale
+            replicates = replicates + seed_part
+        return replicates
+
+
+def _stable_hash(value) -> int:
+    import zlib
+
+    return zlib.crc32(repr(value).encode())
+
+
+def mean_interval(seeds: list, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Interval:
+    """Mean over seeds and items of per-seed score arrays, with the crossed interval of the module docstring.
+
+    `seeds` holds one array per seed (per-item scores on the same items, or one aggregate each).
+
+    >>> rng = np.random.default_rng(0)
+    >>> iv = mean_interval([rng.normal(0.2, 0.3, 200) for _ in range(3)])
+    >>> iv.low < 0.2 < iv.high, round(iv.estimate, 2)
+    (True, 0.19)
+    """
+    matrix = as_matrix(seeds)
+    if matrix.size == 1:
+        value = float(matrix[0, 0])
+        return Interval(value, math.nan, math.nan)
+    resampler = CrossedResampler(n_resamples, seed)
+    return percentile_interval(float(matrix.mean()), resampler.replicates(matrix, ("quantity",)), confidence)
+
+
+# A gain is a mean of per-item (trained - base) differences: the same interval.
+gain_interval = mean_interval
+
+
+def ratio_interval(small: np.ndarray, large: np.ndarray, confidence: float = 0.95) -> Interval:
+    """Ratio of two quantities' replicates (large / small), undefined (all nan) when the small one's
+    central replicates reach zero: the ratio would jump through infinity.
+
+    `small` and `large` are arrays of [estimate, replicate_1, ..., replicate_R].
+    """
+    small, large = np.asarray(small, dtype=float), np.asarray(large, dtype=float)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(small[1:], [alpha / 4, 1 - alpha / 4])
+    if small[0] == 0.0 or lo <= 0.0 <= hi:
         return NAN_INTERVAL
-    estimate = _point_estimate(large_arrays) / denominator
-    return Interval(estimate, *_percentiles(large_samples / small_samples, confidence))
+    return percentile_interval(large[0] / small[0], large[1:] / small[1:], confidence)
+
+
+def probability_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of replicates in which `a` exceeds `b`, ties counting half.
+
+    >>> probability_greater(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0]))
+    0.5
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+# --- power ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Power:
+    """What would resolve an effect of the observed size at the measured noise (95% interval, 80% power).
+
+    `seeds`: seeds needed at the current item count (None: more than `max_seeds`); `items`: items needed at
+    the current seed count (None: no item count suffices, the seed spread alone is too large, or more than
+    `max_items`); `detectable`: the smallest effect the current design resolves with 80% power.
+    """
+
+    effect: float
+    seeds: int | None
+    items: int | None
+    detectable: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def required_design(parts: VarianceParts, effect: float, confidence: float = 0.95, power: float = 0.8,
+                    max_seeds: int = 200, max_items: int = 100_000) -> Power:
+    """How many seeds (items fixed) or items (seeds fixed) make an effect of size `effect` resolved with
+    probability `power`: |effect| >= (t_crit + z_power) * standard error of that design.
+
+    >>> p = VarianceParts(0.02, 3, 200, item_var=0.02, seed_var=0.00005, residual_var=0.01)
+    >>> r = required_design(p, 0.02)
+    >>> r.seeds, r.items, round(r.detectable, 3)
+    (None, 723, 0.031)
+    """
+    z_power = float(stats.norm.ppf(power))
+    size = abs(effect)
+
+    def needed_se(df: float) -> float:
+        return size / (float(stats.t.ppf(0.5 + confidence / 2, max(df, 1.0))) + z_power)
+
+    def df_at(s: int, n: int) -> float:
+        scaled = VarianceParts(parts.mean, s, n, parts.item_var - parts.residual_var / parts.n_seeds +
+                               parts.residual_var / s, parts.seed_var, parts.residual_var)
+        return scaled.degrees_of_freedom()
+
+    seeds = next((s for s in range(2, max_seeds + 1) if size > 0 and
+                  parts.standard_error_at(s, parts.n_items) <= needed_se(df_at(s, parts.n_items))), None)
+    items = None
+    if parts.n_items > 1 and size > 0:
+        n = parts.n_items
+        while n <= max_items:
+            if parts.standard_error_at(parts.n_seeds, n) <= needed_se(df_at(parts.n_seeds, n)):
+                items = n
+                break
+            n = max(n + 1, int(n * 1.05))
+    df = parts.degrees_of_freedom()
+    t_crit = float(stats.t.ppf(0.5 + confidence / 2, max(df, 1.0)))
+    return Power(float(effect), seeds, items, (t_crit + z_power) * parts.standard_error)
+
+
+# --- orderings ------------------------------------------------------------------------------------
+
+def decision_accuracy(small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """DataDecide's pairwise agreement of two orderings, along the last axis (a tie at either scale is a
+    coin flip, so it scores half). Works on one vector of variants or on (replicates x variants).
+
+    >>> float(decision_accuracy(np.array([0.1, 0.2, 0.3]), np.array([1.0, 3.0, 2.0])))
+    0.6666666666666666
+    """
+    small, large = np.asarray(small, dtype=float), np.asarray(large, dtype=float)
+    pairs = list(itertools.combinations(range(small.shape[-1]), 2))
+    if not pairs:
+        return np.full(small.shape[:-1], math.nan)
+    scores = []
+    for i, j in pairs:
+        s, g = np.sign(small[..., i] - small[..., j]), np.sign(large[..., i] - large[..., j])
+        scores.append(np.where((s == 0) | (g == 0), 0.5, (s == g).astype(float)))
+    return np.mean(scores, axis=0)
+
+
+def rank_correlations(small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
+    """(Spearman, Kendall) of two orderings; nan when either is constant (no warning)."""
+    if len(small) < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        # Constant gains at one scale leave the correlation undefined: scipy warns and gives nan,
+        # and nan is the answer we want, not a warning that -W error would turn into a failure.
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(small, large).statistic), float(stats.kendalltau(small, large).statistic)
 
 
 def sign_agreement(small: dict[str, float], large: dict[str, float]) -> float:
@@ -110,15 +356,6 @@ def sign_agreement(small: dict[str, float], large: dict[str, float]) -> float:
     if not shared:
         return math.nan
     return float(np.mean([np.sign(small[k]) == np.sign(large[k]) for k in shared]))
-
-
-def _decision_accuracy(small: np.ndarray, large: np.ndarray) -> float:
-    # DataDecide's pairwise agreement; a tie at either scale is a coin flip, so it scores half.
-    scores = []
-    for i, j in itertools.combinations(range(small.size), 2):
-        s, g = np.sign(small[i] - small[j]), np.sign(large[i] - large[j])
-        scores.append(0.5 if s == 0 or g == 0 else float(s == g))
-    return float(np.mean(scores))
 
 
 def rank_agreement(small: dict[str, float], large: dict[str, float]) -> dict[str, float | int]:
@@ -135,51 +372,65 @@ def rank_agreement(small: dict[str, float], large: dict[str, float]) -> dict[str
         return result
     x = np.array([small[k] for k in shared], dtype=float)
     y = np.array([large[k] for k in shared], dtype=float)
-    with warnings.catch_warnings():
-        # Constant gains at one scale leave the correlation undefined: scipy warns and gives nan,
-        # and nan is the answer we want, not a warning that -W error would turn into a failure.
-        warnings.simplefilter("ignore")
-        result["spearman"] = float(stats.spearmanr(x, y).statistic)
-        result["kendall"] = float(stats.kendalltau(x, y).statistic)
-    result["decision_accuracy"] = _decision_accuracy(x, y)
+    result["spearman"], result["kendall"] = rank_correlations(x, y)
+    result["decision_accuracy"] = float(decision_accuracy(x, y))
     return result
 
 
+# --- scale --------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class ScaleFit:
-    """OLS of gain on log10(parameters), with a prediction interval at a target size."""
+    """OLS of gain on log10(parameters), one point per model, with a prediction interval at a target size."""
 
     slope: float
     intercept: float
     r_squared: float
     n_points: int
+    degrees_of_freedom: int
     target_parameters: float
     prediction: Interval
+    # P(the gain at the target is > 0) under the fit's t distribution: the direction, when the size is not
+    # to be trusted.
+    probability_positive: float
 
 
 def fit_gain_vs_scale(parameters: list[float], gains: list[float], target_parameters: float,
                       confidence: float = 0.95) -> ScaleFit:
-    """Fit gain = intercept + slope * log10(parameters) and predict a new run at `target_parameters`."""
+    """Fit gain = intercept + slope * log10(parameters) over one point per model (its mean gain) and predict
+    the gain at `target_parameters`.
+
+    One point per model, not per seed: a model's seeds share its held-out items and its base model, so
+    they are not independent points on the line, and the line's real error is the models' scatter about
+    it (lack of fit included). With 3 models that leaves 1 degree of freedom, and the interval says so.
+
+    >>> f = fit_gain_vs_scale([1e5, 1e6, 1e7], [0.1, 0.2, 0.31], 1e8)
+    >>> round(f.prediction.estimate, 3), f.degrees_of_freedom, round(f.probability_positive, 2)
+    (0.413, 1, 0.99)
+    """
     _check_confidence(confidence)
     params, y = np.asarray(parameters, dtype=float), np.asarray(gains, dtype=float)
     if params.shape != y.shape or params.ndim != 1:
         raise ValueError("parameters and gains must be flat lists of the same length")
     if np.any(params <= 0) or target_parameters <= 0:
         raise ValueError("parameter counts must be positive")
-    if np.unique(params).size < 3:
+    if np.unique(params).size != params.size or params.size < 3:
         # Two sizes fix a line exactly and leave no residual to size the interval from.
-        raise ValueError(f"fitting gain against scale needs at least 3 distinct parameter counts, "
-                         f"got {np.unique(params).size}")
+        raise ValueError(f"fitting gain against scale needs at least 3 models of distinct sizes (one mean gain "
+                         f"each), got {params.size} point(s) over {np.unique(params).size} size(s)")
     x, x0 = np.log10(params), math.log10(target_parameters)
     fit = stats.linregress(x, y)
     n = x.size
     residuals = y - (fit.intercept + fit.slope * x)
     s = math.sqrt(float(residuals @ residuals) / (n - 2))
     sxx = float(((x - x.mean()) ** 2).sum())
-    # Prediction (not confidence) interval: a new run at the target size carries its own noise too.
+    # Prediction (not confidence) interval: the target's gain departs from the line as the rungs' do.
     se = s * math.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 2)) * se
+    t = stats.t(n - 2)
+    half = float(t.ppf(0.5 + confidence / 2)) * se
     y0 = float(fit.intercept + fit.slope * x0)
-    return ScaleFit(slope=float(fit.slope), intercept=float(fit.intercept), r_squared=float(fit.rvalue ** 2),
-                    n_points=n, target_parameters=float(target_parameters),
-                    prediction=Interval(y0, y0 - half, y0 + half))
+    positive = float(t.cdf(y0 / se)) if se > 0 else float(y0 > 0) + 0.5 * float(y0 == 0)
+    return ScaleFit(slope=float(fit.slope), intercept=float(fit.intercept),
+                    r_squared=float(fit.rvalue ** 2) if sxx > 0 else math.nan, n_points=n,
+                    degrees_of_freedom=n - 2, target_parameters=float(target_parameters),
+                    prediction=Interval(y0, y0 - half, y0 + half), probability_positive=positive)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from align_proxy.run_metrics import Divergence, RunMetrics
+from align_proxy.run_metrics import RunMetrics
 
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")  # a cell with a result
@@ -55,7 +55,7 @@ class CellResult:
     items_trained: dict[str, list[float]] = field(default_factory=dict)  # same items, same order
     log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
     duration_s: float = 0.0
-    diverged: Divergence | None = None  # where training stopped, when its loss diverged
+    diverged: dict | None = None  # {"step", "loss"} when training diverged (Divergence.to_json()): no trained scores
 
     @classmethod
     def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: RunMetrics | dict,
@@ -64,7 +64,7 @@ class CellResult:
         scores = metrics.scores
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
                    scores.base, scores.trained, scores.items_base, scores.items_trained, metrics.train.log_history,
-                   duration_s, metrics.diverged)
+                   duration_s, metrics.diverged.to_json() if metrics.diverged else None)
 
 
 class ResultStore:

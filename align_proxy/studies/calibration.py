@@ -1,0 +1,89 @@
+"""The study's design, simulated: what the calibration test and `benchmarks/calibration.py` check intervals on.
+
+Each simulated study has one base model scored once on a fixed set of held-out items, and S training
+seeds of one recipe variant scored on the same items; a seed shifts the trained model as a whole (a
+seed effect, none to large). An interval means what it says when it covers the *expected* gain (over
+items and seeds) at its nominal rate. Binary items are accuracy-like (the base and every trained seed
+right or wrong on each item, item difficulty shared by all); continuous ones are NLL-like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import optimize, special
+
+from align_proxy.studies.stats import Interval, mean_interval
+
+# Binary items: logit of the base model's chance on an item of difficulty d ~ N(0, DIFFICULTY^2).
+BASE_LOGIT = -1.0
+DIFFICULTY = 1.5
+# How unevenly training helps items (the same for every seed): items are shared beyond their difficulty.
+LEARNABILITY = 0.8
+
+
+@dataclass(frozen=True)
+class Design:
+    """One simulated study design; `seed_sd` is the seed effect (logit units for binary, raw for continuous)."""
+
+    metric: str  # "binary" or "continuous"
+    n_seeds: int
+    seed_sd: float
+    gain: float  # the true expected gain over items and seeds
+    n_items: int = 200
+
+    def shift(self) -> float:
+        """The recipe's effect that makes the expected gain `gain` (binary: a logit shift, solved for)."""
+        if self.metric == "continuous":
+            return self.gain
+        return float(optimize.brentq(lambda e: _binary_gain(e, self.seed_sd) - self.gain, -10.0, 10.0, xtol=1e-12))
+
+    def simulate(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Per-seed per-item gains of one simulated study: one base evaluation, S seeds on the same items."""
+        n, s, shift = self.n_items, self.n_seeds, self.shift()
+        seed = rng.normal(0.0, self.seed_sd, s)
+        if self.metric == "continuous":
+            item = rng.normal(0.0, 1.0, n)  # item difficulty, shared by the base and every seed
+            base = 2.0 + item + rng.normal(0.0, 0.3, n)
+            item_gain = rng.normal(0.0, 0.4, n)  # items gain unevenly, the same way for every seed
+            trained = base[None, :] + shift + item_gain[None, :] + seed[:, None] + rng.normal(0.0, 0.3, (s, n))
+            return list(trained - base[None, :])
+        d = rng.normal(0.0, DIFFICULTY, n)
+        u = rng.normal(0.0, LEARNABILITY, n)
+        base = (rng.random(n) < special.expit(BASE_LOGIT + d)).astype(float)
+        p = special.expit(BASE_LOGIT + d[None, :] + u[None, :] + shift + seed[:, None])
+        trained = (rng.random((s, n)) < p).astype(float)
+        return list(trained - base[None, :])
+
+
+def _binary_gain(shift: float, seed_sd: float) -> float:
+    """Expected binary gain over items and seeds, by Gauss-Hermite quadrature (the logits are sums of normals)."""
+    x, w = np.polynomial.hermite_e.hermegauss(120)
+    w = w / w.sum()
+    spread = np.sqrt(DIFFICULTY ** 2 + LEARNABILITY ** 2 + seed_sd ** 2)
+    trained = float((w * special.expit(BASE_LOGIT + shift + spread * x)).sum())
+    base = float((w * special.expit(BASE_LOGIT + DIFFICULTY * x)).sum())
+    return trained - base
+
+
+def coverage(design: Design, studies: int, n_resamples: int, seed: int = 0,
+             interval: Callable[..., Interval] = mean_interval) -> tuple[float, float]:
+    """(coverage, mean interval width) of `interval` over `studies` simulated studies of `design`."""
+    rng = np.random.default_rng(seed)
+    truth = design.gain
+    hits, widths = 0, []
+    for i in range(studies):
+        iv = interval(design.simulate(rng), n_resamples=n_resamples, seed=i)
+        hits += iv.covers(truth)
+        widths.append(iv.high - iv.low)
+    return hits / studies, float(np.mean(widths))
+
+
+SEED_SDS = {"binary": (0.0, 0.15, 0.5), "continuous": (0.0, 0.05, 0.3)}
+GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2)}
+
+
+def designs(metrics=("binary", "continuous"), seeds=(3, 5)) -> list[Design]:
+    return [Design(m, s, sd, e) for m in metrics for s in seeds for sd in SEED_SDS[m] for e in GAINS[m]]
