@@ -3,6 +3,9 @@
 Evaluations are data: `EvalSet` holds the held-out items, and the generic runners below score a
 policy or a reward model on whatever items are present. Each item is scored by the rules of
 `align_proxy.metrics`, and every total is derived from those per-item scores there.
+`PolicyEvaluation` and `RewardModelEvaluation` (and `evals.rl.RLEvaluation`) are what a recipe kind
+evaluates with (`align_proxy.kinds`): built from a run, called on a model directory, each knows its
+kind, which names the base-evaluation cache it shares, and what else that cache's key holds.
 """
 
 from __future__ import annotations
