@@ -12,6 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from align_proxy.kinds import KINDS
+
 # Piped or logged output gets room for the tables (rich assumes 80 columns off a terminal), and
 # long error messages stay on one line.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -108,7 +110,8 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from align_proxy.models.convert import convert_hf_to_megatron, convert_megatron_to_hf, verify_conversion
+    from align_proxy.models.convert import convert_hf_to_megatron, convert_megatron_to_hf
+    from align_proxy.models.megatron_reference import verify_conversion
     from align_proxy.models.megatron import ConversionError
 
     src, out = Path(args.src), Path(args.out_dir)
@@ -163,8 +166,9 @@ def cmd_study(args) -> int:
     except (StudyRunError, ModelUnavailableError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
-    console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed; "
-                  f"results in {study_paths(outcome.study_dir)['db']}")
+    diverged = f", {outcome.diverged} diverged (a result: see --status)" if outcome.diverged else ""
+    console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed{diverged}; "
+                  f"results in {study_paths(outcome.study_dir).db}")
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
                       "rerun them with --retry-failed")
@@ -176,7 +180,7 @@ def _print_study_status(study_dir: Path) -> int:
     from align_proxy.studies.runner import study_paths
     from align_proxy.studies.store import ResultStore
 
-    db = study_paths(study_dir)["db"]
+    db = study_paths(study_dir).db
     if not db.exists():
         console.print(f"no study has run in {study_dir} yet")
         return 1
@@ -231,7 +235,7 @@ def cmd_report(args) -> int:
     from align_proxy.studies.runner import study_paths, write_study_report
 
     study_dir = Path(args.study_dir)
-    if not study_paths(study_dir)["db"].exists():
+    if not study_paths(study_dir).db.exists():
         console.print(f"[red]error:[/red] {study_dir} holds no results.sqlite: pass the output directory of a "
                       "study (`align-proxy study` writes one)")
         return 2
@@ -303,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_p = sub.add_parser("data", help="check a dataset against a recipe's TRL format")
     data_p.add_argument("action", choices=("check",))
     data_p.add_argument("dataset", help="builtin:<task>, a local file, or a Hub dataset id")
-    data_p.add_argument("--recipe", required=True, choices=("sft", "dpo", "reward", "grpo", "rloo"))
+    data_p.add_argument("--recipe", required=True, choices=list(KINDS), help="a recipe kind (align_proxy/kinds.py)")
     data_p.add_argument("--model", help="model whose tokenizer measures prompt lengths")
     data_p.add_argument("--tokenizer", help="tokenizer to measure prompt lengths with")
     data_p.add_argument("--max_length", type=int, help="the recipe's max_length")

@@ -1,39 +1,45 @@
-"""What every recipe script shares: arguments, preparing a run, and writing its results.
+"""What every recipe script shares: arguments and their parser, preparing a run, and finishing it.
 
-A recipe (`recipes/dpo.py`, ...) reads top to bottom: `prepare_run` resolves the model, loads and
-validates the data before any weights are read, evaluates the base model, then the script builds
-its TRL trainer and trains, and `RecipeRun.finish` saves the model, evaluates it the same way and
-writes `run_config.yaml`, `metrics.json` and `loss_curve.png` to the output directory.
+A recipe (`recipes/dpo.py`, ...) reads top to bottom: `prepare_run` resolves the model, loads and validates
+the data before any weights are read and applies the proxy-speed plan; `run.evaluation()` is the recipe
+kind's evaluation (`align_proxy.kinds`), which scores the base model (`run.evaluate_base`) and later the
+trained one; the script builds its TRL trainer and trains; `run.finish` saves the model, evaluates it the same
+way and writes `run_config.yaml`, `loss_curve.png` and, last, `metrics.json` (`align_proxy.run_metrics`).
+A run whose loss diverges (`align_proxy.divergence`) stops early and finishes with its divergence recorded.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
 from accelerate import PartialState
 from transformers import AutoTokenizer
-from trl import ModelConfig, ScriptArguments, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
-from align_proxy.files import atomic_write
+from align_proxy.divergence import DivergenceWatch
+from align_proxy.files import atomic_write, files_stamp
+from align_proxy.kinds import RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.outputs import check_writable, publish_model, reset_staging, staging_dir
-from align_proxy.speed import RecipeParser, SpeedPlan, apply_proxy_speed
+from align_proxy.run_metrics import RunMetrics, Scores, Training, format_comparison, plot_loss_curve
+from align_proxy.speed import ALIASES, SpeedPlan, plan_proxy_speed
 
+EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, on the script arguments
 logger = logging.getLogger("align_proxy")
 
 
@@ -61,16 +67,60 @@ class RecipeArguments(ScriptArguments):
         "also padding-free batches with varlen attention, SFT packing, compiled decoder layers, precomputed DPO "
         "reference log-probs, a micro-batch sized to free memory and data-loader workers. Never overrides a key you "
         "set; false keeps TRL's defaults.")})
+    divergence_threshold: float = field(default=1e4, metadata={"help": (
+        "A logged training loss larger than this in size stops the run as diverged (also any loss or gradient "
+        "norm that is NaN or infinite, whatever this is): metrics.json records the step and loss, the model is "
+        "neither saved nor evaluated, and a study marks the cell diverged. Checked every logging_steps; inf turns "
+        "the size check off.")})
 
 
-def make_parser(config_class: type, prog: str | None = None, script_class: type = RecipeArguments) -> RecipeParser:
-    """`--config FILE.yaml` plus command-line overrides, the TRL way.
+class RecipeParser(TrlParser):
+    """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
+    command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values. Speed
+    planning reads them, so it never replaces a value the user chose."""
+
+    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
+                              separate_remaining_strings=False):
+        args = list(args) if args is not None else sys.argv[1:]
+        explicit = self.explicit_keys(args)
+        outputs = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
+                                                separate_remaining_strings)
+        setattr(outputs[0], EXPLICIT_KEYS, explicit)
+        return outputs
+
+    def explicit_keys(self, args: list[str]) -> frozenset[str]:
+        args, keys = list(args), set()
+        if "--config" in args:
+            at = args.index("--config")
+            try:
+                with open(args[at + 1]) as handle:
+                    config = yaml.safe_load(handle)
+                keys |= set(config) - {"env"} if isinstance(config, dict) else set()
+            except (IndexError, OSError, yaml.YAMLError):
+                pass  # TrlParser reports a missing or broken config itself
+            del args[at:at + 2]
+        # Parse the flags with every default suppressed: what lands in the namespace is what the user typed.
+        saved = [(action, action.default, action.required) for action in self._actions]
+        try:
+            for action in self._actions:
+                action.default, action.required = argparse.SUPPRESS, False
+            namespace, _ = argparse.ArgumentParser.parse_known_args(self, args)
+        finally:
+            for action, default, required in saved:
+                action.default, action.required = default, required
+        keys |= set(vars(namespace))
+        return frozenset(keys | {ALIASES[k] for k in keys if k in ALIASES})
+
+
+def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
+    """`--config FILE.yaml` plus command-line overrides, the TRL way, over the recipe kind's arguments class,
+    its TRL config and `trl.ModelConfig` (`align_proxy.kinds`).
 
     Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
-    refuses on a CPU-only machine); a config file or flag still wins. A recipe with arguments of its
-    own (the RL recipes' rewards) passes a subclass of `RecipeArguments` as `script_class`.
+    refuses on a CPU-only machine); a config file or flag still wins.
     """
-    parser = RecipeParser((script_class, config_class, ModelConfig), prog=prog)  # a TrlParser that knows your keys
+    kind = recipe_kind(recipe)
+    parser = RecipeParser((kind.arguments_class, kind.config_class, ModelConfig), prog=prog)
     if not torch.cuda.is_available():
         parser.set_defaults(use_cpu=True, bf16=False)
     return parser
@@ -99,17 +149,6 @@ def load_tokenizer(model_name: str, tokenizer_name: str | None):
     return tokenizer
 
 
-def files_stamp(location: str | None) -> list | None:
-    """Names, sizes and modification times of a local file or directory (None for a Hub id), so a
-    cache keyed on a path notices when what lies there changes."""
-    path = Path(location).expanduser() if location else None
-    if path is None or not path.exists():
-        return None
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(f.relative_to(path) if path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in files]
-
-
 def _jsonable(value):
     if dataclasses.is_dataclass(value):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
@@ -124,6 +163,8 @@ def _jsonable(value):
 
 @dataclass
 class RecipeRun:
+    """One run between its parsed arguments and its results: the resolved model, the checked data, the speed plan."""
+
     recipe: str
     script_args: RecipeArguments
     training_args: object  # the trainer's TRL config
@@ -131,23 +172,20 @@ class RecipeRun:
     model: registry.ResolvedModel
     tokenizer: object
     data: RecipeData
-    evaluator: Callable[[RecipeRun, str], object]  # the recipe's own: (run, model directory) -> EvalResult
-    base: object | None = None  # the base model's EvalResult, when evaluated
-    # What else the recipe's evaluation depends on (an RL evaluation: its rewards and sampling), added to
-    # the base-evaluation cache key; an "evaluation" entry names its kind.
-    evaluation_key: dict | None = None
     speed: SpeedPlan | None = None  # the proxy-speed defaults this run got
-
-    def evaluate(self, model_path: str):
-        return self.evaluator(self, model_path)
+    divergence: DivergenceWatch | None = None  # set by prepare_run; the trainer calls it at every logged loss
 
     @property
-    def base_metrics(self) -> dict:
-        return self.base.metrics if self.base else {}
+    def kind(self) -> RecipeKind:
+        return recipe_kind(self.recipe)
 
     @property
     def output_dir(self) -> Path:
         return Path(self.training_args.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return PartialState().is_main_process
 
     @functools.cached_property
     def evalset(self):
@@ -156,9 +194,15 @@ class RecipeRun:
 
         return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.script_args.eval_seed)
 
+    def evaluation(self, **options):
+        """The recipe kind's evaluation of this run (`kind.evaluation`): call it on a model directory; `options`
+        are what the kind's evaluation takes beyond the run (DPO's `beta`, the RL recipes' `rewards`)."""
+        return self.kind.evaluation_class.for_run(self, **options)
+
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
-        reference, from there), the config, the checked data, the tokenizer and LoRA if asked."""
+        reference, from there), the config, the checked data, the tokenizer, LoRA if asked, and the
+        callbacks (speed, divergence)."""
         return {
             "model": self.model.path,
             "args": self.training_args,
@@ -166,45 +210,45 @@ class RecipeRun:
             "eval_dataset": self.data.test if self.training_args.eval_strategy != "no" else None,
             "processing_class": self.tokenizer,
             "peft_config": get_peft_config(self.model_args),
-            "callbacks": self.speed.callbacks() if self.speed else [],
+            "callbacks": [*(self.speed.callbacks() if self.speed else []), *([self.divergence] if self.divergence else [])],
         }
 
-    @property
-    def is_main(self) -> bool:
-        return PartialState().is_main_process
-
-    def evaluate_base(self) -> None:
-        """Score the base model on the main process while the other ranks wait."""
+    def evaluate_base(self, evaluation):
+        """Score the base model on the main process while the other ranks wait; None on the others, or when
+        `--eval_before false`."""
+        base = None
         if self.script_args.eval_before and self.is_main:
             cache = self.script_args.base_eval_cache
-            self.base = self._base_from_cache(Path(cache)) if cache else self._evaluate_base_now()
+            base = self._base_from_cache(Path(cache), evaluation) if cache else self._evaluate_base_now(evaluation)
         PartialState().wait_for_everyone()
+        return base
 
-    def _evaluate_base_now(self):
+    def _evaluate_base_now(self, evaluation):
         print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
-        return self.evaluate(self.model.path)
+        return evaluation(self.model.path)
 
-    def _base_from_cache(self, cache: Path):
-        """The base evaluation shared by every run with the same model and held-out items.
+    def base_cache_key(self, evaluation) -> dict:
+        """Everything a base score depends on. Training seed and hyperparameters are not in it (held-out items
+        follow `eval_seed`, and DPO's implicit reward of the base against itself is 0 whatever beta); nor is the
+        recipe, beyond the evaluation's own key: its kind (SFT and DPO score a policy on the same items in the
+        same way, so they share "policy"; a reward model is another model; an RL evaluation samples) and what
+        else it depends on."""
+        args = self.script_args
+        return {"model": self.model.path, "weights": files_stamp(self.model.path),
+                "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
+                "dataset_files": files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
+                "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
+                "eval_size": args.eval_size, "eval_seed": args.eval_seed,
+                "eval_max_new_tokens": args.eval_max_new_tokens, **evaluation.cache_key()}
 
-        The key is everything the base score depends on; training seed and hyperparameters are not in
-        it (held-out items follow `eval_seed`, and DPO's implicit reward of the base against itself is
-        0 whatever beta); nor is the recipe, beyond the kind of evaluation it runs: "policy" unless the
-        recipe's `evaluation_key` names another (a reward model is another model; an RL evaluation samples).
-        The lock makes concurrent runs of one study wait for one evaluation.
-        """
+    def _base_from_cache(self, cache: Path, evaluation):
+        """The base evaluation shared by every run with the same key; the lock makes concurrent runs of one
+        study wait for one evaluation."""
         from filelock import FileLock
 
         from evals.suite import EvalResult
 
-        args = self.script_args
-        # SFT and DPO score a policy on the same items in the same way, so they share the "policy" kind.
-        key = {"evaluation": "policy", "model": self.model.path, "weights": files_stamp(self.model.path),
-               "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
-               "dataset_files": files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
-               "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
-               "eval_size": args.eval_size, "eval_seed": args.eval_seed,
-               "eval_max_new_tokens": args.eval_max_new_tokens, **(self.evaluation_key or {})}
+        key = self.base_cache_key(evaluation)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = cache / f"{key['evaluation']}-{self.model.name.replace('/', '--')}-{digest}.json"
         cache.mkdir(parents=True, exist_ok=True)
@@ -213,7 +257,7 @@ class RecipeRun:
                 print(f"[align-proxy] base model {self.model.name}: evaluation reused from {path}", flush=True)
                 cached = json.loads(path.read_text())
                 return EvalResult(cached["metrics"], cached["items"])
-            result = self._evaluate_base_now()
+            result = self._evaluate_base_now(evaluation)
             atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
             return result
 
@@ -239,48 +283,39 @@ class RecipeRun:
             publish_model(self.output_dir)
         PartialState().wait_for_everyone()
 
-    def finish(self, trainer) -> dict:
-        """Save, evaluate the trained model, and write the run's metrics and loss curve.
-
-        `metrics.json` is written last, atomically: its presence marks a finished run, so a run
-        killed while saving is never mistaken for one.
-        """
-        self.save_model(trainer)
-        metrics = {}
+    def finish(self, trainer, evaluation, base) -> RunMetrics | None:
+        """Save, evaluate the trained model, and write the loss curve and, last, `metrics.json` (atomically: its
+        presence marks a finished run, so a run killed while saving is never mistaken for one). A diverged run
+        is neither saved nor evaluated: one line says where it diverged, and metrics.json records it. Returns
+        the run's metrics on the main process, None on the others."""
+        diverged = self.divergence.found if self.divergence else None
+        if diverged is None:
+            self.save_model(trainer)
+        record = None
         if self.is_main:
-            print(f"[align-proxy] evaluating trained model in {self.output_dir} ...", flush=True)
-            trained = self.evaluate(str(self.output_dir))
-            metrics = self._metrics(trainer, trained)
-            atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
-            _plot_loss_curve(metrics["train"]["log_history"], self.output_dir / "loss_curve.png", self.recipe)
-            print(format_comparison(self.recipe, self.model.name, self.base_metrics, trained.metrics), flush=True)
+            trained = None
+            if diverged is not None:
+                print(f"[align-proxy] training diverged at step {diverged.step}: loss {diverged.loss:.4g} (limit "
+                      f"{self.script_args.divergence_threshold:g}, --divergence_threshold); the model is not saved or "
+                      f"evaluated, and {self.output_dir / 'metrics.json'} records the divergence", flush=True)
+            else:
+                print(f"[align-proxy] evaluating trained model in {self.output_dir} ...", flush=True)
+                trained = evaluation(str(self.output_dir))
+            record = self._record(trainer, base, trained, diverged)
+            plot_loss_curve(record.train.log_history, self.output_dir / "loss_curve.png", self.recipe)
+            atomic_write(self.output_dir / "metrics.json", json.dumps(record.to_json(), indent=2))
+            if trained is not None:
+                print(format_comparison(self.recipe, self.model.name, base.metrics if base else {}, trained.metrics),
+                      flush=True)
         PartialState().wait_for_everyone()
-        return metrics
+        return record
 
-    def _metrics(self, trainer, trained) -> dict:
-        from evals.suite import gains
-
-        base = self.base_metrics
-        history = trainer.state.log_history
-        return {
-            "recipe": self.recipe,
-            "model": dataclasses.asdict(self.model),
-            "dataset": self.data.source,
-            "speed": self.speed.record() if self.speed else None,
-            "train": {
-                "distributed": _distributed_summary(trainer),
-                "global_step": trainer.state.global_step,
-                "log_history": history,
-                "final": history[-1] if history else {},
-            },
-            "eval": {
-                "base": base,
-                "trained": trained.metrics,
-                "gain": gains(base, trained.metrics),
-                # Per-item scores, paired across base and trained: what a bootstrap over items needs.
-                "items": {"base": self.base.items if self.base else {}, "trained": trained.items},
-            },
-        }
+    def _record(self, trainer, base, trained, diverged) -> RunMetrics:
+        scores = Scores(base.metrics if base else {}, trained.metrics if trained else {},
+                        base.items if base else {}, trained.items if trained else {})
+        training = Training(_distributed_summary(trainer), trainer.state.global_step, trainer.state.log_history)
+        return RunMetrics(self.recipe, dataclasses.asdict(self.model), self.data.source,
+                          self.speed.record() if self.speed else None, training, scores, diverged)
 
     def write_config(self) -> None:
         resolved = {
@@ -295,12 +330,12 @@ class RecipeRun:
             atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
-def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig,
-                evaluate: Callable[[RecipeRun, str], dict], evaluation_key: dict | None = None) -> RecipeRun:
-    """Everything before the trainer: data checked first, then the model resolved (building the
-    offline ladder on first use), the resolved config written, and the base model evaluated."""
+def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig) -> RecipeRun:
+    """Everything before the base evaluation: data checked first, then the model resolved (building the
+    offline ladder on first use), the proxy-speed plan applied and the resolved config written."""
     die_with_study_cell()  # a worker of a study cell's `accelerate launch` must not outlive the study
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    kind = recipe_kind(recipe)
     name = model_args.model_name_or_path
     if not name:
         raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
@@ -322,7 +357,9 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
-    speed = apply_proxy_speed(recipe, script_args, training_args, model_args, model.parameters)
+    speed = plan_proxy_speed(kind, script_args, training_args, model_args, model.parameters,
+                             getattr(script_args, EXPLICIT_KEYS, None))
+    speed.apply(training_args, model_args)
     if PartialState().is_main_process:
         print(f"[align-proxy] {speed.summary()}", flush=True)
     training_args.model_init_kwargs = {
@@ -331,10 +368,9 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, evaluate,
-                    evaluation_key=evaluation_key, speed=speed)
+    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, speed,
+                    DivergenceWatch(script_args.divergence_threshold))
     run.write_config()
-    run.evaluate_base()
     return run
 
 
@@ -349,56 +385,3 @@ def _distributed_summary(trainer) -> dict:
         "engine": type(trainer.model_wrapped).__name__,
         "zero_stage": plugin.zero_stage if plugin is not None else None,
     }
-
-
-METRIC_LABELS = {
-    "task_accuracy": ("task accuracy (greedy, held-out)", True),
-    "preference_accuracy": ("preference accuracy (held-out)", True),
-    "implicit_reward_accuracy": ("implicit-reward accuracy (vs base)", True),
-    "completion_nll": ("completion NLL (nats/token)", False),
-    "preference_margin": ("preference margin", True),
-    "implicit_reward_margin": ("implicit-reward margin", True),
-    # RL evaluation (evals/rl.py), on completions sampled as in training. KL and length have no better
-    # direction (None): a KL of 0 is the untrained policy, not the goal.
-    "reward": ("reward (weighted, as trained)", True),
-    "gold_reward": ("gold reward (sampled, held-out)", True),
-    "learned_reward": ("learned-RM reward (sampled)", True),
-    "kl_to_reference": ("KL to reference (nats/seq)", None),
-    "response_length": ("response length (tokens)", None),
-}
-
-
-def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -> str:
-    """A plain-text table of base vs trained metrics, with the gain and whether it helped."""
-    lines = [f"\n{recipe} on {model_name}: base vs trained", f"{'metric':40s} {'base':>9s} {'trained':>9s} {'gain':>9s}"]
-    for key, value in trained.items():
-        label, higher_is_better = METRIC_LABELS.get(key, (key, True))
-        if key in base:
-            gain = value - base[key]
-            better = higher_is_better is not None and (gain > 0 if higher_is_better else gain < 0)
-            lines.append(f"{label:40s} {base[key]:9.4f} {value:9.4f} {gain:+9.4f} {'better' if better else ''}")
-        else:
-            lines.append(f"{label:40s} {'-':>9s} {value:9.4f}")
-    return "\n".join(lines)
-
-
-def _plot_loss_curve(history: list[dict], path: Path, recipe: str) -> None:
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not points:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*points), marker="o", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{recipe}: training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)

@@ -1,5 +1,6 @@
 """What the RL recipes (`recipes/grpo.py`, `recipes/rloo.py`) share: their arguments, the rollout
-backend (vLLM through TRL, or a faster Hugging Face `generate`), and their evaluation.
+backend (vLLM through TRL, or a faster Hugging Face `generate`), and their rewards (their evaluation is
+`evals.rl.RLEvaluation`).
 
 Rollout, reward and update stay separate: rollouts are TRL's generation backends, configured here;
 rewards come from `rewards/` and know nothing of the trainer; the update is TRL's own loss.
@@ -8,12 +9,11 @@ rewards come from `rewards/` and know nothing of the trainer; the update is TRL'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 from accelerate import PartialState
 from trl.import_utils import is_vllm_available
 
-from align_proxy.recipe import RecipeArguments, RecipeRun, files_stamp
+from align_proxy.recipe import RecipeArguments
 from rewards import RewardSet, load_rewards
 
 VLLM_MODES = ("colocate", "server")
@@ -112,33 +112,3 @@ def configure_rollouts(trainer, script_args: RLArguments) -> str:
 def reward_set(script_args: RLArguments, training_args) -> RewardSet:
     """The run's rewards, weighted by TRL's own `reward_weights`, checked before any data is read."""
     return load_rewards(script_args.reward_funcs, training_args.reward_weights, training_args)
-
-
-def evaluation_key(script_args: RLArguments, training_args) -> dict:
-    """What an RL evaluation depends on beyond the held-out items, so a cached base evaluation is reused
-    only by runs that score it the same way (a learned reward model's files included)."""
-    return {
-        "evaluation": "rl_policy",
-        "reward_funcs": list(script_args.reward_funcs or []),
-        "reward_files": [files_stamp(spec) for spec in script_args.reward_funcs or []],
-        "reward_weights": training_args.reward_weights,
-        "eval_num_samples": script_args.eval_num_samples,
-        "sampling": [training_args.max_completion_length, training_args.temperature, training_args.top_p,
-                     training_args.top_k, training_args.min_p],
-        # How conversational prompts render (only when set, so other runs keep their cached evaluations).
-        **({"chat_template_kwargs": training_args.chat_template_kwargs} if training_args.chat_template_kwargs else {}),
-    }
-
-
-def rl_evaluator(rewards: RewardSet) -> Callable[[RecipeRun, str], object]:
-    """The RL recipes' evaluator: a model directory scored against the run's base model as reference."""
-    from evals.rl import Sampling, evaluate_rl_policy, rl_prompts
-
-    def evaluate(run: RecipeRun, model_path: str):
-        args = run.script_args
-        sampling = Sampling.from_config(run.training_args, args.eval_num_samples, args.eval_seed)
-        prompts = rl_prompts(run.data.test, run.data.task, args.eval_size, args.eval_seed)
-        return evaluate_rl_policy(model_path, run.tokenizer, run.evalset, prompts, rewards, sampling,
-                                  reference_path=run.model.path, max_new_tokens=args.eval_max_new_tokens)
-
-    return evaluate

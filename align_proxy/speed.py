@@ -1,10 +1,10 @@
 """Proxy-speed defaults: what keeps a GPU busy on a 62M-350M proxy, applied to a recipe's TRL config.
 
 TRL's defaults suit 7B models: gradient checkpointing, padded batches, a reference model run beside the policy.
-On a proxy they leave an H100 mostly idle (shared/bench/README.md). `apply_proxy_speed` (called by
-`prepare_run`) sets better defaults for the machine the run is on, but never a key the user set in the
-`--config` YAML or on the command line (`RecipeParser` records those), and never one that changes the loss a
-batch gets (tests/test_speed.py holds the fast and plain paths to the same loss on the same batch). Two change
+On a proxy they leave an H100 mostly idle (shared/bench/README.md). `plan_proxy_speed` decides, without writing
+anything, better defaults for the machine the run is on, and `SpeedPlan.apply` (called by `prepare_run`) sets
+them; never a key the user set in the `--config` YAML or on the command line (`align_proxy.recipe.RecipeParser`
+records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain paths to the same loss on the same batch). Two change
 what a step holds, and say so in the record: SFT packing (a step holds rows of max_length tokens, not that many
 examples) and, when no batch size is set, a micro-batch sized to free GPU memory instead of TRL's 8. It returns
 a `SpeedPlan`: what it applied, what was already so, what it skipped and why, written to run_config.yaml and
@@ -16,65 +16,23 @@ choice is a GPU one, so CPU runs, the README's figures among them, stay bit-iden
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
-import yaml
 from transformers import TrainerCallback
-from trl import TrlParser
 
 from align_proxy import padding_free
-
-EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, on the script arguments
+from align_proxy.kinds import RecipeKind, recipe_kind
 # transformers 5 renamed gradient checkpointing; the old name is an alias kept equal to the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
 USER_SET = "set in the config or on the command line"
 MAX_MICRO_BATCH = 64  # rows; beyond this a proxy's step is long enough that launch overhead no longer matters
 # Defaults that are not config fields: what the trainer callback does to the model itself.
 MECHANISMS = ("padding_free_batches", "compiled_layers")
-
-
-class RecipeParser(TrlParser):
-    """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
-    command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values."""
-
-    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
-                              separate_remaining_strings=False):
-        args = list(args) if args is not None else sys.argv[1:]
-        explicit = self.explicit_keys(args)
-        outputs = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
-                                                separate_remaining_strings)
-        setattr(outputs[0], EXPLICIT_KEYS, explicit)
-        return outputs
-
-    def explicit_keys(self, args: list[str]) -> frozenset[str]:
-        args, keys = list(args), set()
-        if "--config" in args:
-            at = args.index("--config")
-            try:
-                with open(args[at + 1]) as handle:
-                    config = yaml.safe_load(handle)
-                keys |= set(config) - {"env"} if isinstance(config, dict) else set()
-            except (IndexError, OSError, yaml.YAMLError):
-                pass  # TrlParser reports a missing or broken config itself
-            del args[at:at + 2]
-        # Parse the flags with every default suppressed: what lands in the namespace is what the user typed.
-        saved = [(action, action.default, action.required) for action in self._actions]
-        try:
-            for action in self._actions:
-                action.default, action.required = argparse.SUPPRESS, False
-            namespace, _ = argparse.ArgumentParser.parse_known_args(self, args)
-        finally:
-            for action, default, required in saved:
-                action.default, action.required = default, required
-        keys |= set(vars(namespace))
-        return frozenset(keys | {ALIASES[k] for k in keys if k in ALIASES})
 
 
 @dataclass(frozen=True)
@@ -168,6 +126,12 @@ class SpeedPlan:
         plain = json.loads(json.dumps(dataclasses.asdict(self), default=str))  # enums and dtypes as text
         return {k: v for k, v in plain.items() if v not in (None, {}, "")}
 
+    def apply(self, training_args, model_args) -> None:
+        """Write the planned values into the configs (mechanisms are the callback's: see `callbacks`)."""
+        for key, change in self.applied.items():
+            if key not in MECHANISMS:
+                _set(model_args if key == "attn_implementation" else training_args, key, change["value"])
+
     def callbacks(self) -> list:
         wanted = self.padding_free_batches or self.compiled_layers
         return [ModelSpeedCallback(self.padding_free_batches, self.compiled_layers)] if wanted else []
@@ -216,30 +180,30 @@ def compile_layers(model) -> bool:
     return True
 
 
-def apply_proxy_speed(recipe: str, script_args, training_args, model_args, parameters: int,
-                      device: Device | None = None) -> SpeedPlan:
-    """Set the proxy-speed defaults on `training_args` / `model_args` in place; return what was done."""
+def plan_proxy_speed(recipe: str | RecipeKind, script_args, training_args, model_args, parameters: int,
+                     explicit: frozenset[str] | None, device: Device | None = None) -> SpeedPlan:
+    """The proxy-speed defaults for this run, decided without changing anything: what to set (with the value it
+    replaces and why), what is already so, and what is skipped and why. `explicit`: the keys the user set
+    (`RecipeParser`); None when unknown, and then nothing is changed."""
     if not getattr(script_args, "proxy_speed", True):
         return SpeedPlan(False, note="--proxy_speed false: TRL's defaults")
-    explicit = getattr(script_args, EXPLICIT_KEYS, None)
     if explicit is None:
         return SpeedPlan(False, note="arguments not parsed by make_parser: which settings are the user's is "
                                      "unknown, so none was changed")
+    kind = recipe if isinstance(recipe, RecipeKind) else recipe_kind(recipe)
     deepspeed = bool(training_args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     device = device or Device.detect(training_args.use_cpu, deepspeed)
     shape = _model_shape(model_args.model_name_or_path, parameters)
     plan = SpeedPlan(True, device.describe() if device.cuda else "cpu")
-    wanted = _decide(recipe, training_args, model_args, explicit, device, shape, plan)
+    wanted = _decide(kind, training_args, model_args, explicit, device, shape, plan)
     for key, (value, why) in wanted.items():
         if key in MECHANISMS:
             plan.applied[key] = {"value": value, "why": why}
             continue
-        target = model_args if key == "attn_implementation" else training_args
-        was = getattr(target, key)
+        was = getattr(model_args if key == "attn_implementation" else training_args, key)
         if was == value:
             plan.unchanged[key] = f"already {value}"
             continue
-        _set(target, key, value)
         plan.applied[key] = {"value": value, "was": was, "why": why}
     return plan
 
@@ -254,7 +218,7 @@ def _model_shape(path: str, parameters: int) -> ModelShape | None:
         return None
 
 
-def _decide(recipe, args, model_args, explicit, device, shape, plan) -> dict:
+def _decide(kind: RecipeKind, args, model_args, explicit, device, shape, plan) -> dict:
     """The defaults to set, in dependency order (a later choice reads the earlier ones' final values)."""
     wanted: dict[str, tuple] = {}
 
@@ -270,8 +234,9 @@ def _decide(recipe, args, model_args, explicit, device, shape, plan) -> dict:
         return wanted[key][0] if key in wanted else getattr(model_args if key == "attn_implementation" else args, key)
 
     gpu = None if device.cuda else "not on a GPU"
-    preference = recipe in ("sft", "dpo", "reward")  # the trainers this module tunes beyond checkpointing
-    row_tokens = _row_tokens(recipe, args)
+    recipe = kind.name
+    preference = not kind.generates  # the trainers this module tunes beyond checkpointing
+    row_tokens = _row_tokens(kind, args)
     # Does a DPO reference model stay on the device beside the policy (no precomputed log-probs in the end)?
     reference = recipe == "dpo" and not (args.precompute_ref_log_probs or (
         device.cuda and "precompute_ref_log_probs" not in explicit and not args.sync_ref_model))
@@ -352,9 +317,8 @@ def _decide_padding_free(recipe, args, explicit, device, want, final, wanted, pl
         want("padding_free_batches", True, "the padded batch runs as one packed row (padding_free.pack_backbone)",
              None if asked else blocker)
         if "padding_free_batches" in wanted and recipe == "dpo" and args.padding_free:
-            args.padding_free = False
-            plan.applied["padding_free"] = {"value": False, "was": True, "why": "TRL 1.16 disables its own DPO "
-                                            "padding_free (warns, pads); the backbone packs the batch instead"}
+            wanted["padding_free"] = (False, "TRL 1.16 disables its own DPO padding_free (warns, pads); the "
+                                             "backbone packs the batch instead")
     if user_attention:
         plan.skipped["attn_implementation"] = USER_SET
     elif (packed_by_trl or "padding_free_batches" in wanted) and device.cuda and attention:
@@ -362,12 +326,12 @@ def _decide_padding_free(recipe, args, explicit, device, want, final, wanted, pl
                                                "itself, without a dense mask")
 
 
-def _row_tokens(recipe: str, args) -> int:
-    """Tokens of one row of a micro-batch at most: a sequence, or a chosen/rejected pair."""
-    if recipe in ("grpo", "rloo"):
+def _row_tokens(kind: RecipeKind, args) -> int:
+    """Tokens of one row of a micro-batch at most: a sequence, a chosen/rejected pair, or a prompt and its rollout."""
+    if kind.row == "rollout":
         return 512 + (getattr(args, "max_completion_length", None) or 256)
     length = getattr(args, "max_length", None) or 1024
-    return 2 * length if recipe in ("dpo", "reward") else length
+    return 2 * length if kind.row == "pair" else length
 
 
 def _rows_that_fit(shape: ModelShape, device: Device, row_tokens: int, reference: bool) -> int:

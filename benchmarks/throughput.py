@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -82,13 +81,6 @@ def write_data(recipe: str, path: Path, rows: int, max_len: int, vocab: int, see
             total += 2 * prompt + answer + rejected
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
     return total / rows / (1 if recipe == "sft" else 2)
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sync() -> None:
@@ -147,14 +139,10 @@ def flops_per_token(shape: str, parameters: int, mean_len: float) -> float:
 
 
 def run_variant(recipe: str, variant: str, shape: str, model_dir: Path, data: Path, mean_len: float, a) -> dict:
-    from trl import DPOConfig, RewardConfig, SFTConfig
+    from align_proxy.kinds import recipe_kind
+    from align_proxy.recipe import make_parser, prepare_run
 
-    from align_proxy.recipe import prepare_run
-
-    module = load_recipe(recipe)
-    config_class, trainer_class = {"sft": (SFTConfig, getattr(module, "SFTTrainer", None)),
-                                   "dpo": (DPOConfig, getattr(module, "DPOTrainer", None)),
-                                   "reward": (RewardConfig, getattr(module, "RewardTrainer", None))}[recipe]
+    trainer_class = recipe_kind(recipe).trainer_class
     out = Path(tempfile.mkdtemp(prefix=f"throughput-{recipe}-{variant}-"))
     argv = ["--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--output_dir", str(out),
             "--max_length", str(a.max_len), "--max_steps", str(a.warmup + a.steps), "--learning_rate", "1e-5",
@@ -164,10 +152,10 @@ def run_variant(recipe: str, variant: str, shape: str, model_dir: Path, data: Pa
     if a.batch:  # the same rows for both variants, so the ratio is the implementation's, not a batch size's
         argv += ["--per_device_train_batch_size", str(a.batch)]
     argv += shlex.split(a.extra) if variant == "align-proxy" else []
-    script_args, training_args, model_args = module.make_parser(config_class).parse_args_and_config(argv)
+    script_args, training_args, model_args = make_parser(recipe).parse_args_and_config(argv)
     precompute: list[float] = []
     start = time.perf_counter()
-    run = prepare_run(recipe, script_args, training_args, model_args, module.evaluate)
+    run = prepare_run(recipe, script_args, training_args, model_args)
     clock = StepClock()
     kwargs = run.trainer_kwargs()
     kwargs["callbacks"] = [*kwargs["callbacks"], clock]

@@ -12,6 +12,7 @@ and handed to the rewards exactly as GRPO and RLOO do in training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
@@ -19,8 +20,8 @@ from transformers import AutoModelForCausalLM
 from trl.data_utils import is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask
-from evals.metrics import load_metric
-from evals.scoring import _pad
+from align_proxy.files import files_stamp
+from align_proxy.scoring import pad_rows
 from evals.suite import EvalResult, EvalSet, _load, evaluate_policy
 from rewards import RewardSet, arith
 
@@ -106,7 +107,7 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     sums = []
     for lo in range(0, len(prompt_ids), batch_size):
         prompts, completions = prompt_ids[lo:lo + batch_size], completion_ids[lo:lo + batch_size]
-        ids, mask = _pad([p + c for p, c in zip(prompts, completions)], pad_id)
+        ids, mask = pad_rows([p + c for p, c in zip(prompts, completions)], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
         for row, (p, c) in enumerate(zip(prompts, completions)):
@@ -120,8 +121,7 @@ def _per_prompt(values: list[float], num_samples: int) -> list[float]:
 
 
 def _add_mean(result: EvalResult, name: str, values: list[float], num_samples: int) -> None:
-    items = _per_prompt(values, num_samples)
-    result.add(name, sum(items) / len(items), items)
+    result.add(name, _per_prompt(values, num_samples))
 
 
 def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
@@ -165,7 +165,48 @@ def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Da
             policy = sequence_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id)
             reference = sequence_logprobs(_load(AutoModelForCausalLM, reference_path), prompt_ids, completion_ids,
                                           tokenizer.pad_token_id)
-        kl = load_metric("sequence_kl").compute(policy_logprobs=policy, reference_logprobs=reference)["kl"]
-        result.add("kl_to_reference", kl, _per_prompt([p - r for p, r in zip(policy, reference)], k))
+        _add_mean(result, "kl_to_reference", [p - r for p, r in zip(policy, reference)], k)
     _add_mean(result, "response_length", [float(len(c)) for c in completion_ids], k)
     return result
+
+
+@dataclass
+class RLEvaluation:
+    """GRPO's and RLOO's evaluation: `evaluate_rl_policy` with the run's rewards and sampling, against the run's
+    base model as reference. Its kind is "rl_policy"; its cache key adds what its scores depend on beyond the
+    held-out items, so a cached base evaluation is reused only by runs that score it the same way (a learned
+    reward model's files included)."""
+
+    tokenizer: object
+    evalset: EvalSet
+    prompts: Dataset
+    rewards: RewardSet
+    sampling: Sampling
+    reference_path: str | None
+    max_new_tokens: int
+    key: dict
+    kind: ClassVar[str] = "rl_policy"
+
+    @classmethod
+    def for_run(cls, run, rewards: RewardSet) -> RLEvaluation:
+        args, config = run.script_args, run.training_args
+        sampling = Sampling.from_config(config, args.eval_num_samples, args.eval_seed)
+        prompts = rl_prompts(run.data.test, run.data.task, args.eval_size, args.eval_seed)
+        key = {
+            "reward_funcs": list(args.reward_funcs or []),
+            "reward_files": [files_stamp(spec) for spec in args.reward_funcs or []],
+            "reward_weights": config.reward_weights,
+            "eval_num_samples": args.eval_num_samples,
+            "sampling": [config.max_completion_length, config.temperature, config.top_p, config.top_k, config.min_p],
+            # How conversational prompts render (only when set, so other runs keep their cached evaluations).
+            **({"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else {}),
+        }
+        return cls(run.tokenizer, run.evalset, prompts, rewards, sampling, run.model.path, args.eval_max_new_tokens,
+                   key)
+
+    def cache_key(self) -> dict:
+        return {"evaluation": self.kind, **self.key}
+
+    def __call__(self, model_path: str) -> EvalResult:
+        return evaluate_rl_policy(model_path, self.tokenizer, self.evalset, self.prompts, self.rewards, self.sampling,
+                                  reference_path=self.reference_path, max_new_tokens=self.max_new_tokens)

@@ -1,21 +1,25 @@
 """Before/after evaluation shared by every recipe: what to measure and how gains are reported.
 
 Evaluations are data: `EvalSet` holds the held-out items, and the generic runners below score a
-policy or a reward model on whatever items are present. Every number is computed by a shipped
-`evaluate` metric (see `evals/metrics`).
+policy or a reward model on whatever items are present. Each item is scored by the rules of
+`align_proxy.metrics`, and every total is derived from those per-item scores there.
+`PolicyEvaluation` and `RewardModelEvaluation` (and `evals.rl.RLEvaluation`) are what a recipe kind
+evaluates with (`align_proxy.kinds`): built from a run, called on a model directory, each knows its
+kind, which names the base-evaluation cache it shares, and what else that cache's key holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from align_proxy.data.tasks import ArithmeticTask, parse_answer
-from evals.metrics import load_metric
-from evals.scoring import completion_logprobs, greedy_generations, reward_scores
+from align_proxy.metrics import aggregate, exact_match, preference_win
+from align_proxy.scoring import completion_logprobs, greedy_generations, reward_scores
 
 
 @dataclass
@@ -85,16 +89,17 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, name: str, value: float, items: list[float]) -> None:
-        self.metrics[name] = value
+    def add(self, name: str, items: list[float], **totals) -> None:
+        """A metric's per-item scores, and its total derived from them (`align_proxy.metrics.aggregate`;
+        `totals`: what a per-token metric adds up, `tokens` and `sums`)."""
         self.items[name] = [float(x) for x in items]
+        self.metrics[name] = aggregate(name, self.items[name], **totals)
 
 
 def _preference(result: EvalResult, prefix: str, chosen: list[float], rejected: list[float]) -> None:
-    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
     margins = [c - r for c, r in zip(chosen, rejected)]
-    result.add(f"{prefix}_accuracy", scored["accuracy"], [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins])
-    result.add(f"{prefix}_margin", scored["mean_margin"], margins)
+    result.add(f"{prefix}_accuracy", [preference_win(m) for m in margins])
+    result.add(f"{prefix}_margin", margins)
 
 
 def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path: str | None = None,
@@ -112,13 +117,11 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
         generations = greedy_generations(model, tokenizer, _texts(evalset.task_prompts["prompt"]), max_new_tokens)
         predictions = [parse_answer(g) or "" for g in generations]
         references = list(evalset.task_prompts["answer"])
-        scored = load_metric("task_accuracy").compute(predictions=predictions, references=references)
-        result.add("task_accuracy", scored["accuracy"], [p == r for p, r in zip(predictions, references)])
+        result.add("task_accuracy", [exact_match(p, r) for p, r in zip(predictions, references)])
     if evalset.completions is not None:
         sums, counts = completion_logprobs(model, tokenizer, _texts(evalset.completions["prompt"]),
                                            _texts(evalset.completions["completion"]))
-        nll = load_metric("completion_nll").compute(sum_logprobs=sums, num_tokens=counts)["nll"]
-        result.add("completion_nll", nll, [-s / n for s, n in zip(sums, counts)])
+        result.add("completion_nll", [-s / n for s, n in zip(sums, counts)], tokens=counts, sums=[-s for s in sums])
     if evalset.pairs is not None:
         prompts = _texts(evalset.pairs["prompt"])
         chosen_texts, rejected_texts = _texts(evalset.pairs["chosen"]), _texts(evalset.pairs["rejected"])
@@ -158,6 +161,48 @@ def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: in
     return result
 
 
-def gains(base: dict[str, float], trained: dict[str, float]) -> dict[str, float]:
-    """Trained minus base for every metric both have (for NLL, negative is better)."""
-    return {key: trained[key] - base[key] for key in trained if key in base}
+@dataclass
+class PolicyEvaluation:
+    """SFT's and DPO's evaluation: `evaluate_policy` against the run's base model as reference. Its kind is
+    "policy": both recipes score a policy on the same items in the same way, so a study scores each base
+    model once for both."""
+
+    tokenizer: object
+    evalset: EvalSet
+    reference_path: str | None = None
+    beta: float | None = None  # DPO's: its implicit reward beta * log(pi / pi_ref) is scored too
+    max_new_tokens: int = 8
+    kind: ClassVar[str] = "policy"
+
+    @classmethod
+    def for_run(cls, run, beta: float | None = None) -> PolicyEvaluation:
+        return cls(run.tokenizer, run.evalset, run.model.path, beta, run.script_args.eval_max_new_tokens)
+
+    def cache_key(self) -> dict:
+        """What a base evaluation depends on beyond the held-out items (`RecipeRun.base_cache_key`)."""
+        return {"evaluation": self.kind}
+
+    def __call__(self, model_path: str) -> EvalResult:
+        return evaluate_policy(model_path, self.tokenizer, self.evalset, reference_path=self.reference_path,
+                               beta=self.beta, max_new_tokens=self.max_new_tokens)
+
+
+@dataclass
+class RewardModelEvaluation:
+    """The reward recipe's evaluation: `evaluate_reward_model`. Its kind is "reward_model": a base model with a
+    fresh score head is another model than the base policy, with its own base evaluation."""
+
+    tokenizer: object
+    evalset: EvalSet
+    seed: int = 0
+    kind: ClassVar[str] = "reward_model"
+
+    @classmethod
+    def for_run(cls, run) -> RewardModelEvaluation:
+        return cls(run.tokenizer, run.evalset, run.script_args.eval_seed)
+
+    def cache_key(self) -> dict:
+        return {"evaluation": self.kind}
+
+    def __call__(self, model_path: str) -> EvalResult:
+        return evaluate_reward_model(model_path, self.tokenizer, self.evalset, seed=self.seed)

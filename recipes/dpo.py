@@ -24,21 +24,16 @@ command line (`--beta 0.2`, `--use_peft --lora_r 16`, `--dataset_name data/prefs
 from trl import DPOConfig, DPOTrainer
 
 from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
-from evals.suite import evaluate_policy
 
 
-def evaluate(run, model_path: str) -> dict:
-    # The implicit reward needs the reference: the base model the run started from.
-    return evaluate_policy(model_path, run.tokenizer, run.evalset, reference_path=run.model.path,
-                           beta=run.training_args.beta, max_new_tokens=run.script_args.eval_max_new_tokens)
-
-
-def main(script_args: RecipeArguments, training_args: DPOConfig, model_args) -> dict:
-    run = prepare_run("dpo", script_args, training_args, model_args, evaluate)
+def main(script_args: RecipeArguments, training_args: DPOConfig, model_args):
+    run = prepare_run("dpo", script_args, training_args, model_args)
+    evaluation = run.evaluation(beta=training_args.beta)  # the implicit reward against the base model needs beta
+    base = run.evaluate_base(evaluation)
     trainer = DPOTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return run.finish(trainer)
+    return run.finish(trainer, evaluation, base)
 
 
 if __name__ == "__main__":
-    main(*make_parser(DPOConfig).parse_args_and_config())
+    main(*make_parser("dpo").parse_args_and_config())

@@ -29,20 +29,20 @@ and evaluation alike); other columns (a built-in task's `answer`) reach the rewa
 from trl import GRPOConfig, GRPOTrainer
 
 from align_proxy.recipe import make_parser, prepare_run
-from align_proxy.rl import (RLArguments, check_rollout_backend, configure_rollouts, evaluation_key, reward_set,
-                             rl_evaluator)
+from align_proxy.rl import RLArguments, check_rollout_backend, configure_rollouts, reward_set
 
 
-def main(script_args: RLArguments, training_args: GRPOConfig, model_args) -> dict:
+def main(script_args: RLArguments, training_args: GRPOConfig, model_args):
     check_rollout_backend(training_args)  # a missing vLLM fails here, not after the base evaluation
     rewards = reward_set(script_args, training_args)
-    run = prepare_run("grpo", script_args, training_args, model_args, rl_evaluator(rewards),
-                      evaluation_key(script_args, training_args))
+    run = prepare_run("grpo", script_args, training_args, model_args)
+    evaluation = run.evaluation(rewards=rewards)  # sampled as in training, scored by the same rewards
+    base = run.evaluate_base(evaluation)
     trainer = GRPOTrainer(**run.trainer_kwargs(), reward_funcs=rewards.funcs)
     configure_rollouts(trainer, script_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return run.finish(trainer)
+    return run.finish(trainer, evaluation, base)
 
 
 if __name__ == "__main__":
-    main(*make_parser(GRPOConfig, script_class=RLArguments).parse_args_and_config())
+    main(*make_parser("grpo").parse_args_and_config())

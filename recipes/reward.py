@@ -19,23 +19,19 @@ score head: near chance.
 from trl import RewardConfig, RewardTrainer
 
 from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
-from evals.suite import evaluate_reward_model
 
 
-def evaluate(run, model_path: str) -> dict:
-    return evaluate_reward_model(model_path, run.tokenizer, run.evalset, seed=run.script_args.eval_seed)
-
-
-def main(script_args: RecipeArguments, training_args: RewardConfig, model_args) -> dict:
+def main(script_args: RecipeArguments, training_args: RewardConfig, model_args):
     if model_args.use_peft and model_args.lora_task_type == "CAUSAL_LM":
         # A reward model is a sequence classifier: LoRA must also train and save its score head.
         model_args.lora_task_type = "SEQ_CLS"
-    # A base model with a fresh score head is another model than the base policy: its own base evaluation.
-    run = prepare_run("reward", script_args, training_args, model_args, evaluate, {"evaluation": "reward_model"})
+    run = prepare_run("reward", script_args, training_args, model_args)
+    evaluation = run.evaluation()  # the base: the model with a freshly initialised (seeded) score head
+    base = run.evaluate_base(evaluation)
     trainer = RewardTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return run.finish(trainer)
+    return run.finish(trainer, evaluation, base)
 
 
 if __name__ == "__main__":
-    main(*make_parser(RewardConfig).parse_args_and_config())
+    main(*make_parser("reward").parse_args_and_config())

@@ -19,22 +19,18 @@ overridden on the command line (`--learning_rate 1e-4`, `--use_peft`).
 from trl import SFTConfig, SFTTrainer
 
 from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
-from evals.suite import evaluate_policy
 
 
-def evaluate(run, model_path: str) -> dict:
-    # The base model is the reference: its evaluation is then the very one a DPO run of it makes,
-    # so a transfer study scores each base model once for both recipes.
-    return evaluate_policy(model_path, run.tokenizer, run.evalset, reference_path=run.model.path,
-                           max_new_tokens=run.script_args.eval_max_new_tokens)
-
-
-def main(script_args: RecipeArguments, training_args: SFTConfig, model_args) -> dict:
-    run = prepare_run("sft", script_args, training_args, model_args, evaluate)
+def main(script_args: RecipeArguments, training_args: SFTConfig, model_args):
+    run = prepare_run("sft", script_args, training_args, model_args)
+    # Scored against the base model as reference: the very evaluation a DPO run of it makes, so a transfer
+    # study scores each base model once for both recipes.
+    evaluation = run.evaluation()
+    base = run.evaluate_base(evaluation)
     trainer = SFTTrainer(**run.trainer_kwargs())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return run.finish(trainer)
+    return run.finish(trainer, evaluation, base)
 
 
 if __name__ == "__main__":
-    main(*make_parser(SFTConfig).parse_args_and_config())
+    main(*make_parser("sft").parse_args_and_config())

@@ -3,7 +3,7 @@
 TRL can take a reward model's path itself, but it scores `prompt + completion` without the BOS and
 EOS tokens the reward trainer put around every pair it learned from, so its scores drift from the
 ones the model was trained (and evaluated) to give. This wrapper scores exactly the way
-`evals.scoring.reward_scores` does, with the reward model's own tokenizer.
+`align_proxy.scoring.reward_scores` does, with the reward model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from evals.scoring import reward_scores
+from align_proxy.scoring import reward_scores
 from rewards.arith import _prompt_text, _text
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
 
-from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig  # noqa: E402
-
-from align_proxy.recipe import RecipeArguments  # noqa: E402 - after the environment above is set
-from align_proxy.rl import RLArguments  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_CLASSES = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
+from align_proxy import PROJECT_ROOT as REPO  # noqa: E402 - after the environment above is set
 
 
 def tiny_spec(seed: int = 0, steps: int = 600):
@@ -65,10 +58,8 @@ def load_recipe(name: str):
     return module
 
 
-# The script arguments each recipe parses (the RL recipes add their rewards); RecipeArguments otherwise.
-SCRIPT_CLASSES = {"grpo": RLArguments, "rloo": RLArguments}
-
-
 def recipe_parser(name: str):
-    """The parser `python recipes/<name>.py` builds: its script arguments, TRL config and ModelConfig."""
-    return load_recipe(name).make_parser(CONFIG_CLASSES[name], script_class=SCRIPT_CLASSES.get(name, RecipeArguments))
+    """The parser `python recipes/<name>.py` builds: its kind's script arguments, TRL config and ModelConfig."""
+    from align_proxy.recipe import make_parser
+
+    return make_parser(name)

@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # trains real models
+
 
 @pytest.mark.distributed
 def test_dpo_under_deepspeed_zero2_on_two_cpu_processes(tiny_model, tmp_path):

@@ -7,15 +7,30 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from align_proxy.data.tasks import get_task
+from align_proxy.metrics import METRICS, aggregate, preference_win
 from align_proxy.models.tokenizer import build_tokenizer
+from align_proxy.scoring import completion_logprobs
 from evals.metrics import NAMES, load_metric
-from evals.scoring import completion_logprobs
-from evals.suite import EvalSet, evaluate_policy, evaluate_reward_model, gains
+from align_proxy.run_metrics import gains
+from evals.suite import EvalSet, evaluate_policy, evaluate_reward_model
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_metrics_load_from_the_repo_offline(name):
-    assert load_metric(name) is not None
+    assert type(load_metric(name)).__module__.rsplit(".", 1)[-1] == name  # the shipped script, not a Hub one
+
+
+def test_shipped_metrics_follow_the_metric_table():
+    """The `evaluate` modules and the evaluators share one rule per metric (align_proxy.metrics)."""
+    chosen, rejected = [1.0, 0.0, 2.0, 5.0], [0.0, 0.0, 3.0, 1.0]
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
+    assert scored["accuracy"] == aggregate("preference_accuracy", [preference_win(m) for m in margins]) == 0.625
+
+
+def test_a_huge_nll_is_infinite_perplexity_not_an_overflow():
+    scored = load_metric("completion_nll").compute(sum_logprobs=[-1e5], num_tokens=[2])
+    assert scored == {"nll": 5e4, "perplexity": math.inf}
 
 
 def test_metric_values():
@@ -48,7 +63,7 @@ def test_policy_evaluation_reports_every_metric_and_reference_is_neutral(tiny_mo
     evalset = EvalSet.for_recipe(task.preference(40, split="test"), task, size=40)
     evaluated = evaluate_policy(tiny_model, build_tokenizer(), evalset, reference_path=tiny_model, beta=0.1)
     result = evaluated.metrics
-    assert set(evaluated.items) == set(result)
+    assert set(evaluated.items) == set(result) and set(result) <= set(METRICS)  # every one declared in the table
     assert len(evaluated.items["task_accuracy"]) == 40 and len(evaluated.items["preference_accuracy"]) == 40
     assert sum(evaluated.items["task_accuracy"]) / 40 == result["task_accuracy"]
     assert set(result) == {"task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",

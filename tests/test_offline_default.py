@@ -7,7 +7,7 @@ rather than a scaled-down copy of them.
 import pytest
 
 from align_proxy.models import ladder
-from tests.conftest import CONFIG_CLASSES, load_recipe
+from tests.conftest import load_recipe, recipe_parser
 
 # Building the real ladder takes ~4 minutes alone on 2 cores; leave room beyond the default timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -27,10 +27,10 @@ def test_larger_rungs_are_better_base_models(default_ladder):
 
 def test_quickstart_dpo_beats_the_base_model_on_preference_accuracy(default_ladder, tmp_path):
     dpo = load_recipe("dpo")
-    args = dpo.make_parser(CONFIG_CLASSES["dpo"]).parse_args_and_config(
+    args = recipe_parser("dpo").parse_args_and_config(
         ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--output_dir", str(tmp_path)]
     )
-    metrics = dpo.main(*args)
+    metrics = dpo.main(*args).to_json()
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     assert trained["preference_accuracy"] > base["preference_accuracy"]
     assert 0.0 < base["task_accuracy"] < 1.0  # a base model with partial skill

@@ -11,7 +11,7 @@ from trl import GRPOConfig
 
 import rewards
 from align_proxy.models.tokenizer import build_tokenizer
-from evals.scoring import reward_scores
+from align_proxy.scoring import reward_scores
 from rewards import RewardError, arith, combine, get_reward, learned, load_rewards, shaping
 from rewards.combine import CheckedReward
 from rewards.learned import LearnedReward

@@ -14,6 +14,8 @@ from rewards import RewardError
 from tests.conftest import load_recipe, recipe_parser
 from tests.test_recipes import changed
 
+pytestmark = pytest.mark.slow  # trains real models
+
 # A few steps, small groups: seconds on one CPU core.
 TINY = ["--max_steps", "3", "--per_device_train_batch_size", "16", "--num_generations", "4",
         "--builtin_train_size", "64", "--builtin_test_size", "32", "--eval_size", "16", "--eval_num_samples", "2",
@@ -25,7 +27,7 @@ def run_rl(name, config, out, model, *overrides):
     args = recipe_parser(name).parse_args_and_config(
         ["--config", f"recipes/configs/{config}", "--model_name_or_path", model, "--output_dir", str(out), *TINY,
          *overrides])
-    return load_recipe(name).main(*args)
+    return load_recipe(name).main(*args).to_json()  # metrics.json's layout
 
 
 def assert_paired(metrics):

@@ -16,7 +16,8 @@ from align_proxy import padding_free
 from align_proxy.models.registry import CLIMB
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from align_proxy.recipe import prepare_run
-from align_proxy.speed import USER_SET, Device, ModelSpeedCallback, apply_proxy_speed
+from align_proxy.recipe import EXPLICIT_KEYS
+from align_proxy.speed import MECHANISMS, USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
 from conftest import REPO, load_recipe, recipe_parser
 
 H100 = Device(True, "NVIDIA H100", 80 * 2**30, 79 * 2**30, bf16=True, liger=True,
@@ -51,8 +52,31 @@ def gpu_plan(recipe: str, model: str, *argv: str, device: Device = H100):
         recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_climb_62m.yaml"), "--bf16", "false",
         "--use_cpu", "true", *argv)
     model_args.model_name_or_path = model
-    plan = apply_proxy_speed(recipe, script_args, training_args, model_args, 62_600_000, device=device)
+    plan = apply_speed(recipe, script_args, training_args, model_args, 62_600_000, device=device)
     return plan, training_args, model_args
+
+
+def apply_speed(recipe, script_args, training_args, model_args, parameters, device=None):
+    """What `prepare_run` does: plan (reading which keys the parser saw the user set), then apply."""
+    plan = plan_proxy_speed(recipe, script_args, training_args, model_args, parameters,
+                            getattr(script_args, EXPLICIT_KEYS), device=device)
+    plan.apply(training_args, model_args)
+    return plan
+
+
+def test_planning_changes_nothing_until_applied(random_model):
+    script_args, args, model_args = parse("dpo", "--config", str(REPO / "recipes" / "configs" / "dpo_climb_62m.yaml"),
+                                          "--bf16", "false", "--use_cpu", "true")
+    model_args.model_name_or_path = random_model
+    before = (args.to_dict(), dict(vars(model_args)))
+    plan = plan_proxy_speed("dpo", script_args, args, model_args, 62_600_000, getattr(script_args, EXPLICIT_KEYS),
+                            device=H100)
+    assert plan.applied and (args.to_dict(), dict(vars(model_args))) == before
+    plan.apply(args, model_args)
+    assert args.precompute_ref_log_probs is True and args.optim == "adamw_torch_fused"
+    for key, change in plan.applied.items():  # every planned value, and only those, written
+        if key not in MECHANISMS:
+            assert getattr(model_args if key == "attn_implementation" else args, key) == change["value"], key
 
 
 # --- whose setting is it ---------------------------------------------------------------------------------
@@ -105,7 +129,7 @@ def test_micro_batch_is_sized_to_free_memory_when_not_set(random_model, tmp_path
     config.write_text("model_name_or_path: m\ndataset_name: builtin:arith\nmax_length: 1024\n")
     script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
     model_args.model_name_or_path = str(REPO)  # no config.json: the shape is unknown, so nothing is sized
-    plan = apply_proxy_speed("sft", script_args, args, model_args, 62_600_000, device=H100)
+    plan = apply_speed("sft", script_args, args, model_args, 62_600_000, device=H100)
     assert "unknown" in plan.skipped["per_device_train_batch_size"] and args.per_device_train_batch_size == 8
     climb = tmp_path / "climb-62m"
     CLIMB["climb-62m"].config().save_pretrained(climb)
@@ -113,7 +137,7 @@ def test_micro_batch_is_sized_to_free_memory_when_not_set(random_model, tmp_path
         script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
         model_args.model_name_or_path = str(climb)
         device = Device(True, "GPU", 80 * 2**30, free_gib * 2**30, bf16=True)
-        apply_proxy_speed("sft", script_args, args, model_args, 62_600_000, device=device)
+        apply_speed("sft", script_args, args, model_args, 62_600_000, device=device)
         assert args.per_device_train_batch_size == rows and args.gradient_checkpointing is False
 
 
@@ -124,7 +148,7 @@ def test_shipped_cpu_configs_run_exactly_as_with_plain_trl(path, random_model):
     for speed in ("true", "false"):
         script_args, args, model_args = parse(recipe, "--config", str(path), "--proxy_speed", speed)
         model_args.model_name_or_path = random_model
-        apply_proxy_speed(recipe, script_args, args, model_args, 100_000)
+        apply_speed(recipe, script_args, args, model_args, 100_000)
         outputs[speed] = (args.to_dict(), vars(model_args))
     assert outputs["true"] == outputs["false"]
 
@@ -133,13 +157,11 @@ def test_shipped_cpu_configs_run_exactly_as_with_plain_trl(path, random_model):
 
 def build_trainer(recipe: str, model: str, tmp_path, *flags: str):
     """The trainer `recipes/<recipe>.py` builds, on a few built-in examples, without evaluation."""
-    module = load_recipe(recipe)
     args = parse(recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_ladder_cpu.yaml"),
                  "--model_name_or_path", model, "--output_dir", str(tmp_path / "-".join(flags or ["plain"])),
                  "--builtin_train_size", "48", "--builtin_test_size", "8", "--eval_before", "false", *flags)
-    run = prepare_run(recipe, *args, module.evaluate)
-    trainer_class = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "reward": "RewardTrainer"}[recipe]
-    return getattr(module, trainer_class)(**run.trainer_kwargs()), run
+    run = prepare_run(recipe, *args)
+    return run.kind.trainer_class(**run.trainer_kwargs()), run
 
 
 @contextlib.contextmanager

@@ -49,3 +49,23 @@ def test_a_database_linked_first_by_another_process_wins(tmp_path, monkeypatch):
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM study WHERE key = 'name'").fetchone() == ('"first"',)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("results.sqlite")) == []
+
+
+def test_a_database_from_before_the_diverged_status_opens_and_keeps_its_rows(tmp_path):
+    old_schema = store_module.SCHEMA.replace("'done', 'diverged', 'failed'", "'done', 'failed'")
+    path = tmp_path / "results.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO models VALUES ('m', '/m', 10, 'local')")
+        db.execute("INSERT INTO cells (config_hash, model, recipe, variant, seed, overrides, status) "
+                   "VALUES ('a', 'm', 'sft', 'default', 0, '{}', 'done'), ('b', 'm', 'sft', 'lr=100', 0, '{}', 'pending')")
+        db.execute("INSERT INTO results VALUES ('a', 1.0, ?)", ('{"eval": {"base": {"task_accuracy": 0.5}}}',))
+        db.commit()
+    store = ResultStore(path)
+    metrics = {"eval": {"base": {"task_accuracy": 0.5}, "trained": {}}, "diverged": {"step": 8, "loss": 1.2e5}}
+    assert store.record_result("b", metrics, 2.0) == "diverged"
+    assert store.statuses() == {"a": "done", "b": "diverged"}
+    results = {r.config_hash: r for r in store.results()}
+    assert results["a"].diverged is None and results["a"].base == {"task_accuracy": 0.5}
+    assert results["b"].diverged == {"step": 8, "loss": 1.2e5} and results["b"].trained == {}
+    assert store.requeue(failed=True) == 0  # a diverged cell is a result: never put back to run

@@ -83,8 +83,8 @@ for name in ("is_available", "device_count", "init", "current_device", "get_devi
     setattr(torch.cuda, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
 sys.path.insert(0, {str(REPO)!r})
 import importlib
-from align_proxy.studies.runner import PRELOAD
-for module in PRELOAD:
+from align_proxy.kinds import KINDS
+for module in dict.fromkeys(m for kind in KINDS.values() for m in kind.imports):
     importlib.import_module(module)
 print("CALLS", calls)
 """

@@ -1,5 +1,7 @@
-"""The study runner: cells run through the recipe scripts in their own processes, results land in the
-SQLite store exactly once, and a study killed with SIGKILL resumes without re-running finished cells."""
+"""The study runner: cells run through their recipe scripts in their own processes, results land in the SQLite
+store exactly once, a study killed with SIGKILL resumes without re-running finished cells, and a diverged cell is
+a result. Scheduling is tested on fake cells (tests/fake_recipe.py) that finish in milliseconds; one study on the
+tiny ladder trains real cells, one of which diverges."""
 
 from __future__ import annotations
 
@@ -15,34 +17,42 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import LlamaConfig
 
 from conftest import REPO
+from fake_recipe import FAKE
 
-pytestmark = pytest.mark.slow
-
-# A small SFT config: the ladder config's settings with fewer examples, so a cell takes ~2 s.
-CONFIG = dict(yaml.safe_load((REPO / "recipes/configs/sft_ladder_cpu.yaml").read_text()),
-              builtin_train_size=256, builtin_test_size=40, eval_size=40, per_device_train_batch_size=32,
-              logging_steps=2)
+FAKE_STUDY = [sys.executable, str(REPO / "tests" / "fake_study.py")]
 
 
-def write_spec(tmp_path: Path, models: list[str], grid: dict, seeds: list[int], name: str) -> Path:
-    config = tmp_path / "sft_tiny.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    spec = {"name": name, "output_dir": str(tmp_path / name), "models": models, "seeds": seeds,
-            "recipes": [{"recipe": "sft", "config": str(config), "grid": grid}]}
+def fake_models(tmp_path: Path) -> list[str]:
+    """Two model directories the registry resolves (a config.json, no weights: fake cells never load them)."""
+    models = []
+    for name, width in (("fake-s", 16), ("fake-l", 32)):
+        path = tmp_path / name
+        LlamaConfig(vocab_size=32, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1).save_pretrained(path)
+        models.append(str(path))
+    return models
+
+
+def write_spec(tmp_path: Path, name: str, grid: dict, seeds: list[int], recipes: list[dict] | None = None,
+               seconds: float = 0.0, recipe: str = "fake", config: dict | None = None, models=None) -> Path:
+    config_path = tmp_path / f"{name}-{recipe}.yaml"
+    config_path.write_text(yaml.safe_dump(config if config is not None else {"seconds": seconds}))
+    spec = {"name": name, "output_dir": str(tmp_path / name), "models": models or fake_models(tmp_path),
+            "seeds": seeds, "recipes": [{"recipe": recipe, "config": str(config_path), "grid": grid}, *(recipes or [])]}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-def study(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600, **kwargs)
+def study(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FAKE_STUDY, "study", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
-def rows(db: Path, sql: str) -> list[tuple]:
-    with closing(sqlite3.connect(db)) as conn:  # sqlite3's own context manager commits but never closes
+def rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple]:
+    with closing(sqlite3.connect(db, timeout=timeout)) as conn:  # sqlite3's own context manager commits but never closes
         return conn.execute(sql).fetchall()
 
 
@@ -62,26 +72,39 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+@pytest.fixture
+def fake_kind(monkeypatch):
+    """The fake kind registered in this process (the runner in-process; subprocesses use tests/fake_study.py)."""
+    from align_proxy import kinds
+
+    monkeypatch.setitem(kinds.KINDS, FAKE.name, FAKE)
+    monkeypatch.syspath_prepend(str(REPO))
+    return FAKE
+
+
 @pytest.fixture(scope="module")
-def killed_and_resumed(tiny_ladder, tmp_path_factory):
-    """Run a 2-model x 2-variant x 2-seed study, SIGKILL it mid-cell, then run it again to the end."""
+def killed_and_resumed(tmp_path_factory):
+    """Run a 2-model x 2-variant x 2-seed study of fake cells, SIGKILL it mid-cell, then run it again to the end."""
     tmp_path = tmp_path_factory.mktemp("study")
-    spec = write_spec(tmp_path, [r.path for r in tiny_ladder], {"learning_rate": [1e-3, 3e-4]}, [0, 1], "killed")
+    spec = write_spec(tmp_path, "killed", {"learning_rate": [1e-3, 3e-4]}, [0, 1], seconds=0.5)
     db = tmp_path / "killed" / "results.sqlite"
-    runner = subprocess.Popen([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "1",
-                               "--no-report"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen([*FAKE_STUDY, "study", str(spec), "--jobs", "1", "--no-report"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # wait until two cells are done and a third is running
             if db.exists():
                 # Only the runner writes the store: stopped, it cannot move on between this look and the kill.
                 os.kill(runner.pid, signal.SIGSTOP)
-                status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status"))
+                try:
+                    status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status", timeout=0.2))
+                except sqlite3.OperationalError:  # stopped inside a write transaction: let it finish, look again
+                    status = {}
                 if status.get("done", 0) >= 2 and status.get("running", 0) == 1:
                     break
                 os.kill(runner.pid, signal.SIGCONT)
             assert runner.poll() is None, "the study finished before it could be killed"
-            time.sleep(0.1)
+            time.sleep(0.05)  # polling the store of a study in another process
         else:
             pytest.fail("the study never reached two finished cells")
         cells_below = descendants(runner.pid)
@@ -96,17 +119,26 @@ def killed_and_resumed(tiny_ladder, tmp_path_factory):
     # finished, and the rerun must record it rather than run it again.
     interrupted = [h for h, (status, *_) in before.items() if status == "running"]
     finished_unrecorded = {h for h in interrupted if (tmp_path / "killed" / "cells" / h / "metrics.json").exists()}
-    resumed = study(str(spec), "--jobs", "2", "--no-report")
+    resumed = study(str(spec), "--jobs", "2")
     return {"db": db, "spec": spec, "before": before, "results_before": results_before, "resumed": resumed,
             "orphans_gone": orphans_gone, "study_dir": tmp_path / "killed", "finished_unrecorded": finished_unrecorded}
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a dead process stays in /proc until reaped, and an orphan's reaper is init, which in
+    a container may never reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _wait_gone(pids: set[int], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if not any(_alive(pid) for pid in pids):
             return True
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling /proc for processes of another process tree
     return False
 
 
@@ -139,16 +171,18 @@ def test_resumed_study_does_not_rerun_finished_cells(killed_and_resumed):
             assert after[config_hash][1] == (attempts if recovered else attempts + 1)
 
 
-def test_each_cell_ran_its_own_overrides_through_the_recipe(killed_and_resumed):
+def test_each_cell_ran_its_own_overrides_through_its_script(killed_and_resumed):
     db, study_dir = killed_and_resumed["db"], killed_and_resumed["study_dir"]
     for config_hash, variant, seed in rows(db, "SELECT config_hash, variant, seed FROM cells"):
         resolved = yaml.safe_load((study_dir / "cells" / config_hash / "run_config.yaml").read_text())
         assert f"learning_rate={resolved['training_args']['learning_rate']}" == variant
         assert resolved["training_args"]["seed"] == seed
         assert resolved["training_args"]["output_dir"] == str(study_dir / "cells" / config_hash)
+        command = (study_dir / "cells" / config_hash / "command.txt").read_text().split()
+        assert command[:2] == ["python", FAKE.script] and "--base_eval_cache" in command
 
 
-def test_base_model_is_evaluated_once_per_model_and_shared(killed_and_resumed):
+def test_every_cell_of_a_model_shares_one_base_evaluation(killed_and_resumed):
     db, study_dir = killed_and_resumed["db"], killed_and_resumed["study_dir"]
     assert len(list((study_dir / "base_evals").glob("*.json"))) == 2  # two models, one evaluation each
     base_by_model = {}
@@ -157,28 +191,55 @@ def test_base_model_is_evaluated_once_per_model_and_shared(killed_and_resumed):
         assert base_by_model.setdefault(model, base) == base  # same items, same scores, every cell
 
 
-def test_report_of_a_finished_study(killed_and_resumed):
-    study_dir = killed_and_resumed["study_dir"]
-    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "report", str(study_dir)], capture_output=True,
-                            text=True, cwd=REPO, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_a_finished_study_writes_its_report(killed_and_resumed):
+    resumed, study_dir = killed_and_resumed["resumed"], killed_and_resumed["study_dir"]
     assert {"report.html", "report.md", "report.json"} <= {p.name for p in study_dir.iterdir()}
-    analysis = json.loads((study_dir / "report.json").read_text())
-    assert analysis  # the numbers themselves are pinned by test_analysis on planted results
+    assert "8/8 cells done" in resumed.stdout and f"report: {study_dir / 'report.html'}" in resumed.stdout
+    markdown = (study_dir / "report.md").read_text()
+    assert "fake" in markdown and "fake-s" in markdown and "fake-l" in markdown
 
 
-def test_failed_cells_keep_their_error_and_rerun_only_on_request(tiny_ladder, tmp_path):
-    # max_length 2 cannot hold any prompt: the recipe's data check fails in every cell, before training.
-    spec = write_spec(tmp_path, [r.path for r in tiny_ladder], {"max_length": [2]}, [0], "failing")
+def test_failed_cells_keep_their_error_and_rerun_only_on_request(tmp_path):
+    spec = write_spec(tmp_path, "failing", {"max_length": [2]}, [0])
     db = tmp_path / "failing" / "results.sqlite"
     first = study(str(spec), "--no-report")
     assert first.returncode == 1 and "0/2 cells done" in first.stdout and "2 failed" in first.stdout
     errors = rows(db, "SELECT status, attempts, error FROM cells")
-    assert all(status == "failed" and attempts == 1 and "max_length" in error for status, attempts, error in errors)
+    assert all(status == "failed" and attempts == 1 and "max_length 2" in error for status, attempts, error in errors)
     assert study(str(spec), "--no-report").returncode == 1
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # not retried unasked
     study(str(spec), "--no-report", "--retry-failed")
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
+
+
+def test_a_diverged_cell_is_a_result_never_retried_or_rerun(tmp_path):
+    spec = write_spec(tmp_path, "diverging", {"learning_rate": [1e-3, 100]}, [0])
+    first = study(str(spec), "--no-report")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2/4 cells done" in first.stdout and "0 failed, 2 diverged" in first.stdout
+    db = tmp_path / "diverging" / "results.sqlite"
+    statuses = dict(rows(db, "SELECT variant, status FROM cells GROUP BY variant"))
+    assert statuses == {"learning_rate=0.001": "done", "learning_rate=100": "diverged"}
+    for retry in ((), ("--retry-failed",)):
+        assert study(str(spec), "--no-report", *retry).returncode == 0
+    assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # neither rerun nor retried
+    status = study(str(spec), "--status")
+    assert status.stdout.count("│ diverged ") == 2, status.stdout  # the status column of each diverged cell
+
+
+def test_the_store_returns_a_diverged_cell_with_its_base_scores_and_divergence(fake_kind, tmp_path):
+    from align_proxy.studies import runner
+    from align_proxy.studies.spec import load_spec
+    from align_proxy.studies.store import ResultStore
+
+    spec = load_spec(write_spec(tmp_path, "diverged", {"learning_rate": [100]}, [0]))
+    outcome = runner.run_study(spec, progress=False, report=False)
+    assert (outcome.done, outcome.diverged, outcome.failed) == (0, 2, 0)
+    results = ResultStore(tmp_path / "diverged" / "results.sqlite").results()
+    assert len(results) == 2
+    for result in results:
+        assert result.diverged == {"step": 2, "loss": 1e6}
+        assert len(result.items_base["task_accuracy"]) == 8 and result.trained == {} and result.items_trained == {}
 
 
 def test_malformed_spec_stops_before_anything_runs(tmp_path):
@@ -189,14 +250,14 @@ def test_malformed_spec_stops_before_anything_runs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_each_running_cell_is_pinned_to_its_own_gpu(tiny_ladder, tmp_path, monkeypatch):
+def test_each_running_cell_is_pinned_to_its_own_gpu(fake_kind, tmp_path, monkeypatch):
     """Two GPUs, two jobs: the two cells run at once, one on each card (faked here: on a machine without CUDA
     the variable is set and ignored, which is all this checks)."""
     from align_proxy.studies import runner
     from align_proxy.studies.spec import load_spec
 
     monkeypatch.setattr(runner, "visible_gpus", lambda: ["3", "5"])
-    spec = load_spec(write_spec(tmp_path, [r.path for r in tiny_ladder], {}, [0], "pinned"))
+    spec = load_spec(write_spec(tmp_path, "pinned", {}, [0]))
     outcome = runner.run_study(spec, progress=False, report=False)  # --jobs by default: one per GPU
     assert outcome.done == 2
     cells = sorted((tmp_path / "pinned" / "cells").iterdir())
@@ -207,14 +268,92 @@ def test_each_running_cell_is_pinned_to_its_own_gpu(tiny_ladder, tmp_path, monke
         assert f"cell on GPU {gpu}" in (cell / "cell.log").read_text()
 
 
+def chain_spec(tmp_path: Path, name: str, first_grid: dict) -> Path:
+    """A fake recipe, then a second fake kind started from each of its cells: the order an RLHF study runs in."""
+    second = tmp_path / f"{name}-second.yaml"
+    second.write_text(yaml.safe_dump({"seconds": 0.0}))
+    return write_spec(tmp_path, name, first_grid, [0], recipes=[
+        {"recipe": "fake2", "config": str(second), "start_from": "fake"}])
+
+
+@pytest.fixture
+def two_fake_kinds(fake_kind, monkeypatch):
+    from dataclasses import replace
+
+    from align_proxy import kinds
+
+    monkeypatch.setitem(kinds.KINDS, "fake2", replace(FAKE, name="fake2"))
+
+
+def test_a_recipe_started_from_another_starts_from_the_model_that_cell_trained(two_fake_kinds, tmp_path):
+    from align_proxy.studies import runner
+    from align_proxy.studies.spec import load_spec
+
+    outcome = runner.run_study(load_spec(chain_spec(tmp_path, "chain", {})), jobs=2, progress=False, report=False)
+    assert (outcome.done, outcome.failed) == (4, 0)
+    db = tmp_path / "chain" / "results.sqlite"
+    cells = {(recipe, model): config_hash for config_hash, recipe, model in
+             rows(db, "SELECT config_hash, recipe, model FROM cells WHERE status = 'done'")}
+    for model in {model for _, model in cells}:
+        first, second = cells["fake", model], cells["fake2", model]
+        command = (tmp_path / "chain" / "cells" / second / "command.txt").read_text().split()
+        assert command[command.index("--model_name_or_path") + 1] == str(tmp_path / "chain" / "cells" / first)
+
+
+@pytest.mark.parametrize("grid, why", [({"max_length": [2]}, "failed"), ({"learning_rate": [100]}, "diverged")])
+def test_cells_whose_start_cell_left_no_model_are_failed_without_running(two_fake_kinds, tmp_path, grid, why):
+    from align_proxy.studies import runner
+    from align_proxy.studies.spec import load_spec
+
+    runner.run_study(load_spec(chain_spec(tmp_path, "stranded", grid)), progress=False, report=False)
+    cells = rows(tmp_path / "stranded" / "results.sqlite", "SELECT recipe, status, attempts, error FROM cells")
+    assert {(recipe, status) for recipe, status, _, _ in cells} == {("fake", why), ("fake2", "failed")}
+    for recipe, _, attempts, error in cells:
+        if recipe == "fake2":
+            assert attempts == 0 and "not run: the cell it starts from" in error and why in error
+
+
+# --- real cells: the recipes themselves, through the runner ------------------------------------------------------
+
+SFT_TINY = dict(yaml.safe_load((REPO / "recipes/configs/sft_ladder_cpu.yaml").read_text()),
+                builtin_train_size=128, builtin_test_size=24, eval_size=24, per_device_train_batch_size=32,
+                logging_steps=1, max_steps=4)
+
+
+@pytest.mark.slow
+def test_a_study_of_real_cells_records_a_diverging_variant_as_diverged(tiny_ladder, tmp_path):
+    spec = write_spec(tmp_path, "real", {"learning_rate": [1e-3, 100]}, [0], recipe="sft", config=SFT_TINY,
+                      models=[r.path for r in tiny_ladder])
+    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "2"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    db = tmp_path / "real" / "results.sqlite"
+    assert dict(rows(db, "SELECT variant, status FROM cells GROUP BY variant")) == \
+        {"learning_rate=0.001": "done", "learning_rate=100": "diverged"}
+    for config_hash, status in rows(db, "SELECT config_hash, status FROM cells"):
+        log = (tmp_path / "real" / "cells" / config_hash / "cell.log").read_text()
+        assert "Traceback" not in log
+        assert ("training diverged at step" in log) == (status == "diverged")
+    # Real recipes share one base evaluation per model through the cache, item for item.
+    assert len(list((tmp_path / "real" / "base_evals").glob("policy-*.json"))) == 2
+    base_by_model = {}
+    for model, metrics in rows(db, "SELECT c.model, r.metrics FROM cells c JOIN results r USING (config_hash)"):
+        assert base_by_model.setdefault(model, json.loads(metrics)["eval"]["items"]["base"]) == \
+            json.loads(metrics)["eval"]["items"]["base"]
+
+
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_cells_of_a_launched_recipe_run_under_deepspeed(tiny_ladder, tmp_path):
     """`launch` in a recipe entry: each cell is an `accelerate launch` of two DeepSpeed ZeRO-2 processes."""
-    spec = yaml.safe_load(write_spec(tmp_path, [r.path for r in tiny_ladder], {}, [0], "launched").read_text())
+    spec = yaml.safe_load(write_spec(tmp_path, "launched", {}, [0], recipe="sft", config=SFT_TINY,
+                                     models=[r.path for r in tiny_ladder]).read_text())
     spec["recipes"][0]["launch"] = {"config_file": "recipes/accelerate/deepspeed_cpu.yaml"}  # its num_processes: 2
     path = tmp_path / "launched.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = study(str(path), "--jobs", "1", "--no-report")
+    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(path), "--jobs", "1",
+                             "--no-report"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     cells = sorted((tmp_path / "launched" / "cells").iterdir())
     assert len(cells) == 2
@@ -223,51 +362,3 @@ def test_cells_of_a_launched_recipe_run_under_deepspeed(tiny_ladder, tmp_path):
         distributed = json.loads((cell / "metrics.json").read_text())["train"]["distributed"]
         assert distributed["num_processes"] == 2 and distributed["engine"] == "DeepSpeedEngine"
     assert {row[0] for row in rows(tmp_path / "launched" / "results.sqlite", "SELECT status FROM cells")} == {"done"}
-
-
-GRPO_TINY = dict(yaml.safe_load((REPO / "recipes/configs/grpo_ladder_cpu.yaml").read_text()),
-                 max_steps=3, per_device_train_batch_size=16, num_generations=4, builtin_train_size=64,
-                 logging_steps=1, warmup_steps=0, eval_num_samples=2)
-
-
-def write_chain_spec(tmp_path: Path, models: list[str], sft_grid: dict, name: str) -> Path:
-    """SFT on each model, then GRPO from each SFT cell's model: the order an RLHF recipe runs in."""
-    (tmp_path / "grpo_tiny.yaml").write_text(yaml.safe_dump(GRPO_TINY))
-    spec = yaml.safe_load(write_spec(tmp_path, models, sft_grid, [0], name).read_text())
-    spec["evaluation"] = {"eval_size": 16, "builtin_test_size": 32}  # both recipes score the same items
-    spec["recipes"].append({"recipe": "grpo", "config": str(tmp_path / "grpo_tiny.yaml"), "start_from": "sft"})
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def test_a_recipe_started_from_another_trains_the_model_that_cell_trained(tiny_ladder, tmp_path):
-    spec = write_chain_spec(tmp_path, [r.path for r in tiny_ladder], {}, "chain")
-    result = study(str(spec), "--jobs", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    # The report says what a started recipe's gain is measured from.
-    assert "grpo (from sft): " in result.stdout and "gains are over the model sft (default) trained" in result.stdout
-    assert "**grpo (from sft)**" in (tmp_path / "chain" / "report.md").read_text()
-    db = tmp_path / "chain" / "results.sqlite"
-    cells = {(recipe, model): config_hash for config_hash, recipe, model in
-             rows(db, "SELECT config_hash, recipe, model FROM cells WHERE status = 'done'")}
-    assert len(cells) == 4
-    for model in {model for _, model in cells}:
-        sft, grpo = cells["sft", model], cells["grpo", model]
-        command = (tmp_path / "chain" / "cells" / grpo / "command.txt").read_text().split()
-        assert command[command.index("--model_name_or_path") + 1] == str(tmp_path / "chain" / "cells" / sft)
-        trained_by_sft = json.loads((tmp_path / "chain" / "cells" / sft / "metrics.json").read_text())["eval"]
-        grpo_base = json.loads((tmp_path / "chain" / "cells" / grpo / "metrics.json").read_text())["eval"]
-        # GRPO's starting point is the SFT cell's trained model, item for item, not the rung it began from.
-        assert grpo_base["items"]["base"]["task_accuracy"] == trained_by_sft["items"]["trained"]["task_accuracy"]
-
-
-def test_cells_whose_start_cell_failed_are_failed_without_running(tiny_ladder, tmp_path):
-    spec = write_chain_spec(tmp_path, [r.path for r in tiny_ladder], {"max_length": [2]}, "stranded")
-    result = study(str(spec), "--no-report")
-    assert result.returncode == 1
-    failed = rows(tmp_path / "stranded" / "results.sqlite", "SELECT recipe, status, attempts, error FROM cells")
-    assert {(recipe, status) for recipe, status, _, _ in failed} == {("sft", "failed"), ("grpo", "failed")}
-    for recipe, _, attempts, error in failed:
-        if recipe == "grpo":
-            assert attempts == 0 and "not run: the cell it starts from" in error and "--retry-failed" in error

@@ -50,7 +50,7 @@ def test_a_changed_hyperparameter_changes_the_hash(tmp_path):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (("recipe: dpo", "recipe: ppo"), "unknown recipe 'ppo'; available: sft, dpo, reward, grpo, rloo"),
+        (("recipe: dpo", "recipe: ppo"), r"unknown recipe 'ppo' \(did you mean 'dpo'\?\); available: sft, dpo, reward, grpo, rloo"),
         (("[ladder-s, ladder-m]", "[ladder-s, ladder-xl]"), "unknown model 'ladder-xl'"),
         (("{beta: [0.1, 0.3]}", "{betta: [0.1, 0.3]}"), "unknown key 'betta' \\(did you mean 'beta'\\?\\)"),
         (("[ladder-s, ladder-m]", "[ladder-m]"), "at least two model sizes"),

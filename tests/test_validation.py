@@ -8,7 +8,7 @@ from datasets import Dataset
 from align_proxy.data.loading import load_recipe_data
 from align_proxy.data.validation import DatasetFormatError, validate_dataset
 from align_proxy.models.tokenizer import build_tokenizer
-from tests.conftest import CONFIG_CLASSES, load_recipe
+from tests.conftest import load_recipe, recipe_parser
 
 
 def write_jsonl(path, rows):
@@ -110,7 +110,7 @@ def test_dpo_recipe_fails_on_bad_data_before_loading_any_model(tmp_path, monkeyp
     monkeypatch.setattr(registry, "resolve", no_model)
     data = write_jsonl(tmp_path / "bad.jsonl", rows * 4)
     dpo = load_recipe("dpo")
-    parser = dpo.make_parser(CONFIG_CLASSES["dpo"])
+    parser = recipe_parser("dpo")
     args = parser.parse_args_and_config(
         ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--dataset_name", data, "--output_dir",
          str(tmp_path / "out")]

@@ -15,10 +15,9 @@ from datasets import DatasetDict, load_dataset
 
 from align_proxy.data.tasks import BUILTIN_PREFIX, ArithmeticTask, get_task
 from align_proxy.data.validation import DatasetFormatError
+from align_proxy.kinds import recipe_kind
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-# The task format each recipe trains on when fed a built-in task.
-TASK_FORMAT = {"sft": "sft", "dpo": "preference", "reward": "preference", "rl": "rl", "grpo": "rl", "rloo": "rl"}
 
 
 @dataclass
@@ -40,7 +39,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
                          "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
     if name.startswith(BUILTIN_PREFIX):
         task = get_task(name)
-        splits = task.splits(TASK_FORMAT[recipe], builtin_train_size, builtin_test_size, seed=seed, eval_seed=eval_seed)
+        splits = task.splits(recipe_kind(recipe).task_format, builtin_train_size, builtin_test_size, seed=seed, eval_seed=eval_seed)
         return RecipeData(splits["train"], splits["test"], name, task)
     path = Path(name).expanduser()
     if path.exists():

@@ -7,47 +7,18 @@ format TRL expects, and says what to change.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-
 from datasets import Dataset
+
+from align_proxy.data.formats import TrlFormat
+from align_proxy.kinds import recipe_kind
 
 
 class DatasetFormatError(ValueError):
     """The dataset does not fit the recipe; the message says where and how to fix it."""
 
 
-@dataclass(frozen=True)
-class TrlFormat:
-    name: str
-    columns: tuple[str, ...]
-    prompt_column: str | None = None
-
-    def describe(self) -> str:
-        return f"TRL's {self.name} format (columns: {', '.join(self.columns)})"
-
-
-LANGUAGE_MODELING = TrlFormat("language-modeling", ("text",))
-CONVERSATIONAL_LM = TrlFormat("conversational language-modeling", ("messages",))
-PROMPT_COMPLETION = TrlFormat("prompt-completion", ("prompt", "completion"), prompt_column="prompt")
-PREFERENCE = TrlFormat("preference", ("prompt", "chosen", "rejected"), prompt_column="prompt")
-IMPLICIT_PREFERENCE = TrlFormat("implicit-prompt preference", ("chosen", "rejected"))
-PROMPT_ONLY = TrlFormat("prompt-only", ("prompt",), prompt_column="prompt")
-
-# What each recipe accepts, most specific first: the first format whose columns are all present wins.
-RECIPE_FORMATS: dict[str, tuple[TrlFormat, ...]] = {
-    "sft": (PROMPT_COMPLETION, LANGUAGE_MODELING, CONVERSATIONAL_LM),
-    "dpo": (PREFERENCE, IMPLICIT_PREFERENCE),
-    "reward": (PREFERENCE, IMPLICIT_PREFERENCE),
-    "rl": (PROMPT_ONLY,),
-    # The RL recipes generate their own completions: only prompts are needed; other columns (a built-in
-    # task's `answer`) reach the reward functions as keyword arguments.
-    "grpo": (PROMPT_ONLY,),
-    "rloo": (PROMPT_ONLY,),
-}
-
-
 def detect_format(columns: list[str], recipe: str) -> TrlFormat | None:
-    for fmt in RECIPE_FORMATS[recipe]:
+    for fmt in recipe_kind(recipe).formats:
         if set(fmt.columns) <= set(columns):
             return fmt
     return None
@@ -58,8 +29,7 @@ def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tok
     """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong.
     `chat_template_path`: a template the trainer will install (SFT's option), so the tokenizer need not have one."""
     where = f"{source} (split '{split}')"
-    if recipe not in RECIPE_FORMATS:
-        raise ValueError(f"unknown recipe {recipe!r}: expected one of {sorted(RECIPE_FORMATS)}")
+    recipe_kind(recipe)  # an unknown recipe fails here, naming the known ones
     if len(dataset) == 0:
         raise DatasetFormatError(f"{where} has no rows: the {recipe} recipe needs at least one example.")
     fmt = detect_format(dataset.column_names, recipe)
@@ -75,7 +45,7 @@ def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tok
 
 
 def _missing_columns_message(columns: list[str], recipe: str, where: str) -> str:
-    expected = RECIPE_FORMATS[recipe]
+    expected = recipe_kind(recipe).formats
     # Report against the accepted format this dataset is closest to.
     closest = max(expected, key=lambda f: len(set(f.columns) & set(columns)))
     missing = [c for c in closest.columns if c not in columns]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from align_proxy.models.climb import CLIMB
 from align_proxy.models.megatron import ConversionError, load_checkpoint, save_checkpoint
 
 EMBEDDING = "embedding.word_embeddings.weight"
@@ -144,8 +145,6 @@ def infer_architecture(state: dict[str, torch.Tensor], args: object | None, vari
     if variant is None:
         raise ConversionError("the checkpoint has no `args`, so its head counts are unknown: pass --variant "
                               "62m or 350m")
-    from align_proxy.models.registry import CLIMB
-
     matches = [v for v in CLIMB.values() if v.variant == variant]
     if not matches:
         raise ConversionError(f"unknown variant {variant!r}: choose one of {', '.join(v.variant for v in CLIMB.values())}")
@@ -317,23 +316,3 @@ def convert_hf_to_megatron(src: Path, out_dir: Path, iteration: int = 0) -> dict
               "architecture": asdict(arch)}
     _write_atomically(Path(out_dir), lambda tmp: save_checkpoint(state, arch.megatron_args(), tmp, iteration))
     return report
-
-
-@torch.no_grad()
-def verify_conversion(src: Path, hf_dir: Path, seq_len: int = 32, seed: int = 0) -> dict:
-    """Run the converted model and, when megatron-core is importable, the source checkpoint on the
-    same random tokens; report the largest absolute logit difference (fp32)."""
-    from align_proxy.models.megatron_reference import megatron_available, megatron_logits
-
-    checkpoint = load_checkpoint(src)
-    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    arch = Architecture.from_hf(model.config)
-    input_ids = torch.randint(0, arch.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(seed))
-    hf_logits = model(input_ids).logits.float()
-    result = {"tokens": input_ids.numel(), "hf_logits_finite": bool(torch.isfinite(hf_logits).all()),
-              "max_abs_logit_diff": None}
-    if megatron_available():
-        local = to_local_layout(checkpoint.state_dict, detect_layout(checkpoint.state_dict), arch.num_layers)
-        reference = megatron_logits(local, arch, input_ids)
-        result["max_abs_logit_diff"] = (hf_logits - reference).abs().max().item()
-    return result

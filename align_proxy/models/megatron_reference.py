@@ -1,4 +1,5 @@
-"""The source model's own forward, through megatron-core on CPU, to prove a conversion.
+"""The source model's own forward, through megatron-core on CPU, and `verify_conversion`, which
+runs a converted model against it.
 
 megatron-core (`pip install megatron-core==0.16.1`) builds a `GPTModel` from the local layer spec
 and runs it on CPU after three patches (see shared PROXIES.md): RoPE asks for the current CUDA
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from align_proxy.models.convert import Architecture
+from transformers import LlamaForCausalLM
+
+from align_proxy.models.convert import Architecture, detect_layout, to_local_layout
+from align_proxy.models.megatron import load_checkpoint
 
 
 def megatron_available() -> bool:
@@ -90,3 +95,21 @@ def megatron_logits(local_state: dict[str, torch.Tensor], arch: Architecture, in
         positions = torch.arange(seq).unsqueeze(0).expand_as(input_ids)
         causal = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool), diagonal=1)  # True = masked
         return model(input_ids, positions, causal).float()
+
+
+@torch.no_grad()
+def verify_conversion(src: Path, hf_dir: Path, seq_len: int = 32, seed: int = 0) -> dict:
+    """Run the converted model and, when megatron-core is importable, the source checkpoint on the
+    same random tokens; report the largest absolute logit difference (fp32)."""
+    checkpoint = load_checkpoint(src)
+    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    arch = Architecture.from_hf(model.config)
+    input_ids = torch.randint(0, arch.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(seed))
+    hf_logits = model(input_ids).logits.float()
+    result = {"tokens": input_ids.numel(), "hf_logits_finite": bool(torch.isfinite(hf_logits).all()),
+              "max_abs_logit_diff": None}
+    if megatron_available():
+        local = to_local_layout(checkpoint.state_dict, detect_layout(checkpoint.state_dict), arch.num_layers)
+        reference = megatron_logits(local, arch, input_ids)
+        result["max_abs_logit_diff"] = (hf_logits - reference).abs().max().item()
+    return result

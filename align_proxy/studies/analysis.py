@@ -18,6 +18,7 @@ from itertools import combinations
 import numpy as np
 from scipy import stats as scipy_stats
 
+from align_proxy.metrics import METRICS
 from align_proxy.studies import verdicts
 from align_proxy.studies.stats import (
     Interval,
@@ -37,7 +38,7 @@ from align_proxy.studies.store import CellResult
 from align_proxy.studies.verdicts import RESOLVED, higher_is_better, improvement, metric_label, verdict
 
 SCHEMA_VERSION = 2
-METRIC_ORDER = list(verdicts.METRIC_LABELS)
+METRIC_ORDER = list(METRICS)
 
 
 def _diverged(cell: CellResult) -> dict | None:

@@ -5,7 +5,8 @@ Cells run `recipes/<recipe>.py` exactly as `python recipes/<recipe>.py --config 
 would, in a child process forked from a server that has already imported torch, transformers and
 TRL (multiprocessing's forkserver): a crash takes down one cell, not the study, and a small cell
 does not pay ~8 s of imports. A cell's `metrics.json`, which the recipe writes last and atomically,
-is its completion marker; the runner moves it into the store in one transaction.
+is its completion marker; the runner moves it into the store in one transaction, as a done cell, or as a
+diverged one when the recipe stopped on an exploding loss (a result: not failed, not retried, not rerun).
 """
 
 from __future__ import annotations
@@ -25,15 +26,12 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from align_proxy.checkpoints import clear_for_attempt, remove_checkpoints
-from align_proxy.install import recipes_dir
+from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
+from align_proxy.run_metrics import RunMetrics
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
-# What the forkserver imports once, so a cell starts in well under a second.
-PRELOAD = ["torch", "transformers", "datasets", "peft", "trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
-           "trl.trainer.reward_trainer", "trl.trainer.grpo_trainer", "trl.trainer.rloo_trainer", "align_proxy.recipe",
-           "align_proxy.rl", "evals.suite", "evals.rl"]
 LOG_TAIL_CHARS = 2000
 
 
@@ -49,11 +47,37 @@ class StudyOutcome:
     failed: int
     ran: int  # cells run (or recovered) by this invocation
     report: dict[str, Path] | None = None
+    diverged: int = 0  # cells whose training loss diverged: results, counted apart from done
 
 
-def study_paths(study_dir: Path) -> dict[str, Path]:
-    return {"db": study_dir / "results.sqlite", "cells": study_dir / "cells", "base_evals": study_dir / "base_evals",
-            "lock": study_dir / ".study.lock"}
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where a study keeps what: its store, each cell's directory, the shared base evaluations, its lock."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "results.sqlite"
+
+    @property
+    def cells(self) -> Path:
+        return self.root / "cells"
+
+    @property
+    def base_evals(self) -> Path:
+        return self.root / "base_evals"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".study.lock"
+
+    def cell(self, config_hash: str) -> Path:
+        return self.cells / config_hash
+
+
+def study_paths(study_dir: Path) -> StudyPaths:
+    return StudyPaths(Path(study_dir))
 
 
 def visible_gpus() -> list[str]:
@@ -105,7 +129,7 @@ class GpuSlots:
 
 
 def recipe_script(recipe: str) -> Path:
-    script = recipes_dir() / f"{recipe}.py"  # the checkout's recipes/, or the copy an install ships
+    script = recipe_kind(recipe).script_path  # the checkout's recipes/, or the copy an install ships
     if not script.is_file():
         raise StudyRunError(f"recipe script {script} not found: reinstall align-proxy")
     return script
@@ -125,23 +149,23 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
 def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
               report: bool = True) -> StudyOutcome:
     """Run every unfinished cell of `spec`, record results, and write the report."""
-    study_dir = Path(spec.output_dir)
-    paths = study_paths(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(paths["lock"]))
+    paths = study_paths(Path(spec.output_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.lock))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise StudyRunError(f"another run of this study holds {paths['lock']}; wait for it to finish "
+        raise StudyRunError(f"another run of this study holds {paths.lock}; wait for it to finish "
                             "(a killed run releases the lock with its process)") from None
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
-        context = _start_forkserver()  # its imports overlap with resolving models (and building the ladder) here
-        store = ResultStore(paths["db"])
+        # The cell server's imports overlap with resolving models (and building the ladder) here.
+        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes])
+        store = ResultStore(paths.db)
         cells = spec.cells()
         _register(store, spec, cells)
         store.requeue(failed=retry_failed)
-        recovered = _recover_finished(store, cells, paths["cells"])
+        recovered = _recover_finished(store, cells, paths)
         statuses = store.statuses()
         pending = [c for c in cells if statuses[c.config_hash] == "pending"]
         gpus = visible_gpus()
@@ -149,15 +173,16 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         widest = max((cell.processes for cell in pending), default=1)
         slots.check_width(widest)  # before any cell runs
         jobs = jobs or default_jobs(gpus, widest)
-        configs = {plan.recipe: plan.config for plan in spec.recipes}
-        ran = _run_cells(context, store, pending, scripts, configs, paths, jobs, slots, len(cells), progress)
-        statuses = store.statuses()
-        done = sum(statuses[c.config_hash] == "done" for c in cells)
-        failed = sum(statuses[c.config_hash] == "failed" for c in cells)
+        launcher = CellLauncher(context, store, paths, scripts, {plan.recipe: plan.config for plan in spec.recipes},
+                                threads=max(1, (os.cpu_count() or 1) // jobs))
+        ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress)
+        statuses = [store.statuses()[c.config_hash] for c in cells]
     finally:
         lock.release()
-    written = write_study_report(study_dir) if report and done else None
-    return StudyOutcome(study_dir, len(cells), done, failed, ran + recovered, written)
+    done = statuses.count("done")
+    written = write_study_report(paths.root) if report and done else None
+    return StudyOutcome(paths.root, len(cells), done, statuses.count("failed"), ran + recovered, written,
+                        statuses.count("diverged"))
 
 
 def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
@@ -185,23 +210,27 @@ def _target(spec: StudySpec) -> list | None:
     return [str(spec.target), float(registry.parameter_count(str(spec.target)))]
 
 
-def _recover_finished(store: ResultStore, cells: list[Cell], cells_dir: Path) -> int:
+def _recover_finished(store: ResultStore, cells: list[Cell], paths: StudyPaths) -> int:
     """Record cells that finished (metrics.json written) but were killed before the store heard."""
     statuses, recovered = store.statuses(), 0
     for cell in cells:
-        metrics_path = cells_dir / cell.config_hash / "metrics.json"
+        metrics_path = paths.cell(cell.config_hash) / "metrics.json"
         if statuses[cell.config_hash] == "pending" and metrics_path.exists():
-            store.record_result(cell.config_hash, json.loads(metrics_path.read_text()), duration_s=0.0)
+            store.record_result(cell.config_hash, _read_metrics(metrics_path), duration_s=0.0)
             recovered += 1
     return recovered
 
 
-def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, configs: dict, paths: dict,
-               jobs: int, gpus: GpuSlots, total: int, progress: bool) -> int:
+def _read_metrics(path: Path) -> RunMetrics:
+    return RunMetrics.from_json(json.loads(path.read_text()))
+
+
+def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: GpuSlots, total: int,
+               progress: bool) -> int:
     """Run the pending cells, `jobs` at a time, each once the cell it starts from (if any) is done."""
     if not pending:
         return 0
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    store = launcher.store
     status = store.statuses()  # read once, then kept up to date here: this process is the only writer
     queue, running, finished = list(pending), {}, 0
     bar = tqdm(total=total, initial=total - len(pending), desc="study cells", unit="cell", disable=not progress,
@@ -215,91 +244,116 @@ def _run_cells(context, store: ResultStore, pending: list[Cell], scripts: dict, 
 
     try:
         while queue or running:
-            for cell in _stranded(queue, status):
+            for cell, why in _stranded(queue, status):
                 queue.remove(cell)
-                store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) failed; "
+                store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
                                                        "fix that one, then rerun with --retry-failed")
                 settled(cell.config_hash, "failed")
             startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
             for cell in startable[:max(0, jobs - len(running))]:
                 queue.remove(cell)
-                gpu = gpus.take(cell.processes)
-                running[cell.config_hash] = (*_start(context, store, cell, scripts, configs, paths, threads, gpu), gpu)
+                running[cell.config_hash] = launcher.start(cell, gpus.take(cell.processes))
                 bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
             if not running:
                 if queue:  # unreachable for a checked spec: start cells come earlier in it
                     raise StudyRunError(f"{len(queue)} cell(s) wait on cells that never run: {queue[0].config_hash}")
                 break
-            ready = wait([proc.sentinel for proc, *_ in running.values()])
-            for config_hash, (proc, cell_dir, started, gpu) in list(running.items()):
-                if proc.sentinel in ready:
-                    proc.join()
+            ready = wait([started.process.sentinel for started in running.values()])
+            for config_hash, started in list(running.items()):
+                if started.process.sentinel in ready:
+                    started.process.join()
                     del running[config_hash]
-                    gpus.give(gpu)
-                    settled(config_hash, _settle(store, config_hash, proc.exitcode, cell_dir, time.time() - started))
+                    gpus.give(started.gpu)
+                    settled(config_hash, launcher.settle(started))
     finally:
-        for proc, *_ in running.values():  # interrupted (Ctrl-C): no cell outlives the study
-            proc.kill()
+        for started in running.values():  # interrupted (Ctrl-C): no cell outlives the study
+            started.process.kill()
         bar.close()
     return finished
 
 
-def _stranded(queue: list[Cell], status: dict[str, str]) -> list[Cell]:
-    """Queued cells that can never run: the cell they start from failed (or is itself stranded)."""
-    failed = {h for h, s in status.items() if s == "failed"}
-    stranded: list[Cell] = []
+def _stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
+    """Queued cells that can never run, and why: the cell they start from failed or diverged (so left no
+    model), or is itself stranded."""
+    why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
+           if s in ("failed", "diverged")}
+    stranded: list[tuple[Cell, str]] = []
     grew = True
     while grew:
-        new = [c for c in queue if c.start_from in failed and c not in stranded]
-        stranded += new
-        failed |= {c.config_hash for c in new}
+        new = [c for c in queue if c.start_from in why and c.config_hash not in why]
+        stranded += [(c, why[c.start_from]) for c in new]
+        why |= {c.config_hash: "failed" for c in new}
         grew = bool(new)
     return stranded
 
 
-def _start_forkserver():
+def _start_forkserver(kinds: list) -> multiprocessing.context.BaseContext:
+    """The server cells fork from, having imported once what the study's recipe kinds import (torch, TRL, the
+    trainers, the evaluations), so a cell starts in well under a second."""
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload(list(dict.fromkeys(module for kind in kinds for module in kind.imports)))
     forkserver.ensure_running()
     return context
 
 
-def _start(context, store: ResultStore, cell: Cell, scripts: dict, configs: dict, paths: dict, threads: int,
-           gpu: str | None):
-    cell_dir = paths["cells"] / cell.config_hash
-    # A killed attempt's leftovers never mix with this one; its complete checkpoints stay, and this attempt resumes.
-    checkpoint = clear_for_attempt(cell_dir)
-    start_model = paths["cells"] / cell.start_from if cell.start_from else None
-    argv = cell_argv(cell, configs[cell.recipe], cell_dir, paths["base_evals"], start_model)
-    argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
-    launch = launch_flags(cell.launch)
-    device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
-    shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]
-    (cell_dir / "command.txt").write_text(" ".join([*device, *shown, str(scripts[cell.recipe]), *argv]) + "\n")
-    store.mark_running(cell.config_hash)
-    threads = max(1, threads // cell.processes)  # per process: a launched cell's processes share its cores
-    proc = context.Process(target=run_cell, args=(str(scripts[cell.recipe]), argv, str(cell_dir / "cell.log"), threads,
-                                                  gpu, launch), name=f"cell-{cell.config_hash}", daemon=False)
-    proc.start()
-    return proc, cell_dir, time.time()
+@dataclass(frozen=True)
+class StartedCell:
+    process: multiprocessing.Process
+    cell: Cell
+    started: float
+    gpu: str | None
 
 
-def _settle(store: ResultStore, config_hash: str, exitcode: int, cell_dir: Path, seconds: float) -> str:
-    """Record how a cell's process ended; returns its status, "done" or "failed"."""
-    metrics_path = cell_dir / "metrics.json"
-    if exitcode == 0 and metrics_path.exists():
-        store.record_result(config_hash, json.loads(metrics_path.read_text()), seconds)
-        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
-        return "done"
-    reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
-    if exitcode == 0:
-        reason = "the recipe exited without writing metrics.json"
-    log = cell_dir / "cell.log"
-    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
-    store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
-    return "failed"
+@dataclass(frozen=True)
+class CellLauncher:
+    """What starting and settling a cell needs, fixed for a study's run: the process context (the forkserver),
+    the store, the study's paths, each recipe's script and config, and the threads each cell may use."""
+
+    context: object
+    store: ResultStore
+    paths: StudyPaths
+    scripts: dict[str, Path]
+    configs: dict[str, str]
+    threads: int
+
+    def start(self, cell: Cell, gpu: str | None) -> StartedCell:
+        cell_dir = self.paths.cell(cell.config_hash)
+        # A killed attempt's leftovers never mix with this one; its complete checkpoints stay, and this attempt
+        # resumes from the newest.
+        checkpoint = clear_for_attempt(cell_dir)
+        start_model = self.paths.cell(cell.start_from) if cell.start_from else None
+        argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
+        argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
+        script = self.scripts[cell.recipe]
+        launch = launch_flags(cell.launch)
+        device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
+        shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]
+        (cell_dir / "command.txt").write_text(" ".join([*device, *shown, str(script), *argv]) + "\n")
+        self.store.mark_running(cell.config_hash)
+        threads = max(1, self.threads // cell.processes)  # per process: a launched cell's processes share its cores
+        proc = self.context.Process(target=run_cell, args=(str(script), argv, str(cell_dir / "cell.log"), threads, gpu,
+                                                           launch), name=f"cell-{cell.config_hash}", daemon=False)
+        proc.start()
+        return StartedCell(proc, cell, time.time(), gpu)
+
+    def settle(self, started: StartedCell) -> str:
+        """Record how a cell's process ended; returns its status: "done", "diverged" or "failed"."""
+        config_hash, exitcode = started.cell.config_hash, started.process.exitcode
+        cell_dir = self.paths.cell(config_hash)
+        metrics_path = cell_dir / "metrics.json"
+        if exitcode == 0 and metrics_path.exists():
+            status = self.store.record_result(config_hash, _read_metrics(metrics_path), time.time() - started.started)
+            remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
+            return status
+        reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
+        if exitcode == 0:
+            reason = "the recipe exited without writing metrics.json"
+        log = cell_dir / "cell.log"
+        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+        self.store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
+        return "failed"
 
 
 def launch_flags(launch: dict) -> list[str]:
@@ -334,9 +388,8 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
     if launch:
         os.environ[CELL_PID] = str(os.getpid())  # exec keeps the pid: the workers' parent is this process
         os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", *launch, script, *argv])
-    import torch
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:  # imported by the cell server before OMP_NUM_THREADS was set: tell it directly
+        sys.modules["torch"].set_num_threads(threads)
     sys.argv = [script, *argv]
     try:
         runpy.run_path(script, run_name="__main__")
@@ -350,7 +403,7 @@ def write_study_report(study_dir: Path) -> dict[str, Path]:
     from align_proxy.studies.analysis import analyse
     from align_proxy.studies.report import write_report
 
-    store = ResultStore(study_paths(study_dir)["db"])
+    store = ResultStore(study_paths(study_dir).db)
     info = store.info()
     current = set(info.get("cells", []))
     results = [r for r in store.results() if r.config_hash in current]

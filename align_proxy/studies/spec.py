@@ -15,23 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, RLOOConfig, SFTConfig
 
+from align_proxy import PROJECT_ROOT
 from align_proxy.install import shipped_file
+from align_proxy.kinds import KINDS, RECIPE_ARGUMENTS, load_object
+from align_proxy.metrics import METRICS
 from align_proxy.models import registry
-from align_proxy.recipe import RecipeArguments
-from align_proxy.rl import RLArguments
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
-RECIPE_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "reward": RewardConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
-SCRIPT_ARGUMENTS = {"grpo": RLArguments, "rloo": RLArguments}  # the others take RecipeArguments
-# The metric a recipe's headline is judged on, unless the spec names another: what the recipe is for.
-PRIMARY_METRICS = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy",
-                   "grpo": "task_accuracy", "rloo": "task_accuracy"}
-METRICS = ("task_accuracy", "completion_nll", "preference_accuracy", "preference_margin",
-           "implicit_reward_accuracy", "implicit_reward_margin", "reward", "gold_reward", "learned_reward",
-           "kl_to_reference", "response_length")
-PROJECT_ROOT = DEFAULT_SPEC.parents[2]
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
 
 
@@ -137,12 +128,12 @@ def _check(raw: dict, path: Path) -> StudySpec:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
     evaluation = raw.get("evaluation") or {}
-    _check_keys(evaluation, {f.name for f in dataclasses.fields(RecipeArguments)}, path, "evaluation")
+    _check_keys(evaluation, {f.name for f in dataclasses.fields(load_object(RECIPE_ARGUMENTS))}, path, "evaluation")
     recipes: list[RecipePlan] = []
     for i, entry in enumerate(raw.get("recipes") or []):
         recipes.append(_check_recipe(entry, i, path, recipes))
     if not recipes:
-        _fail(path, "'recipes' is empty: list at least one of " + ", ".join(RECIPE_CONFIGS))
+        _fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
                      dataset=str(raw.get("dataset", "builtin:arith")), evaluation=evaluation, target=raw.get("target"))
@@ -163,17 +154,20 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan]) -> R
                     "and 'start_from'")
     _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from"}, path, where)
     recipe = entry["recipe"]
-    if recipe not in RECIPE_CONFIGS:
-        _fail(path, f"{where}: unknown recipe {recipe!r}; available: {', '.join(RECIPE_CONFIGS)}")
+    kind = KINDS.get(recipe)
+    if kind is None:
+        near = difflib.get_close_matches(str(recipe), KINDS, n=1)
+        _fail(path, f"{where}: unknown recipe {recipe!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+                    f"available: {', '.join(KINDS)}")
     if any(plan.recipe == recipe for plan in earlier):
         _fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
     config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
-    metric = entry.get("metric", PRIMARY_METRICS[recipe])
+    metric = entry.get("metric", kind.primary_metric)
     if metric not in METRICS:
         _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     grid = entry.get("grid") or {}
-    script_class = SCRIPT_ARGUMENTS.get(recipe, RecipeArguments)
-    allowed = {f.name for cls in (script_class, RECIPE_CONFIGS[recipe], ModelConfig) for f in dataclasses.fields(cls)}
+    classes = (kind.arguments_class, kind.config_class, load_object("trl:ModelConfig"))
+    allowed = {f.name for cls in classes for f in dataclasses.fields(cls)}
     _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:

@@ -1,8 +1,8 @@
 """A study's results store: one SQLite database in the study directory (stdlib sqlite3, WAL mode).
 
 Every cell has one row in `cells` with its status; a finished cell's metrics go into `results` in the
-same transaction that marks it done, so a kill at any moment leaves each cell either finished with
-exactly one result or not finished at all.
+same transaction that marks it done (or diverged: its training loss exploded, a result in itself), so a
+kill at any moment leaves each cell either finished with exactly one result or not finished at all.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from align_proxy.run_metrics import RunMetrics
+
+STATUSES = ("pending", "running", "done", "diverged", "failed")
+FINISHED = ("done", "diverged")  # a cell with a result
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -24,7 +28,7 @@ CREATE TABLE IF NOT EXISTS cells (
     config_hash TEXT PRIMARY KEY,
     model TEXT NOT NULL, recipe TEXT NOT NULL, variant TEXT NOT NULL, seed INTEGER NOT NULL,
     overrides TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'diverged', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT, started_at REAL, finished_at REAL);
 CREATE TABLE IF NOT EXISTS results (
@@ -36,7 +40,8 @@ CREATE TABLE IF NOT EXISTS results (
 
 @dataclass(frozen=True)
 class CellResult:
-    """One finished cell, as the statistics and the report read it."""
+    """One finished cell, as the statistics and the report read it. A diverged cell has its base scores, its
+    log and `diverged` (step and loss), and no trained scores."""
 
     config_hash: str
     model: str
@@ -50,16 +55,16 @@ class CellResult:
     items_trained: dict[str, list[float]] = field(default_factory=dict)  # same items, same order
     log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
     duration_s: float = 0.0
-    diverged: dict | None = None  # {"step", "loss"} when training diverged: no trained scores then
+    diverged: dict | None = None  # {"step", "loss"} when training diverged (Divergence.to_json()): no trained scores
 
     @classmethod
-    def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: dict, duration_s: float) -> CellResult:
-        evaluation = metrics.get("eval", {})
-        items = evaluation.get("items", {})
+    def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: RunMetrics | dict,
+                     duration_s: float) -> CellResult:
+        metrics = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_json(metrics)
+        scores = metrics.scores
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
-                   evaluation.get("base", {}), evaluation.get("trained", {}), items.get("base", {}),
-                   items.get("trained", {}), metrics.get("train", {}).get("log_history", []), duration_s,
-                   metrics.get("diverged"))
+                   scores.base, scores.trained, scores.items_base, scores.items_trained, metrics.train.log_history,
+                   duration_s, metrics.diverged.to_json() if metrics.diverged else None)
 
 
 class ResultStore:
@@ -73,6 +78,31 @@ class ResultStore:
             return
         with self._connect() as db:  # an older database gains any table it lacks
             db.executescript(SCHEMA)
+        self._migrate_statuses()
+
+    def _migrate_statuses(self) -> None:
+        """A database from before the `diverged` status: rebuild `cells` with the current CHECK constraint
+        (SQLite cannot alter one), keeping every row, in one transaction (SQLite's own recipe for it)."""
+        with self._connect() as db:
+            sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'cells'").fetchone()[0]
+            if "'diverged'" in sql:
+                return
+            db.execute("PRAGMA foreign_keys=OFF")  # results reference cells: kept, and checked before commit
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'cells'").fetchone()[0]
+                if "'diverged'" not in sql:  # another process may have migrated it while this one waited
+                    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS cells"):].split(";")[0]
+                    db.execute(create.replace("IF NOT EXISTS cells", "cells_migrated"))
+                    db.execute("INSERT INTO cells_migrated SELECT * FROM cells")
+                    db.execute("DROP TABLE cells")
+                    db.execute("ALTER TABLE cells_migrated RENAME TO cells")
+                    if db.execute("PRAGMA foreign_key_check").fetchall():
+                        raise sqlite3.IntegrityError(f"{self.path}: results without their cell after migration")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _create(self) -> None:
         """Build the schema in a private file and link it into place, so that no reader (`--status`, a
@@ -171,16 +201,20 @@ class ResultStore:
             db.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
                        "finished_at = NULL, error = NULL WHERE config_hash = ?", (time.time(), config_hash))
 
-    def record_result(self, config_hash: str, metrics: dict, duration_s: float) -> None:
-        """Store a finished cell's metrics and mark it done, in one transaction.
+    def record_result(self, config_hash: str, metrics: RunMetrics | dict, duration_s: float) -> str:
+        """Store a finished cell's metrics (its metrics.json) and mark it done, or diverged, in one transaction;
+        returns the status.
 
         A cell that already has a result is refused: a result is never duplicated or replaced.
         """
+        metrics = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_json(metrics)
+        status = "diverged" if metrics.diverged else "done"
         with self._transaction() as db:
             db.execute("INSERT INTO results (config_hash, duration_s, metrics) VALUES (?, ?, ?)",
-                       (config_hash, duration_s, json.dumps(metrics)))
-            db.execute("UPDATE cells SET status = 'done', finished_at = ?, error = NULL WHERE config_hash = ?",
-                       (time.time(), config_hash))
+                       (config_hash, duration_s, json.dumps(metrics.to_json())))
+            db.execute("UPDATE cells SET status = ?, finished_at = ?, error = NULL WHERE config_hash = ?",
+                       (status, time.time(), config_hash))
+        return status
 
     def record_failure(self, config_hash: str, error: str) -> None:
         with self._transaction() as db:
@@ -197,12 +231,12 @@ class ResultStore:
             return [dict(row) for row in rows]
 
     def results(self) -> list[CellResult]:
-        """Every finished cell's result, in a stable order."""
+        """Every finished cell's result (diverged ones included), in a stable order."""
         parameters = self.models()
         with self._connect() as db:
             rows = db.execute(
                 "SELECT c.config_hash, c.model, c.recipe, c.variant, c.seed, r.duration_s, r.metrics "
-                "FROM cells c JOIN results r USING (config_hash) WHERE c.status = 'done' "
+                "FROM cells c JOIN results r USING (config_hash) WHERE c.status IN ('done', 'diverged') "
                 "ORDER BY c.recipe, c.variant, c.model, c.seed").fetchall()
         return [CellResult.from_metrics(row, parameters.get(row["model"], 0), json.loads(row["metrics"]),
                                         row["duration_s"]) for row in rows]

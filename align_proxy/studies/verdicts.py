@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from align_proxy.recipe import METRIC_LABELS
+from align_proxy.metrics import metric
 from align_proxy.studies.stats import Interval
 
 # A variant is called the winner at a scale when it is best in at least this share of the replicates;
@@ -25,13 +25,13 @@ FAR_EXTRAPOLATION = 10.0
 WEAK_FIT = 0.9
 
 
-def higher_is_better(metric: str) -> bool | None:
+def higher_is_better(name: str) -> bool | None:
     """True or False; None for a metric with no better direction (KL to the reference, length)."""
-    return METRIC_LABELS.get(metric, (metric, True))[1]
+    return metric(name).higher_is_better
 
 
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, (metric, True))[0]
+def metric_label(name: str) -> str:
+    return metric(name).label
 
 
 def verdict(gain: Interval, metric: str, n_values: int = 2) -> str:

@@ -5,6 +5,8 @@ import math
 import datasets
 import evaluate
 
+from align_proxy.metrics import aggregate
+
 _DESCRIPTION = """Negative log-likelihood of gold completions given their prompts, averaged over
 completion tokens (prompt tokens are context, not scored). Lower is better."""
 
@@ -14,7 +16,7 @@ Args:
     num_tokens (list of int): number of completion tokens behind each sum.
 Returns:
     nll (float): total negative log-likelihood divided by total completion tokens (nats/token).
-    perplexity (float): exp(nll).
+    perplexity (float): exp(nll); inf when that overflows (a diverged model).
 Example:
     >>> metric = evaluate.load("evals/metrics/completion_nll")
     >>> metric.compute(sum_logprobs=[-2.0, -4.0], num_tokens=[2, 4])
@@ -33,5 +35,5 @@ class CompletionNll(evaluate.Metric):
         )
 
     def _compute(self, sum_logprobs, num_tokens):
-        nll = -sum(sum_logprobs) / max(1, sum(num_tokens))
-        return {"nll": nll, "perplexity": math.exp(nll)}
+        nll = aggregate("completion_nll", [], tokens=num_tokens, sums=[-s for s in sum_logprobs])
+        return {"nll": nll, "perplexity": math.exp(nll) if nll < 700 else math.inf}  # exp(710) overflows a float

@@ -3,6 +3,8 @@
 import datasets
 import evaluate
 
+from align_proxy.metrics import aggregate, preference_win
+
 _DESCRIPTION = """Share of preference pairs whose chosen response scores higher than the rejected one.
 The score is whatever ranks responses: a reward model's output, a DPO policy's implicit reward
 (beta * log-ratio to the reference), or a language model's log-likelihood. Ties count as half,
@@ -36,5 +38,5 @@ class PreferenceAccuracy(evaluate.Metric):
 
     def _compute(self, chosen_scores, rejected_scores):
         margins = [c - r for c, r in zip(chosen_scores, rejected_scores)]
-        wins = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
-        return {"accuracy": wins / len(margins), "mean_margin": sum(margins) / len(margins)}
+        return {"accuracy": aggregate("preference_accuracy", [preference_win(m) for m in margins]),
+                "mean_margin": aggregate("preference_margin", margins)}

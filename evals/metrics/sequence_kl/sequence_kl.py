@@ -3,6 +3,8 @@
 import datasets
 import evaluate
 
+from align_proxy.metrics import aggregate
+
 _DESCRIPTION = """Monte Carlo estimate of KL(policy || reference) per sequence: the mean, over completions
 sampled from the policy, of log p_policy(completion | prompt) - log p_reference(completion | prompt)
 (each a sum over the completion's tokens). Unbiased for samples drawn from the policy at temperature 1;
@@ -34,4 +36,4 @@ class SequenceKl(evaluate.Metric):
 
     def _compute(self, policy_logprobs, reference_logprobs):
         ratios = [p - r for p, r in zip(policy_logprobs, reference_logprobs)]
-        return {"kl": sum(ratios) / len(ratios)}
+        return {"kl": aggregate("kl_to_reference", ratios)}

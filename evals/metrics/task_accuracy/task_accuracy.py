@@ -3,6 +3,8 @@
 import datasets
 import evaluate
 
+from align_proxy.metrics import aggregate, exact_match
+
 _DESCRIPTION = """Exact match between answers parsed from model generations and gold answers.
 Predictions that could not be parsed should be passed as empty strings; they count as wrong."""
 
@@ -31,5 +33,5 @@ class TaskAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        correct = sum(p == r for p, r in zip(predictions, references))
-        return {"accuracy": correct / len(references), "correct": correct}
+        items = [exact_match(p, r) for p, r in zip(predictions, references)]
+        return {"accuracy": aggregate("task_accuracy", items), "correct": int(sum(items))}

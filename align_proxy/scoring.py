@@ -20,7 +20,7 @@ def _tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], 
     return full_ids, start
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -40,7 +40,7 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
     for lo in range(0, len(prompts), batch_size):
         pairs = [_tokenize_pair(tokenizer, p, c) for p, c in zip(prompts[lo:lo + batch_size],
                                                                  completions[lo:lo + batch_size])]
-        ids, mask = _pad([ids for ids, _ in pairs], tokenizer.pad_token_id)
+        ids, mask = pad_rows([ids for ids, _ in pairs], tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
         for row, (full, start) in enumerate(pairs):
@@ -59,7 +59,7 @@ def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], 
     for lo in range(0, len(prompts), batch_size):
         rows = [_tokenize_pair(tokenizer, p, c)[0] for p, c in zip(prompts[lo:lo + batch_size],
                                                                  completions[lo:lo + batch_size])]
-        ids, mask = _pad(rows, tokenizer.pad_token_id)
+        ids, mask = pad_rows(rows, tokenizer.pad_token_id)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         scores.extend(out[:, 0].float().tolist())
     return scores

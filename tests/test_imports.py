@@ -1,0 +1,105 @@
+"""Imports point down: no module of the package reaches, directly or through others, back to itself,
+function-level imports included; and the torch-free modules stay torch-free."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGES = ("align_proxy", "evals", "rewards")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")
+            if "metrics" not in p.relative_to(REPO).parts}  # shipped `evaluate` scripts load by path
+
+
+def _resolve(name: str, known: set[str]) -> str | None:
+    """The project module an import names (its longest known prefix), or None for a third-party one."""
+    while name:
+        if name in known:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (a package's `__init__` excluded as a
+    target when the import names a submodule: `from a.b import c` imports `a.b.c` if that is a module)."""
+    modules = _modules()
+    known = set(modules)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [_resolve(alias.name, known) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                found = [_resolve(f"{base}.{alias.name}", known) for alias in node.names] or [_resolve(base, known)]
+            else:
+                continue
+            targets |= {t for t in found if t and t != name}
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_sees_a_function_level_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_imports_itself_through_others():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_scoring_sits_below_both_evals_and_rewards():
+    graph = import_graph()
+    assert not any(t.startswith(("evals", "rewards")) for t in graph["align_proxy.scoring"])
+    assert not any(t.startswith("evals") for m, targets in graph.items() if m.startswith("rewards") for t in targets)
+
+
+@pytest.mark.parametrize("module", ["align_proxy.metrics", "align_proxy.kinds", "align_proxy.run_metrics",
+                                   "align_proxy.studies.store"])
+def test_tables_and_records_import_without_torch(module):
+    code = f"import sys, {module}; bad = {{'torch', 'trl', 'transformers'}} & set(sys.modules); print(sorted(bad))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
