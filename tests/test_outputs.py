@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from align_proxy.models import registry
 from align_proxy.outputs import OutputDirError, publish_model, reset_staging, staging_dir
-from tests.conftest import CONFIG_CLASSES, load_recipe
+from tests.conftest import load_recipe, recipe_parser
 
 
 def test_an_unwritable_output_dir_fails_before_any_model_loads(tmp_path, monkeypatch):
@@ -19,7 +19,7 @@ def test_an_unwritable_output_dir_fails_before_any_model_loads(tmp_path, monkeyp
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     sft = load_recipe("sft")
-    args = sft.make_parser(CONFIG_CLASSES["sft"]).parse_args_and_config(
+    args = recipe_parser("sft").parse_args_and_config(
         ["--config", "recipes/configs/sft_ladder_cpu.yaml", "--output_dir", str(blocker / "out")])
     with pytest.raises(OutputDirError, match=f"cannot write to output_dir {blocker / 'out'}"):
         sft.main(*args)
