@@ -1,6 +1,7 @@
 """Does a fresh default study say what the README says? Compares the verdict words (per recipe and model,
 and whether the gain transfers) of a study's report.json with the headline table in the README's
-quickstart output block. The numbers may differ from machine to machine; the words must not.
+quickstart output block, and checks the offline ladder it ran on is a ladder: each larger rung a better
+base model (lower held-out loss). The numbers may differ from machine to machine; the words must not.
 
     python .ci/readme_verdicts.py studies/ladder-default/report.json
 """
@@ -54,17 +55,32 @@ def differences(expected: dict[str, dict], found: dict[str, dict]) -> list[str]:
     return problems
 
 
+def ladder_problems() -> list[str]:
+    """The offline ladder (in $ALIGN_PROXY_HOME) must grow: more parameters, lower held-out loss."""
+    from align_proxy.models import ladder
+
+    rungs = ladder.load_table()
+    params, losses = [r.parameters for r in rungs], [r.heldout_loss for r in rungs]
+    print("ladder: " + ", ".join(f"{r.name} {r.parameters:,} parameters, held-out loss {r.heldout_loss:.4f}"
+                                 for r in rungs))
+    if len(rungs) < 3 or params != sorted(params) or params[-1] < 4 * params[0]:
+        return [f"the ladder's rungs are not three or more of growing size: {params}"]
+    if losses != sorted(losses, reverse=True):
+        return [f"a larger rung is not a better base model (held-out losses {losses})"]
+    return []
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     expected = readme_headline(README.read_text())
     found = report_headline(json.loads(Path(argv[0]).read_text()))
-    problems = differences(expected, found)
+    problems = differences(expected, found) + ladder_problems()
     for recipe, row in sorted(found.items()):
         print(f"{recipe}: {' / '.join(row['verdicts'])}; transfers: {row['transfers']}")
     if problems:
-        print("the study's verdicts differ from the README's:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print("the default study does not say what the README says:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     print(f"verdict words match the README ({len(found)} recipes)")
     return 0
