@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,8 +57,6 @@ class Interval:
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
-
-    to_dict = to_json
 
 
 NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
@@ -208,8 +207,7 @@ class CrossedResampler:
 
 
 def _stable_hash(value) -> int:
-    import zlib
-
+    """The same number for the same group in every process (Python's hash() of a string is salted)."""
     return zlib.crc32(repr(value).encode())
 
 
