@@ -21,8 +21,9 @@ from scipy import stats as scipy_stats
 from align_proxy.metrics import METRICS
 from align_proxy.studies import verdicts
 from align_proxy.studies.stats import (
-    Interval,
+    NAN_INTERVAL,
     CrossedResampler,
+    Interval,
     VarianceParts,
     as_matrix,
     decision_accuracy,
@@ -122,7 +123,7 @@ def _gain_record(q: _Quantity, models: dict[str, int], diverged: dict, confidenc
 def _diverged_record(recipe: str, variant: str, model: str, metric: str, models: dict[str, int],
                      diverged: dict) -> dict:
     """A variant none of whose seeds finished training at this model: no gain, the worst outcome."""
-    nan = Interval(math.nan, math.nan, math.nan).to_json()
+    nan = NAN_INTERVAL.to_json()
     return {"recipe": recipe, "variant": variant, "model": model, "parameters": models[model], "metric": metric,
             "n_seeds": 0, "seeds": [], "per_item": False, "n_items": 0, "base_mean": math.nan,
             "trained_mean": math.nan, "trained": nan, "gain": nan, "improvement": -math.inf, "direction": "worse",
@@ -191,12 +192,11 @@ def _rank_replicates(small: np.ndarray, large: np.ndarray, confidence: float) ->
     accuracy = decision_accuracy(small, large)
     out["decision_accuracy"] = percentile_interval(float(accuracy[0]), accuracy[1:], confidence).to_json()
     rs, rl = scipy_stats.rankdata(small, axis=1), scipy_stats.rankdata(large, axis=1)
+    # percentile_interval leaves the bounds undefined when some replicates are (a constant ordering).
     spearman = _row_correlation(rs, rl)
-    out["spearman"] = percentile_interval(float(spearman[0]), spearman[1:], confidence).to_json() \
-        if np.all(np.isfinite(spearman[1:])) else Interval(float(spearman[0]), math.nan, math.nan).to_json()
+    out["spearman"] = percentile_interval(float(spearman[0]), spearman[1:], confidence).to_json()
     kendall = _kendall_tau_b(small, large)
-    out["kendall"] = percentile_interval(float(kendall[0]), kendall[1:], confidence).to_json() \
-        if np.all(np.isfinite(kendall[1:])) else Interval(float(kendall[0]), math.nan, math.nan).to_json()
+    out["kendall"] = percentile_interval(float(kendall[0]), kendall[1:], confidence).to_json()
     return out
 
 
@@ -285,7 +285,7 @@ def _transfer_section(study: _Study) -> list[dict]:
             for v in shared:
                 qs, ql = (study.quantities.get((recipe, v, m, metric)) for m in (small, large))
                 ratios[v] = (ratio_interval(_with_estimate(qs), _with_estimate(ql), study.confidence).to_json()
-                             if qs is not None and ql is not None else Interval(math.nan, math.nan, math.nan).to_json())
+                             if qs is not None and ql is not None else NAN_INTERVAL.to_json())
             estimates = [{v: per_model[m][v]["gain"]["estimate"] for v in shared
                           if per_model[m][v]["verdict"] != "diverges"} for m in (small, large)]
             improvements = [{v: per_model[m][v]["improvement"] for v in shared} for m in (small, large)]
@@ -416,7 +416,7 @@ def _scale_entry(model: str, rows: list[dict], ordering: dict) -> dict:
     diverged = {g["variant"]: g["diverged"] for g in rows if g["diverged"]}
     entry = {"model": model, "parameters": rows[0]["parameters"],
              "best_variant": best["variant"] if best else None,
-             "gain": best["gain"] if best else Interval(math.nan, math.nan, math.nan).to_json(),
+             "gain": best["gain"] if best else NAN_INTERVAL.to_json(),
              "verdict": best["verdict"] if best else "diverges",
              "power": best["power"] if best else None,
              "p_best": ordering["p_best"].get(best["variant"], math.nan) if best else math.nan,
