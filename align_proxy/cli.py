@@ -195,40 +195,38 @@ def _print_study_status(study_dir: Path) -> int:
     return 0
 
 
-def _print_report(paths) -> None:
-    """The report's headline, as a table, and where the full report is."""
-    if not paths:
+def _print_report(report) -> None:
+    """The report's headline, as a table, from the analysis just computed, and where the full report is."""
+    if report is None:
         return
-    import json
-
     from align_proxy.studies.formatting import format_parameters, recipe_label
 
-    analysis = json.loads(paths["json"].read_text())
+    analysis, files = report.analysis, report.files
     table = Table(title="does each recipe's gain transfer? (gain of the best variant, 95% interval)")
     table.add_column("recipe", no_wrap=True)
     table.add_column("judged on", no_wrap=True)
-    for model in analysis["models"]:
-        table.add_column(f"{model['name']} ({format_parameters(model['parameters'])})", no_wrap=True)
+    for model in analysis.models:
+        table.add_column(f"{model.name} ({format_parameters(model.parameters)})", no_wrap=True)
     for column in ("transfers", "confidence"):
         table.add_column(column, no_wrap=True)
-    for entry in analysis["headline"]:
-        by_model = {scale["model"]: scale for scale in entry["scales"]}
-        cells = [_verdict_text(by_model.get(m["name"])) for m in analysis["models"]]
-        transfers = entry["transfer"]["transfers"] if entry["transfer"] else "-"
-        table.add_row(recipe_label(entry), entry["metric"], *cells, transfers, entry["confidence"])
+    for entry in analysis.headline:
+        by_model = {scale.model: scale for scale in entry.scales}
+        cells = [_verdict_text(by_model.get(m.name)) for m in analysis.models]
+        transfers = entry.transfer.transfers if entry.transfer else "-"
+        table.add_row(recipe_label(entry), entry.metric, *cells, transfers, entry.confidence)
     console.print(table)
-    for entry in analysis["headline"]:
-        console.print(f"[bold]{recipe_label(entry)}[/bold]: {entry['conclusion']}")
-    console.print(f"report: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name})")
+    for entry in analysis.headline:
+        console.print(f"[bold]{recipe_label(entry)}[/bold]: {entry.conclusion}")
+    console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
 
 
-def _verdict_text(scale: dict | None) -> str:
+def _verdict_text(scale) -> str:
     from align_proxy.studies.formatting import format_interval
 
     if scale is None:
         return "-"
-    colour = {"helps": "green", "hurts": "red", "diverges": "magenta"}.get(scale["verdict"], "yellow")
-    return f"[{colour}]{scale['verdict']}[/{colour}] {format_interval(scale['gain'])}"
+    colour = {"helps": "green", "hurts": "red", "diverges": "magenta"}.get(scale.verdict, "yellow")
+    return f"[{colour}]{scale.verdict}[/{colour}] {format_interval(scale.gain)}"
 
 
 def cmd_report(args) -> int:

@@ -27,7 +27,7 @@ def test_the_readme_headline_table_parses_into_verdict_words():
 def test_a_changed_verdict_word_is_reported_and_equal_words_are_not():
     check = load_check()
     analysis = analyse(planted_cells("sft", {"a": everywhere(0.2)}), MODELS, PRIMARY, target=TARGET)
-    found = check.report_headline(analysis)
+    found = check.report_headline(analysis.to_json())  # the check reads report.json
     assert found == {"sft": {"verdicts": ["helps", "helps", "helps"], "transfers": "yes"}}
     assert check.differences(found, found) == []
     changed = {"sft": {"verdicts": ["helps", "unclear", "helps"], "transfers": "yes"}}

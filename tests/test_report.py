@@ -48,7 +48,7 @@ def test_report_writes_html_markdown_json_and_plots_with_no_temporary_files_left
                      "transfer_curves.png"]
     assert sorted(p.name for p in (study_dir / "plots").iterdir()) == plots
     assert sorted(p.name for p in study_dir.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
-    assert json.loads(files["json"].read_text()) == analysis
+    assert json.loads(files["json"].read_text()) == analysis.to_json()
 
 
 def test_rewriting_a_report_replaces_it_in_place(tmp_path):
@@ -77,7 +77,7 @@ def test_html_has_the_headline_table_with_a_coloured_verdict_per_scale(report):
     page = files["html"].read_text()
     headline = page[page.index('<table id="headline">'):]
     headline = headline[:headline.index("</table>")]
-    assert headline.count("<tr>") == 1 + len(analysis["headline"])
+    assert headline.count("<tr>") == 1 + len(analysis.headline)
     assert headline.count('class="helps"') >= 3  # sft at every scale
     conclusions = page[page.index("</table>", page.index('<table id="headline">')):].split("</ul>")[0]
     assert "worth a large run" in conclusions  # each recipe's conclusion, in a list under the table
@@ -147,7 +147,7 @@ def test_the_html_report_renders_in_headless_chromium_with_every_image(report, b
     assert browser.title == TITLE
     headline = browser.find_element(By.ID, "headline")
     assert headline.is_displayed()
-    assert len(headline.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(analysis["headline"])
+    assert len(headline.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(analysis.headline)
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
     assert len(images) == sum(key.startswith("plot_") for key in files)
@@ -166,3 +166,29 @@ def test_a_diverged_variant_is_reported_as_such_and_every_plot_still_draws(tmp_p
     assert "lr=high diverges at ladder-l (3/3 seeds" in page
     assert 'class="diverges"' in page
     assert {"plot_rank_agreement", "plot_loss_curves", "plot_gain_vs_scale"} <= set(files)
+
+
+def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_report_json(tmp_path):
+    from align_proxy import cli
+    from align_proxy.studies.runner import WrittenReport
+
+    cells = study_cells()
+    analysis = analyse(cells, MODELS, PRIMARY, target=TARGET)
+    files = write_report(tmp_path, analysis, cells, TITLE)
+    files["json"].unlink()  # nothing on disk to re-read
+    with cli.console.capture() as captured:
+        cli._print_report(WrittenReport(analysis, files))
+    printed = captured.get()
+    for entry in analysis.headline:
+        assert f"{entry.recipe}: {entry.conclusion}" in printed.replace("\n", " ") or entry.conclusion[:60] in printed
+    assert "ladder-l (1.79M)" in printed and f"report: {files['html']}" in printed
+
+
+def test_analysis_records_are_frozen_so_a_misspelt_field_fails_where_it_is_written():
+    import dataclasses
+
+    analysis = analyse(study_cells(), MODELS, PRIMARY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        analysis.headline[0].verdict = "helps"  # not a field of a headline, and records are read-only
+    with pytest.raises(AttributeError):
+        analysis.gains[0].gain_interval  # noqa: B018 - a renamed field fails on read, not while rendering

@@ -3,8 +3,8 @@ design, which variant wins at each scale and how sure that is, how gains and ord
 models to large, which small-scale metric predicts the large model's ranking, a fit against scale, and
 what more data would resolve what is still unclear.
 
-Finished cells in, one JSON-ready dict out (nan becomes None); the report only draws what is here, and
-`verdicts` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
+Finished cells in, one typed `records.StudyAnalysis` out (`to_json()` is report.json); the report only
+draws what is here, and `verdicts` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
 draw over the whole study: items shared by every cell scored on them, seeds per training run.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -20,6 +20,31 @@ from scipy import stats as scipy_stats
 
 from align_proxy.metrics import METRICS
 from align_proxy.studies import verdicts
+from align_proxy.studies.records import (
+    BaseScore,
+    CellCount,
+    Completeness,
+    Divergence,
+    Fit,
+    Gain,
+    Headline,
+    MetricInfo,
+    MetricTrust,
+    MissingCell,
+    ModelSize,
+    Ordering,
+    Prediction,
+    RankAgreement,
+    RankIntervals,
+    Scale,
+    Start,
+    StudyAnalysis,
+    Transfer,
+    TransferSummary,
+    TrustCandidate,
+    Variance,
+    VariantAtScale,
+)
 from align_proxy.studies.stats import (
     NAN_INTERVAL,
     CrossedResampler,
@@ -44,6 +69,10 @@ METRIC_ORDER = list(METRICS)
 
 def _diverged(cell: CellResult) -> dict | None:
     return getattr(cell, "diverged", None)
+
+
+def _start(start: dict | None) -> Start | None:
+    return Start(start["recipe"], start["variant"]) if start else None
 
 
 # --- per (recipe, variant, model, metric): the data and their replicates -------------------------------
@@ -98,57 +127,53 @@ def _metrics_of(cells: list[CellResult]) -> list[str]:
 
 # --- records --------------------------------------------------------------------------------------------
 
-def _gain_record(q: _Quantity, models: dict[str, int], diverged: dict, confidence: float) -> dict:
+def _gain_record(q: _Quantity, models: dict[str, int], diverged: Divergence | None, confidence: float) -> Gain:
     gain = percentile_interval(float(q.gain.mean()), q.gain_replicates, confidence)
     n_values = q.gain.size
     parts = VarianceParts.of(q.gain)
     word = "diverges" if diverged else verdict(gain, q.metric, n_values)
-    record = {
-        "recipe": q.recipe, "variant": q.variant, "model": q.model, "parameters": models[q.model], "metric": q.metric,
-        "n_seeds": len(q.seeds), "seeds": q.seeds, "per_item": q.per_item, "n_items": q.base.size if q.per_item else 0,
-        "base_mean": float(q.base.mean()), "trained_mean": float(q.trained.mean()),
-        "trained": percentile_interval(float(q.trained.mean()), q.trained_replicates, confidence).to_json(),
-        # A variant that diverged in any seed ranks below every variant that never did.
-        "gain": gain.to_json(), "improvement": -math.inf if diverged else improvement(gain.estimate, q.metric),
-        "direction": verdicts.direction(gain.estimate, q.metric), "verdict": word, "diverged": diverged or None,
-        "variance": {"item": parts.item_var, "seed": parts.seed_var, "interaction": parts.residual_var,
-                     "standard_error": parts.standard_error},
-        "power": None,
-    }
+    power = None
     if word == "unclear" and n_values > 1 and len(q.seeds) > 1:
-        record["power"] = required_design(parts, gain.estimate, confidence).to_json()
-    return record
+        power = required_design(parts, gain.estimate, confidence)
+    return Gain(
+        recipe=q.recipe, variant=q.variant, model=q.model, parameters=models[q.model], metric=q.metric,
+        n_seeds=len(q.seeds), seeds=q.seeds, per_item=q.per_item, n_items=q.base.size if q.per_item else 0,
+        base_mean=float(q.base.mean()), trained_mean=float(q.trained.mean()),
+        trained=percentile_interval(float(q.trained.mean()), q.trained_replicates, confidence),
+        # A variant that diverged in any seed ranks below every variant that never did.
+        gain=gain, improvement=-math.inf if diverged else improvement(gain.estimate, q.metric),
+        direction=verdicts.direction(gain.estimate, q.metric), verdict=word, diverged=diverged,
+        variance=Variance(parts.item_var, parts.seed_var, parts.residual_var, parts.standard_error), power=power)
 
 
 def _diverged_record(recipe: str, variant: str, model: str, metric: str, models: dict[str, int],
-                     diverged: dict) -> dict:
+                     diverged: Divergence) -> Gain:
     """A variant none of whose seeds finished training at this model: no gain, the worst outcome."""
-    nan = NAN_INTERVAL.to_json()
-    return {"recipe": recipe, "variant": variant, "model": model, "parameters": models[model], "metric": metric,
-            "n_seeds": 0, "seeds": [], "per_item": False, "n_items": 0, "base_mean": math.nan,
-            "trained_mean": math.nan, "trained": nan, "gain": nan, "improvement": -math.inf, "direction": "worse",
-            "verdict": "diverges", "diverged": diverged, "variance": None, "power": None}
+    return Gain(recipe=recipe, variant=variant, model=model, parameters=models[model], metric=metric, n_seeds=0,
+                seeds=[], per_item=False, n_items=0, base_mean=math.nan, trained_mean=math.nan,
+                trained=NAN_INTERVAL, gain=NAN_INTERVAL, improvement=-math.inf, direction="worse",
+                verdict="diverges", diverged=diverged, variance=None, power=None)
 
 
-def _divergence_summary(cells: list[CellResult]) -> dict | None:
+def _divergence_summary(cells: list[CellResult]) -> Divergence | None:
     hit = [(c, _diverged(c)) for c in cells if _diverged(c)]
     if not hit:
         return None
     first = min(hit, key=lambda pair: pair[1].get("step", 0))[1]
-    return {"seeds": len(hit), "of": len(cells), "step": first.get("step"), "loss": first.get("loss"),
-            "seed_list": sorted(c.seed for c, _ in hit)}
+    return Divergence(seeds=len(hit), of=len(cells), step=first.get("step"), loss=first.get("loss"),
+                      seed_list=sorted(c.seed for c, _ in hit))
 
 
-def _improvement_replicates(record: dict, quantity: _Quantity | None, n: int) -> np.ndarray:
+def _improvement_replicates(record: Gain, quantity: _Quantity | None, n: int) -> np.ndarray:
     """[estimate, replicates...] of the improvement (larger is better); a diverging variant is worst in all."""
-    if record["verdict"] == "diverges" or quantity is None:
+    if record.verdict == "diverges" or quantity is None:
         return np.full(n + 1, -np.inf)
-    sign = -1.0 if higher_is_better(record["metric"]) is False else 1.0
-    return sign * np.concatenate([[record["gain"]["estimate"]], quantity.gain_replicates])
+    sign = -1.0 if higher_is_better(record.metric) is False else 1.0
+    return sign * np.concatenate([[record.gain.estimate], quantity.gain_replicates])
 
 
 def _ordering_record(recipe: str, metric: str, model: str, variants: dict[str, np.ndarray],
-                     quantities: dict[str, _Quantity | None], confidence: float) -> dict:
+                     quantities: dict[str, _Quantity | None], confidence: float) -> Ordering:
     """Which variant is best at one model, and how often it wins across replicates."""
     names = sorted(variants)
     table = np.vstack([variants[v][1:] for v in names])  # variants x replicates
@@ -158,17 +183,15 @@ def _ordering_record(recipe: str, metric: str, model: str, variants: dict[str, n
     estimates = {v: variants[v][0] for v in names}
     leader = max(names, key=lambda v: (estimates[v], v))
     beats = {a: {b: probability_greater(variants[a][1:], variants[b][1:]) for b in names if b != a} for a in names}
-    record = {"recipe": recipe, "metric": metric, "model": model, "variants": names, "leader": leader,
-              "p_best": p_best, "p_beats": beats, "resolved": len(names) == 1 or p_best[leader] >= RESOLVED,
-              "power": None}
-    if not record["resolved"]:
+    resolved = len(names) == 1 or p_best[leader] >= RESOLVED
+    runner_up = power = None
+    if not resolved:
         runner_up = max((v for v in names if v != leader), key=lambda v: (estimates[v], v))
-        record["runner_up"] = runner_up
         difference = _difference_parts(quantities.get(leader), quantities.get(runner_up))
         if difference is not None:
-            record["power"] = required_design(difference, estimates[leader] - estimates[runner_up],
-                                              confidence).to_json()
-    return record
+            power = required_design(difference, estimates[leader] - estimates[runner_up], confidence)
+    return Ordering(recipe=recipe, metric=metric, model=model, variants=names, leader=leader, p_best=p_best,
+                    p_beats=beats, resolved=resolved, runner_up=runner_up, power=power)
 
 
 def _difference_parts(a: _Quantity | None, b: _Quantity | None) -> VarianceParts | None:
@@ -184,20 +207,19 @@ def _difference_parts(a: _Quantity | None, b: _Quantity | None) -> VarianceParts
                          pa.residual_var + pb.residual_var)
 
 
-def _rank_replicates(small: np.ndarray, large: np.ndarray, confidence: float) -> dict:
+def _rank_replicates(small: np.ndarray, large: np.ndarray, confidence: float) -> RankIntervals:
     """Decision accuracy, Spearman and Kendall of two orderings (variants in columns; row 0 the estimate, the
     rest replicates), each with its percentile interval over the replicates."""
     small, large = _finite_ranks(small), _finite_ranks(large)
-    out = {}
     accuracy = decision_accuracy(small, large)
-    out["decision_accuracy"] = percentile_interval(float(accuracy[0]), accuracy[1:], confidence).to_json()
     rs, rl = scipy_stats.rankdata(small, axis=1), scipy_stats.rankdata(large, axis=1)
     # percentile_interval leaves the bounds undefined when some replicates are (a constant ordering).
     spearman = _row_correlation(rs, rl)
-    out["spearman"] = percentile_interval(float(spearman[0]), spearman[1:], confidence).to_json()
     kendall = _kendall_tau_b(small, large)
-    out["kendall"] = percentile_interval(float(kendall[0]), kendall[1:], confidence).to_json()
-    return out
+    return RankIntervals(
+        decision_accuracy=percentile_interval(float(accuracy[0]), accuracy[1:], confidence),
+        spearman=percentile_interval(float(spearman[0]), spearman[1:], confidence),
+        kendall=percentile_interval(float(kendall[0]), kendall[1:], confidence))
 
 
 def _finite_ranks(values: np.ndarray) -> np.ndarray:
@@ -236,7 +258,7 @@ class _Study:
     confidence: float
     n_resamples: int
     quantities: dict[tuple, _Quantity] = field(default_factory=dict)
-    gains: dict[tuple, dict] = field(default_factory=dict)
+    gains: dict[tuple, Gain] = field(default_factory=dict)
 
     def improvements(self, recipe: str, metric: str, model: str) -> dict[str, np.ndarray]:
         return {v: _improvement_replicates(g, self.quantities.get((r, v, m, k)), self.n_resamples)
@@ -261,7 +283,7 @@ def _gain_section(study: _Study, groups: dict, resampler: CrossedResampler) -> N
             study.gains[key] = _gain_record(q, study.models, diverged, study.confidence)
 
 
-def _ordering_section(study: _Study) -> dict[tuple, dict]:
+def _ordering_section(study: _Study) -> dict[tuple, Ordering]:
     orderings = {}
     for recipe, metric, model in sorted({(r, k, m) for r, _, m, k in study.gains}):
         variants = study.improvements(recipe, metric, model)
@@ -271,9 +293,9 @@ def _ordering_section(study: _Study) -> dict[tuple, dict]:
     return orderings
 
 
-def _transfer_section(study: _Study) -> list[dict]:
+def _transfer_section(study: _Study) -> list[Transfer]:
     """For each pair of models small < large: gain ratios, sign and rank agreement of the variants."""
-    by_recipe_metric: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    by_recipe_metric: dict[tuple, dict[str, dict[str, Gain]]] = defaultdict(lambda: defaultdict(dict))
     for (recipe, variant, model, metric), g in study.gains.items():
         by_recipe_metric[(recipe, metric)][model][variant] = g
     records = []
@@ -284,22 +306,21 @@ def _transfer_section(study: _Study) -> list[dict]:
             ratios = {}
             for v in shared:
                 qs, ql = (study.quantities.get((recipe, v, m, metric)) for m in (small, large))
-                ratios[v] = (ratio_interval(_with_estimate(qs), _with_estimate(ql), study.confidence).to_json()
-                             if qs is not None and ql is not None else NAN_INTERVAL.to_json())
-            estimates = [{v: per_model[m][v]["gain"]["estimate"] for v in shared
-                          if per_model[m][v]["verdict"] != "diverges"} for m in (small, large)]
-            improvements = [{v: per_model[m][v]["improvement"] for v in shared} for m in (small, large)]
-            record = {"recipe": recipe, "metric": metric, "small": small, "large": large,
-                      "small_parameters": study.models[small], "large_parameters": study.models[large],
-                      "variants": shared, "ratios": ratios, "sign_agreement": sign_agreement(*estimates),
-                      "rank_agreement": rank_agreement(*[{v: _finite(x) for v, x in imp.items()}
-                                                         for imp in improvements]),
-                      "rank_intervals": None}
+                ratios[v] = (ratio_interval(_with_estimate(qs), _with_estimate(ql), study.confidence)
+                             if qs is not None and ql is not None else NAN_INTERVAL)
+            estimates = [{v: per_model[m][v].gain.estimate for v in shared
+                          if per_model[m][v].verdict != "diverges"} for m in (small, large)]
+            improvements = [{v: per_model[m][v].improvement for v in shared} for m in (small, large)]
+            rank_intervals = None
             if len(shared) >= 2:
                 small_reps = np.stack([study.improvements(recipe, metric, small)[v] for v in shared], axis=1)
                 large_reps = np.stack([study.improvements(recipe, metric, large)[v] for v in shared], axis=1)
-                record["rank_intervals"] = _rank_replicates(small_reps, large_reps, study.confidence)
-            records.append(record)
+                rank_intervals = _rank_replicates(small_reps, large_reps, study.confidence)
+            ranks = rank_agreement(*[{v: _finite(x) for v, x in imp.items()} for imp in improvements])
+            records.append(Transfer(recipe=recipe, metric=metric, small=small, large=large,
+                                    small_parameters=study.models[small], large_parameters=study.models[large],
+                                    variants=shared, ratios=ratios, sign_agreement=sign_agreement(*estimates),
+                                    rank_agreement=RankAgreement(**ranks), rank_intervals=rank_intervals))
     return records
 
 
@@ -311,7 +332,7 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else -1e300
 
 
-def _metric_trust_section(study: _Study, primary: dict[str, str]) -> list[dict]:
+def _metric_trust_section(study: _Study, primary: dict[str, str]) -> list[MetricTrust]:
     """Per recipe (DataDecide's question): how well does each metric measured at the smallest model order the
     variants as the judged metric does at the largest? Decision accuracy with its interval."""
     records = []
@@ -335,20 +356,19 @@ def _metric_trust_section(study: _Study, primary: dict[str, str]) -> list[dict]:
             x = _finite_ranks(np.stack([predictor[v] for v in shared], axis=1))
             y = _finite_ranks(np.stack([target[v] for v in shared], axis=1))
             accuracy = decision_accuracy(x, y)
-            candidates.append({"metric": metric, "label": metric_label(metric), "n_variants": len(shared),
-                               "decision_accuracy": percentile_interval(float(accuracy[0]), accuracy[1:],
-                                                                        study.confidence).to_json()})
+            candidates.append(TrustCandidate(metric, metric_label(metric), len(shared),
+                                             percentile_interval(float(accuracy[0]), accuracy[1:], study.confidence)))
         if candidates:
-            records.append({"recipe": recipe, "judged": judged, "small": small, "large": large,
-                            "candidates": sorted(candidates, key=lambda c: -c["decision_accuracy"]["estimate"])})
+            records.append(MetricTrust(recipe, judged, small, large,
+                                       sorted(candidates, key=lambda c: -c.decision_accuracy.estimate)))
     return records
 
 
-def _fit_section(study: _Study, target: tuple[str, float] | None) -> list[dict]:
+def _fit_section(study: _Study, target: tuple[str, float] | None) -> list[Fit]:
     """gain ~ log10(parameters) per recipe variant and metric over each model's mean gain (>= 3 models)."""
     points: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for (recipe, variant, model, metric), q in study.quantities.items():
-        if study.gains[(recipe, variant, model, metric)]["verdict"] != "diverges":
+        if study.gains[(recipe, variant, model, metric)].verdict != "diverges":
             points[(recipe, variant, metric)].append((study.models[model], float(q.gain.mean())))
     records = []
     for (recipe, variant, metric), pts in points.items():
@@ -358,19 +378,22 @@ def _fit_section(study: _Study, target: tuple[str, float] | None) -> list[dict]:
         target_parameters = target[1] if target else max(params)
         fit = fit_gain_vs_scale(params, [g for _, g in pts], target_parameters, study.confidence)
         factor = target[1] / max(params) if target else None
-        records.append({"recipe": recipe, "variant": variant, "metric": metric, "points": sorted(pts),
-                        "slope": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared,
-                        "n_points": fit.n_points, "degrees_of_freedom": fit.degrees_of_freedom,
-                        "target": target[0] if target else None, "target_parameters": target[1] if target else None,
-                        "extrapolation_factor": factor, "prediction": fit.prediction.to_json() if target else None,
-                        "probability_positive": fit.probability_positive if target else None})
+        record = Fit(recipe=recipe, variant=variant, metric=metric, points=sorted(pts), slope=fit.slope,
+                     intercept=fit.intercept, r_squared=fit.r_squared, n_points=fit.n_points,
+                     degrees_of_freedom=fit.degrees_of_freedom, target=target[0] if target else None,
+                     target_parameters=target[1] if target else None, extrapolation_factor=factor,
+                     prediction=fit.prediction if target else None,
+                     probability_positive=fit.probability_positive if target else None, prediction_trusted=None)
+        if target:
+            record = replace(record, prediction_trusted=_prediction(record, metric).trusted)
+        records.append(record)
     return records
 
 
-def _prediction(fit: dict, metric: str) -> dict:
+def _prediction(fit: Fit, metric: str) -> Prediction:
     """The fit's word at the target: a number only when the metric's range and the fit's reach allow one."""
-    iv = Interval(**fit["prediction"])
-    p_up = fit["probability_positive"]
+    iv = fit.prediction
+    p_up = fit.probability_positive
     better_up = higher_is_better(metric) is not False
     p_better = p_up if better_up else 1.0 - p_up
     word = "helps" if p_better >= 0.5 else "hurts"
@@ -380,73 +403,70 @@ def _prediction(fit: dict, metric: str) -> dict:
     if metric.endswith("_accuracy") and (iv.high > 1 or iv.low < -1):
         # An accuracy gains at most 1: a straight line in log(parameters) that leaves [-1, 1] must bend first.
         reasons.append("its interval leaves the range an accuracy can gain")
-    if fit["extrapolation_factor"] > verdicts.FAR_EXTRAPOLATION and not fit["r_squared"] >= verdicts.WEAK_FIT:
-        reasons.append(f"{fit['extrapolation_factor']:.0f}x past the largest rung on a fit of R^2 "
-                       f"{fit['r_squared']:.2f} over {fit['n_points']} sizes")
-    return {"target": fit["target"], "target_parameters": fit["target_parameters"], "variant": fit["variant"],
-            "gain": fit["prediction"], "extrapolation_factor": fit["extrapolation_factor"],
-            "verdict": verdict(iv, metric), "direction": word,
-            "direction_probability": max(p_better, 1.0 - p_better) if word in ("rises", "falls") else p_better,
-            "trusted": not reasons, "untrusted_because": "; ".join(reasons) or None,
-            "beyond_range": bool(reasons and reasons[0].startswith("its interval"))}
+    if fit.extrapolation_factor > verdicts.FAR_EXTRAPOLATION and not fit.r_squared >= verdicts.WEAK_FIT:
+        reasons.append(f"{fit.extrapolation_factor:.0f}x past the largest rung on a fit of R^2 "
+                       f"{fit.r_squared:.2f} over {fit.n_points} sizes")
+    return Prediction(target=fit.target, target_parameters=fit.target_parameters, variant=fit.variant, gain=iv,
+                      extrapolation_factor=fit.extrapolation_factor, verdict=verdict(iv, metric), direction=word,
+                      direction_probability=max(p_better, 1.0 - p_better) if word in ("rises", "falls") else p_better,
+                      trusted=not reasons, untrusted_because="; ".join(reasons) or None,
+                      beyond_range=bool(reasons and reasons[0].startswith("its interval")))
 
 
 # --- headline ---------------------------------------------------------------------------------------------
 
-def _headline(recipe: str, metric: str, study: _Study, orderings: dict, transfer: list[dict], fits: list[dict],
-              target) -> dict:
-    mine = [g for g in study.gains.values() if g["recipe"] == recipe and g["metric"] == metric]
-    scales = [_scale_entry(model, [g for g in mine if g["model"] == model], orderings[(recipe, metric, model)])
-              for model in study.order if any(g["model"] == model for g in mine)]
-    entry = {"recipe": recipe, "metric": metric, "metric_label": metric_label(metric),
-             "higher_is_better": higher_is_better(metric), "scales": scales,
-             "recommended_variant": scales[-1]["best_variant"] if scales else None,
-             "transfer": _transfer_summary(scales, transfer, recipe, metric), "prediction": None}
-    wanted = (recipe, entry["recommended_variant"], metric)
-    fit = next((f for f in fits if (f["recipe"], f["variant"], f["metric"]) == wanted), None)
-    if fit and target:
-        entry["prediction"] = _prediction(fit, metric)
-    return entry
+def _headline(recipe: str, metric: str, study: _Study, orderings: dict[tuple, Ordering], transfer: list[Transfer],
+              fits: list[Fit], target, start: Start | None) -> Headline:
+    mine = [g for g in study.gains.values() if g.recipe == recipe and g.metric == metric]
+    scales = [_scale_entry(model, [g for g in mine if g.model == model], orderings[(recipe, metric, model)])
+              for model in study.order if any(g.model == model for g in mine)]
+    recommended = scales[-1].best_variant if scales else None
+    fit = next((f for f in fits if (f.recipe, f.variant, f.metric) == (recipe, recommended, metric)), None)
+    entry = Headline(recipe=recipe, metric=metric, metric_label=metric_label(metric),
+                     higher_is_better=higher_is_better(metric), scales=scales, recommended_variant=recommended,
+                     transfer=_transfer_summary(scales, transfer, recipe, metric),
+                     prediction=_prediction(fit, metric) if fit and target else None, starts_from=start)
+    entry = replace(entry, confidence=verdicts.confidence(entry))
+    return replace(entry, conclusion=verdicts.conclusion(entry))
 
 
-def _scale_entry(model: str, rows: list[dict], ordering: dict) -> dict:
+def _scale_entry(model: str, rows: list[Gain], ordering: Ordering) -> Scale:
     """The best variant that never diverged judges the scale; when every variant diverged, the scale diverges."""
-    ranked = [g for g in rows if g["verdict"] != "diverges"]
-    best = max(ranked, key=lambda g: (g["improvement"], g["variant"])) if ranked else None
-    diverged = {g["variant"]: g["diverged"] for g in rows if g["diverged"]}
-    entry = {"model": model, "parameters": rows[0]["parameters"],
-             "best_variant": best["variant"] if best else None,
-             "gain": best["gain"] if best else NAN_INTERVAL.to_json(),
-             "verdict": best["verdict"] if best else "diverges",
-             "power": best["power"] if best else None,
-             "p_best": ordering["p_best"].get(best["variant"], math.nan) if best else math.nan,
-             "resolved": ordering["resolved"] and best is not None and ordering["leader"] == best["variant"],
-             "ordering_power": ordering["power"], "diverged": diverged,
-             "variants": {g["variant"]: {"gain": g["gain"], "verdict": g["verdict"],
-                                         "p_best": ordering["p_best"].get(g["variant"])} for g in rows}}
-    return entry
+    ranked = [g for g in rows if g.verdict != "diverges"]
+    best = max(ranked, key=lambda g: (g.improvement, g.variant)) if ranked else None
+    return Scale(model=model, parameters=rows[0].parameters,
+                 best_variant=best.variant if best else None,
+                 gain=best.gain if best else NAN_INTERVAL,
+                 verdict=best.verdict if best else "diverges",
+                 power=best.power if best else None,
+                 p_best=ordering.p_best.get(best.variant, math.nan) if best else math.nan,
+                 resolved=ordering.resolved and best is not None and ordering.leader == best.variant,
+                 ordering_power=ordering.power, diverged={g.variant: g.diverged for g in rows if g.diverged},
+                 variants={g.variant: VariantAtScale(g.gain, g.verdict, ordering.p_best.get(g.variant))
+                           for g in rows})
 
 
-def _transfer_summary(scales: list[dict], transfer: list[dict], recipe: str, metric: str) -> dict | None:
+def _transfer_summary(scales: list[Scale], transfer: list[Transfer], recipe: str,
+                      metric: str) -> TransferSummary | None:
     if len(scales) < 2:
         return None
     first, last = scales[0], scales[-1]
-    ends = {_as_outcome(first["verdict"]), _as_outcome(last["verdict"])}
+    ends = {_as_outcome(first.verdict), _as_outcome(last.verdict)}
     transfers = ("yes" if len(ends) == 1 and "unclear" not in ends else
                  "no" if ends == {"helps", "hurts"} else "unclear")
-    pair = next(t for t in transfer if (t["recipe"], t["metric"], t["small"], t["large"]) ==
-                (recipe, metric, first["model"], last["model"]))
-    n_variants = len(first["variants"].keys() & last["variants"].keys())
+    pair = next(t for t in transfer if (t.recipe, t.metric, t.small, t.large) ==
+                (recipe, metric, first.model, last.model))
+    n_variants = len(first.variants.keys() & last.variants.keys())
     if n_variants < 2:
         ordering = "one variant"
-    elif first["resolved"] and last["resolved"]:
-        ordering = "same" if first["best_variant"] == last["best_variant"] else "changes"
+    elif first.resolved and last.resolved:
+        ordering = "same" if first.best_variant == last.best_variant else "changes"
     else:
         ordering = "not resolved"
-    return {"smallest": first["model"], "largest": last["model"], "verdict_smallest": first["verdict"],
-            "verdict_largest": last["verdict"], "transfers": transfers, "ordering": ordering,
-            "same_best_variant": ordering == "same", "sign_agreement": pair["sign_agreement"],
-            "rank_agreement": pair["rank_agreement"], "rank_intervals": pair["rank_intervals"]}
+    return TransferSummary(smallest=first.model, largest=last.model, verdict_smallest=first.verdict,
+                           verdict_largest=last.verdict, transfers=transfers, ordering=ordering,
+                           same_best_variant=ordering == "same", sign_agreement=pair.sign_agreement,
+                           rank_agreement=pair.rank_agreement, rank_intervals=pair.rank_intervals)
 
 
 def _as_outcome(word: str) -> str:
@@ -458,8 +478,8 @@ def _as_outcome(word: str) -> str:
 
 def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
             target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> dict:
-    """Every number of a study's report, JSON-ready (json.dumps(..., allow_nan=False) works).
+            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> StudyAnalysis:
+    """Every number of a study's report, as typed records (`.to_json()` is report.json).
 
     `results` are finished cells, diverged ones included (a `diverged` attribute of {step, loss}); `models`
     maps name -> parameters (models with no results yet count as missing); `primary_metrics` maps recipe ->
@@ -477,34 +497,27 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     orderings = _ordering_section(study)
     transfer = _transfer_section(study)
     fits = _fit_section(study, target)
-    for fit in fits:
-        fit["prediction_trusted"] = _prediction(fit, fit["metric"])["trusted"] if target else None
     recipes = _ordered({c.recipe for c in results}, list(primary_metrics))
-    gains = sorted(study.gains.values(), key=lambda g: (g["recipe"], g["variant"], models[g["model"]],
-                                                         _order_index(g["metric"])))
+    gains = sorted(study.gains.values(), key=lambda g: (g.recipe, g.variant, models[g.model], _order_index(g.metric)))
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
-    headline = [_headline(r, primary[r], study, orderings, transfer, fits, target) for r in recipes]
-    for entry in headline:
-        entry["starts_from"] = (starts or {}).get(entry["recipe"])
-        entry["confidence"] = verdicts.confidence(entry)
-        entry["conclusion"] = verdicts.conclusion(entry)
-    metrics = _ordered({g["metric"] for g in gains}, METRIC_ORDER)
-    return _jsonable({
-        "schema": SCHEMA_VERSION, "confidence": confidence, "n_resamples": n_resamples,
-        "resolved_threshold": RESOLVED,
-        "models": [{"name": m, "parameters": models[m]} for m in order],
-        "target": {"name": target[0], "parameters": target[1]} if target else None,
-        "seeds": sorted({c.seed for c in results}),
-        "recipes": {r: sorted({c.variant for c in results if c.recipe == r}) for r in recipes},
-        "metrics": {m: {"label": metric_label(m), "higher_is_better": higher_is_better(m)} for m in metrics},
-        "completeness": _completeness(results, order, cells), "headline": headline,
-        "base": _base_records(results, models, confidence, n_resamples), "gains": gains,
-        "orderings": list(orderings.values()), "transfer": transfer,
-        "metric_trust": _metric_trust_section(study, primary), "fits": fits})
+    headline = [_headline(r, primary[r], study, orderings, transfer, fits, target, _start((starts or {}).get(r)))
+                for r in recipes]
+    metrics = _ordered({g.metric for g in gains}, METRIC_ORDER)
+    return StudyAnalysis(
+        schema=SCHEMA_VERSION, confidence=confidence, n_resamples=n_resamples, resolved_threshold=RESOLVED,
+        models=[ModelSize(m, models[m]) for m in order],
+        target=ModelSize(*target) if target else None,
+        seeds=sorted({c.seed for c in results}),
+        recipes={r: sorted({c.variant for c in results if c.recipe == r}) for r in recipes},
+        metrics={m: MetricInfo(metric_label(m), higher_is_better(m)) for m in metrics},
+        completeness=_completeness(results, order, cells), headline=headline,
+        base=_base_records(results, models, confidence, n_resamples), gains=gains,
+        orderings=list(orderings.values()), transfer=transfer,
+        metric_trust=_metric_trust_section(study, primary), fits=fits)
 
 
 def _base_records(results: list[CellResult], models: dict[str, int], confidence: float,
-                  n_resamples: int) -> list[dict]:
+                  n_resamples: int) -> list[BaseScore]:
     """Base scores per recipe (a reward model's base has a fresh score head, unlike a policy's) and model;
     an evaluation shared by several cells counts once."""
     resampler = CrossedResampler(n_resamples, seed=1)
@@ -519,12 +532,11 @@ def _base_records(results: list[CellResult], models: dict[str, int], confidence:
         estimate = float(matrix.mean())
         base = (percentile_interval(estimate, resampler.replicates(matrix, ("base", recipe, model)), confidence)
                 if matrix.size > 1 else Interval(estimate, math.nan, math.nan))
-        records.append({"recipe": recipe, "model": model, "parameters": models[model], "metric": metric,
-                        "n_evaluations": len(unique), "base": base.to_json()})
-    return sorted(records, key=lambda r: (r["recipe"], models[r["model"]], _order_index(r["metric"])))
+        records.append(BaseScore(recipe, model, models[model], metric, len(unique), base))
+    return sorted(records, key=lambda r: (r.recipe, models[r.model], _order_index(r.metric)))
 
 
-def _completeness(results: list[CellResult], order: list[str], cells: list[dict] | None) -> dict:
+def _completeness(results: list[CellResult], order: list[str], cells: list[dict] | None) -> Completeness:
     """Cells finished per recipe and model, and which are missing. Without the study's cell list, the
     expected grid is every recipe variant and seed seen in any result, on every model."""
     done = {(c.recipe, c.variant, c.model, c.seed) for c in results}
@@ -542,14 +554,16 @@ def _completeness(results: list[CellResult], order: list[str], cells: list[dict]
         table[(recipe, model)]["expected"] += 1
         table[(recipe, model)]["done"] += status in finished
         table[(recipe, model)]["diverged"] += status == "diverged"
-    missing = [{"recipe": r, "variant": v, "model": m, "seed": s, "status": status}
+    missing = [MissingCell(r, v, m, s, status)
                for (r, v, m, s), status in sorted(expected.items(), key=lambda kv: str(kv[0])) if status not in finished]
-    return {"expected": len(expected), "done": len(expected) - len(missing), "complete": bool(expected) and not missing,
-            "diverged": sum(s == "diverged" for s in expected.values()),
-            "expected_from": "study cells" if cells is not None else "inferred from finished cells",
-            "by_recipe_model": [{"recipe": r, "model": m, **counts} for (r, m), counts in sorted(table.items(),
-                                key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))],
-            "missing": missing, "models_without_results": [m for m in order if m not in {c.model for c in results}]}
+    by_recipe_model = [CellCount(r, m, **counts) for (r, m), counts in
+                       sorted(table.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]) if kv[0][1] in order else 0))]
+    return Completeness(expected=len(expected), done=len(expected) - len(missing),
+                        complete=bool(expected) and not missing,
+                        diverged=sum(s == "diverged" for s in expected.values()),
+                        expected_from="study cells" if cells is not None else "inferred from finished cells",
+                        by_recipe_model=by_recipe_model, missing=missing,
+                        models_without_results=[m for m in order if m not in {c.model for c in results}])
 
 
 def _order_index(metric: str) -> int:
@@ -561,22 +575,7 @@ def _ordered(names: set[str], preferred: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (preferred.index(n) if n in preferred else len(preferred), n))
 
 
-def _primary(recipe: str, primary_metrics: dict[str, str], gains: list[dict]) -> str:
-    measured = [g["metric"] for g in gains if g["recipe"] == recipe]
+def _primary(recipe: str, primary_metrics: dict[str, str], gains: list[Gain]) -> str:
+    measured = [g.metric for g in gains if g.recipe == recipe]
     wanted = primary_metrics.get(recipe)
     return wanted if wanted in measured or not measured else measured[0]
-
-
-def _jsonable(value):
-    """nan/inf -> None, numpy scalars -> Python, tuples -> lists: what json.dumps(allow_nan=False) takes."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+from align_proxy.studies.records import Headline
+from align_proxy.studies.stats import Interval
+
 
 def format_number(x, signed: bool = False, digits: int = 3) -> str:
-    if x is None:
+    if x is None or math.isnan(x):
         return "n/a"
     x = 0.0 if abs(x) < 0.5 * 10 ** -digits else x  # no "-0.000" for a gain that rounds to zero
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
@@ -18,15 +23,15 @@ def format_parameters(n: float | None) -> str:
     return f"{n / scale:.{0 if unit == '' else 2 if n < 10 * scale else 1}f}{unit}"
 
 
-def format_interval(iv: dict | None, signed: bool = True) -> str:
-    """An Interval as JSON holds it: `+0.103 [+0.050, +0.158]`, or just the estimate when it has no bounds."""
-    if not iv or iv["estimate"] is None:
+def format_interval(iv: Interval | None, signed: bool = True) -> str:
+    """`+0.103 [+0.050, +0.158]`, or just the estimate when it has no bounds, or n/a when it has neither."""
+    if iv is None or math.isnan(iv.estimate):
         return "n/a"
-    bounds = "" if iv["low"] is None else f" [{format_number(iv['low'], signed)}, {format_number(iv['high'], signed)}]"
-    return f"{format_number(iv['estimate'], signed)}{bounds}"
+    bounds = "" if math.isnan(iv.low) else f" [{format_number(iv.low, signed)}, {format_number(iv.high, signed)}]"
+    return f"{format_number(iv.estimate, signed)}{bounds}"
 
 
-def recipe_label(entry: dict) -> str:
+def recipe_label(entry: Headline) -> str:
     """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`."""
-    start = entry.get("starts_from")
-    return f"{entry['recipe']} (from {start['recipe']})" if start else entry["recipe"]
+    start = entry.starts_from
+    return f"{entry.recipe} (from {start.recipe})" if start else entry.recipe

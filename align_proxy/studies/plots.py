@@ -11,18 +11,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from align_proxy.studies.formatting import format_number, format_parameters
+from align_proxy.studies.records import BaseScore, Fit, ModelSize, StudyAnalysis
+from align_proxy.studies.stats import Interval
 from align_proxy.studies.store import CellResult
-
-
-def primary_metric_names(analysis: dict) -> dict[str, str]:
-    return {h["recipe"]: h["metric"] for h in analysis["headline"]}
 
 
 # --- plots ---------------------------------------------------------------------------------------
 
-def draw_plots(analysis: dict, results: list[CellResult]) -> dict[str, tuple[bytes, str]]:
+def draw_plots(analysis: StudyAnalysis, results: list[CellResult]) -> dict[str, tuple[bytes, str]]:
     """Plot name -> (PNG bytes, caption); a plot with nothing to show is left out."""
-    plots, level = {}, f"{analysis['confidence']:.0%}"
+    plots, level = {}, f"{analysis.confidence:.0%}"
     for name, draw, caption in (
             ("transfer_curves", _transfer_curves, "Base and trained scores against parameters (log scale), one "
              f"panel per metric; bars are {level} intervals (items resampled jointly, seed spread t-scaled)."),
@@ -59,70 +57,70 @@ def _colours(keys: list) -> dict:
     return {key: cmap(i % 10) for i, key in enumerate(keys)}
 
 
-def _transfer_curves(analysis: dict, figure: Figure) -> bool:
-    metrics = list(analysis["metrics"])
+def _transfer_curves(analysis: StudyAnalysis, figure: Figure) -> bool:
+    metrics = list(analysis.metrics)
     if not metrics:
         return False
-    lines = sorted({(g["recipe"], g["variant"]) for g in analysis["gains"]})
+    lines = sorted({(g.recipe, g.variant) for g in analysis.gains})
     colours, jitter = _colours(lines), {line: 1 + 0.04 * (i - len(lines) / 2) for i, line in enumerate(lines)}
     for ax, metric in zip(_axes(figure, len(metrics)), metrics):
-        _draw_bases(ax, [b for b in analysis["base"] if b["metric"] == metric])
+        _draw_bases(ax, [b for b in analysis.base if b.metric == metric])
         for line in lines:
-            rows = sorted((g for g in analysis["gains"] if (g["recipe"], g["variant"], g["metric"]) == (*line, metric)),
-                          key=lambda g: g["parameters"])
+            rows = sorted((g for g in analysis.gains if (g.recipe, g.variant, g.metric) == (*line, metric)),
+                          key=lambda g: g.parameters)
             if rows:
-                _errorbar(ax, [g["parameters"] * jitter[line] for g in rows], [g["trained"] for g in rows],
+                _errorbar(ax, [g.parameters * jitter[line] for g in rows], [g.trained for g in rows],
                           colour=colours[line], label=f"{line[0]} {line[1]}", marker="o")
-        ax.set(xscale="log", xlabel="parameters", title=analysis["metrics"][metric]["label"])
-        _model_ticks(ax, analysis["models"])
+        ax.set(xscale="log", xlabel="parameters", title=analysis.metrics[metric].label)
+        _model_ticks(ax, analysis.models)
         ax.legend(fontsize=6)
     return True
 
 
-def _model_ticks(ax, models: list[dict]) -> None:
+def _model_ticks(ax, models: list[ModelSize]) -> None:
     """Tick the x axis at the models themselves: the ladder spans one decade, so log ticks would crowd."""
     from matplotlib.ticker import NullFormatter, NullLocator
 
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticks([m["parameters"] for m in models], [f"{m['name']}\n{format_parameters(m['parameters'])}" for m in models],
+    ax.set_xticks([m.parameters for m in models], [f"{m.name}\n{format_parameters(m.parameters)}" for m in models],
                   fontsize=7)
 
 
-def _draw_bases(ax, bases: list[dict]) -> None:
+def _draw_bases(ax, bases: list[BaseScore]) -> None:
     """One dashed base line per distinct base evaluation: recipes sharing a base model's scores share a line."""
     by_values = defaultdict(list)
-    for recipe in dict.fromkeys(b["recipe"] for b in bases):
-        rows = sorted((b for b in bases if b["recipe"] == recipe), key=lambda b: b["parameters"])
-        by_values[tuple((b["parameters"], b["base"]["estimate"]) for b in rows)].append((recipe, rows))
+    for recipe in dict.fromkeys(b.recipe for b in bases):
+        rows = sorted((b for b in bases if b.recipe == recipe), key=lambda b: b.parameters)
+        by_values[tuple((b.parameters, b.base.estimate) for b in rows)].append((recipe, rows))
     for shade, groups in zip(("black", "dimgray", "gray", "darkgray"), by_values.values()):
         rows = groups[0][1]
-        _errorbar(ax, [b["parameters"] for b in rows], [b["base"] for b in rows], colour=shade, linestyle="--",
+        _errorbar(ax, [b.parameters for b in rows], [b.base for b in rows], colour=shade, linestyle="--",
                   label=f"base ({', '.join(r for r, _ in groups)})", marker="s")
 
 
-def _errorbar(ax, x: list[float], intervals: list[dict], colour, label: str, **style) -> None:
-    y = np.array([iv["estimate"] if iv["estimate"] is not None else np.nan for iv in intervals], dtype=float)
-    low = np.array([iv["low"] if iv["low"] is not None else np.nan for iv in intervals], dtype=float)
-    high = np.array([iv["high"] if iv["high"] is not None else np.nan for iv in intervals], dtype=float)
+def _errorbar(ax, x: list[float], intervals: list[Interval], colour, label: str, **style) -> None:
+    y = np.array([iv.estimate for iv in intervals], dtype=float)
+    low = np.array([iv.low for iv in intervals], dtype=float)
+    high = np.array([iv.high for iv in intervals], dtype=float)
     yerr = np.nan_to_num(np.vstack([y - low, high - y]), nan=0.0).clip(min=0)
     ax.errorbar(x, y, yerr=yerr, color=colour, label=label, capsize=3, **{"markersize": 4, **style})
 
 
-def _gain_vs_scale(analysis: dict, figure: Figure) -> bool:
-    primary = primary_metric_names(analysis)
+def _gain_vs_scale(analysis: StudyAnalysis, figure: Figure) -> bool:
+    primary = analysis.primary_metrics()
     if not primary:
         return False
     for ax, (recipe, metric) in zip(_axes(figure, len(primary)), primary.items()):
-        variants = analysis["recipes"][recipe]
+        variants = analysis.recipes[recipe]
         colours = _colours(variants)
         for variant in variants:
-            rows = sorted((g for g in analysis["gains"] if (g["recipe"], g["variant"], g["metric"]) ==
-                           (recipe, variant, metric)), key=lambda g: g["parameters"])
+            rows = sorted((g for g in analysis.gains if (g.recipe, g.variant, g.metric) ==
+                           (recipe, variant, metric)), key=lambda g: g.parameters)
             if rows:
-                _errorbar(ax, [g["parameters"] for g in rows], [g["gain"] for g in rows], colours[variant],
+                _errorbar(ax, [g.parameters for g in rows], [g.gain for g in rows], colours[variant],
                           label=variant, marker="o", linestyle="none")
-            fit = next((f for f in analysis["fits"] if (f["recipe"], f["variant"], f["metric"]) ==
+            fit = next((f for f in analysis.fits if (f.recipe, f.variant, f.metric) ==
                         (recipe, variant, metric)), None)
             if fit:
                 _draw_fit(ax, fit, colours[variant])
@@ -132,34 +130,34 @@ def _gain_vs_scale(analysis: dict, figure: Figure) -> bool:
     return True
 
 
-def _draw_fit(ax, fit: dict, colour) -> None:
-    sizes = [p for p, _ in fit["points"]] + ([fit["target_parameters"]] if fit["target_parameters"] else [])
+def _draw_fit(ax, fit: Fit, colour) -> None:
+    sizes = [p for p, _ in fit.points] + ([fit.target_parameters] if fit.target_parameters else [])
     x = np.geomspace(min(sizes), max(sizes), 50)
-    ax.plot(x, fit["intercept"] + fit["slope"] * np.log10(x), color=colour, linewidth=1, alpha=0.7)
-    if not fit["prediction"] or fit["prediction"]["estimate"] is None:
+    ax.plot(x, fit.intercept + fit.slope * np.log10(x), color=colour, linewidth=1, alpha=0.7)
+    if fit.prediction is None or np.isnan(fit.prediction.estimate):
         return
-    if fit.get("prediction_trusted"):
-        _errorbar(ax, [fit["target_parameters"]], [fit["prediction"]], colour, marker="*", markersize=9,
-                  label=f"{fit['variant']} predicted at {fit['target']}", linestyle="none")
+    if fit.prediction_trusted:
+        _errorbar(ax, [fit.target_parameters], [fit.prediction], colour, marker="*", markersize=9,
+                  label=f"{fit.variant} predicted at {fit.target}", linestyle="none")
     else:
-        ax.plot([fit["target_parameters"]], [fit["prediction"]["estimate"]], marker="*", markersize=9,
+        ax.plot([fit.target_parameters], [fit.prediction.estimate], marker="*", markersize=9,
                 markerfacecolor="none", color=colour, linestyle="none",
-                label=f"{fit['variant']} at {fit['target']}: direction only")
+                label=f"{fit.variant} at {fit.target}: direction only")
 
 
-def _rank_scatter(analysis: dict, figure: Figure) -> bool:
-    entries = [h for h in analysis["headline"] if h["transfer"]]
+def _rank_scatter(analysis: StudyAnalysis, figure: Figure) -> bool:
+    entries = [h for h in analysis.headline if h.transfer]
     if not entries:
         return False
     for ax, entry in zip(_axes(figure, len(entries)), entries):
-        transfer = entry["transfer"]
-        small, large = entry["scales"][0]["variants"], entry["scales"][-1]["variants"]
-        shared = [v for v in small if v in large and small[v]["gain"]["estimate"] is not None
-                  and large[v]["gain"]["estimate"] is not None]  # a variant that diverged has no gain to place
+        transfer = entry.transfer
+        small, large = entry.scales[0].variants, entry.scales[-1].variants
+        shared = [v for v in small if v in large and not np.isnan(small[v].gain.estimate)
+                  and not np.isnan(large[v].gain.estimate)]  # a variant that diverged has no gain to place
         if not shared:
             continue
-        x = [small[v]["gain"]["estimate"] for v in shared]
-        y = [large[v]["gain"]["estimate"] for v in shared]
+        x = [small[v].gain.estimate for v in shared]
+        y = [large[v].gain.estimate for v in shared]
         ax.scatter(x, y, color="tab:blue", zorder=3)
         for v, xi, yi in zip(shared, x, y):
             ax.annotate(v, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -167,20 +165,20 @@ def _rank_scatter(analysis: dict, figure: Figure) -> bool:
         ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", linewidth=1)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.axvline(0, color="black", linewidth=0.5)
-        ranks = transfer["rank_agreement"]
-        ax.set(xlabel=f"gain at {transfer['smallest']}", ylabel=f"gain at {transfer['largest']}",
-               title=f"{entry['recipe']} ({entry['metric']})\nKendall {format_number(ranks['kendall'], digits=2)}, "
-                     f"decision accuracy {format_number(ranks['decision_accuracy'], digits=2)}")
+        ranks = transfer.rank_agreement
+        ax.set(xlabel=f"gain at {transfer.smallest}", ylabel=f"gain at {transfer.largest}",
+               title=f"{entry.recipe} ({entry.metric})\nKendall {format_number(ranks.kendall, digits=2)}, "
+                     f"decision accuracy {format_number(ranks.decision_accuracy, digits=2)}")
         ax.title.set_fontsize(9)
     return True
 
 
-def _recipe_order(analysis: dict):
-    order = list(analysis["recipes"])
+def _recipe_order(analysis: StudyAnalysis):
+    order = list(analysis.recipes)
     return lambda recipe: (order.index(recipe) if recipe in order else len(order), recipe)
 
 
-def _loss_curves(analysis: dict, results: list[CellResult], figure: Figure) -> bool:
+def _loss_curves(analysis: StudyAnalysis, results: list[CellResult], figure: Figure) -> bool:
     curves = defaultdict(list)  # recipe -> [(model, parameters, variant, steps, losses)]
     for cell in results:
         points = [(h["step"], h["loss"]) for h in cell.log_history if "loss" in h and "step" in h]
@@ -208,24 +206,22 @@ def _loss_curves(analysis: dict, results: list[CellResult], figure: Figure) -> b
     return True
 
 
-def _metric_trust(analysis: dict, figure: Figure) -> bool:
-    trust = analysis.get("metric_trust") or []
+def _metric_trust(analysis: StudyAnalysis, figure: Figure) -> bool:
+    trust = analysis.metric_trust
     if not trust:
         return False
     for ax, entry in zip(_axes(figure, len(trust)), trust):
-        candidates = entry["candidates"][::-1]
+        candidates = entry.candidates[::-1]
         y = np.arange(len(candidates))
-        estimate = np.array([c["decision_accuracy"]["estimate"] for c in candidates], dtype=float)
-        low = np.array([c["decision_accuracy"]["low"] if c["decision_accuracy"]["low"] is not None else np.nan
-                        for c in candidates], dtype=float)
-        high = np.array([c["decision_accuracy"]["high"] if c["decision_accuracy"]["high"] is not None else np.nan
-                         for c in candidates], dtype=float)
+        estimate = np.array([c.decision_accuracy.estimate for c in candidates], dtype=float)
+        low = np.array([c.decision_accuracy.low for c in candidates], dtype=float)
+        high = np.array([c.decision_accuracy.high for c in candidates], dtype=float)
         xerr = np.nan_to_num(np.vstack([estimate - low, high - estimate]), nan=0.0).clip(min=0)
         ax.errorbar(estimate, y, xerr=xerr, fmt="o", color="tab:blue", capsize=3)
         ax.axvline(0.5, color="gray", linestyle=":", linewidth=1)
-        ax.set_yticks(y, [c["metric"] for c in candidates], fontsize=7)
-        ax.set(xlim=(-0.05, 1.05), xlabel=f"decision accuracy vs {entry['judged']} at {entry['large']}",
-               title=f"{entry['recipe']}: metrics at {entry['small']}")
+        ax.set_yticks(y, [c.metric for c in candidates], fontsize=7)
+        ax.set(xlim=(-0.05, 1.05), xlabel=f"decision accuracy vs {entry.judged} at {entry.large}",
+               title=f"{entry.recipe}: metrics at {entry.small}")
         ax.title.set_fontsize(9)
     return True
 

@@ -13,7 +13,16 @@ from pathlib import Path
 
 from align_proxy.files import atomic_write
 from align_proxy.studies.formatting import format_interval, format_number, format_parameters, recipe_label
-from align_proxy.studies.plots import draw_plots, primary_metric_names
+from align_proxy.studies.plots import draw_plots
+from align_proxy.studies.records import (
+    Headline,
+    Prediction,
+    Scale,
+    StudyAnalysis,
+    Transfer,
+    TransferSummary,
+)
+from align_proxy.studies.stats import Power
 from align_proxy.studies.store import CellResult
 
 CSS = """
@@ -33,12 +42,13 @@ figcaption { font-size: .9em; color: #555; } small { color: #555; }
 """
 
 
-def write_report(study_dir: Path, analysis: dict, results: list[CellResult], title: str) -> dict[str, Path]:
+def write_report(study_dir: Path, analysis: StudyAnalysis, results: list[CellResult], title: str) -> dict[str, Path]:
     """Write report.html, report.md, report.json and plots/*.png into `study_dir`, each atomically."""
     study_dir = Path(study_dir)
     plots = draw_plots(analysis, results)
     written = {f"plot_{name}": atomic_write(study_dir / "plots" / f"{name}.png", png) for name, (png, _) in plots.items()}
-    written["json"] = atomic_write(study_dir / "report.json", json.dumps(analysis, allow_nan=False, indent=1))
+    written["json"] = atomic_write(study_dir / "report.json",
+                                   json.dumps(analysis.to_json(), allow_nan=False, indent=1))
     written["markdown"] = atomic_write(study_dir / "report.md", render_markdown(analysis, plots, title))
     written["html"] = atomic_write(study_dir / "report.html", render_html(analysis, plots, title))
     return written
@@ -46,179 +56,168 @@ def write_report(study_dir: Path, analysis: dict, results: list[CellResult], tit
 
 # --- formatting ---------------------------------------------------------------------------------
 
-def _verdict_cell(scale: dict | None, variant: str | None = None) -> tuple[str, str] | str:
+def _verdict_cell(scale: Scale | None, variant: str | None = None) -> tuple[str, str] | str:
     if scale is None:
         return "no results"
-    lines = [scale["verdict"], format_interval(scale["gain"])] + ([variant] if variant else [])
-    return "\n".join(lines), scale["verdict"]
+    lines = [scale.verdict, format_interval(scale.gain)] + ([variant] if variant else [])
+    return "\n".join(lines), scale.verdict
 
 
-def _headline_table(analysis: dict) -> tuple[list[str], list[list]]:
-    models = [m["name"] for m in analysis["models"]]
-    target = analysis["target"]
-    headers = (["recipe", "metric"] + [f"{m} ({format_parameters(p['parameters'])})" for m, p in
-                                       zip(models, analysis["models"])] +
+def _headline_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    target = analysis.target
+    headers = (["recipe", "metric"] + [f"{m.name} ({format_parameters(m.parameters)})" for m in analysis.models] +
                ["transfers (smallest to largest)", "decision accuracy",
-                f"predicted gain at {target['name']}" if target else "prediction", "confidence"])
+                f"predicted gain at {target.name}" if target else "prediction", "confidence"])
     rows = []
-    for h in analysis["headline"]:
-        scales = {s["model"]: s for s in h["scales"]}
-        transfer = h["transfer"] or {}
-        accuracy = transfer.get("rank_agreement", {}).get("decision_accuracy")
-        rows.append([recipe_label(h), h["metric_label"]] +
-                    [_verdict_cell(scales.get(m), scales[m]["best_variant"] if m in scales else None) for m in models] +
-                    [transfer.get("transfers", "one scale only"), _accuracy_text(transfer),
-                     _prediction_text(h["prediction"]), (h["confidence"], h["confidence"])])
+    for h in analysis.headline:
+        scales = {s.model: s for s in h.scales}
+        rows.append([recipe_label(h), h.metric_label] +
+                    [_verdict_cell(scales.get(m.name), scales[m.name].best_variant if m.name in scales else None)
+                     for m in analysis.models] +
+                    [h.transfer.transfers if h.transfer else "one scale only", _accuracy_text(h.transfer),
+                     _prediction_text(h.prediction), (h.confidence, h.confidence)])
     return headers, rows
 
 
-def _accuracy_text(transfer: dict) -> str:
-    intervals = transfer.get("rank_intervals")
-    if intervals:
-        return format_interval(intervals["decision_accuracy"], signed=False)
-    return format_number(transfer.get("rank_agreement", {}).get("decision_accuracy"), digits=2)
+def _accuracy_text(transfer: TransferSummary | None) -> str:
+    if transfer is None:
+        return "n/a"
+    if transfer.rank_intervals:
+        return format_interval(transfer.rank_intervals.decision_accuracy, signed=False)
+    return format_number(transfer.rank_agreement.decision_accuracy, digits=2)
 
 
-def _prediction_text(prediction: dict | None) -> str:
+def _prediction_text(prediction: Prediction | None) -> str:
     if not prediction:
         return "n/a"
-    if prediction["trusted"]:
-        return format_interval(prediction["gain"])
-    return f"{prediction['direction']} (P {prediction['direction_probability']:.2f}); size not estimable"
+    if prediction.trusted:
+        return format_interval(prediction.gain)
+    return f"{prediction.direction} (P {prediction.direction_probability:.2f}); size not estimable"
 
 
-def _variant_table(analysis: dict, entry: dict) -> tuple[list[str], list[list]]:
-    models = [s["model"] for s in entry["scales"]]
-
-    def cell(scale: dict, variant: str):
-        row = scale["variants"].get(variant)
+def _variant_table(analysis: StudyAnalysis, entry: Headline) -> tuple[list[str], list[list]]:
+    def cell(scale: Scale, variant: str):
+        row = scale.variants.get(variant)
         if row is None:
             return "no results"
-        p_best = row.get("p_best")
-        best = f"\nP(best) {p_best:.2f}" if p_best is not None and len(scale["variants"]) > 1 else ""
-        return f"{row['verdict']}\n{format_interval(row['gain'])}{best}", row["verdict"]
+        best = f"\nP(best) {row.p_best:.2f}" if row.p_best is not None and len(scale.variants) > 1 else ""
+        return f"{row.verdict}\n{format_interval(row.gain)}{best}", row.verdict
 
-    rows = [[variant] + [cell(s, variant) for s in entry["scales"]] for variant in analysis["recipes"][entry["recipe"]]]
-    return ["variant"] + models, rows
+    rows = [[variant] + [cell(s, variant) for s in entry.scales] for variant in analysis.recipes[entry.recipe]]
+    return ["variant"] + [s.model for s in entry.scales], rows
 
 
-def _ordering_table(analysis: dict) -> tuple[list[str], list[list]]:
+def _ordering_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
     rows = []
-    for o in analysis["orderings"]:
-        if len(o["variants"]) < 2:
+    for o in analysis.orderings:
+        if len(o.variants) < 2:
             continue
-        chances = ", ".join(f"{v} {o['p_best'][v]:.2f}" for v in o["variants"])
-        need = _power_text(o["power"]) if o["power"] else ""
-        rows.append([o["recipe"], o["metric"], o["model"], chances, o["leader"],
-                     "yes" if o["resolved"] else "no", need])
+        chances = ", ".join(f"{v} {o.p_best[v]:.2f}" for v in o.variants)
+        rows.append([o.recipe, o.metric, o.model, chances, o.leader, "yes" if o.resolved else "no",
+                     _power_text(o.power)])
     return ["recipe", "metric", "model", "P(best) per variant", "leader", "resolved", "to resolve"], rows
 
 
-def _power_text(power: dict | None) -> str:
+def _power_text(power: Power | None) -> str:
     if not power:
         return ""
-    options = [f"{power['seeds']} seeds" if power["seeds"] else None,
-               f"{power['items']} items" if power["items"] else None]
+    options = [f"{power.seeds} seeds" if power.seeds else None, f"{power.items} items" if power.items else None]
     options = [o for o in options if o]
-    if not options and power.get("together"):
-        return f"{power['together'][0]} seeds and {power['together'][1]} items together"
-    return " or ".join(options) if options else f"out of reach (detectable: {power['detectable']:.3f})"
+    if not options and power.together:
+        return f"{power.together[0]} seeds and {power.together[1]} items together"
+    return " or ".join(options) if options else f"out of reach (detectable: {power.detectable:.3f})"
 
 
-def _power_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[g["recipe"], g["variant"], g["model"], g["metric"], format_interval(g["gain"]),
-             format_number(g["variance"]["standard_error"]), format_number(g["power"]["detectable"]),
-             str(g["power"]["seeds"] or "-"), str(g["power"]["items"] or "-")]
-            for g in analysis["gains"] if g["power"]]
+def _power_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    rows = [[g.recipe, g.variant, g.model, g.metric, format_interval(g.gain), format_number(g.variance.standard_error),
+             format_number(g.power.detectable), str(g.power.seeds or "-"), str(g.power.items or "-")]
+            for g in analysis.gains if g.power]
     return ["recipe", "variant", "model", "metric", "gain", "standard error", "resolvable now",
             "seeds needed (at the current items)", "items needed (at the current seeds)"], rows
 
 
-def _trust_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[t["recipe"], f"{t['judged']} at {t['large']}", f"{c['metric']} at {t['small']}", str(c["n_variants"]),
-             format_interval(c["decision_accuracy"], signed=False)]
-            for t in analysis["metric_trust"] for c in t["candidates"]]
+def _trust_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    rows = [[t.recipe, f"{t.judged} at {t.large}", f"{c.metric} at {t.small}", str(c.n_variants),
+             format_interval(c.decision_accuracy, signed=False)]
+            for t in analysis.metric_trust for c in t.candidates]
     return ["recipe", "judged on", "small-scale metric", "variants", "decision accuracy"], rows
 
 
-def _gain_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[g["recipe"], g["variant"], g["model"], g["metric"], str(g["n_seeds"]), str(g["n_items"] or "aggregate"),
-             format_number(g["base_mean"]), format_interval(g["trained"], signed=False), (format_interval(g["gain"]), g["verdict"]),
-             g["verdict"]] for g in analysis["gains"]]
+def _gain_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    rows = [[g.recipe, g.variant, g.model, g.metric, str(g.n_seeds), str(g.n_items or "aggregate"),
+             format_number(g.base_mean), format_interval(g.trained, signed=False),
+             (format_interval(g.gain), g.verdict), g.verdict] for g in analysis.gains]
     return ["recipe", "variant", "model", "metric", "seeds", "items", "base", "trained", "gain", "verdict"], rows
 
 
-def _ratio_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
-    primary = primary_metric_names(analysis)
-    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", v, format_interval(iv, signed=False)]
-            for t in analysis["transfer"] if not primary_only or primary.get(t["recipe"]) == t["metric"]
-            for v, iv in t["ratios"].items()]
+def _primary_only(analysis: StudyAnalysis, records: list, primary_only: bool) -> list:
+    primary = analysis.primary_metrics()
+    return [r for r in records if not primary_only or primary.get(r.recipe) == r.metric]
+
+
+def _ratio_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    rows = [[t.recipe, t.metric, f"{t.small} to {t.large}", v, format_interval(iv, signed=False)]
+            for t in _primary_only(analysis, analysis.transfer, primary_only) for v, iv in t.ratios.items()]
     return ["recipe", "metric", "scales", "variant", "gain ratio (large / small)"], rows
 
 
-def _rank_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
-    primary = primary_metric_names(analysis)
+def _rank_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    def ranked(t: Transfer, key: str) -> str:
+        if t.rank_intervals:
+            return format_interval(getattr(t.rank_intervals, key), signed=key != "decision_accuracy")
+        return format_number(getattr(t.rank_agreement, key), digits=2)
 
-    def ranked(t: dict, key: str) -> str:
-        intervals = t["rank_intervals"]
-        if intervals:
-            return format_interval(intervals[key], signed=key != "decision_accuracy")
-        return format_number(t["rank_agreement"][key], digits=2)
-
-    rows = [[t["recipe"], t["metric"], f"{t['small']} to {t['large']}", str(t["rank_agreement"]["n_variants"]),
-             format_number(t["sign_agreement"], digits=2), ranked(t, "spearman"), ranked(t, "kendall"),
+    rows = [[t.recipe, t.metric, f"{t.small} to {t.large}", str(t.rank_agreement.n_variants),
+             format_number(t.sign_agreement, digits=2), ranked(t, "spearman"), ranked(t, "kendall"),
              ranked(t, "decision_accuracy")]
-            for t in analysis["transfer"] if not primary_only or primary.get(t["recipe"]) == t["metric"]]
+            for t in _primary_only(analysis, analysis.transfer, primary_only)]
     return ["recipe", "metric", "scales", "variants", "sign agreement", "Spearman", "Kendall",
             "decision accuracy"], rows
 
 
-def _fit_table(analysis: dict, primary_only: bool = False) -> tuple[list[str], list[list]]:
-    primary = primary_metric_names(analysis)
-    rows = [[f["recipe"], f["variant"], f["metric"], format_number(f["slope"], signed=True, digits=4),
-             format_number(f["intercept"], signed=True, digits=4), format_number(f["r_squared"], digits=2),
-             str(f["n_points"]), f"{format_interval(f['prediction'])} at {f['target']}" if f["prediction"] else "no target",
-             format_number(f["probability_positive"], digits=2)]
-            for f in analysis["fits"] if not primary_only or primary.get(f["recipe"]) == f["metric"]]
+def _fit_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    rows = [[f.recipe, f.variant, f.metric, format_number(f.slope, signed=True, digits=4),
+             format_number(f.intercept, signed=True, digits=4), format_number(f.r_squared, digits=2),
+             str(f.n_points), f"{format_interval(f.prediction)} at {f.target}" if f.prediction else "no target",
+             format_number(f.probability_positive, digits=2)]
+            for f in _primary_only(analysis, analysis.fits, primary_only)]
     return ["recipe", "variant", "metric", "slope per decade", "intercept", "R²", "models", "prediction",
             "P(gain > 0) there"], rows
 
 
-def _base_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[b["recipe"], b["model"], b["metric"], str(b["n_evaluations"]), format_interval(b["base"], signed=False)]
-            for b in analysis["base"]]
+def _base_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    rows = [[b.recipe, b.model, b.metric, str(b.n_evaluations), format_interval(b.base, signed=False)]
+            for b in analysis.base]
     return ["recipe", "model", "metric", "distinct evaluations", "base score"], rows
 
 
-def _completeness_table(analysis: dict) -> tuple[list[str], list[list]]:
-    rows = [[r["recipe"], r["model"], f"{r['done']} / {r['expected']}"]
-            for r in analysis["completeness"]["by_recipe_model"]]
+def _completeness_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    rows = [[r.recipe, r.model, f"{r.done} / {r.expected}"] for r in analysis.completeness.by_recipe_model]
     return ["recipe", "model", "cells finished"], rows
 
 
-def _summary_lines(analysis: dict) -> list[str]:
-    done = analysis["completeness"]
-    target = analysis["target"]
-    models = ", ".join(f"{m['name']} ({format_parameters(m['parameters'])})" for m in analysis["models"])
+def _summary_lines(analysis: StudyAnalysis) -> list[str]:
+    done = analysis.completeness
+    target = analysis.target
+    models = ", ".join(f"{m.name} ({format_parameters(m.parameters)})" for m in analysis.models)
     return [f"Models: {models}.",
-            f"Cells finished: {done['done']} of {done['expected']} ({done['expected_from']}); seeds: "
-            f"{', '.join(map(str, analysis['seeds'])) or 'none'}.",
-            f"Intervals: {analysis['confidence']:.0%}, {analysis['n_resamples']} crossed resamples (items shared, "
+            f"Cells finished: {done.done} of {done.expected} ({done.expected_from}); seeds: "
+            f"{', '.join(map(str, analysis.seeds)) or 'none'}.",
+            f"Intervals: {analysis.confidence:.0%}, {analysis.n_resamples} crossed resamples (items shared, "
             f"seeds t-scaled). Target size: "
-            + (f"{target['name']} ({format_parameters(target['parameters'])})." if target else "none named.")]
+            + (f"{target.name} ({format_parameters(target.parameters)})." if target else "none named.")]
 
 
-def _partial_lines(analysis: dict, limit: int = 12) -> list[str]:
-    done = analysis["completeness"]
-    if done["complete"]:
+def _partial_lines(analysis: StudyAnalysis, limit: int = 12) -> list[str]:
+    done = analysis.completeness
+    if done.complete:
         return []
-    if not done["expected"]:
+    if not done.expected:
         return ["No finished cells yet: there is nothing to analyse."]
-    missing = [f"{m['recipe']} {m['variant']} on {m['model']} seed {m['seed']} ({m['status']})"
-               for m in done["missing"]]
+    missing = [f"{m.recipe} {m.variant} on {m.model} seed {m.seed} ({m.status})" for m in done.missing]
     more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
-    without = done["models_without_results"]
-    return [f"Partial study: {len(missing)} of {done['expected']} cells are not finished, so every number below "
+    without = done.models_without_results
+    return [f"Partial study: {len(missing)} of {done.expected} cells are not finished, so every number below "
             f"may change. Missing: {'; '.join(missing[:limit])}{more}."] + \
         ([f"No results yet for: {', '.join(without)}."] if without else [])
 
@@ -277,17 +276,17 @@ def _md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
 
 
-def render_html(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str) -> str:
+def render_html(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]], title: str) -> str:
     esc = html.escape
     parts = [f"<h1>{esc(title)}</h1>", *(f"<p>{esc(line)}</p>" for line in _summary_lines(analysis)),
              *(f'<p class="warning">{esc(line)}</p>' for line in _partial_lines(analysis)),
              "<h2>Headline: is each recipe worth a large run?</h2>",
              _html_table(*_headline_table(analysis), "headline"),
-             "<ul>" + "".join(f'<li><b>{esc(recipe_label(h))}</b> (<span class="{esc(h["confidence"])}">'
-                              f'{esc(h["confidence"])} confidence</span>): {esc(h["conclusion"])}</li>'
-                              for h in analysis["headline"]) + "</ul>"]
-    for entry in analysis["headline"]:
-        parts += [f"<h3>{esc(recipe_label(entry))}: every variant on {esc(entry['metric_label'])}</h3>",
+             "<ul>" + "".join(f'<li><b>{esc(recipe_label(h))}</b> (<span class="{esc(h.confidence)}">'
+                              f'{esc(h.confidence)} confidence</span>): {esc(h.conclusion)}</li>'
+                              for h in analysis.headline) + "</ul>"]
+    for entry in analysis.headline:
+        parts += [f"<h3>{esc(recipe_label(entry))}: every variant on {esc(entry.metric_label)}</h3>",
                   _html_table(*_variant_table(analysis, entry))]
     parts.append("<h2>Plots</h2>")
     for name, (png, caption) in plots.items():
@@ -306,14 +305,14 @@ def render_html(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str)
             f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def render_markdown(analysis: dict, plots: dict[str, tuple[bytes, str]], title: str) -> str:
+def render_markdown(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]], title: str) -> str:
     parts = [f"# {title}", "\n".join(_summary_lines(analysis)),
              *(f"> **{line}**" for line in _partial_lines(analysis)),
              "## Headline: is each recipe worth a large run?", _md_table(*_headline_table(analysis)),
-             "\n".join(f"- **{recipe_label(h)}** ({h['confidence']} confidence): {h['conclusion']}"
-                       for h in analysis["headline"])]
-    for entry in analysis["headline"]:
-        parts += [f"### {recipe_label(entry)}: every variant on {entry['metric_label']}",
+             "\n".join(f"- **{recipe_label(h)}** ({h.confidence} confidence): {h.conclusion}"
+                       for h in analysis.headline)]
+    for entry in analysis.headline:
+        parts += [f"### {recipe_label(entry)}: every variant on {entry.metric_label}",
                   _md_table(*_variant_table(analysis, entry))]
     parts += ["## Plots", *(f"![{name.replace('_', ' ')}](plots/{name}.png)\n\n{caption}"
                             for name, (_, caption) in plots.items())]

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
@@ -32,11 +33,22 @@ from align_proxy.run_metrics import RunMetrics
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
+if TYPE_CHECKING:  # the analysis (scipy) loads only when a report is written
+    from align_proxy.studies.records import StudyAnalysis
+
 LOG_TAIL_CHARS = 2000
 
 
 class StudyRunError(RuntimeError):
     """The study cannot run (already running, recipe scripts missing); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    """A study's analysis and the report files written from it (name -> path: html, markdown, json, plot_*)."""
+
+    analysis: StudyAnalysis
+    files: dict[str, Path]
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class StudyOutcome:
     done: int
     failed: int
     ran: int  # cells run (or recovered) by this invocation
-    report: dict[str, Path] | None = None
+    report: WrittenReport | None = None
     diverged: int = 0  # cells whose training loss diverged: results, counted apart from done
 
 
@@ -398,7 +410,7 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
         sys.stderr.flush()
 
 
-def write_study_report(study_dir: Path) -> dict[str, Path]:
+def write_study_report(study_dir: Path) -> WrittenReport:
     """Statistics over every finished cell of the study's current spec, and the report files."""
     from align_proxy.studies.analysis import analyse
     from align_proxy.studies.report import write_report
@@ -411,4 +423,5 @@ def write_study_report(study_dir: Path) -> dict[str, Path]:
     cells = [c for c in store.cells() if c["config_hash"] in current]
     analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
                        starts=info.get("starts"))
-    return write_report(study_dir, analysis, results, title=f"Transfer study: {info.get('name', study_dir.name)}")
+    title = f"Transfer study: {info.get('name', study_dir.name)}"
+    return WrittenReport(analysis, write_report(study_dir, analysis, results, title=title))
