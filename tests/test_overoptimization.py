@@ -1,0 +1,132 @@
+"""Overoptimization statistics (Gao et al. 2022): the exact best-of-n estimator against brute force and
+simulation, the KL of best-of-n, and fits that recover planted curves of both forms."""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from align_proxy.studies import overoptimization, stats
+from align_proxy.studies.overoptimization import (
+    best_of_n,
+    fit_overoptimization,
+    kl_best_of_n,
+    peak,
+    reward_curve,
+    selection_probabilities,
+)
+
+
+@pytest.mark.parametrize("module", [overoptimization, stats], ids=lambda m: m.__name__)
+def test_doctests_hold(module):
+    failed, attempted = doctest.testmod(module)
+    assert attempted > 0 and failed == 0
+
+
+def brute_force(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
+    """Mean over every size-n subset of the gold and proxy reward of its top proxy sample (ties split evenly)."""
+    golds, proxies = [], []
+    for subset in itertools.combinations(range(proxy.size), n):
+        top = max(proxy[i] for i in subset)
+        tied = [i for i in subset if proxy[i] == top]
+        golds.append(np.mean([gold[i] for i in tied]))
+        proxies.append(top)
+    return float(np.mean(golds)), float(np.mean(proxies))
+
+
+@pytest.mark.parametrize("pool", [7, 9])
+def test_best_of_n_equals_enumerating_every_subset_ties_included(pool):
+    rng = np.random.default_rng(pool)
+    proxy = rng.integers(0, 4, size=(5, pool)).astype(float)  # few values: many ties
+    gold = rng.normal(size=(5, pool))
+    result = best_of_n(proxy, gold)
+    for row in range(5):
+        for column, n in enumerate(result.ns):
+            expected_gold, expected_proxy = brute_force(proxy[row], gold[row], n)
+            assert result.gold[row, column] == pytest.approx(expected_gold, abs=1e-12)
+            assert result.proxy[row, column] == pytest.approx(expected_proxy, abs=1e-12)
+
+
+def test_best_of_n_agrees_with_drawing_subsets_on_a_large_pool():
+    rng = np.random.default_rng(1)
+    proxy, gold = rng.normal(size=256), rng.normal(size=256)
+    gold = 0.6 * proxy + 0.8 * gold  # a correlated gold reward
+    result = best_of_n(proxy[None, :], gold[None, :], ns=[4, 64])
+    draws = 20_000
+    for column, n in enumerate(result.ns):
+        picks = np.array([(lambda s: s[np.argmax(proxy[s])])(rng.choice(256, n, replace=False)) for _ in range(draws)])
+        simulated = gold[picks]
+        error = simulated.std() / math.sqrt(draws)
+        assert abs(result.gold[0, column] - simulated.mean()) < 4 * error
+
+
+def test_selection_probabilities_sum_to_one_and_n_equal_to_the_pool_picks_the_top():
+    proxy = np.array([0.2, 0.9, 0.1, 0.9, 0.5])
+    for n in range(1, 6):
+        assert selection_probabilities(proxy, n).sum() == pytest.approx(1.0)
+    assert selection_probabilities(proxy, 5).tolist() == [0.0, 0.5, 0.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="1 <= n <= pool size"):
+        selection_probabilities(proxy, 6)
+
+
+def test_kl_of_best_of_n_matches_the_published_values():
+    assert [round(kl_best_of_n(n), 3) for n in (4, 16, 64)] == [0.636, 1.835, 3.175]
+
+
+def test_empirical_kl_meets_the_formula_for_distinct_samples_and_is_smaller_when_samples_repeat():
+    rng = np.random.default_rng(2)
+    proxy = rng.normal(size=(1, 64))
+    distinct = [[f"completion {i}" for i in range(64)]]
+    repeats = [[f"completion {i % 8}" for i in range(64)]]
+    exact = best_of_n(proxy, proxy, ns=[4, 16], completions=distinct)
+    # Subsets of a finite pool are drawn without replacement, so the pool's KL sits a little above
+    # log n - (n-1)/n and meets it as the pool grows past n (64 samples, n = 4: within 0.03).
+    assert exact.kl_empirical[0, 0] == pytest.approx(kl_best_of_n(4), abs=0.03)
+    assert np.all(exact.kl_empirical[0] >= exact.kl_formula)
+    repeated = best_of_n(proxy, proxy, ns=[4, 16], completions=repeats)
+    assert np.all(repeated.kl_empirical[0] < exact.kl_empirical[0])
+
+
+def test_a_gold_reward_that_is_the_proxy_itself_never_overoptimizes():
+    rng = np.random.default_rng(3)
+    proxy = rng.normal(size=(20, 64))
+    result = best_of_n(proxy, proxy)
+    assert np.all(np.diff(result.gold.mean(axis=0)) > 0)  # monotone in n: no peak
+    fit = fit_overoptimization("best_of_n", result.d, result.gold_gain, n_resamples=300)
+    assert fit.alpha.low > 0
+
+
+@pytest.mark.parametrize("form,alpha,beta", [("best_of_n", 0.9, 0.25), ("rl", 0.6, 0.3)])
+def test_fits_recover_planted_coefficients_and_their_peak(form, alpha, beta):
+    d = np.sqrt(np.array([kl_best_of_n(n) for n in (1, 2, 4, 8, 16, 32, 64)] + [4.0, 6.0, 9.0]))
+    rng = np.random.default_rng(4)
+    rewards = reward_curve(form, alpha, beta, d)[None, :] + rng.normal(0, 0.1, size=(300, d.size))
+    fit = fit_overoptimization(form, d, rewards, n_resamples=500)
+    assert fit.alpha.covers(alpha) and fit.beta.covers(beta)
+    assert fit.alpha.estimate == pytest.approx(alpha, abs=0.05) and fit.beta.estimate == pytest.approx(beta, abs=0.05)
+    true_d, true_reward = peak(form, alpha, beta)
+    assert fit.peak_d.covers(true_d) and fit.peak_reward.covers(true_reward)
+    assert fit.r_squared > 0.99
+
+
+def test_fit_intervals_cover_planted_coefficients_at_the_nominal_rate():
+    """Prompts are the resampled unit: planted curve plus prompt-level noise, 200 studies."""
+    d = np.sqrt(np.array([kl_best_of_n(n) for n in (1, 2, 4, 8, 16, 32, 64)]))
+    rng = np.random.default_rng(5)
+    covered = 0
+    studies = 200
+    for _ in range(studies):
+        prompt_scale = rng.normal(1.0, 0.3, size=(60, 1))  # prompts differ in how much they gain
+        rewards = prompt_scale * reward_curve("best_of_n", 0.5, 0.15, d)[None, :] + rng.normal(0, 0.2, (60, d.size))
+        fit = fit_overoptimization("best_of_n", d, rewards, n_resamples=400, seed=int(rng.integers(1 << 30)))
+        covered += fit.beta.covers(0.15)
+    assert covered / studies >= 0.9
+
+
+def test_no_peak_is_reported_when_the_gold_reward_keeps_rising():
+    assert all(math.isnan(x) for x in peak("best_of_n", 1.0, -0.1))
+    assert all(math.isnan(x) for x in peak("rl", 1.0, 0.0))
