@@ -251,7 +251,7 @@ def cmd_best_of_n(args) -> int:
                         f"({distinct:.1f} distinct per prompt); gold = {args.gold}; d = sqrt(KL_bon)")
     for column in ("reward model", "proxy gain", f"gold n=1 -> {size}", "alpha", "beta", "peak d",
                    "gold gain at peak", f"KL n={kl_n}: formula/pool"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column)  # intervals wrap rather than being cut at the console's width
     for curve in curves:
         r, fit = curve.result, curve.gold_fit
         gold = r.gold.mean(axis=0)
