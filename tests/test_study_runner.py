@@ -199,32 +199,42 @@ def test_a_finished_study_writes_its_report(killed_and_resumed):
     assert "fake" in markdown and "fake-s" in markdown and "fake-l" in markdown
 
 
-def test_failed_cells_keep_their_error_and_rerun_only_on_request(tmp_path):
+def in_process_study(capsys, *args: str) -> tuple[int, str]:
+    """`align-proxy study ...` run in this process (the fake kind registered): exit code and what it printed.
+    The subprocess form (`study`) is kept for what needs a process to kill; this one skips its imports."""
+    from align_proxy.cli import main
+
+    capsys.readouterr()
+    code = main(["study", *args])
+    return code, capsys.readouterr().out
+
+
+def test_failed_cells_keep_their_error_and_rerun_only_on_request(fake_kind, tmp_path, capsys):
     spec = write_spec(tmp_path, "failing", {"max_length": [2]}, [0])
     db = tmp_path / "failing" / "results.sqlite"
-    first = study(str(spec), "--no-report")
-    assert first.returncode == 1 and "0/2 cells done" in first.stdout and "2 failed" in first.stdout
+    code, out = in_process_study(capsys, str(spec), "--no-report")
+    assert code == 1 and "0/2 cells done" in out and "2 failed" in out
     errors = rows(db, "SELECT status, attempts, error FROM cells")
     assert all(status == "failed" and attempts == 1 and "max_length 2" in error for status, attempts, error in errors)
-    assert study(str(spec), "--no-report").returncode == 1
+    assert in_process_study(capsys, str(spec), "--no-report")[0] == 1
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # not retried unasked
-    study(str(spec), "--no-report", "--retry-failed")
+    in_process_study(capsys, str(spec), "--no-report", "--retry-failed")
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
 
 
-def test_a_diverged_cell_is_a_result_never_retried_or_rerun(tmp_path):
+def test_a_diverged_cell_is_a_result_never_retried_or_rerun(fake_kind, tmp_path, capsys):
     spec = write_spec(tmp_path, "diverging", {"learning_rate": [1e-3, 100]}, [0])
-    first = study(str(spec), "--no-report")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "2/4 cells done" in first.stdout and "0 failed, 2 diverged" in first.stdout
+    code, out = in_process_study(capsys, str(spec), "--no-report")
+    assert code == 0, out
+    assert "2/4 cells done" in out and "0 failed, 2 diverged" in out
     db = tmp_path / "diverging" / "results.sqlite"
     statuses = dict(rows(db, "SELECT variant, status FROM cells GROUP BY variant"))
     assert statuses == {"learning_rate=0.001": "done", "learning_rate=100": "diverged"}
     for retry in ((), ("--retry-failed",)):
-        assert study(str(spec), "--no-report", *retry).returncode == 0
+        assert in_process_study(capsys, str(spec), "--no-report", *retry)[0] == 0
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # neither rerun nor retried
-    status = study(str(spec), "--status")
-    assert status.stdout.count("│ diverged ") == 2, status.stdout  # the status column of each diverged cell
+    code, status = in_process_study(capsys, str(spec), "--status")
+    assert status.count("│ diverged ") == 2, status  # the status column of each diverged cell
 
 
 def test_the_store_returns_a_diverged_cell_with_its_base_scores_and_divergence(fake_kind, tmp_path):
@@ -242,11 +252,11 @@ def test_the_store_returns_a_diverged_cell_with_its_base_scores_and_divergence(f
         assert len(result.items_base["task_accuracy"]) == 8 and result.trained == {} and result.items_trained == {}
 
 
-def test_malformed_spec_stops_before_anything_runs(tmp_path):
+def test_malformed_spec_stops_before_anything_runs(tmp_path, capsys):
     spec = tmp_path / "bad.yaml"
     spec.write_text(f"name: bad\noutput_dir: {tmp_path / 'out'}\nmodels: [ladder-s]\nrecipes: [{{recipe: sft}}]\n")
-    result = study(str(spec))
-    assert result.returncode == 2 and "at least two model sizes" in result.stdout and str(spec) in result.stdout
+    code, out = in_process_study(capsys, str(spec))
+    assert code == 2 and "at least two model sizes" in out and str(spec) in out
     assert not (tmp_path / "out").exists()
 
 

@@ -301,11 +301,12 @@ def _stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str
 
 def _start_forkserver(kinds: list) -> multiprocessing.context.BaseContext:
     """The server cells fork from, having imported once what the study's recipe kinds import (torch, TRL, the
-    trainers, the evaluations), so a cell starts in well under a second."""
+    trainers, the evaluations) and this module (every cell unpickles `run_cell` from it, and it imports torch),
+    so a cell starts in well under a second."""
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(dict.fromkeys(module for kind in kinds for module in kind.imports)))
+    context.set_forkserver_preload([__name__, *dict.fromkeys(module for kind in kinds for module in kind.imports)])
     forkserver.ensure_running()
     return context
 
