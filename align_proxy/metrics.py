@@ -129,16 +129,14 @@ def metric(name: str) -> Metric:
     >>> metric("arith_exact_match")
     Metric(name='arith_exact_match', label='arith_exact_match', higher_is_better=True, aggregation='mean')
     >>> metric("lm_eval:arc_easy/acc_norm").label
-    'arc_easy length-normalised accuracy (lm-eval)'
+    'arc_easy/acc_norm (lm-eval)'
     """
     if name in METRICS:
         return METRICS[name]
     parsed = parse_lm_eval_metric(name)
     if parsed is not None and parsed[1] in LM_EVAL_METRICS:
-        task, score, filter_name = parsed
-        label, higher = LM_EVAL_METRICS[score]
-        where = task if filter_name == "none" else f"{task} [{filter_name}]"
-        return Metric(name, f"{where} {label} (lm-eval)", higher)
+        # Labelled by lm-eval's own names (acc_norm), which its users know and which fit a table's column.
+        return Metric(name, f"{name.removeprefix(LM_EVAL_PREFIX)} (lm-eval)", LM_EVAL_METRICS[parsed[1]][1])
     return Metric(name, name, True)
 
 

@@ -31,7 +31,7 @@ from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
 from align_proxy.files import atomic_write, files_stamp
-from align_proxy.kinds import RecipeKind, recipe_kind
+from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
@@ -208,20 +208,12 @@ class RecipeRun:
         """The recipe kind's evaluation of this run (`kind.evaluation`), with the run's lm-eval tasks beside it when
         it asks for some: call it on a model directory; `options` are what the kind's evaluation takes beyond the
         run (DPO's `beta`, the RL recipes' `rewards`)."""
-        evaluation = self.kind.evaluation_class.for_run(self, **options)
-        settings = self.lm_eval_settings
-        if settings is None:
-            return evaluation
-        from evals.lm_harness import LmEvalEvaluation
+        from evals.lm_harness import LmEvalEvaluation, LmEvalSettings
         from evals.suite import Evaluations
 
-        return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings)))
-
-    @property
-    def lm_eval_settings(self):
-        from evals.lm_harness import LmEvalSettings
-
-        return LmEvalSettings.from_args(self.script_args)
+        evaluation = self.kind.evaluation_class.for_run(self, **options)
+        settings = LmEvalSettings.from_args(self.script_args)
+        return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings))) if settings else evaluation
 
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
@@ -381,9 +373,10 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
     validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
 
-    # Before any model loads (or a ladder rung is built); after the data checks, so bad data leaves no output_dir.
-    check_writable(training_args.output_dir)
+    # Before any model loads (or a ladder rung is built); after the data checks (lm-eval's tasks and data among
+    # them), so bad data leaves no output_dir.
     _check_lm_eval_tasks(kind, script_args)
+    check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
     speed = plan_proxy_speed(kind, script_args, training_args, model_args, model.parameters,
@@ -409,8 +402,9 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
     if not script_args.lm_eval_tasks:
         return
     if not kind.policy:
-        raise ValueError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none (a reward "
-                         "model's score head): drop the flag, or set it on the policy recipes (sft, dpo, grpo, rloo)")
+        policies = ", ".join(k.name for k in KINDS.values() if k.policy)
+        raise ValueError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
+                         f"flag, or set it on a recipe that does ({policies})")
     from evals.lm_harness import load_tasks
 
     if PartialState().is_main_process:  # the main process evaluates; it alone reads the data

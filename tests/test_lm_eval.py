@@ -71,7 +71,7 @@ def test_an_unknown_lm_eval_task_is_refused_before_any_model_is_read(tmp_path, m
     monkeypatch.setenv("ALIGN_PROXY_HOME", str(tmp_path / "home"))  # a ladder rung read here would be built here
     with pytest.raises(lm_harness.LmEvalTaskError, match=r"unknown lm-eval task 'arc_eazy' \(did you mean 'arc_easy'"):
         run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "run", "ladder-s", "--lm_eval_tasks", "arith_mc,arc_eazy")
-    assert not (tmp_path / "home").exists() and not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "home").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_hub_task_whose_data_is_not_cached_fails_naming_the_task_and_the_fix():
@@ -93,12 +93,11 @@ def test_a_study_judges_a_recipe_on_an_lm_eval_metric_with_intervals_and_a_verdi
     cells = planted_cells("sft", {"default": everywhere(0.05)}, metric=metric, base_level=-1.0)
     analysis = analyse(cells, MODELS, {plan.recipe: plan.metric for plan in spec.recipes}, n_resamples=500)
     assert headline(analysis, "sft")["metric"] == metric
-    assert analysis["metrics"][metric] == {"label": "arith_mc correct-answer log-prob per byte (nats) (lm-eval)",
-                                           "higher_is_better": True}
+    assert analysis["metrics"][metric] == {"label": "arith_mc/logprob_per_byte (lm-eval)", "higher_is_better": True}
     for model in MODELS:
         gain = gain_of(analysis, "sft", "default", model, metric)
         assert gain["per_item"] and gain["gain"]["low"] > 0 and gain["verdict"] == "helps"
-    assert "arith_mc correct-answer log-prob per byte" in render_markdown(analysis, {}, "lm-eval study")
+    assert "arith_mc/logprob_per_byte (lm-eval)" in render_markdown(analysis, {}, "lm-eval study")
 
 
 def judged_spec(tmp_path, metric: str):
@@ -117,3 +116,31 @@ def judged_spec(tmp_path, metric: str):
 def test_a_spec_judging_on_an_lm_eval_metric_it_does_not_evaluate_is_refused(tmp_path, metric, message):
     with pytest.raises(StudySpecError, match=re.escape(message)):
         load_spec(judged_spec(tmp_path, metric))
+
+
+def test_a_spec_asking_lm_eval_of_a_reward_model_recipe_is_refused(tmp_path):
+    spec_path = write_spec(tmp_path, "reward", {}, [0], recipe="reward", config={})
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["evaluation"] = {"lm_eval_tasks": "arith_mc"}
+    spec_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudySpecError, match="the reward recipe trains no language model"):
+        load_spec(spec_path)
+
+
+def test_continuous_scores_follow_a_text_target_and_leave_out_unconditional_likelihoods():
+    # lm-eval's acc_mutual_info appends each choice's unconditional log-likelihood after the conditional ones.
+    sample = {"doc_id": 3, "target": "4", "filter": "none", "metrics": ["acc", "acc_mutual_info"], "acc": 1.0,
+              "acc_mutual_info": 0.0, "arguments": [["2+2=", " 5"], ["2+2=", " 4"], ["", " 5"], ["", " 4"]],
+              "filtered_resps": [[-3.0, False], [-1.0, True], [-0.5, False], [-0.2, False]]}
+    scores = lm_harness.per_item_scores("t", [sample], multiple_choice=True)
+    assert scores["lm_eval:t/logprob"] == [-1.0] and scores["lm_eval:t/logprob_per_byte"] == [-0.5]
+    assert scores["lm_eval:t/acc_mutual_info"] == [0.0]
+
+
+def test_a_spec_naming_an_unknown_lm_eval_task_is_refused_before_any_cell_runs(tmp_path):
+    spec_path = judged_spec(tmp_path, "task_accuracy")
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["evaluation"] = {"lm_eval_tasks": "arith_mc,arc_eazy"}
+    spec_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudySpecError, match=r"evaluation.lm_eval_tasks: .*unknown lm-eval task 'arc_eazy'"):
+        load_spec(spec_path)
