@@ -87,7 +87,7 @@ def load_tasks(specs) -> dict:
     for spec in specs:
         try:
             tasks.update(manager.load([str(Path(spec).expanduser()) if _is_path(spec) else spec])["tasks"])
-        except (OSError, ValueError, KeyError) as err:  # datasets' ConnectionError and FileNotFoundError are OSErrors
+        except OSError as err:  # datasets' ConnectionError, DatasetNotFoundError and FileNotFoundError all are
             raise LmEvalTaskError(
                 f"--lm_eval_tasks: lm-eval task {spec!r} could not load its data ({type(err).__name__}: {err}). "
                 "Without network: download it where there is some (lm-eval loads it with datasets.load_dataset into "
