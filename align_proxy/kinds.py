@@ -41,6 +41,7 @@ class RecipeKind:
     row: str = "sequence"
     arguments: str = RECIPE_ARGUMENTS  # the script's arguments class (RecipeArguments or a subclass)
     script: str | None = None  # default: recipes/<name>.py in the source checkout
+    policy: bool = True  # it trains a causal LM (what `--lm_eval_tasks` scores), not a reward model
 
     @property
     def config_class(self) -> type:
@@ -102,7 +103,7 @@ for _kind in (
     # A reward model is another model than the base policy (a fresh score head): its own evaluation.
     RecipeKind("reward", "trl.trainer.reward_config:RewardConfig", "trl.trainer.reward_trainer:RewardTrainer",
                (PREFERENCE, IMPLICIT_PREFERENCE), "preference", "preference_accuracy",
-               "evals.suite:RewardModelEvaluation", row="pair"),
+               "evals.suite:RewardModelEvaluation", row="pair", policy=False),
     RecipeKind("grpo", "trl.trainer.grpo_config:GRPOConfig", "trl.trainer.grpo_trainer:GRPOTrainer",
                (PROMPT_ONLY,), "rl", "task_accuracy", "evals.rl:RLEvaluation", row="rollout", arguments=RL_ARGUMENTS),
     RecipeKind("rloo", "trl.trainer.rloo_config:RLOOConfig", "trl.trainer.rloo_trainer:RLOOTrainer",

@@ -54,14 +54,90 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+# --- lm-eval tasks (evals/lm_eval.py) -----------------------------------------------------------------------
+# Their metrics are named `lm_eval:TASK/METRIC` (`lm_eval:TASK/METRIC,FILTER` for a filter other than lm-eval's
+# "none"); METRIC is one of the per-item scores below. lm-eval's own: its per-item metrics that are plain numbers
+# averaged over items. Ours, for multiple-choice tasks, from the log-likelihoods lm-eval logs: the continuous
+# scores that rank models at small scale better than accuracy does (DataDecide).
+LM_EVAL_PREFIX = "lm_eval:"
+LM_EVAL_METRICS: dict[str, tuple[str, bool]] = {
+    "acc": ("accuracy", True),
+    "acc_norm": ("length-normalised accuracy", True),
+    "acc_bytes": ("byte-normalised accuracy", True),
+    "acc_mutual_info": ("mutual-information accuracy", True),
+    "exact_match": ("exact match", True),
+    "logprob": ("correct-answer log-prob (nats)", True),
+    "logprob_per_byte": ("correct-answer log-prob per byte (nats)", True),
+}
+
+
+def lm_eval_metric_name(task: str, score: str, filter_name: str = "none") -> str:
+    """The name a study and metrics.json know an lm-eval score by.
+
+    >>> lm_eval_metric_name("arc_easy", "acc_norm"), lm_eval_metric_name("gsm8k", "exact_match", "strict-match")
+    ('lm_eval:arc_easy/acc_norm', 'lm_eval:gsm8k/exact_match,strict-match')
+    """
+    return f"{LM_EVAL_PREFIX}{task}/{score}" + ("" if filter_name == "none" else f",{filter_name}")
+
+
+def parse_lm_eval_metric(name: str) -> tuple[str, str, str] | None:
+    """(task, score, filter) of an lm-eval metric name, None for another metric or a malformed name.
+
+    >>> parse_lm_eval_metric("lm_eval:arc_easy/acc_norm"), parse_lm_eval_metric("task_accuracy")
+    (('arc_easy', 'acc_norm', 'none'), None)
+    """
+    if not name.startswith(LM_EVAL_PREFIX) or "/" not in name:
+        return None
+    task, _, rest = name.removeprefix(LM_EVAL_PREFIX).rpartition("/")
+    score, _, filter_name = rest.partition(",")
+    return (task, score, filter_name or "none") if task and score else None
+
+
+def lm_eval_metric_error(name: str, tasks: list[str]) -> str | None:
+    """Why `name` is not a metric a study evaluating lm-eval `tasks` (their task names) records, with a
+    did-you-mean; None when it is.
+
+    >>> lm_eval_metric_error("lm_eval:arc_easy/acc_norm", ["arc_easy"]) is None
+    True
+    >>> lm_eval_metric_error("lm_eval:arc_eazy/acc", ["arc_easy", "piqa"])
+    "lm-eval task 'arc_eazy' is not evaluated (did you mean 'arc_easy'?); evaluated: arc_easy, piqa (evaluation: lm_eval_tasks)"
+    """
+    parsed = parse_lm_eval_metric(name)
+    if parsed is None:
+        return f"{name!r} is not an lm-eval metric name: write {LM_EVAL_PREFIX}TASK/METRIC (e.g. lm_eval:arc_easy/acc_norm)"
+    task, score, _ = parsed
+    if task not in tasks:
+        return (f"lm-eval task {task!r} is not evaluated{_did_you_mean(task, tasks)}; evaluated: "
+                f"{', '.join(tasks) or 'none'} (evaluation: lm_eval_tasks)")
+    if score not in LM_EVAL_METRICS:
+        return (f"{score!r} is not an lm-eval score align-proxy records{_did_you_mean(score, LM_EVAL_METRICS)}; "
+                f"choose one of {', '.join(LM_EVAL_METRICS)}")
+    return None
+
+
+def _did_you_mean(name: str, options) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def metric(name: str) -> Metric:
-    """The table's entry; a metric it does not list (a reward reported under its own name) reads as a
-    mean where higher is better.
+    """The table's entry, an lm-eval score's (named as `lm_eval_metric_name` names it), or for a metric neither
+    knows (a reward reported under its own name) a mean where higher is better.
 
     >>> metric("arith_exact_match")
     Metric(name='arith_exact_match', label='arith_exact_match', higher_is_better=True, aggregation='mean')
+    >>> metric("lm_eval:arc_easy/acc_norm").label
+    'arc_easy/acc_norm (lm-eval)'
     """
-    return METRICS.get(name) or Metric(name, name, True)
+    if name in METRICS:
+        return METRICS[name]
+    parsed = parse_lm_eval_metric(name)
+    if parsed is not None and parsed[1] in LM_EVAL_METRICS:
+        # Labelled by lm-eval's own names (acc_norm), which its users know and which fit a table's column.
+        return Metric(name, f"{name.removeprefix(LM_EVAL_PREFIX)} (lm-eval)", LM_EVAL_METRICS[parsed[1]][1])
+    return Metric(name, name, True)
 
 
 # --- per-item rules ---------------------------------------------------------------------------------------

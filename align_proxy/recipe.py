@@ -31,7 +31,7 @@ from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
 from align_proxy.files import atomic_write, files_stamp
-from align_proxy.kinds import RecipeKind, recipe_kind
+from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
@@ -67,6 +67,16 @@ class RecipeArguments(ScriptArguments):
         "also padding-free batches with varlen attention, SFT packing, compiled decoder layers, precomputed DPO "
         "reference log-probs, a micro-batch sized to free memory and data-loader workers. Never overrides a key you "
         "set; false keeps TRL's defaults.")})
+    lm_eval_tasks: list[str] | None = field(default=None, metadata={"help": (
+        "lm-evaluation-harness tasks scored on the base and the trained model beside the built-in metrics "
+        "(`pip install -e '.[lm-eval]'`): task names, comma-separated (piqa,arc_easy,hellaswag), or task YAML paths; "
+        "arith_mc is shipped and runs offline. Recorded per item as lm_eval:TASK/METRIC (acc, acc_norm, and for "
+        "multiple choice logprob, logprob_per_byte). Checked, data included, before any model is read.")})
+    lm_eval_limit: int | None = field(default=None, metadata={"help": "Items per lm-eval task (its first N); "
+                                                                       "default: all."})
+    lm_eval_num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per lm-eval prompt; "
+                                                                             "default: each task's own (0 for most)."})
+    lm_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of lm-eval's scoring."})
     divergence_threshold: float = field(default=1e4, metadata={"help": (
         "A logged training loss larger than this in size stops the run as diverged (also any loss or gradient "
         "norm that is NaN or infinite, whatever this is): metrics.json records the step and loss, the model is "
@@ -195,9 +205,15 @@ class RecipeRun:
         return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.script_args.eval_seed)
 
     def evaluation(self, **options):
-        """The recipe kind's evaluation of this run (`kind.evaluation`): call it on a model directory; `options`
-        are what the kind's evaluation takes beyond the run (DPO's `beta`, the RL recipes' `rewards`)."""
-        return self.kind.evaluation_class.for_run(self, **options)
+        """The recipe kind's evaluation of this run (`kind.evaluation`), with the run's lm-eval tasks beside it when
+        it asks for some: call it on a model directory; `options` are what the kind's evaluation takes beyond the
+        run (DPO's `beta`, the RL recipes' `rewards`)."""
+        from evals.lm_harness import LmEvalEvaluation, LmEvalSettings
+        from evals.suite import Evaluations
+
+        evaluation = self.kind.evaluation_class.for_run(self, **options)
+        settings = LmEvalSettings.from_args(self.script_args)
+        return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings))) if settings else evaluation
 
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
@@ -216,10 +232,14 @@ class RecipeRun:
     def evaluate_base(self, evaluation):
         """Score the base model on the main process while the other ranks wait; None on the others, or when
         `--eval_before false`."""
+        from evals.suite import EvalResult, Evaluations
+
         base = None
         if self.script_args.eval_before and self.is_main:
             cache = self.script_args.base_eval_cache
-            base = self._base_from_cache(Path(cache), evaluation) if cache else self._evaluate_base_now(evaluation)
+            # Cached part by part: an SFT and a GRPO run of one model share its lm-eval scores.
+            base = EvalResult.merged([self._base_from_cache(Path(cache), part) if cache else
+                                      self._evaluate_base_now(part) for part in Evaluations.parts_of(evaluation)])
         PartialState().wait_for_everyone()
         return base
 
@@ -353,7 +373,9 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
     validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
 
-    # Before any model loads (or a ladder rung is built); after the data checks, so bad data leaves no output_dir.
+    # Before any model loads (or a ladder rung is built); after the data checks (lm-eval's tasks and data among
+    # them), so bad data leaves no output_dir.
+    _check_lm_eval_tasks(kind, script_args)
     check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
@@ -372,6 +394,21 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
                     DivergenceWatch(script_args.divergence_threshold))
     run.write_config()
     return run
+
+
+def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None:
+    """lm-eval tasks, their data included, are checked before any model loads or trains: an unknown name or a Hub
+    dataset out of reach fails here, naming the task and the fix (`evals.lm_harness.load_tasks`)."""
+    if not script_args.lm_eval_tasks:
+        return
+    if not kind.policy:
+        policies = ", ".join(k.name for k in KINDS.values() if k.policy)
+        raise ValueError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
+                         f"flag, or set it on a recipe that does ({policies})")
+    from evals.lm_harness import load_tasks
+
+    if PartialState().is_main_process:  # the main process evaluates; it alone reads the data
+        load_tasks(script_args.lm_eval_tasks)
 
 
 def _distributed_summary(trainer) -> dict:

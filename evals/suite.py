@@ -5,7 +5,8 @@ policy or a reward model on whatever items are present. Each item is scored by t
 `align_proxy.metrics`, and every total is derived from those per-item scores there.
 `PolicyEvaluation` and `RewardModelEvaluation` (and `evals.rl.RLEvaluation`) are what a recipe kind
 evaluates with (`align_proxy.kinds`): built from a run, called on a model directory, each knows its
-kind, which names the base-evaluation cache it shares, and what else that cache's key holds.
+kind, which names the base-evaluation cache it shares, and what else that cache's key holds. A run that
+asks for lm-eval tasks adds `evals.lm_harness.LmEvalEvaluation` beside it (`Evaluations`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,15 @@ class EvalResult:
         `totals`: what a per-token metric adds up, `tokens` and `sums`)."""
         self.items[name] = [float(x) for x in items]
         self.metrics[name] = aggregate(name, self.items[name], **totals)
+
+    @classmethod
+    def merged(cls, results: list[EvalResult]) -> EvalResult:
+        """Several evaluations' results of one model as one (their metric names are distinct)."""
+        merged = cls()
+        for result in results:
+            merged.metrics.update(result.metrics)
+            merged.items.update(result.items)
+        return merged
 
 
 def _preference(result: EvalResult, prefix: str, chosen: list[float], rejected: list[float]) -> None:
@@ -206,3 +216,19 @@ class RewardModelEvaluation:
 
     def __call__(self, model_path: str) -> EvalResult:
         return evaluate_reward_model(model_path, self.tokenizer, self.evalset, seed=self.seed)
+
+
+@dataclass
+class Evaluations:
+    """A run's evaluations together: its recipe kind's, and the lm-eval tasks it asks for (`evals.lm_harness`).
+    Called, they score one model and their results merge; a base evaluation is cached part by part
+    (`RecipeRun.evaluate_base`), so runs of different recipes share what they have in common."""
+
+    parts: tuple
+
+    @staticmethod
+    def parts_of(evaluation) -> tuple:
+        return evaluation.parts if isinstance(evaluation, Evaluations) else (evaluation,)
+
+    def __call__(self, model_path: str) -> EvalResult:
+        return EvalResult.merged([part(model_path) for part in self.parts])

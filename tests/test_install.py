@@ -73,12 +73,15 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
     script = ("import align_proxy.install as i, align_proxy.studies.spec as s\n"
               "print(i.__file__)\nprint(i.recipes_dir())\n"
               "specs = (None, s.DEFAULT_SPEC.with_name('rlhf.yaml'))  # the shipped specs\n"
-              "print([p.config for f in specs for p in s.load_spec(f).recipes])")
+              "print([p.config for f in specs for p in s.load_spec(f).recipes])\n"
+              "import evals.lm_harness as h  # the shipped lm-eval task and its data, read where the wheel put them\n"
+              "print(h.SHIPPED_TASKS)\nprint(h.task_names('arith_mc'))")
     out = run([installed["python"], "-c", script], installed["cwd"], installed["env"]).stdout.splitlines()
     site = str(installed["venv"])
     assert out[0].startswith(site) and out[1].startswith(site), out  # not the checkout's, not an editable install
     configs = eval(out[2])  # noqa: S307 - our own printed list of paths
     assert configs and all(c.startswith(site) for c in configs)
+    assert out[3].startswith(site) and out[4] == "['arith_mc']", out
 
 
 @pytest.mark.slow  # a study and a recipe in fresh processes, ~30 s

@@ -19,7 +19,7 @@ import yaml
 from align_proxy import PROJECT_ROOT
 from align_proxy.install import shipped_file
 from align_proxy.kinds import KINDS, RECIPE_ARGUMENTS, load_object
-from align_proxy.metrics import METRICS
+from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 from align_proxy.models import registry
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
@@ -129,11 +129,16 @@ def _check(raw: dict, path: Path) -> StudySpec:
         _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
     evaluation = raw.get("evaluation") or {}
     _check_keys(evaluation, {f.name for f in dataclasses.fields(load_object(RECIPE_ARGUMENTS))}, path, "evaluation")
+    lm_eval_tasks = _check_lm_eval_tasks(evaluation.get("lm_eval_tasks"), path)
     recipes: list[RecipePlan] = []
     for i, entry in enumerate(raw.get("recipes") or []):
-        recipes.append(_check_recipe(entry, i, path, recipes))
+        recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks))
     if not recipes:
         _fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+    for plan in recipes:
+        if lm_eval_tasks and not KINDS[plan.recipe].policy:
+            _fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
+                        "score; run it in a study of its own, or without lm_eval_tasks")
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
                      dataset=str(raw.get("dataset", "builtin:arith")), evaluation=evaluation, target=raw.get("target"))
@@ -147,7 +152,34 @@ def _check_model(model: str, path: Path) -> None:
                 "directory or a Hub id (owner/name)")
 
 
-def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan]) -> RecipePlan:
+def _check_lm_eval_tasks(tasks, path: Path) -> list[str]:
+    """The names lm-eval reports `evaluation: {lm_eval_tasks: ...}` under, each task and its data checked now, before
+    any cell runs (a comma-separated string or a list, as on a recipe's command line)."""
+    if not tasks:
+        return []
+    if not isinstance(tasks, (str, list)):
+        _fail(path, f"evaluation.lm_eval_tasks must be task names or YAML paths (a list or comma-separated), got {tasks!r}")
+    from evals.lm_harness import task_names
+
+    try:
+        return task_names(tasks)
+    except ValueError as err:
+        _fail(path, f"evaluation.lm_eval_tasks: {err}")
+
+
+def _check_metric(metric, kind, lm_eval_tasks: list[str], path: Path, where: str) -> None:
+    if str(metric).startswith(LM_EVAL_PREFIX):
+        if not kind.policy:
+            _fail(path, f"{where}: {metric!r}: the {kind.name} recipe trains no language model for lm-eval to score")
+        error = lm_eval_metric_error(metric, lm_eval_tasks)
+        if error:
+            _fail(path, f"{where}.metric: {error}")
+    elif metric not in METRICS:
+        _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}, or an lm-eval task's "
+                    "lm_eval:TASK/METRIC (with the task in evaluation.lm_eval_tasks)")
+
+
+def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str]) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
         _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch' "
@@ -163,8 +195,7 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan]) -> R
         _fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
     config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
     metric = entry.get("metric", kind.primary_metric)
-    if metric not in METRICS:
-        _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    _check_metric(metric, kind, lm_eval_tasks, path, where)
     grid = entry.get("grid") or {}
     classes = (kind.arguments_class, kind.config_class, load_object("trl:ModelConfig"))
     allowed = {f.name for cls in classes for f in dataclasses.fields(cls)}
