@@ -184,6 +184,7 @@ class RecipeRun:
     data: RecipeData
     speed: SpeedPlan | None = None  # the proxy-speed defaults this run got
     divergence: DivergenceWatch | None = None  # set by prepare_run; the trainer calls it at every logged loss
+    reward_curve: object | None = None  # an RL run's `evals.rl.RewardCurve` (--curve_every), set by track_reward_curve
 
     @property
     def kind(self) -> RecipeKind:
@@ -215,6 +216,12 @@ class RecipeRun:
         settings = LmEvalSettings.from_args(self.script_args)
         return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings))) if settings else evaluation
 
+    def track_reward_curve(self, rewards) -> None:
+        """RL runs: score the policy every --curve_every steps (proxy and gold reward, KL), kept in metrics.json."""
+        from evals.rl import RewardCurve
+
+        self.reward_curve = RewardCurve.for_run(self, rewards)
+
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
         reference, from there), the config, the checked data, the tokenizer, LoRA if asked, and the
@@ -226,7 +233,8 @@ class RecipeRun:
             "eval_dataset": self.data.test if self.training_args.eval_strategy != "no" else None,
             "processing_class": self.tokenizer,
             "peft_config": get_peft_config(self.model_args),
-            "callbacks": [*(self.speed.callbacks() if self.speed else []), *([self.divergence] if self.divergence else [])],
+            "callbacks": [*(self.speed.callbacks() if self.speed else []), *([self.divergence] if self.divergence else []),
+                          *([self.reward_curve.callback] if self.reward_curve else [])],
         }
 
     def evaluate_base(self, evaluation):
@@ -333,7 +341,8 @@ class RecipeRun:
     def _record(self, trainer, base, trained, diverged) -> RunMetrics:
         scores = Scores(base.metrics if base else {}, trained.metrics if trained else {},
                         base.items if base else {}, trained.items if trained else {})
-        training = Training(_distributed_summary(trainer), trainer.state.global_step, trainer.state.log_history)
+        training = Training(_distributed_summary(trainer), trainer.state.global_step, trainer.state.log_history,
+                            self.reward_curve.points if self.reward_curve else [])
         return RunMetrics(self.recipe, dataclasses.asdict(self.model), self.data.source,
                           self.speed.record() if self.speed else None, training, scores, diverged)
 

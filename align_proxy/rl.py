@@ -30,6 +30,12 @@ class RLArguments(RecipeArguments):
                                         "(its reward model, as a learned reward)."})
     eval_num_samples: int = field(default=4, metadata={"help": "Completions sampled per held-out prompt for the RL "
                                                                "metrics (reward, gold reward, KL, length)."})
+    curve_every: int = field(
+        default=0, metadata={"help": "Every this many optimiser steps (and before the first), score the policy on "
+                                     "--curve_prompts held-out prompts: proxy reward, gold reward and KL to the "
+                                     "reference, written to metrics.json's train.curve (Gao et al.'s overoptimization "
+                                     "curve). 0: off."})
+    curve_prompts: int = field(default=32, metadata={"help": "Held-out prompts per point of --curve_every."})
     compile_generation: bool = field(
         default=True, metadata={"help": "Without vLLM, on a GPU: generate with a static KV cache and a compiled "
                                         "decoding step (CUDA graphs) instead of TRL's dynamic, uncompiled default. "

@@ -69,14 +69,18 @@ class Training:
     distributed: dict = field(default_factory=dict)  # how the run was spread: type, processes, device, engine, ZeRO
     global_step: int = 0
     log_history: list[dict] = field(default_factory=list)  # the trainer's log: the loss curve
+    # An RL run's reward curve (--curve_every): proxy and gold reward and KL to the reference by step.
+    curve: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"distributed": self.distributed, "global_step": self.global_step, "log_history": self.log_history,
-                "final": self.log_history[-1] if self.log_history else {}}
+                "final": self.log_history[-1] if self.log_history else {},
+                **({"curve": self.curve} if self.curve else {})}
 
     @classmethod
     def from_json(cls, raw: dict) -> Training:
-        return cls(raw.get("distributed", {}), raw.get("global_step", 0), raw.get("log_history", []))
+        return cls(raw.get("distributed", {}), raw.get("global_step", 0), raw.get("log_history", []),
+                   raw.get("curve", []))
 
 
 @dataclass(frozen=True)

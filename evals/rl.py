@@ -210,3 +210,80 @@ class RLEvaluation:
     def __call__(self, model_path: str) -> EvalResult:
         return evaluate_rl_policy(model_path, self.tokenizer, self.evalset, self.prompts, self.rewards, self.sampling,
                                   reference_path=self.reference_path, max_new_tokens=self.max_new_tokens)
+
+
+# --- the overoptimization curve of an RL run --------------------------------------------------------------
+
+@torch.no_grad()
+def curve_point(policy, reference, tokenizer, prompts: Dataset, rewards: RewardSet, sampling: Sampling,
+                gold: bool) -> dict[str, float]:
+    """Proxy (the run's own rewards, weighted as trained) and gold reward of completions the in-memory `policy`
+    samples on held-out prompts, and its KL to `reference` (nats per sequence, mean over samples)."""
+    originals = list(prompts["prompt"])
+    tokenized = prompt_token_ids(tokenizer, originals, sampling.chat_template_kwargs)
+    was_training = policy.training
+    prompt_ids, completion_ids = sample_completions(policy, tokenizer, tokenized, sampling, [tokenizer.eos_token_id])
+    k = sampling.num_samples
+    repeated = [p for p in originals for _ in range(k)]
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    if is_conversational({"prompt": originals[0]}):
+        completions = [[{"role": "assistant", "content": text}] for text in completions]
+    columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
+               if c not in ("prompt", "completion", "completion_ids")}
+    _, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
+    point = {"proxy_reward": sum(total) / len(total)}
+    if gold:
+        values = arith.exact_match(repeated, completions, answer=columns.get("answer"))
+        point["gold_reward"] = sum(values) / len(values)
+    ratios = [p - r for p, r in zip(sequence_logprobs(policy, prompt_ids, completion_ids, tokenizer.pad_token_id),
+                                    sequence_logprobs(reference, prompt_ids, completion_ids, tokenizer.pad_token_id))]
+    kl = sum(ratios) / len(ratios)
+    point["kl_to_reference"] = kl
+    point["sqrt_kl"] = max(kl, 0.0) ** 0.5  # Gao et al.'s axis; a sampled estimate can dip below 0 near the start
+    if was_training:
+        policy.train()
+    return point
+
+
+class RewardCurve:
+    """A trainer callback (TRL's GRPO and RLOO trainers): every `every` optimiser steps, and before the first,
+    the policy in memory is scored by `curve_point` on held-out prompts, so a run gives Gao et al.'s curve of gold
+    and proxy reward against sqrt(KL), not only its end points. Points are kept in `points` (the recipe writes them
+    to metrics.json's `train.curve`). Scored on the main process only, with its own sampling seed per point."""
+
+    def __init__(self, tokenizer, prompts: Dataset, rewards: RewardSet, sampling: Sampling, reference_path: str,
+                 every: int, gold: bool):
+        from transformers import TrainerCallback
+
+        self.tokenizer, self.prompts, self.rewards, self.sampling = tokenizer, prompts, rewards, sampling
+        self.reference_path, self.every, self.gold = reference_path, every, gold
+        self.points: list[dict] = []
+        self._reference = None
+        # Subclassing at run time keeps transformers' import out of this module's import.
+        self.callback = type("RewardCurveCallback", (TrainerCallback,), {
+            "on_train_begin": lambda _, args, state, control, **kw: self._maybe(state, kw.get("model"), force=True),
+            "on_step_end": lambda _, args, state, control, **kw: self._maybe(state, kw.get("model")),
+        })()
+
+    @classmethod
+    def for_run(cls, run, rewards: RewardSet) -> RewardCurve | None:
+        args, config = run.script_args, run.training_args
+        if not args.curve_every:
+            return None
+        sampling = Sampling.from_config(config, args.eval_num_samples, args.eval_seed)
+        prompts = rl_prompts(run.data.test, run.data.task, args.curve_prompts, args.eval_seed)
+        return cls(run.tokenizer, prompts, rewards, sampling, run.model.path, args.curve_every, run.data.task is not None)
+
+    def _maybe(self, state, model, force: bool = False) -> None:
+        from accelerate import PartialState
+
+        step = state.global_step
+        if model is None or not PartialState().is_main_process:
+            return
+        if not force and (step % self.every or any(p["step"] == step for p in self.points)):
+            return
+        if self._reference is None:
+            self._reference = _load(AutoModelForCausalLM, self.reference_path).to(next(model.parameters()).device)
+        sampling = Sampling(**{**self.sampling.__dict__, "seed": self.sampling.seed + step})
+        self.points.append({"step": step, **curve_point(model, self._reference, self.tokenizer, self.prompts,
+                                                         self.rewards, sampling, self.gold)})

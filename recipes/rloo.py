@@ -32,6 +32,7 @@ def main(script_args: RLArguments, training_args: RLOOConfig, model_args):
     run = prepare_run("rloo", script_args, training_args, model_args)
     evaluation = run.evaluation(rewards=rewards)  # sampled as in training, scored by the same rewards
     base = run.evaluate_base(evaluation)
+    run.track_reward_curve(rewards)  # --curve_every: gold and proxy reward against KL during training
     trainer = RLOOTrainer(**run.trainer_kwargs(), reward_funcs=rewards.funcs)
     configure_rollouts(trainer, script_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

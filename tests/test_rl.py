@@ -117,7 +117,14 @@ def tiny_reward_model(tiny_model, tmp_path_factory):
 
 
 def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model, tiny_reward_model, tmp_path):
-    metrics = run_rl("rloo", "rloo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs", tiny_reward_model)
+    metrics = run_rl("rloo", "rloo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs", tiny_reward_model,
+                     "--curve_every", "1", "--curve_prompts", "4")
+    # The overoptimization curve: a point before the first step and after each, proxy and gold reward and KL.
+    curve = metrics["train"]["curve"]
+    assert [p["step"] for p in curve] == list(range(metrics["train"]["global_step"] + 1))
+    assert curve[0]["kl_to_reference"] == 0.0  # the policy is its reference before it trains
+    assert all({"proxy_reward", "gold_reward", "kl_to_reference", "sqrt_kl"} <= set(p) for p in curve)
+    assert curve[-1]["kl_to_reference"] != 0.0
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     for scores in (base, trained):
         assert RL_METRICS | {"learned_reward"} <= set(scores)
