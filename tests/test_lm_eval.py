@@ -92,11 +92,12 @@ def test_a_study_judges_a_recipe_on_an_lm_eval_metric_with_intervals_and_a_verdi
     # Cells as a study of it records them: per-item scores on the same items for every seed, a clear gain.
     cells = planted_cells("sft", {"default": everywhere(0.05)}, metric=metric, base_level=-1.0)
     analysis = analyse(cells, MODELS, {plan.recipe: plan.metric for plan in spec.recipes}, n_resamples=500)
-    assert headline(analysis, "sft")["metric"] == metric
-    assert analysis["metrics"][metric] == {"label": "arith_mc/logprob_per_byte (lm-eval)", "higher_is_better": True}
+    assert headline(analysis, "sft").metric == metric
+    assert analysis.metrics[metric].to_json() == {"label": "arith_mc/logprob_per_byte (lm-eval)",
+                                                  "higher_is_better": True}
     for model in MODELS:
         gain = gain_of(analysis, "sft", "default", model, metric)
-        assert gain["per_item"] and gain["gain"]["low"] > 0 and gain["verdict"] == "helps"
+        assert gain.per_item and gain.gain.low > 0 and gain.verdict == "helps"
     assert "arith_mc/logprob_per_byte (lm-eval)" in render_markdown(analysis, {}, "lm-eval study")
 
 
