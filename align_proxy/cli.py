@@ -229,49 +229,64 @@ def _verdict_text(scale) -> str:
     return f"[{colour}]{scale.verdict}[/{colour}] {format_interval(scale.gain)}"
 
 
-def cmd_best_of_n(args) -> int:
+def cmd_overoptimization(args) -> int:
     import json
 
     import numpy as np
 
     from align_proxy.files import atomic_write
-    from align_proxy.studies.formatting import format_interval, format_parameters
-    from evals import best_of_n
+    from evals import overoptimization
 
-    curves, pool = best_of_n.run(args.policy, args.reward_model, gold=args.gold, n=args.n, prompts=args.prompts,
-                                 task=args.task, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                 temperature=args.temperature)
-    distinct = np.mean([len(set(row)) for row in pool.completions])
-    size = pool.size
-    # The pool's KL is measured where the pool is much larger than n (subsets of a finite pool are drawn
-    # without replacement, which inflates it as n nears the pool size).
-    kl_n = max(k for k in curves[0].result.ns if k <= max(1, size // 4))
-    kl_column = curves[0].result.ns.index(kl_n)
-    table = Table(title=f"best-of-n from {args.policy}: {len(pool.prompts)} prompts x {size} samples "
-                        f"({distinct:.1f} distinct per prompt); gold = {args.gold}; d = sqrt(KL_bon)")
-    for column in ("reward model", "proxy gain", f"gold n=1 -> {size}", "alpha", "beta", "peak d",
-                   "gold gain at peak", f"KL n={kl_n}: formula/pool"):
+    if not args.reward_model and not args.rl_run:
+        console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "
+                      "and/or RL runs trained with --curve_every (--rl-run)")
+        return 2
+    if args.reward_model and not args.policy:
+        console.print("[red]error:[/red] --reward-model needs --policy: the fixed policy that samples the pool")
+        return 2
+    rl = [overoptimization.rl_curve(run) for run in args.rl_run or []]  # checked before any sampling
+    curves, document = list(rl), {"gold": args.gold, "rl_runs": args.rl_run or []}
+    if args.reward_model:
+        bon, pool = overoptimization.run(args.policy, args.reward_model, gold=args.gold, n=args.n,
+                                         prompts=args.prompts, task=args.task, seed=args.seed,
+                                         max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        distinct = np.mean([len(set(row)) for row in pool.completions])
+        console.print(f"best-of-n from {args.policy}: {len(pool.prompts)} prompts x {pool.size} samples "
+                      f"({distinct:.1f} distinct per prompt); gold = {args.gold}")
+        document.update(policy=args.policy, prompts=len(pool.prompts), pool_size=pool.size)
+        curves = bon + curves
+    console.print(_overoptimization_table(curves))
+    trend = overoptimization.trend(curves)
+    for form, coefficients in (trend or {}).items():
+        console.print(f"{form} per decade of reward-model parameters: " + ", ".join(
+            f"{name} {t['slope_per_decade']:+.3f} (R^2 {t['r_squared']:.2f})" for name, t in coefficients.items()))
+    out = Path(args.output_dir)
+    document.update(curves=[c.to_json() for c in curves], trend=trend)
+    atomic_write(out / "overoptimization.json", json.dumps(document, indent=1, allow_nan=False))
+    atomic_write(out / "overoptimization.png", overoptimization.plot(curves))
+    console.print(f"written: {out / 'overoptimization.json'}, {out / 'overoptimization.png'}")
+    return 0
+
+
+def _overoptimization_table(curves) -> Table:
+    from align_proxy.studies.formatting import format_interval, format_parameters
+
+    table = Table(title="gold reward against d = sqrt(KL) per proxy reward model: Gao et al.'s fit, peak d* and the "
+                        "gold gain there (95% intervals over prompts)")
+    for column in ("form", "reward model", "points", "proxy gain", "gold start -> end", "alpha", "beta", "peak d*",
+                   "gold gain at d*", "KL at end: used / measured"):
         table.add_column(column)  # intervals wrap rather than being cut at the console's width
     for curve in curves:
-        r, fit = curve.result, curve.gold_fit
-        gold = r.gold.mean(axis=0)
-        table.add_row(f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})",
-                      f"{r.proxy_gain.mean(axis=0)[-1]:+.3f}", f"{gold[0]:.3f} -> {gold[-1]:.3f}",
+        fit, gold = curve.fit, curve.gold.mean(axis=0)
+        points = f"n = {curve.x[0]}..{curve.x[-1]}" if curve.form == "best_of_n" else f"steps 0..{curve.x[-1]}"
+        measured = f"{curve.kl_measured[-1]:.2f}" if curve.kl_measured is not None else "-"
+        table.add_row("best-of-n" if curve.form == "best_of_n" else "RL",
+                      f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})", points,
+                      f"{curve.proxy_gain.mean(axis=0)[-1]:+.3f}", f"{gold[0]:.3f} -> {gold[-1]:.3f}",
                       *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),
                          format_interval(fit.peak_reward)) if fit else ("-",) * 4),
-                      f"{r.kl_formula[kl_column]:.2f}/{r.kl_empirical.mean(axis=0)[kl_column]:.2f}")
-    console.print(table)
-    trend = best_of_n.trend(curves)
-    if trend:
-        console.print("per decade of reward-model parameters: " + ", ".join(
-            f"{name} {t['slope_per_decade']:+.3f} (R^2 {t['r_squared']:.2f})" for name, t in trend.items()))
-    out = Path(args.output_dir)
-    document = {"policy": args.policy, "gold": args.gold, "prompts": len(pool.prompts), "pool_size": pool.size,
-                "curves": [c.to_json() for c in curves], "trend": trend}
-    atomic_write(out / "best_of_n.json", json.dumps(document, indent=1, allow_nan=False))
-    atomic_write(out / "best_of_n.png", best_of_n.plot(curves))
-    console.print(f"written: {out / 'best_of_n.json'}, {out / 'best_of_n.png'}")
-    return 0
+                      f"{curve.d[-1] ** 2:.2f} / {measured}")
+    return table
 
 
 def cmd_report(args) -> int:
@@ -344,20 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("study_dir", help="the study's output directory")
     report_p.set_defaults(func=cmd_report)
 
-    bon_p = sub.add_parser("best-of-n", help="overoptimization of best-of-n against proxy reward models (Gao et al.)")
-    bon_p.add_argument("--policy", required=True, help="the fixed policy that samples the pool (name or directory)")
-    bon_p.add_argument("--reward-model", nargs="+", required=True,
-                       help="proxy reward model directories (recipes/reward.py outputs), e.g. one per rung")
-    bon_p.add_argument("--gold", default="arith_exact_match",
-                       help="the gold reward: a reward name, module:function, or a reward-model directory")
-    bon_p.add_argument("--n", type=int, default=64, help="pool size per prompt: best-of-n for every n up to it")
-    bon_p.add_argument("--prompts", type=int, default=64, help="held-out prompts of the built-in task")
-    bon_p.add_argument("--task", default="arith", help="built-in task whose evaluation prompts are used")
-    bon_p.add_argument("--seed", type=int, default=0, help="prompt and sampling seed")
-    bon_p.add_argument("--max-new-tokens", type=int, default=8, help="completion length")
-    bon_p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
-    bon_p.add_argument("--output-dir", default="best-of-n", help="where best_of_n.json and best_of_n.png go")
-    bon_p.set_defaults(func=cmd_best_of_n)
+    over_p = sub.add_parser("overoptimization", help="gold vs proxy reward against sqrt(KL) per proxy reward model, for "
+                                                     "best-of-n and RL, with Gao et al.'s fits")
+    over_p.add_argument("--policy", help="best-of-n: the fixed policy that samples the pool (name or directory)")
+    over_p.add_argument("--reward-model", nargs="+", default=[],
+                        help="best-of-n: proxy reward model directories (recipes/reward.py outputs), e.g. one per rung")
+    over_p.add_argument("--rl-run", nargs="+", default=[],
+                        help="RL: output directories of grpo/rloo runs trained against one learned reward with "
+                             "--curve_every")
+    over_p.add_argument("--gold", default="arith_exact_match",
+                        help="best-of-n's gold reward: a reward name, module:function, or a reward-model directory")
+    over_p.add_argument("--n", type=int, default=64, help="pool size per prompt: best-of-n for every n up to it")
+    over_p.add_argument("--prompts", type=int, default=64, help="held-out prompts of the built-in task")
+    over_p.add_argument("--task", default="arith", help="built-in task whose evaluation prompts are used")
+    over_p.add_argument("--seed", type=int, default=0, help="prompt and sampling seed")
+    over_p.add_argument("--max-new-tokens", type=int, default=8, help="completion length")
+    over_p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
+    over_p.add_argument("--output-dir", default="overoptimization",
+                        help="where overoptimization.json and overoptimization.png go")
+    over_p.set_defaults(func=cmd_overoptimization)
 
     sub.add_parser("models", help="list registry models and their parameter counts").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(func=cmd_tasks)

@@ -231,15 +231,16 @@ def curve_point(policy, reference, tokenizer, prompts: Dataset, rewards: RewardS
     columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
                if c not in ("prompt", "completion", "completion_ids")}
     _, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
-    point = {"proxy_reward": sum(total) / len(total)}
+    items = {"proxy_reward": _per_prompt(total, k)}
     if gold:
-        values = arith.exact_match(repeated, completions, answer=columns.get("answer"))
-        point["gold_reward"] = sum(values) / len(values)
+        items["gold_reward"] = _per_prompt(arith.exact_match(repeated, completions, answer=columns.get("answer")), k)
     ratios = [p - r for p, r in zip(sequence_logprobs(policy, prompt_ids, completion_ids, tokenizer.pad_token_id),
                                     sequence_logprobs(reference, prompt_ids, completion_ids, tokenizer.pad_token_id))]
-    kl = sum(ratios) / len(ratios)
-    point["kl_to_reference"] = kl
-    point["sqrt_kl"] = max(kl, 0.0) ** 0.5  # Gao et al.'s axis; a sampled estimate can dip below 0 near the start
+    items["kl_to_reference"] = _per_prompt(ratios, k)
+    # Means, and per-prompt means (the prompts are what a fit of the curve resamples).
+    point = {name: sum(values) / len(values) for name, values in items.items()}
+    point["sqrt_kl"] = max(point["kl_to_reference"], 0.0) ** 0.5  # a sampled KL can dip below 0 near the start
+    point["items"] = items
     if was_training:
         policy.train()
     return point

@@ -123,8 +123,14 @@ def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model,
     curve = metrics["train"]["curve"]
     assert [p["step"] for p in curve] == list(range(metrics["train"]["global_step"] + 1))
     assert curve[0]["kl_to_reference"] == 0.0  # the policy is its reference before it trains
-    assert all({"proxy_reward", "gold_reward", "kl_to_reference", "sqrt_kl"} <= set(p) for p in curve)
+    assert all({"proxy_reward", "gold_reward", "kl_to_reference", "sqrt_kl", "items"} <= set(p) for p in curve)
+    assert all(len(p["items"]["gold_reward"]) == 4 for p in curve)  # per prompt, for resampling prompts
     assert curve[-1]["kl_to_reference"] != 0.0
+    from evals.overoptimization import rl_curve
+
+    measured = rl_curve(str(tmp_path), n_resamples=100)  # what `align-proxy overoptimization --rl-run` fits
+    assert measured.form == "rl" and measured.reward_model == tiny_reward_model and measured.d[0] == 0.0
+    assert measured.gold.shape == (4, len(curve)) and measured.fit is not None
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     for scores in (base, trained):
         assert RL_METRICS | {"learned_reward"} <= set(scores)

@@ -1,5 +1,5 @@
-"""Best-of-n against proxy reward models on tiny models: one pool scored by every reward model, curves that
-follow from it exactly, and the `align-proxy best-of-n` command's files."""
+"""Overoptimization measured on tiny models: one best-of-n pool scored by every reward model, curves that follow
+from it exactly, and the `align-proxy overoptimization` command's files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from align_proxy.cli import main
 from align_proxy.models.tokenizer import build_tokenizer
-from evals import best_of_n
+from evals import overoptimization as best_of_n
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +34,30 @@ def test_one_pool_gives_each_reward_model_a_curve_that_starts_at_the_pools_mean(
     assert [c.parameters for c in curves] == sorted(c.parameters for c in curves)  # smallest first
     gold = pool.score(best_of_n.get_gold("arith_exact_match"))
     for curve in curves:
-        assert curve.result.ns == [1, 2, 4, 8]
+        assert curve.form == "best_of_n" and curve.x == [1, 2, 4, 8]
         # n = 1 is the policy itself: the pool's mean, whatever the reward model says.
-        assert curve.result.gold[:, 0] == pytest.approx(gold.mean(axis=1))
+        assert curve.gold[:, 0] == pytest.approx(gold.mean(axis=1))
         # n = pool size picks each prompt's top-scored sample (ties shared).
         proxy = pool.score(best_of_n.learned(curve.reward_model))
-        assert curve.result.proxy[:, -1] == pytest.approx(proxy.max(axis=1))
-        assert np.all(np.diff(curve.result.proxy.mean(axis=0)) >= -1e-12)  # the proxy never falls with n
+        assert curve.proxy[:, -1] == pytest.approx(proxy.max(axis=1))
+        assert np.all(np.diff(curve.proxy.mean(axis=0)) >= -1e-12)  # the proxy never falls with n
         json.dumps(curve.to_json(), allow_nan=False)
 
 
 def test_the_command_writes_the_curves_and_their_plot(tiny_model, reward_models, tmp_path, capsys):
-    assert main(["best-of-n", "--policy", tiny_model, "--reward-model", *reward_models, "--n", "8", "--prompts", "4",
-                 "--output-dir", str(tmp_path)]) == 0
-    document = json.loads((tmp_path / "best_of_n.json").read_text())
+    assert main(["overoptimization", "--policy", tiny_model, "--reward-model", *reward_models, "--n", "8",
+                 "--prompts", "4", "--output-dir", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "overoptimization.json").read_text())
     assert document["pool_size"] == 8 and len(document["curves"]) == len(reward_models)
-    assert (tmp_path / "best_of_n.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "overoptimization.png").read_bytes().startswith(b"\x89PNG")
     assert "best-of-n from" in capsys.readouterr().out
+
+
+def test_a_run_without_a_recorded_curve_is_refused_with_the_flag_that_records_one(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"train": {"curve": []}}))
+    (tmp_path / "run_config.yaml").write_text("script_args: {reward_funcs: []}\n")
+    with pytest.raises(ValueError, match="--curve_every"):
+        best_of_n.rl_curve(str(tmp_path))
 
 
 def test_a_directory_that_is_not_a_reward_model_is_refused_before_sampling(tiny_model):
