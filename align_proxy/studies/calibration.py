@@ -10,6 +10,7 @@ right or wrong on each item, item difficulty shared by all); continuous ones are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -34,6 +35,7 @@ class Design:
     gain: float  # the true expected gain over items and seeds
     n_items: int = 200
 
+    @cached_property  # a root find over a quadrature: once per design, not once per simulated study
     def shift(self) -> float:
         """The recipe's effect that makes the expected gain `gain` (binary: a logit shift, solved for)."""
         if self.metric == "continuous":
@@ -42,7 +44,7 @@ class Design:
 
     def simulate(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Per-seed per-item gains of one simulated study: one base evaluation, S seeds on the same items."""
-        n, s, shift = self.n_items, self.n_seeds, self.shift()
+        n, s, shift = self.n_items, self.n_seeds, self.shift
         seed = rng.normal(0.0, self.seed_sd, s)
         if self.metric == "continuous":
             item = rng.normal(0.0, 1.0, n)  # item difficulty, shared by the base and every seed
