@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import socket
 import sys
 import time
@@ -147,8 +148,21 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
 
 
 def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
-              report: bool = True) -> StudyOutcome:
-    """Run every unfinished cell of `spec`, record results, and write the report."""
+              report: bool = True, executor: str = "local", cancel_on_interrupt: bool | None = None,
+              ask_cancel=None, poll_s: float = 5.0) -> StudyOutcome:
+    """Run every unfinished cell of `spec`, record results, and write the report. `executor`: "local" (this
+    machine's GPUs or cores) or "slurm" (each cell a Slurm job; `align_proxy.studies.slurm`), whose Ctrl-C
+    cancels the study's jobs when `cancel_on_interrupt`, or as `ask_cancel(count)` answers when it is None."""
+    if executor == "slurm":
+        from align_proxy.studies.slurm import SlurmUnavailable, require_slurm
+
+        try:
+            require_slurm()  # before the study directory or its store exists
+        except SlurmUnavailable as err:
+            raise StudyRunError(str(err)) from None
+    elif any(plan.launch.get("num_machines", 1) > 1 for plan in spec.recipes):
+        raise StudyRunError("a recipe's launch.num_machines is over 1: cells on several machines run as Slurm jobs; "
+                            "use --executor slurm (or set num_machines: 1)")
     paths = study_paths(Path(spec.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.lock))
@@ -159,30 +173,72 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
                             "(a killed run releases the lock with its process)") from None
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
+        configs = {plan.recipe: plan.config for plan in spec.recipes}
         # The cell server's imports overlap with resolving models (and building the ladder) here.
-        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes])
+        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes]) if executor == "local" else None
         store = ResultStore(paths.db)
         cells = spec.cells()
         _register(store, spec, cells)
-        store.requeue(failed=retry_failed)
-        recovered = _recover_finished(store, cells, paths)
-        statuses = store.statuses()
-        pending = [c for c in cells if statuses[c.config_hash] == "pending"]
-        gpus = visible_gpus()
-        slots = GpuSlots(gpus)
-        widest = max((cell.processes for cell in pending), default=1)
-        slots.check_width(widest)  # before any cell runs
-        jobs = jobs or default_jobs(gpus, widest)
-        launcher = CellLauncher(context, store, paths, scripts, {plan.recipe: plan.config for plan in spec.recipes},
-                                threads=max(1, (os.cpu_count() or 1) // jobs))
-        ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress)
+        if executor == "slurm":
+            ran = _run_slurm(spec, store, paths, scripts, configs, cells, jobs, retry_failed, progress,
+                             cancel_on_interrupt, ask_cancel, poll_s)
+        else:
+            _refuse_live_jobs(store)
+            store.requeue(failed=retry_failed)
+            recovered = _recover_finished(store, cells, paths)
+            statuses = store.statuses()
+            pending = [c for c in cells if statuses[c.config_hash] == "pending"]
+            gpus = visible_gpus()
+            slots = GpuSlots(gpus)
+            widest = max((cell.processes for cell in pending), default=1)
+            slots.check_width(widest)  # before any cell runs
+            jobs = jobs or default_jobs(gpus, widest)
+            launcher = CellLauncher(context, store, paths, scripts, configs, threads=max(1, (os.cpu_count() or 1) // jobs))
+            ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress) + recovered
         statuses = [store.statuses()[c.config_hash] for c in cells]
     finally:
         lock.release()
     done = statuses.count("done")
     written = write_study_report(paths.root) if report and done else None
-    return StudyOutcome(paths.root, len(cells), done, statuses.count("failed"), ran + recovered, written,
+    return StudyOutcome(paths.root, len(cells), done, statuses.count("failed"), ran, written,
                         statuses.count("diverged"))
+
+
+def _run_slurm(spec: StudySpec, store: ResultStore, paths: StudyPaths, scripts: dict, configs: dict, cells: list[Cell],
+               jobs: int | None, retry_failed: bool, progress: bool, cancel_on_interrupt, ask_cancel,
+               poll_s: float) -> int:
+    """The Slurm executor's run: reattach to (or settle) the jobs an earlier coordinator left, then submit the
+    pending cells as jobs and follow them to the end. Returns the cells settled here."""
+    from align_proxy.studies.slurm import SlurmCells, run_slurm_cells
+
+    slurm = SlurmCells(store, paths, scripts, configs, {plan.recipe: plan.slurm for plan in spec.recipes}, spec.name,
+                       poll_s)
+    running, settled = slurm.reattach({c.config_hash for c in cells})
+    store.requeue(failed=retry_failed, keep=set(running))
+    recovered = _recover_finished(store, cells, paths)
+    statuses = store.statuses()
+    pending = [c for c in cells if statuses[c.config_hash] == "pending"]
+    unfinished = len(pending) + len(running)
+    bar = tqdm(total=len(cells), initial=len(cells) - unfinished, desc="study cells (Slurm jobs)", unit="cell",
+               disable=not progress or not unfinished, dynamic_ncols=True)
+    try:
+        return len(settled) + recovered + run_slurm_cells(slurm, pending, running, jobs, bar, cancel_on_interrupt,
+                                                           ask_cancel)
+    finally:
+        bar.close()
+
+
+def _refuse_live_jobs(store: ResultStore) -> None:
+    """A local run must not rerun cells an earlier `--executor slurm` run left as jobs Slurm still runs."""
+    if not store.jobs(running_only=True):
+        return
+    from align_proxy.studies.slurm import ACTIVE, squeue_states
+
+    states = squeue_states() if shutil.which("squeue") else None
+    live = [row["job_id"] for row in store.jobs(running_only=True) if states is not None and states.of(row["job_id"]) in ACTIVE]
+    if live:
+        raise StudyRunError(f"{len(live)} cell(s) of this study are Slurm jobs still queued or running "
+                            f"({', '.join(live[:5])}): rerun with --executor slurm to follow them, or scancel them first")
 
 
 def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
@@ -340,20 +396,24 @@ class CellLauncher:
 
     def settle(self, started: StartedCell) -> str:
         """Record how a cell's process ended; returns its status: "done", "diverged" or "failed"."""
-        config_hash, exitcode = started.cell.config_hash, started.process.exitcode
-        cell_dir = self.paths.cell(config_hash)
-        metrics_path = cell_dir / "metrics.json"
-        if exitcode == 0 and metrics_path.exists():
-            status = self.store.record_result(config_hash, _read_metrics(metrics_path), time.time() - started.started)
-            remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
-            return status
-        reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
-        if exitcode == 0:
-            reason = "the recipe exited without writing metrics.json"
-        log = cell_dir / "cell.log"
-        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
-        self.store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
-        return "failed"
+        exitcode = started.process.exitcode
+        failure = None if exitcode == 0 else f"exit code {exitcode}" if exitcode > 0 else f"killed by signal {-exitcode}"
+        return settle_cell(self.store, self.paths.cell(started.cell.config_hash), time.time() - started.started, failure)
+
+
+def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
+    """Record how a cell ended, whatever ran it; returns its status: "done", "diverged" or "failed". `failure`:
+    None when its process or job ended well (then metrics.json is its result), else why it did not."""
+    metrics_path = cell_dir / "metrics.json"
+    if failure is None and metrics_path.exists():
+        status = store.record_result(cell_dir.name, _read_metrics(metrics_path), duration_s)
+        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
+        return status
+    reason = failure or "the recipe exited without writing metrics.json"
+    log = cell_dir / "cell.log"
+    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+    store.record_failure(cell_dir.name, f"{reason}; log: {log}\n{tail}")
+    return "failed"
 
 
 def launch_flags(launch: dict) -> list[str]:
