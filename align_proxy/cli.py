@@ -153,6 +153,9 @@ def cmd_study(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         console.print(f"[red]error:[/red] --jobs {args.jobs}: run at least 1 cell at a time")
         return 2
+    if args.poll_seconds <= 0:
+        console.print(f"[red]error:[/red] --poll-seconds {args.poll_seconds}: give a positive number of seconds")
+        return 2
     if args.output_dir:
         spec = replace(spec, output_dir=args.output_dir)
     if args.status:
@@ -181,11 +184,11 @@ def cmd_study(args) -> int:
         console.print(f"[red]error:[/red] {err}")
         return 2
     except KeyboardInterrupt as interrupt:
-        jobs = getattr(interrupt, "jobs", 0)
-        if jobs:
-            console.print(f"interrupted: {jobs} Slurm job(s) " + ("cancelled, their cells failed (--retry-failed "
-                          "submits them again)" if interrupt.cancelled else "left queued or running; rerun the same "
-                          "command to follow them (or scancel them)"))
+        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (align_proxy.studies.slurm.StudyInterrupted)
+        console.print("interrupted: " + (f"{jobs} Slurm job(s) " + (
+            "cancelled, their cells failed (--retry-failed submits them again)" if interrupt.cancelled else
+            "left queued or running; rerun the same command to follow them (or scancel them)") if jobs else
+            "rerun the same command to go on (finished cells are kept)"))
         return 130
     diverged = f", {outcome.diverged} diverged (a result: see --status)" if outcome.diverged else ""
     console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed{diverged}; "

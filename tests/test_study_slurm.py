@@ -283,3 +283,24 @@ def test_a_scancelled_job_fails_its_cell_with_the_reason_and_retry_failed_reruns
     assert retried.returncode == 0 and "4/4 cells done" in retried.stdout, retried.stdout + retried.stderr
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
     assert rows(db, "SELECT COUNT(*) FROM jobs")[0][0] == 8  # one job per attempt
+
+
+@needs_slurm
+def test_ctrl_c_with_cancel_on_interrupt_cancels_the_studys_jobs_and_fails_their_cells(tmp_path):
+    name = f"interrupt-{uuid.uuid4().hex[:8]}"
+    spec = slurm_spec(tmp_path, name)
+    db = tmp_path / name / "results.sqlite"
+    held = subprocess.Popen(coordinator(str(spec), "--slurm", "sbatch={hold: true}", "--cancel-on-interrupt"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 4 else None, "job ids")
+        held.send_signal(signal.SIGINT)
+        out, _ = held.communicate(timeout=120)
+    finally:
+        held.kill()
+    assert held.returncode == 130 and "4 Slurm job(s) cancelled" in out, out
+    states = subprocess.run(["squeue", "--me", "-r", "-h", "-t", "all", "-n", f"{name}:fake", "-o", "%T"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert states and set(states) == {"CANCELLED"} and len(ids) == 4
+    errors = [row[0] for row in rows(db, "SELECT error FROM cells WHERE status = 'failed'")]
+    assert len(errors) == 4 and all("cancelled when the study was interrupted" in e for e in errors)

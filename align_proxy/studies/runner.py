@@ -11,12 +11,10 @@ diverged one when the recipe stopped on an exploding loss (a result: not failed,
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import runpy
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -26,19 +24,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from align_proxy.checkpoints import clear_for_attempt, remove_checkpoints
+from align_proxy.checkpoints import clear_for_attempt
 from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
-from align_proxy.run_metrics import RunMetrics
+# What running one cell means, whatever runs it; imported here too, where callers have always found it.
+from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, launch_flags, read_metrics, settle_cell,  # noqa: F401
+                                           stranded)
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
-
-LOG_TAIL_CHARS = 2000
-
-
-class StudyRunError(RuntimeError):
-    """The study cannot run (already running, recipe scripts missing); the message says what to do."""
-
 
 @dataclass(frozen=True)
 class StudyOutcome:
@@ -136,17 +129,6 @@ def recipe_script(recipe: str) -> Path:
     return script
 
 
-def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None) -> list[str]:
-    """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
-    starts from another cell's model (`start_from`) gets that cell's directory as its model."""
-    argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
-    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {})}
-    for key, value in overrides.items():
-        values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
-        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    return argv
-
-
 def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
               report: bool = True, executor: str = "local", cancel_on_interrupt: bool | None = None,
               ask_cancel=None, poll_s: float = 5.0) -> StudyOutcome:
@@ -209,23 +191,27 @@ def _run_slurm(spec: StudySpec, store: ResultStore, paths: StudyPaths, scripts: 
                poll_s: float) -> int:
     """The Slurm executor's run: reattach to (or settle) the jobs an earlier coordinator left, then submit the
     pending cells as jobs and follow them to the end. Returns the cells settled here."""
-    from align_proxy.studies.slurm import SlurmCells, run_slurm_cells
+    from align_proxy.studies.slurm import SlurmCells, SlurmUnavailable, run_slurm_cells
 
     slurm = SlurmCells(store, paths, scripts, configs, {plan.recipe: plan.slurm for plan in spec.recipes}, spec.name,
                        poll_s)
-    running, settled = slurm.reattach({c.config_hash for c in cells})
-    store.requeue(failed=retry_failed, keep=set(running))
-    recovered = _recover_finished(store, cells, paths)
-    statuses = store.statuses()
-    pending = [c for c in cells if statuses[c.config_hash] == "pending"]
-    unfinished = len(pending) + len(running)
-    bar = tqdm(total=len(cells), initial=len(cells) - unfinished, desc="study cells (Slurm jobs)", unit="cell",
-               disable=not progress or not unfinished, dynamic_ncols=True)
+    bar = None
     try:
+        running, settled = slurm.reattach({c.config_hash for c in cells})
+        store.requeue(failed=retry_failed, keep=set(running))
+        recovered = _recover_finished(store, cells, paths)
+        statuses = store.statuses()
+        pending = [c for c in cells if statuses[c.config_hash] == "pending"]
+        unfinished = len(pending) + len(running)
+        bar = tqdm(total=len(cells), initial=len(cells) - unfinished, desc="study cells (Slurm jobs)", unit="cell",
+                   disable=not progress or not unfinished, dynamic_ncols=True)
         return len(settled) + recovered + run_slurm_cells(slurm, pending, running, jobs, bar, cancel_on_interrupt,
                                                            ask_cancel)
+    except SlurmUnavailable as err:  # squeue failed on reattaching, or sbatch refused a submission
+        raise StudyRunError(str(err)) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _refuse_live_jobs(store: ResultStore) -> None:
@@ -272,13 +258,9 @@ def _recover_finished(store: ResultStore, cells: list[Cell], paths: StudyPaths) 
     for cell in cells:
         metrics_path = paths.cell(cell.config_hash) / "metrics.json"
         if statuses[cell.config_hash] == "pending" and metrics_path.exists():
-            store.record_result(cell.config_hash, _read_metrics(metrics_path), duration_s=0.0)
+            store.record_result(cell.config_hash, read_metrics(metrics_path), duration_s=0.0)
             recovered += 1
     return recovered
-
-
-def _read_metrics(path: Path) -> RunMetrics:
-    return RunMetrics.from_json(json.loads(path.read_text()))
 
 
 def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: GpuSlots, total: int,
@@ -300,7 +282,7 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
 
     try:
         while queue or running:
-            for cell, why in _stranded(queue, status):
+            for cell, why in stranded(queue, status):
                 queue.remove(cell)
                 store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
                                                        "fix that one, then rerun with --retry-failed")
@@ -326,21 +308,6 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
             started.process.kill()
         bar.close()
     return finished
-
-
-def _stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
-    """Queued cells that can never run, and why: the cell they start from failed or diverged (so left no
-    model), or is itself stranded."""
-    why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
-           if s in ("failed", "diverged")}
-    stranded: list[tuple[Cell, str]] = []
-    grew = True
-    while grew:
-        new = [c for c in queue if c.start_from in why and c.config_hash not in why]
-        stranded += [(c, why[c.start_from]) for c in new]
-        why |= {c.config_hash: "failed" for c in new}
-        grew = bool(new)
-    return stranded
 
 
 def _start_forkserver(kinds: list) -> multiprocessing.context.BaseContext:
@@ -399,33 +366,6 @@ class CellLauncher:
         exitcode = started.process.exitcode
         failure = None if exitcode == 0 else f"exit code {exitcode}" if exitcode > 0 else f"killed by signal {-exitcode}"
         return settle_cell(self.store, self.paths.cell(started.cell.config_hash), time.time() - started.started, failure)
-
-
-def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
-    """Record how a cell ended, whatever ran it; returns its status: "done", "diverged" or "failed". `failure`:
-    None when its process or job ended well (then metrics.json is its result), else why it did not."""
-    metrics_path = cell_dir / "metrics.json"
-    if failure is None and metrics_path.exists():
-        status = store.record_result(cell_dir.name, _read_metrics(metrics_path), duration_s)
-        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
-        return status
-    reason = failure or "the recipe exited without writing metrics.json"
-    log = cell_dir / "cell.log"
-    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
-    store.record_failure(cell_dir.name, f"{reason}; log: {log}\n{tail}")
-    return "failed"
-
-
-def launch_flags(launch: dict) -> list[str]:
-    """The `accelerate launch` flags of a cell of several processes; [] for a plain cell. Each launch gets a
-    free port for its processes' rendezvous, so concurrent cells never meet."""
-    if not launch:
-        return []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return ["--config_file", launch["config_file"], "--num_processes", str(launch["num_processes"]),
-            "--main_process_port", str(port)]
 
 
 def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None,

@@ -138,7 +138,7 @@ def job_launch_flags(launch: dict, hostnames: list[str], node: int, job_id: str)
     free port); on several, accelerate's rendezvous from Slurm's environment: this node's SLURM_NODEID as
     machine_rank, the job's first host as the main address, a port derived from the job id (the same on every
     node, and different for jobs sharing a node)."""
-    from align_proxy.studies.runner import launch_flags
+    from align_proxy.studies.cell_runs import launch_flags
 
     machines = int(launch.get("num_machines", 1)) if launch else 1
     if machines <= 1:
@@ -278,8 +278,9 @@ class SlurmCells:
     def submit(self, cells: list) -> dict[str, TrackedJob]:
         """One sbatch for these cells (all of one recipe): a job, or a job array in this order."""
         from submitit import SlurmExecutor
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-        from align_proxy.studies.runner import cell_argv
+        from align_proxy.studies.cell_runs import cell_argv
 
         first = cells[0]
         batch = f"align-proxy-{uuid.uuid4().hex[:12]}"
@@ -294,8 +295,15 @@ class SlurmCells:
             argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
             calls.append((str(self.scripts[cell.recipe]), argv, str(cell_dir), cell.launch))
         self.store.mark_submitting([c.config_hash for c in cells], batch, str(self.folder))
-        with executor.batch():
-            jobs = [executor.submit(CellJob(), *call) for call in calls]
+        try:
+            with executor.batch():
+                jobs = [executor.submit(CellJob(), *call) for call in calls]
+        except (FailedJobError, FailedSubmissionError, OSError) as err:  # sbatch refused: nothing was submitted
+            why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            for cell in cells:
+                self.store.record_failure(cell.config_hash, f"sbatch refused the job: {why}")
+            raise SlurmUnavailable(f"sbatch refused the jobs of recipe {first.recipe}: {why}. Fix its slurm: resources "
+                                   "in the spec (or --slurm), then rerun with --retry-failed") from None
         ids = [job.job_id for job in jobs]
         self.store.record_job_ids(batch, ids)
         now = time.time()
@@ -334,7 +342,7 @@ class SlurmCells:
 
     def settle(self, job: TrackedJob, state: str | None) -> str:
         """Record how a cell's job ended: its result when it wrote metrics.json, else failed with the reason."""
-        from align_proxy.studies.runner import settle_cell
+        from align_proxy.studies.cell_runs import settle_cell
 
         cell_dir = self.paths.cell(job.config_hash)
         if state:
@@ -358,7 +366,7 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
     """Submit the pending cells as jobs (each once the cell it starts from is done; at most `limit` unfinished at
     once when given), follow them and the reattached `running` ones through squeue, and settle each as it
     ends. On Ctrl-C, cancel the jobs if `cancel_on_interrupt` (None: `ask(count)` decides; no ask: keep them)."""
-    from align_proxy.studies.runner import StudyRunError, _stranded
+    from align_proxy.studies.cell_runs import StudyRunError, stranded
 
     store = slurm.store
     status = store.statuses()
@@ -369,10 +377,11 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
         status[config_hash] = outcome
         finished += 1
         bar.update(1)
+        bar.set_postfix_str(f"{len(running)} jobs queued or running", refresh=True)
 
     try:
         while queue or running:
-            for cell, why in _stranded(queue, status):
+            for cell, why in stranded(queue, status):
                 queue.remove(cell)
                 store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
                                                        "fix that one, then rerun with --retry-failed")
