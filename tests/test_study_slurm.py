@@ -7,6 +7,8 @@ fails before touching anything; resources, sbatch parameters and the multi-node 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -26,9 +28,10 @@ from test_study_runner import FAKE_STUDY, rows, write_spec
 FAST_JOB = {"gpus_per_cell": 0, "cpus": 1, "mem": "500M", "time": "10"}  # a 2-core CI node runs two at a time
 
 
-def slurm_spec(tmp_path: Path, name: str, seconds: float = 0.0, slurm: dict | None = None) -> Path:
-    """A 4-cell fake study (2 models x 2 learning rates) whose jobs each take one core."""
-    spec = write_spec(tmp_path, name, {"learning_rate": [1e-3, 3e-4]}, [0], seconds=seconds)
+def slurm_spec(tmp_path: Path, name: str, seconds: float = 0.0, slurm: dict | None = None,
+               learning_rates=(1e-3, 3e-4)) -> Path:
+    """A fake study of 2 models x the learning rates (4 cells by default) whose jobs each take one core."""
+    spec = write_spec(tmp_path, name, {"learning_rate": list(learning_rates)}, [0], seconds=seconds)
     raw = yaml.safe_load(spec.read_text())
     raw["recipes"][0]["slurm"] = slurm if slurm is not None else FAST_JOB
     spec.write_text(yaml.safe_dump(raw))
@@ -157,14 +160,17 @@ def test_slurms_words_in_a_jobs_log_name_why_it_ended(tmp_path):
     assert ended_reason(job, "FAILED", tmp_path) == "exit code 3"
 
 
-def test_without_slurm_the_slurm_executor_fails_at_once_and_touches_nothing(tmp_path):
+def test_without_slurm_the_slurm_executor_fails_at_once_and_touches_nothing(fake_kind, tmp_path, monkeypatch, capsys):
+    from align_proxy.cli import main
+
     spec = slurm_spec(tmp_path, "noslurm")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch, squeue, scancel or srun
     started = time.monotonic()
-    result = subprocess.run([*FAKE_STUDY, "study", str(spec), "--executor", "slurm"], capture_output=True, text=True,
-                            cwd=REPO, timeout=120, env={**os.environ, "PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2 and "sbatch" in result.stdout and "--executor local" in result.stdout, result.stdout
+    assert main(["study", str(spec), "--executor", "slurm"]) == 2
+    out = capsys.readouterr().out
+    assert "sbatch, squeue, scancel, srun not found on PATH" in out and "--executor local" in out, out
     assert not (tmp_path / "noslurm").exists()  # no study directory, no store, no jobs
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 10
 
 
 def test_cells_on_several_machines_need_the_slurm_executor(fake_kind, tmp_path):
@@ -218,14 +224,28 @@ def killed_and_reattached(tmp_path_factory):
     second = subprocess.run(coordinator(str(spec)), capture_output=True, text=True, cwd=REPO, timeout=600)
     slurm_seconds = time.monotonic() - started
     local_started = time.monotonic()
-    local = subprocess.run([*FAKE_STUDY, "study", str(spec), "--output-dir", str(tmp_path / "local"), "--no-report"],
-                           capture_output=True, text=True, cwd=REPO, timeout=600)
-    status = subprocess.run([*FAKE_STUDY, "study", str(spec), "--status"], capture_output=True, text=True, cwd=REPO,
-                            timeout=120)
-    print(f"4 fake cells (1 s each): Slurm {slurm_seconds:.1f} s with one kill and reattach, "
-          f"local {time.monotonic() - local_started:.1f} s")
+    from align_proxy.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:  # the same spec on this machine, in this process
+        from dataclasses import replace
+
+        from align_proxy import kinds
+        from align_proxy.studies.runner import run_study
+        from align_proxy.studies.spec import load_spec
+        from fake_recipe import FAKE
+
+        patch.setitem(kinds.KINDS, FAKE.name, FAKE)
+        patch.syspath_prepend(str(REPO))
+        local = run_study(replace(load_spec(spec), output_dir=str(tmp_path / "local")), jobs=2, progress=False,
+                          report=False)
+        local_seconds = time.monotonic() - local_started
+        status = io.StringIO()
+        with contextlib.redirect_stdout(status):  # the CLI's console writes to whatever sys.stdout is
+            status_code = main(["study", str(spec), "--status"])
+    print(f"4 fake cells (1 s each): Slurm {slurm_seconds:.1f} s with one kill and reattach, local {local_seconds:.1f} s")
     return {"db": db, "name": name, "second": second, "local": local, "after_kill": after_kill,
-            "states_at_kill": states, "status": status, "local_db": tmp_path / "local" / "results.sqlite"}
+            "states_at_kill": states, "status": (status_code, status.getvalue()),
+            "local_db": tmp_path / "local" / "results.sqlite"}
 
 
 @needs_slurm
@@ -246,7 +266,7 @@ def test_a_rerun_reattaches_submits_nothing_twice_and_finishes(killed_and_reatta
 
 @needs_slurm
 def test_a_slurm_study_gives_the_same_metrics_as_a_local_one(killed_and_reattached):
-    assert killed_and_reattached["local"].returncode == 0, killed_and_reattached["local"].stdout
+    assert killed_and_reattached["local"].done == 4
     slurm = dict(rows(killed_and_reattached["db"], "SELECT config_hash, metrics FROM results"))
     local = dict(rows(killed_and_reattached["local_db"], "SELECT config_hash, metrics FROM results"))
     assert len(slurm) == 4 and slurm == local
@@ -254,53 +274,88 @@ def test_a_slurm_study_gives_the_same_metrics_as_a_local_one(killed_and_reattach
 
 @needs_slurm
 def test_status_shows_each_cells_job_and_its_slurm_state(killed_and_reattached):
-    status = killed_and_reattached["status"]
-    assert status.returncode == 0
+    code, status = killed_and_reattached["status"]
+    assert code == 0
     job_ids = [row[0] for row in rows(killed_and_reattached["db"], "SELECT job_id FROM jobs")]
     for job_id in job_ids:
-        assert f"│ {job_id} " in status.stdout and "COMPLETED" in status.stdout, status.stdout
+        assert f"│ {job_id} " in status and "COMPLETED" in status, status
 
 
 @needs_slurm
 def test_a_scancelled_job_fails_its_cell_with_the_reason_and_retry_failed_reruns_it(tmp_path):
     name = f"scancel-{uuid.uuid4().hex[:8]}"
-    spec = slurm_spec(tmp_path, name)
+    spec = slurm_spec(tmp_path, name, learning_rates=[1e-3])  # 2 cells
     db = tmp_path / name / "results.sqlite"
     # Held jobs stay pending until scancel'd; resources are not part of a cell, so the retry runs the same cells.
     held = subprocess.Popen(coordinator(str(spec), "--slurm", "sbatch={hold: true}"), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 4 else None, "job ids")
+        ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 2 else None, "job ids")
         subprocess.run(["scancel", *ids], check=True, timeout=60)
         out, _ = held.communicate(timeout=120)
     finally:
         held.kill()
-    assert held.returncode == 1 and "0/4 cells done" in out and "4 failed" in out, out
+    assert held.returncode == 1 and "0/2 cells done" in out and "2 failed" in out, out
     for job_id, status, error in rows(db, "SELECT j.job_id, c.status, c.error FROM cells c JOIN jobs j USING (config_hash)"):
         assert status == "failed" and f"Slurm job {job_id} was cancelled" in error and "(CANCELLED)" in error
     retried = subprocess.run(coordinator(str(spec), "--retry-failed"), capture_output=True, text=True, cwd=REPO,
                              timeout=600)
-    assert retried.returncode == 0 and "4/4 cells done" in retried.stdout, retried.stdout + retried.stderr
+    assert retried.returncode == 0 and "2/2 cells done" in retried.stdout, retried.stdout + retried.stderr
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
-    assert rows(db, "SELECT COUNT(*) FROM jobs")[0][0] == 8  # one job per attempt
+    assert rows(db, "SELECT COUNT(*) FROM jobs")[0][0] == 4  # one job per attempt
 
 
 @needs_slurm
 def test_ctrl_c_with_cancel_on_interrupt_cancels_the_studys_jobs_and_fails_their_cells(tmp_path):
     name = f"interrupt-{uuid.uuid4().hex[:8]}"
-    spec = slurm_spec(tmp_path, name)
+    spec = slurm_spec(tmp_path, name, learning_rates=[1e-3])  # 2 cells
     db = tmp_path / name / "results.sqlite"
     held = subprocess.Popen(coordinator(str(spec), "--slurm", "sbatch={hold: true}", "--cancel-on-interrupt"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 4 else None, "job ids")
+        ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 2 else None, "job ids")
         held.send_signal(signal.SIGINT)
         out, _ = held.communicate(timeout=120)
     finally:
         held.kill()
-    assert held.returncode == 130 and "4 Slurm job(s) cancelled" in out, out
+    assert held.returncode == 130 and "2 Slurm job(s) cancelled" in out, out
     states = subprocess.run(["squeue", "--me", "-r", "-h", "-t", "all", "-n", f"{name}:fake", "-o", "%T"],
                             capture_output=True, text=True, check=True).stdout.split()
-    assert states and set(states) == {"CANCELLED"} and len(ids) == 4
+    assert states and set(states) == {"CANCELLED"} and len(ids) == 2
     errors = [row[0] for row in rows(db, "SELECT error FROM cells WHERE status = 'failed'")]
-    assert len(errors) == 4 and all("cancelled when the study was interrupted" in e for e in errors)
+    assert len(errors) == 2 and all("cancelled when the study was interrupted" in e for e in errors)
+
+
+@needs_slurm
+def test_jobs_a_coordinator_submitted_but_never_recorded_are_found_by_their_submission_name(fake_kind, tmp_path,
+                                                                                              monkeypatch):
+    """Killed between sbatch and recording the ids: the rerun finds the jobs by the name written before sbatch."""
+    from align_proxy.studies.runner import study_paths
+    from align_proxy.studies.slurm import SlurmCells
+    from align_proxy.studies.spec import load_spec
+    from align_proxy.studies.store import ResultStore
+
+    spec = load_spec(slurm_spec(tmp_path, f"unrecorded-{uuid.uuid4().hex[:8]}", slurm={**FAST_JOB, "sbatch": {"hold": True}}))
+    paths = study_paths(Path(spec.output_dir))
+    store = ResultStore(paths.db)
+    cells = spec.cells()
+    store.add_cells(cells)
+    slurm = SlurmCells(store, paths, {"fake": Path(fake_kind.script)}, {"fake": spec.recipes[0].config},
+                       {"fake": spec.recipes[0].slurm}, spec.name)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the coordinator dies here: sbatch has answered, the ids are not stored
+
+    monkeypatch.setattr(store, "record_job_ids", killed)
+    with pytest.raises(KeyboardInterrupt):
+        slurm.submit(cells[:2])
+    monkeypatch.undo()
+    assert [row[0] for row in rows(paths.db, "SELECT job_id FROM jobs")] == [None, None]
+    tracked, settled = SlurmCells(ResultStore(paths.db), paths, {}, {}, {}, spec.name).reattach({c.config_hash for c in cells})
+    try:
+        submitted = slurm_jobs_named(f"{spec.name}:fake")
+        assert settled == [] and sorted(job.job_id for job in tracked.values()) == sorted(submitted)
+        assert len(submitted) == 2 and {job.config_hash for job in tracked.values()} == {c.config_hash for c in cells[:2]}
+        assert sorted(row[0] for row in rows(paths.db, "SELECT job_id FROM jobs")) == sorted(submitted)
+    finally:
+        subprocess.run(["scancel", "-n", f"{spec.name}:fake"], timeout=60)
