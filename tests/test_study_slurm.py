@@ -160,6 +160,17 @@ def test_slurms_words_in_a_jobs_log_name_why_it_ended(tmp_path):
     assert ended_reason(job, "FAILED", tmp_path) == "exit code 3"
 
 
+def test_a_study_directory_the_other_nodes_cannot_see_is_warned_about(tmp_path, monkeypatch):
+    from align_proxy.studies import slurm
+
+    for nodes, fstype, warned in ((["n1", "n2"], "tmpfs", True), (["n1", "n2"], "nfs4", False),
+                                  (["n1"], "tmpfs", False)):
+        monkeypatch.setattr(slurm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "\n".join(nodes)))
+        monkeypatch.setattr(slurm, "_filesystem_type", lambda path: fstype)
+        warning = slurm.shared_filesystem_warning(tmp_path)
+        assert (warning is not None) == warned and (not warned or f"on a {fstype} filesystem" in warning)
+
+
 def test_without_slurm_the_slurm_executor_fails_at_once_and_touches_nothing(fake_kind, tmp_path, monkeypatch, capsys):
     from align_proxy.cli import main
 
