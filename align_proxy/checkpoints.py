@@ -18,8 +18,6 @@ import re
 import shutil
 from pathlib import Path
 
-from align_proxy.models.safe_load import UnsafeCheckpointError, unsafe_globals
-
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 _TRUE, _FALSE = {"true", "yes", "1", "last", "latest"}, {"false", "no", "0", "none", ""}
@@ -89,6 +87,10 @@ def resume_point(output_dir: str | Path, value) -> str | None:
 def check_deepspeed_files(checkpoint: Path) -> None:
     """Refuse a checkpoint whose DeepSpeed files name code beyond `DEEPSPEED_GLOBALS` (or cannot be scanned):
     DeepSpeed would import and call it while loading them."""
+    # Imported here, not above: the scanner imports torch, which a Slurm job clearing its cell directory
+    # (align_proxy.studies.slurm) would otherwise pay seconds for before its recipe even starts.
+    from align_proxy.models.safe_load import UnsafeCheckpointError, unsafe_globals
+
     for file in sorted(Path(checkpoint).glob("global_step*/*.pt")):
         try:
             names = unsafe_globals(file)

@@ -153,19 +153,43 @@ def cmd_study(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         console.print(f"[red]error:[/red] --jobs {args.jobs}: run at least 1 cell at a time")
         return 2
+    if args.poll_seconds <= 0:
+        console.print(f"[red]error:[/red] --poll-seconds {args.poll_seconds}: give a positive number of seconds")
+        return 2
     if args.output_dir:
         spec = replace(spec, output_dir=args.output_dir)
     if args.status:
         return _print_study_status(Path(spec.output_dir))
+    if args.slurm:
+        try:
+            spec = _with_slurm_overrides(spec, args.slurm)
+        except StudySpecError as err:
+            console.print(f"[red]error:[/red] {err}")
+            return 2
     cells = spec.cells()
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
                   f"{len(cells)} cells, in {spec.output_dir}")
+    if args.executor == "slurm":
+        from align_proxy.studies.slurm import shared_filesystem_warning
+
+        warning = shared_filesystem_warning(Path(spec.output_dir))
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
     try:
-        outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report)
+        outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report,
+                            executor=args.executor, cancel_on_interrupt=args.cancel_on_interrupt,
+                            ask_cancel=_ask_cancel if sys.stdin.isatty() else None, poll_s=args.poll_seconds)
     except (StudyRunError, ModelUnavailableError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
+    except KeyboardInterrupt as interrupt:
+        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (align_proxy.studies.slurm.StudyInterrupted)
+        console.print("interrupted: " + (f"{jobs} Slurm job(s) " + (
+            "cancelled, their cells failed (--retry-failed submits them again)" if interrupt.cancelled else
+            "left queued or running; rerun the same command to follow them (or scancel them)") if jobs else
+            "rerun the same command to go on (finished cells are kept)"))
+        return 130
     diverged = f", {outcome.diverged} diverged (a result: see --status)" if outcome.diverged else ""
     console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed{diverged}; "
                   f"results in {study_paths(outcome.study_dir).db}")
@@ -176,6 +200,32 @@ def cmd_study(args) -> int:
     return 1 if outcome.failed else 0
 
 
+def _with_slurm_overrides(spec, pairs: list[str]):
+    """`--slurm KEY=VALUE ...` over every recipe's `slurm:` resources, checked like the spec's own."""
+    from dataclasses import replace
+
+    import yaml
+
+    from align_proxy.studies.spec import StudySpecError, check_slurm
+
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise StudySpecError(f"--slurm {pair}: give KEY=VALUE, e.g. --slurm partition=gpu --slurm time=4:00:00")
+        parsed = yaml.safe_load(value) if value else None  # numbers and {mappings} as the spec's YAML would read them
+        values[key] = str(value) if key in ("time", "mem", "partition", "account", "qos", "constraint") else parsed
+    return replace(spec, recipes=[replace(plan, slurm=check_slurm(values, plan.slurm, "--slurm", "--slurm"))
+                                  for plan in spec.recipes])
+
+
+def _ask_cancel(jobs: int) -> bool:
+    from rich.prompt import Confirm
+
+    return Confirm.ask(f"\ncancel this study's {jobs} queued or running Slurm job(s)? (no: they run on, and rerunning "
+                       "the study follows them)", default=False, console=console)
+
+
 def _print_study_status(study_dir: Path) -> int:
     from align_proxy.studies.runner import study_paths
     from align_proxy.studies.store import ResultStore
@@ -184,13 +234,23 @@ def _print_study_status(study_dir: Path) -> int:
     if not db.exists():
         console.print(f"no study has run in {study_dir} yet")
         return 1
+    store = ResultStore(db)
+    cells = store.cells()
+    jobs = [c for c in cells if c["job_id"] or c["job_state"]]
+    states = {}
+    if jobs:  # a study run with --executor slurm: each cell's job and its state, live from squeue where it can be
+        from align_proxy.studies.slurm import slurm_job_states
+
+        states = slurm_job_states([{**c, "state": c["job_state"]} for c in jobs])
     table = Table(title=f"cells of {study_dir}")
-    for column in ("cell", "recipe", "variant", "model", "seed", "status", "attempts", "error"):
+    for column in ("cell", "recipe", "variant", "model", "seed", "status", "attempts",
+                   *(("slurm job", "slurm state") if jobs else ()), "error"):
         table.add_column(column)
-    for cell in ResultStore(db).cells():
+    for cell in cells:
         error = (cell["error"] or "").splitlines()[0] if cell["error"] else ""
+        job = (cell["job_id"] or "-", states.get(cell["config_hash"], "-")) if jobs else ()
         table.add_row(cell["config_hash"], cell["recipe"], cell["variant"], cell["model"], str(cell["seed"]),
-                      cell["status"], str(cell["attempts"]), error)
+                      cell["status"], str(cell["attempts"]), *job, error)
     console.print(table)
     return 0
 
@@ -315,6 +375,14 @@ def cmd_recipe(args) -> int:
     return 0
 
 
+def cmd_slurm_local(args) -> int:
+    """Runs the shipped script (align_proxy/studies/slurm_local.sh), so a wheel install has it too."""
+    import subprocess
+
+    script = Path(__file__).parent / "studies" / "slurm_local.sh"
+    return subprocess.run(["bash", str(script), args.action]).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,7 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     study_p.add_argument("--output-dir", help="study directory (default: the spec's output_dir)")
     study_p.add_argument("--status", action="store_true", help="list the cells and their status, run nothing")
     study_p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    study_p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                         help="run cells on this machine (default) or submit each as a Slurm job (through submitit)")
+    study_p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                         help="override a slurm: resource of every recipe (partition, account, qos, time, mem, cpus, "
+                              "gpus_per_cell, constraint); repeatable")
+    study_p.add_argument("--cancel-on-interrupt", action=argparse.BooleanOptionalAction, default=None,
+                         help="on Ctrl-C, cancel the study's Slurm jobs (or, with --no-cancel-on-interrupt, leave them "
+                              "running for a rerun to follow) without asking")
+    study_p.add_argument("--poll-seconds", type=float, default=10.0,
+                         help="how often the Slurm coordinator asks squeue about its jobs (default 10)")
     study_p.set_defaults(func=cmd_study)
+
+    slurm_p = sub.add_parser("slurm-local", help="start or stop a single-node Slurm on this machine (root; Debian's "
+                                                 "slurm-wlm and munge) to try --executor slurm")
+    slurm_p.add_argument("action", choices=("start", "stop", "status"))
+    slurm_p.set_defaults(func=cmd_slurm_local)
 
     recipe_p = sub.add_parser("recipe", help="run a recipe script from any directory: align-proxy recipe sft --config "
                                              "sft_ladder_cpu.yaml ... (shipped config names resolve)")

@@ -26,8 +26,8 @@ def test_a_new_database_appears_with_its_schema(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_module.os, "link", link)
     ResultStore(target)
-    assert seen == [(False, {"study", "models", "cells", "results"})]
-    assert tables(target) == {"study", "models", "cells", "results"}
+    assert seen == [(False, {"study", "models", "cells", "results", "jobs"})]
+    assert tables(target) == {"study", "models", "cells", "results", "jobs"}
     assert sorted(p.name for p in target.parent.iterdir()) == ["results.sqlite"]  # no staging file left
     with closing(sqlite3.connect(target)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -69,3 +69,39 @@ def test_a_database_from_before_the_diverged_status_opens_and_keeps_its_rows(tmp
     assert results["a"].diverged is None and results["a"].base == {"task_accuracy": 0.5}
     assert results["b"].diverged == {"step": 8, "loss": 1.2e5} and results["b"].trained == {}
     assert store.requeue(failed=True) == 0  # a diverged cell is a result: never put back to run
+
+
+def test_a_database_from_before_slurm_jobs_gains_their_table_and_keeps_its_cells(tmp_path):
+    old_schema = store_module.SCHEMA[:store_module.SCHEMA.index("-- Slurm jobs")] + \
+        store_module.SCHEMA[store_module.SCHEMA.index("CREATE TABLE IF NOT EXISTS results"):]
+    path = tmp_path / "results.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO cells (config_hash, model, recipe, variant, seed, overrides, status, attempts) "
+                   "VALUES ('a', 'm', 'sft', 'default', 0, '{}', 'failed', 1), ('b', 'm', 'sft', 'x', 0, '{}', 'pending', 0)")
+        db.commit()
+    assert "jobs" not in tables(path)
+    store = ResultStore(path)
+    assert "jobs" in tables(path)
+    assert [(c["config_hash"], c["status"], c["job_id"]) for c in store.cells()] == [("a", "failed", None),
+                                                                                     ("b", "pending", None)]
+
+
+def test_a_submission_is_recorded_before_its_job_ids_and_a_running_job_stays_running(tmp_path):
+    """The rows exist before sbatch answers (a coordinator killed in between finds them by name), each attempt
+    is its own job, and requeue leaves the cells whose jobs still run alone."""
+    store = ResultStore(tmp_path / "results.sqlite")
+    with closing(sqlite3.connect(store.path)) as db:
+        db.executemany("INSERT INTO cells (config_hash, model, recipe, variant, seed, overrides) VALUES (?, 'm', 'sft', "
+                       "'default', 0, '{}')", [("a",), ("b",)])
+        db.commit()
+    store.mark_submitting(["a", "b"], "batch-1", "/study/slurm/%j")
+    assert [(j["config_hash"], j["batch_index"], j["job_id"], j["attempt"]) for j in store.jobs(running_only=True)] == \
+        [("a", 0, None, 1), ("b", 1, None, 1)]
+    store.record_job_ids("batch-1", ["7_0", "7_1"])
+    assert {c["config_hash"]: (c["status"], c["job_id"]) for c in store.cells()} == {"a": ("running", "7_0"),
+                                                                                     "b": ("running", "7_1")}
+    assert store.requeue(keep={"a"}) == 1 and store.statuses() == {"a": "running", "b": "pending"}
+    store.mark_submitting(["b"], "batch-2", "/study/slurm/%j")
+    store.record_job_ids("batch-2", ["8"])
+    assert store.submissions() == 3 and {j["config_hash"]: j["job_id"] for j in store.jobs()} == {"a": "7_0", "b": "8"}

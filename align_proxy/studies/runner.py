@@ -11,11 +11,10 @@ diverged one when the recipe stopped on an exploding loss (a result: not failed,
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import runpy
-import socket
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,21 +25,17 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from align_proxy.checkpoints import clear_for_attempt, remove_checkpoints
+from align_proxy.checkpoints import clear_for_attempt
 from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
-from align_proxy.run_metrics import RunMetrics
+# What running one cell means, whatever runs it; imported here too, where callers have always found it.
+from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, launch_flags, read_metrics, settle_cell,  # noqa: F401
+                                           stranded)
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
 if TYPE_CHECKING:  # the analysis (scipy) loads only when a report is written
     from align_proxy.studies.records import StudyAnalysis
-
-LOG_TAIL_CHARS = 2000
-
-
-class StudyRunError(RuntimeError):
-    """The study cannot run (already running, recipe scripts missing); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -147,20 +142,22 @@ def recipe_script(recipe: str) -> Path:
     return script
 
 
-def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None) -> list[str]:
-    """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
-    starts from another cell's model (`start_from`) gets that cell's directory as its model."""
-    argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
-    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {})}
-    for key, value in overrides.items():
-        values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
-        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    return argv
-
-
 def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
-              report: bool = True) -> StudyOutcome:
-    """Run every unfinished cell of `spec`, record results, and write the report."""
+              report: bool = True, executor: str = "local", cancel_on_interrupt: bool | None = None,
+              ask_cancel=None, poll_s: float = 5.0) -> StudyOutcome:
+    """Run every unfinished cell of `spec`, record results, and write the report. `executor`: "local" (this
+    machine's GPUs or cores) or "slurm" (each cell a Slurm job; `align_proxy.studies.slurm`), whose Ctrl-C
+    cancels the study's jobs when `cancel_on_interrupt`, or as `ask_cancel(count)` answers when it is None."""
+    if executor == "slurm":
+        from align_proxy.studies.slurm import SlurmUnavailable, require_slurm
+
+        try:
+            require_slurm()  # before the study directory or its store exists
+        except SlurmUnavailable as err:
+            raise StudyRunError(str(err)) from None
+    elif any(plan.launch.get("num_machines", 1) > 1 for plan in spec.recipes):
+        raise StudyRunError("a recipe's launch.num_machines is over 1: cells on several machines run as Slurm jobs; "
+                            "use --executor slurm (or set num_machines: 1)")
     paths = study_paths(Path(spec.output_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.lock))
@@ -171,30 +168,76 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
                             "(a killed run releases the lock with its process)") from None
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
+        configs = {plan.recipe: plan.config for plan in spec.recipes}
         # The cell server's imports overlap with resolving models (and building the ladder) here.
-        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes])
+        context = _start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes]) if executor == "local" else None
         store = ResultStore(paths.db)
         cells = spec.cells()
         _register(store, spec, cells)
-        store.requeue(failed=retry_failed)
-        recovered = _recover_finished(store, cells, paths)
-        statuses = store.statuses()
-        pending = [c for c in cells if statuses[c.config_hash] == "pending"]
-        gpus = visible_gpus()
-        slots = GpuSlots(gpus)
-        widest = max((cell.processes for cell in pending), default=1)
-        slots.check_width(widest)  # before any cell runs
-        jobs = jobs or default_jobs(gpus, widest)
-        launcher = CellLauncher(context, store, paths, scripts, {plan.recipe: plan.config for plan in spec.recipes},
-                                threads=max(1, (os.cpu_count() or 1) // jobs))
-        ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress)
+        if executor == "slurm":
+            ran = _run_slurm(spec, store, paths, scripts, configs, cells, jobs, retry_failed, progress,
+                             cancel_on_interrupt, ask_cancel, poll_s)
+        else:
+            _refuse_live_jobs(store)
+            store.requeue(failed=retry_failed)
+            recovered = _recover_finished(store, cells, paths)
+            statuses = store.statuses()
+            pending = [c for c in cells if statuses[c.config_hash] == "pending"]
+            gpus = visible_gpus()
+            slots = GpuSlots(gpus)
+            widest = max((cell.processes for cell in pending), default=1)
+            slots.check_width(widest)  # before any cell runs
+            jobs = jobs or default_jobs(gpus, widest)
+            launcher = CellLauncher(context, store, paths, scripts, configs, threads=max(1, (os.cpu_count() or 1) // jobs))
+            ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress) + recovered
         statuses = [store.statuses()[c.config_hash] for c in cells]
     finally:
         lock.release()
     done = statuses.count("done")
     written = write_study_report(paths.root) if report and done else None
-    return StudyOutcome(paths.root, len(cells), done, statuses.count("failed"), ran + recovered, written,
+    return StudyOutcome(paths.root, len(cells), done, statuses.count("failed"), ran, written,
                         statuses.count("diverged"))
+
+
+def _run_slurm(spec: StudySpec, store: ResultStore, paths: StudyPaths, scripts: dict, configs: dict, cells: list[Cell],
+               jobs: int | None, retry_failed: bool, progress: bool, cancel_on_interrupt, ask_cancel,
+               poll_s: float) -> int:
+    """The Slurm executor's run: reattach to (or settle) the jobs an earlier coordinator left, then submit the
+    pending cells as jobs and follow them to the end. Returns the cells settled here."""
+    from align_proxy.studies.slurm import SlurmCells, SlurmUnavailable, run_slurm_cells
+
+    slurm = SlurmCells(store, paths, scripts, configs, {plan.recipe: plan.slurm for plan in spec.recipes}, spec.name,
+                       poll_s)
+    bar = None
+    try:
+        running, settled = slurm.reattach({c.config_hash for c in cells})
+        store.requeue(failed=retry_failed, keep=set(running))
+        recovered = _recover_finished(store, cells, paths)
+        statuses = store.statuses()
+        pending = [c for c in cells if statuses[c.config_hash] == "pending"]
+        unfinished = len(pending) + len(running)
+        bar = tqdm(total=len(cells), initial=len(cells) - unfinished, desc="study cells (Slurm jobs)", unit="cell",
+                   disable=not progress or not unfinished, dynamic_ncols=True)
+        return len(settled) + recovered + run_slurm_cells(slurm, pending, running, jobs, bar, cancel_on_interrupt,
+                                                           ask_cancel)
+    except SlurmUnavailable as err:  # squeue failed on reattaching, or sbatch refused a submission
+        raise StudyRunError(str(err)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _refuse_live_jobs(store: ResultStore) -> None:
+    """A local run must not rerun cells an earlier `--executor slurm` run left as jobs Slurm still runs."""
+    if not store.jobs(running_only=True):
+        return
+    from align_proxy.studies.slurm import ACTIVE, squeue_states
+
+    states = squeue_states() if shutil.which("squeue") else None
+    live = [row["job_id"] for row in store.jobs(running_only=True) if states is not None and states.of(row["job_id"]) in ACTIVE]
+    if live:
+        raise StudyRunError(f"{len(live)} cell(s) of this study are Slurm jobs still queued or running "
+                            f"({', '.join(live[:5])}): rerun with --executor slurm to follow them, or scancel them first")
 
 
 def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
@@ -228,13 +271,9 @@ def _recover_finished(store: ResultStore, cells: list[Cell], paths: StudyPaths) 
     for cell in cells:
         metrics_path = paths.cell(cell.config_hash) / "metrics.json"
         if statuses[cell.config_hash] == "pending" and metrics_path.exists():
-            store.record_result(cell.config_hash, _read_metrics(metrics_path), duration_s=0.0)
+            store.record_result(cell.config_hash, read_metrics(metrics_path), duration_s=0.0)
             recovered += 1
     return recovered
-
-
-def _read_metrics(path: Path) -> RunMetrics:
-    return RunMetrics.from_json(json.loads(path.read_text()))
 
 
 def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: GpuSlots, total: int,
@@ -256,7 +295,7 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
 
     try:
         while queue or running:
-            for cell, why in _stranded(queue, status):
+            for cell, why in stranded(queue, status):
                 queue.remove(cell)
                 store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
                                                        "fix that one, then rerun with --retry-failed")
@@ -282,21 +321,6 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
             started.process.kill()
         bar.close()
     return finished
-
-
-def _stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
-    """Queued cells that can never run, and why: the cell they start from failed or diverged (so left no
-    model), or is itself stranded."""
-    why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
-           if s in ("failed", "diverged")}
-    stranded: list[tuple[Cell, str]] = []
-    grew = True
-    while grew:
-        new = [c for c in queue if c.start_from in why and c.config_hash not in why]
-        stranded += [(c, why[c.start_from]) for c in new]
-        why |= {c.config_hash: "failed" for c in new}
-        grew = bool(new)
-    return stranded
 
 
 def _start_forkserver(kinds: list) -> multiprocessing.context.BaseContext:
@@ -353,32 +377,9 @@ class CellLauncher:
 
     def settle(self, started: StartedCell) -> str:
         """Record how a cell's process ended; returns its status: "done", "diverged" or "failed"."""
-        config_hash, exitcode = started.cell.config_hash, started.process.exitcode
-        cell_dir = self.paths.cell(config_hash)
-        metrics_path = cell_dir / "metrics.json"
-        if exitcode == 0 and metrics_path.exists():
-            status = self.store.record_result(config_hash, _read_metrics(metrics_path), time.time() - started.started)
-            remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
-            return status
-        reason = f"exit code {exitcode}" if exitcode >= 0 else f"killed by signal {-exitcode}"
-        if exitcode == 0:
-            reason = "the recipe exited without writing metrics.json"
-        log = cell_dir / "cell.log"
-        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
-        self.store.record_failure(config_hash, f"{reason}; log: {log}\n{tail}")
-        return "failed"
-
-
-def launch_flags(launch: dict) -> list[str]:
-    """The `accelerate launch` flags of a cell of several processes; [] for a plain cell. Each launch gets a
-    free port for its processes' rendezvous, so concurrent cells never meet."""
-    if not launch:
-        return []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return ["--config_file", launch["config_file"], "--num_processes", str(launch["num_processes"]),
-            "--main_process_port", str(port)]
+        exitcode = started.process.exitcode
+        failure = None if exitcode == 0 else f"exit code {exitcode}" if exitcode > 0 else f"killed by signal {-exitcode}"
+        return settle_cell(self.store, self.paths.cell(started.cell.config_hash), time.time() - started.started, failure)
 
 
 def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None,

@@ -31,6 +31,47 @@ class StudySpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class SlurmResources:
+    """A recipe's Slurm job per cell (the spec's `slurm:`). Defaults suit a CLIMB proxy cell on one GPU: a 350M
+    DPO or SFT run takes hours on one card, so 12 h leaves room; 8 cores feed its data loading and evaluation."""
+
+    gpus_per_cell: int | None = None  # None: the cell's processes (a `launch:` cell's num_processes), else 1
+    cpus: int = 8  # per node of the cell
+    mem: str | None = "64G"  # per node, as sbatch --mem takes it; None: the partition's default
+    time: str = "12:00:00"  # as sbatch --time takes it: minutes, H:MM:SS or D-HH:MM:SS
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    sbatch: dict = field(default_factory=dict)  # any other sbatch option: {exclude: node7, requeue: true}
+
+    def gpus(self, processes: int) -> int:
+        return processes if self.gpus_per_cell is None else self.gpus_per_cell
+
+    @property
+    def minutes(self) -> int:
+        return slurm_minutes(self.time)
+
+
+def slurm_minutes(time: str | int) -> int:
+    """sbatch's --time in minutes: `90`, `1:30:00`, `2-00:00:00` (also `MM:SS`, `D-HH`, `D-HH:MM`).
+
+    >>> slurm_minutes("1-02:30:00"), slurm_minutes("45"), slurm_minutes("1:30:00")
+    (1590, 45, 90)
+    """
+    text = str(time).strip()
+    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = [int(p) for p in clock.split(":")]  # ValueError on anything else: the spec check reports it
+    if days != "0" or "-" in text:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:
+        hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}.get(len(parts), (None,) * 3)
+    if hours is None or len(parts) > 3 or min(parts) < 0:
+        raise ValueError(f"not a Slurm time: {time!r}")
+    return int(days) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+@dataclass(frozen=True)
 class RecipePlan:
     recipe: str
     config: str  # the recipe's YAML config, the same file `python recipes/<recipe>.py --config` takes
@@ -40,6 +81,9 @@ class RecipePlan:
     launch: dict = field(default_factory=dict)
     # Start each cell from the model another recipe's cell trained (same model and seed): {"recipe", "variant"}.
     start_from: dict = field(default_factory=dict)
+    # What each cell's Slurm job asks for (`--executor slurm`): where it runs, never what it computes, so it is
+    # not part of a cell's hash.
+    slurm: SlurmResources = field(default_factory=lambda: SlurmResources())
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -64,6 +108,10 @@ class Cell:
     @property
     def processes(self) -> int:
         return int(self.launch.get("num_processes", 1))
+
+    @property
+    def machines(self) -> int:
+        return int(self.launch.get("num_machines", 1))
 
 
 @dataclass(frozen=True)
@@ -182,9 +230,9 @@ def _check_metric(metric, kind, lm_eval_tasks: list[str], path: Path, where: str
 def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str]) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
-        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch' "
-                    "and 'start_from'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from"}, path, where)
+        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
+                    "'start_from' and 'slurm'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "slurm"}, path, where)
     recipe = entry["recipe"]
     kind = KINDS.get(recipe)
     if kind is None:
@@ -204,7 +252,33 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
     return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"),
-                      _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from"))
+                      _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from"),
+                      check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"))
+
+
+def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str) -> SlurmResources:
+    """`slurm: {gpus_per_cell: 1, cpus: 8, mem: 64G, time: "12:00:00", partition: gpu, ...}` over `base` (the
+    defaults, or a spec's resources under `--slurm KEY=VALUE` overrides); checked like every other key."""
+    fields = {f.name: f for f in dataclasses.fields(SlurmResources)}
+    _check_keys(values, set(fields), Path(path), where)
+    for key, value in values.items():
+        if key in ("gpus_per_cell", "cpus") and (not isinstance(value, int) or isinstance(value, bool) or
+                                                 value < (0 if key == "gpus_per_cell" else 1)):
+            _fail(path, f"{where}.{key} must be a whole number ({'0 or more' if key == 'gpus_per_cell' else '1 or more'}), "
+                        f"got {value!r}")
+        if key == "sbatch" and not isinstance(value, dict):
+            _fail(path, f"{where}.sbatch must be a mapping of sbatch options without their dashes, e.g. "
+                        f"{{exclude: node7}}, got {value!r}")
+        if key in ("mem", "partition", "account", "qos", "constraint", "time") and value is not None \
+                and not isinstance(value, (str, int)):
+            _fail(path, f"{where}.{key} must be a string, got {value!r}")
+    if "time" in values:
+        try:
+            slurm_minutes(values["time"])
+        except ValueError:
+            _fail(path, f"{where}.time {values['time']!r} is not a Slurm time: use minutes, H:MM:SS or D-HH:MM:SS")
+    return dataclasses.replace(base, **{k: str(v) if k in ("time", "mem") and v is not None else v
+                                        for k, v in values.items()})
 
 
 def _check_start(start, earlier: list[RecipePlan], path: Path, where: str) -> dict:
@@ -234,10 +308,11 @@ def _check_start(start, earlier: list[RecipePlan], path: Path, where: str) -> di
 
 def _check_launch(launch, path: Path, where: str) -> dict:
     """`launch: {config_file: recipes/accelerate/deepspeed_zero2.yaml, num_processes: 8}`: the cell runs under
-    `accelerate launch` with that config; num_processes defaults to the config's own."""
+    `accelerate launch` with that config; num_processes (over all machines) and num_machines default to the config's
+    own. More than one machine needs `--executor slurm`: the cell becomes one job on that many nodes."""
     if launch is None:
         return {}
-    _check_keys(launch, {"config_file", "num_processes"}, path, where)
+    _check_keys(launch, {"config_file", "num_processes", "num_machines"}, path, where)
     if "config_file" not in launch:
         _fail(path, f"{where} needs 'config_file', an accelerate config (e.g. recipes/accelerate/multi_gpu.yaml)")
     config_file = _find_config(str(launch["config_file"]), path, where)
@@ -248,9 +323,16 @@ def _check_launch(launch, path: Path, where: str) -> dict:
     if not isinstance(accelerate_config, dict):
         _fail(path, f"{where}: {config_file} is not an accelerate config (a YAML mapping, as `accelerate config` writes)")
     processes = launch.get("num_processes", accelerate_config.get("num_processes", 1))
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-        _fail(path, f"{where}.num_processes must be a positive integer, got {processes!r}")
-    return {"config_file": config_file, "num_processes": processes}
+    machines = launch.get("num_machines", accelerate_config.get("num_machines", 1))
+    for key, value in (("num_processes", processes), ("num_machines", machines)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(path, f"{where}.{key} must be a positive integer, got {value!r}")
+    if processes % machines:
+        _fail(path, f"{where}: {processes} processes do not split evenly over {machines} machines; make "
+                    "num_processes (all machines together, as accelerate counts it) a multiple of num_machines")
+    # Several machines only under `--executor slurm`, one job over that many nodes; kept out of the dict (and
+    # so out of the cell's hash) when 1, so cells of earlier studies keep their names.
+    return {"config_file": config_file, "num_processes": processes, **({"num_machines": machines} if machines > 1 else {})}
 
 
 def _find_config(config: str, path: Path, where: str) -> str:

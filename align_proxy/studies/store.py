@@ -2,7 +2,8 @@
 
 Every cell has one row in `cells` with its status; a finished cell's metrics go into `results` in the
 same transaction that marks it done (or diverged: its training loss exploded, a result in itself), so a
-kill at any moment leaves each cell either finished with exactly one result or not finished at all.
+kill at any moment leaves each cell either finished with exactly one result or not finished at all. A cell run
+as a Slurm job has a row in `jobs` per attempt, written in the transaction that marks it running.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ CREATE TABLE IF NOT EXISTS cells (
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'diverged', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT, started_at REAL, finished_at REAL);
+-- Slurm jobs (`--executor slurm`), one row per attempt of a cell. The row is written before sbatch runs, with the
+-- submission's name (`batch`, also the jobs' Slurm comment) and the cell's index in it, so a coordinator killed
+-- between sbatch and recording the id finds its jobs again by that name instead of submitting them twice.
+CREATE TABLE IF NOT EXISTS jobs (
+    config_hash TEXT NOT NULL REFERENCES cells (config_hash),
+    attempt INTEGER NOT NULL,
+    batch TEXT NOT NULL, batch_index INTEGER NOT NULL,
+    job_id TEXT,
+    folder TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    state TEXT,
+    PRIMARY KEY (config_hash, attempt));
 CREATE TABLE IF NOT EXISTS results (
     config_hash TEXT PRIMARY KEY REFERENCES cells (config_hash),
     duration_s REAL NOT NULL,
@@ -188,18 +201,61 @@ class ResultStore:
         with self._connect() as db:
             return {row["config_hash"]: row["status"] for row in db.execute("SELECT config_hash, status FROM cells")}
 
-    def requeue(self, failed: bool = False) -> int:
-        """Put cells a killed run left 'running' (and, if asked, failed cells) back to pending."""
+    def requeue(self, failed: bool = False, keep: set[str] = frozenset()) -> int:
+        """Put cells a killed run left 'running' (and, if asked, failed cells) back to pending; cells in `keep`
+        (Slurm jobs still queued or running, which this run reattaches to) stay as they are."""
         states = ("running", "failed") if failed else ("running",)
         with self._transaction() as db:
             marks = ",".join("?" * len(states))
-            return db.execute(f"UPDATE cells SET status = 'pending', error = NULL WHERE status IN ({marks})",
-                              states).rowcount
+            hashes = [row[0] for row in db.execute(f"SELECT config_hash FROM cells WHERE status IN ({marks})", states)
+                      if row[0] not in keep]
+            db.executemany("UPDATE cells SET status = 'pending', error = NULL WHERE config_hash = ?",
+                           [(h,) for h in hashes])
+            return len(hashes)
 
     def mark_running(self, config_hash: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
                        "finished_at = NULL, error = NULL WHERE config_hash = ?", (time.time(), config_hash))
+
+    def mark_submitting(self, config_hashes: list[str], batch: str, folder: str) -> None:
+        """Before one sbatch of these cells (a job, or an array in this order): mark each running and add its
+        attempt's job row under the submission's name, in one transaction."""
+        now = time.time()
+        with self._transaction() as db:
+            for index, config_hash in enumerate(config_hashes):
+                db.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                           "finished_at = NULL, error = NULL WHERE config_hash = ?", (now, config_hash))
+                db.execute("INSERT INTO jobs (config_hash, attempt, batch, batch_index, folder, submitted_at) "
+                           "SELECT config_hash, attempts, ?, ?, ?, ? FROM cells WHERE config_hash = ?",
+                           (batch, index, folder, now, config_hash))
+
+    def record_job_ids(self, batch: str, job_ids: list[str]) -> None:
+        """The Slurm ids sbatch gave a submission's cells, in the order they were submitted."""
+        with self._transaction() as db:
+            db.executemany("UPDATE jobs SET job_id = ? WHERE batch = ? AND batch_index = ?",
+                           [(job_id, batch, index) for index, job_id in enumerate(job_ids)])
+
+    def record_job_state(self, config_hash: str, state: str) -> None:
+        """The Slurm state a cell's latest job ended in (COMPLETED, CANCELLED, TIMEOUT, ...)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ? WHERE config_hash = ? AND attempt = "
+                       "(SELECT MAX(attempt) FROM jobs WHERE config_hash = ?)", (state, config_hash, config_hash))
+
+    def jobs(self, running_only: bool = False) -> list[dict]:
+        """Each cell's latest Slurm job (config_hash, attempt, batch, batch_index, job_id, folder, submitted_at,
+        state) with the cell's status; with `running_only`, of the cells marked running."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT j.*, c.status FROM jobs j JOIN cells c USING (config_hash) WHERE j.attempt = "
+                "(SELECT MAX(attempt) FROM jobs WHERE config_hash = j.config_hash)"
+                + (" AND c.status = 'running'" if running_only else "") + " ORDER BY j.submitted_at, j.batch_index")
+            return [dict(row) for row in rows]
+
+    def submissions(self) -> int:
+        """How many jobs were ever submitted for this study's cells (one per cell attempt run as a job)."""
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
 
     def record_result(self, config_hash: str, metrics: RunMetrics | dict, duration_s: float) -> str:
         """Store a finished cell's metrics (its metrics.json) and mark it done, or diverged, in one transaction;
@@ -224,10 +280,13 @@ class ResultStore:
     # --- reading -----------------------------------------------------------------------------
 
     def cells(self) -> list[dict]:
-        """Every cell with its status, attempts and error (for `align-proxy study --status`)."""
+        """Every cell with its status, attempts and error (for `align-proxy study --status`), and its latest Slurm
+        job's id and ended state (None for cells never run as a job)."""
         with self._connect() as db:
-            rows = db.execute("SELECT config_hash, model, recipe, variant, seed, status, attempts, error, "
-                              "started_at, finished_at FROM cells ORDER BY recipe, variant, model, seed")
+            rows = db.execute("SELECT c.config_hash, model, recipe, variant, seed, status, attempts, error, "
+                              "started_at, finished_at, j.job_id, j.state AS job_state FROM cells c LEFT JOIN jobs j "
+                              "ON j.config_hash = c.config_hash AND j.attempt = c.attempts "
+                              "ORDER BY recipe, variant, model, seed")
             return [dict(row) for row in rows]
 
     def results(self) -> list[CellResult]:

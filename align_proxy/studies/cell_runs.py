@@ -1,0 +1,77 @@
+"""What running one study cell means, whatever runs it (a process on this machine, `runner`, or a Slurm job,
+`slurm`): its recipe command line and `accelerate launch` flags, how its end is recorded in the store, and which
+queued cells can never run because the cell they start from left no model."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from align_proxy.checkpoints import remove_checkpoints
+from align_proxy.run_metrics import RunMetrics
+from align_proxy.studies.spec import Cell
+from align_proxy.studies.store import ResultStore
+
+LOG_TAIL_CHARS = 2000
+
+
+class StudyRunError(RuntimeError):
+    """The study cannot run (already running, recipe scripts missing); the message says what to do."""
+
+
+def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None) -> list[str]:
+    """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
+    starts from another cell's model (`start_from`) gets that cell's directory as its model."""
+    argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
+    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {})}
+    for key, value in overrides.items():
+        values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def read_metrics(path: Path) -> RunMetrics:
+    return RunMetrics.from_json(json.loads(path.read_text()))
+
+
+def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
+    """Record how a cell ended, whatever ran it; returns its status: "done", "diverged" or "failed". `failure`:
+    None when its process or job ended well (then metrics.json is its result), else why it did not."""
+    metrics_path = cell_dir / "metrics.json"
+    if failure is None and metrics_path.exists():
+        status = store.record_result(cell_dir.name, read_metrics(metrics_path), duration_s)
+        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
+        return status
+    reason = failure or "the recipe exited without writing metrics.json"
+    log = cell_dir / "cell.log"
+    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+    store.record_failure(cell_dir.name, f"{reason}; log: {log}\n{tail}")
+    return "failed"
+
+
+def launch_flags(launch: dict) -> list[str]:
+    """The `accelerate launch` flags of a cell of several processes; [] for a plain cell. Each launch gets a
+    free port for its processes' rendezvous, so concurrent cells never meet."""
+    if not launch:
+        return []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ["--config_file", launch["config_file"], "--num_processes", str(launch["num_processes"]),
+            "--main_process_port", str(port)]
+
+
+def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
+    """Queued cells that can never run, and why: the cell they start from failed or diverged (so left no
+    model), or is itself stranded."""
+    why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
+           if s in ("failed", "diverged")}
+    found: list[tuple[Cell, str]] = []
+    grew = True
+    while grew:
+        new = [c for c in queue if c.start_from in why and c.config_hash not in why]
+        found += [(c, why[c.start_from]) for c in new]
+        why |= {c.config_hash: "failed" for c in new}
+        grew = bool(new)
+    return found
