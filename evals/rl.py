@@ -285,6 +285,7 @@ class RewardCurve:
             return
         if self._reference is None:
             self._reference = _load(AutoModelForCausalLM, self.reference_path).to(next(model.parameters()).device)
-        sampling = Sampling(**{**self.sampling.__dict__, "seed": self.sampling.seed + step})
+        # One sampling seed for every point (common random numbers): the curve moves with the policy, not with
+        # fresh sampling noise at each point.
         self.points.append({"step": step, **curve_point(model, self._reference, self.tokenizer, self.prompts,
-                                                         self.rewards, sampling, self.gold)})
+                                                         self.rewards, self.sampling, self.gold)})
