@@ -402,8 +402,12 @@ def run_throughput(tmp_path, *args: str) -> dict:
 def test_throughput_benchmark_compares_recipes_with_plain_trl_on_cpu(tmp_path):
     report = run_throughput(tmp_path)
     measured = {(r["recipe"], r["variant"]) for r in report["results"] if r.get("tokens_per_s", 0) > 0}
-    assert measured == {(r, v) for r in ("sft", "dpo", "reward") for v in ("trl-plain", "align-proxy")}
+    variants = ("trl-plain", "align-proxy", "align-proxy-own-batch")
+    assert measured == {(r, v) for r in ("sft", "dpo", "reward") for v in variants} | {("sft", "raw-loop")}
     assert {r["recipe"] for r in report["ratios"]} == {"sft", "dpo", "reward"}
+    assert all(0 < r["x_raw"] for r in report["results"])  # each also against the raw loop on its shape
+    # the host waits for the device at the start of training and the two edges of the timed window, not each step
+    assert all(r["host_syncs"] == 3 for r in report["results"] if r["variant"] != "raw-loop")
 
 
 def test_throughput_benchmark_measures_concurrent_runs(tmp_path):
