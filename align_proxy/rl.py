@@ -104,7 +104,8 @@ def configure_rollouts(trainer, script_args: RLArguments) -> str:
             model = trainer.accelerator.unwrap_model(trainer.model)
             if "generate" not in vars(model):
                 model.generate = StaticCacheReuse(model)
-            message += f", {config.cache_implementation} cache kept between calls, compiled decoding (CUDA graphs)"
+            message += f", {config.cache_implementation} cache, compiled decoding (CUDA graphs), one cache kept " \
+                       "between calls"
         else:
             message += f", {trainer.generation_config.cache_implementation or 'dynamic'} cache, eager decoding " \
                        f"({blocker})"
