@@ -37,7 +37,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from align_proxy.models.registry import CLIMB  # noqa: E402
-from align_proxy.rl import RLArguments, configure_rollouts  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -138,6 +137,8 @@ def bench_generate(path: Path, a, recipe: bool) -> dict:
 def bench_grpo(path: Path, a, variant: str) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from align_proxy.rl import RLArguments, configure_rollouts  # here, not at the top: `--help` stays quick
 
     recipe = variant != "trl-grpo-plain"
     steps_per_generation = a.steps_per_generation if recipe else 1
