@@ -24,7 +24,7 @@ def test_grpo_rollout_benchmark_compares_the_recipe_with_plain_trl_on_cpu(tmp_pa
     report = run_benchmark("grpo_rollout.py", "--shape", "tiny", "--prompts", "2", "--generations", "2",
                            "--new-tokens", "4", "--gen-batch", "8", "--cycles", "1", tmp_path=tmp_path)
     measured = {r["what"] for r in report["results"] if "what" in r}
-    assert {"trl-grpo-plain", "align-proxy-grpo"} <= measured
+    assert {"hf-generate-default", "hf-generate-recipe", "trl-grpo-plain", "align-proxy-grpo"} <= measured
     assert all(r["mean_step_s"] > 0 for r in report["results"] if "mean_step_s" in r)
 
 
