@@ -221,10 +221,6 @@ def test_micro_batch_is_left_to_a_user_who_set_either_half(tmp_path):
 
 
 def test_cells_sharing_a_gpu_get_a_share_of_its_memory():
-    from align_proxy.studies.runner import cells_per_gpu
-
-    assert cells_per_gpu(["0", "1"], jobs=8) == 4 and cells_per_gpu(["0"], jobs=1) == 1
-    assert cells_per_gpu(["0", "1", "2"], jobs=2, processes=2) == 2 and cells_per_gpu([], jobs=4) == 1
     assert Device(True, "GPU", 80 * 2**30, 79 * 2**30, cells_per_gpu=4).share_bytes() == 20 * 2**30
     assert Device(True, "GPU", 80 * 2**30, 10 * 2**30, cells_per_gpu=4).share_bytes() == 10 * 2**30
 
