@@ -4,9 +4,10 @@ TRL's defaults suit 7B models: gradient checkpointing, padded batches, a referen
 On a proxy they leave an H100 mostly idle (shared/bench/README.md). `plan_proxy_speed` decides, without writing
 anything, better defaults for the machine the run is on, and `SpeedPlan.apply` (called by `prepare_run`) sets
 them; never a key the user set in the `--config` YAML or on the command line (`align_proxy.recipe.RecipeParser`
-records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain paths to the same loss on the same batch). One exception,
-said in the log and the record (`overridden`): a config's SFT packing on a GPU without a varlen attention kernel,
-which would run rows of max_length tokens under a dense mask. SFT packing changes what a step holds (rows of
+records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain
+paths to the same loss on the same batch). One exception, said in the log and the record (`overridden`): a
+config's SFT packing on a GPU without a varlen attention kernel, which would run rows of max_length tokens under a
+dense mask. SFT packing changes what a step holds (rows of
 max_length tokens, not that many examples), and says so; when no batch size is set, the micro-batch is sized to
 this run's share of GPU memory with the accumulation that keeps the global batch. It returns a `SpeedPlan`: what
 it applied, what was already so, what it skipped and why, written to run_config.yaml and metrics.json.

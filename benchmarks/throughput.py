@@ -20,8 +20,9 @@ Data: random tokens (`t4 t17 ...`, a word-level tokenizer over the whole vocabul
 spread (median max_length/4, as shared/bench/anchor_trl.py).
 
 One JSON line per variant: `tokens_per_s` counts the real (non-pad) tokens fed to the model (a DPO pair counts
-its prompt twice, as the trainer runs it), over a window the host syncs with the device only at its two edges; `mfu` is 6N (+ attention) FLOPs per token against `--peak-tflops`
-(989: H100 dense bf16), so a reference forward is work done but not counted; `peak_gib` is the GPU's peak
+its prompt twice, as the trainer runs it), over a window the host syncs with the device only at its two edges;
+`mfu` is 6N (+ attention) FLOPs per token against `--peak-tflops` (989: H100 dense bf16), so a reference forward
+is work done but not counted; `peak_gib` is the GPU's peak
 allocation while training. DPO's precomputed reference log-probs run before training: `precompute_s` times that
 pass, and `tokens_per_s_with_precompute` charges it to the steps of one epoch. Then the ratios to plain TRL.
 
