@@ -123,9 +123,11 @@ class StaticCacheReuse:
     generation batch has a fixed size, so one cache serves the whole run (a longer one is built, once, when a
     batch's prompts are longer than any before)."""
 
+    ROUND = 64  # cache lengths are rounded up, so a batch whose prompts are a few tokens longer still fits
+
     def __init__(self, model):
         self.model, self.generate, self.cache, self.batch, self.length = model, model.generate, None, None, 0
-        self.built = 0  # caches built, for tests and logs
+        self.built = self.calls = 0  # caches built and calls served, for tests and logs
 
     def __call__(self, *args, generation_config=None, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -136,8 +138,9 @@ class StaticCacheReuse:
         from transformers import StaticCache
 
         need = ids.shape[1] + config.max_new_tokens
+        self.calls += 1
         if self.cache is None or ids.shape[0] != self.batch or need > self.length:
-            self.length = max(need, self.length)
+            self.length = max(-(-need // self.ROUND) * self.ROUND, self.length)
             self.cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=self.length)
             self.batch, self.built = ids.shape[0], self.built + 1
         else:

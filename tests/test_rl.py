@@ -179,15 +179,15 @@ def test_compiled_rollouts_keep_one_static_cache_between_generate_calls():
                                          pad_token_id=0, eos_token_id=2)).eval()
     config = GenerationConfig(max_new_tokens=5, do_sample=False, cache_implementation="static", pad_token_id=0,
                               eos_token_id=2)
-    prompts = [torch.randint(3, 32, (4, length)) for length in (6, 6, 9)]
+    prompts = [torch.randint(3, 32, (4, length)) for length in (6, 9, 7)]  # lengths within one rounded cache
     with torch.no_grad():
-        fresh = [model.generate(input_ids=ids, generation_config=config) for ids in prompts]
+        fresh = [model.generate(input_ids=ids, generation_config=config) for ids in (*prompts[:2], prompts[2][:2])]
         reuse = StaticCacheReuse(model)
         outputs = [reuse(input_ids=prompts[0], generation_config=config)]
         first = reuse.cache
         outputs.append(reuse(input_ids=prompts[1], generation_config=config))
-        assert reuse.cache is first and reuse.built == 1  # same batch, room enough: reset, not rebuilt
-        outputs.append(reuse(input_ids=prompts[2], generation_config=config))
-        assert reuse.built == 2  # longer prompts: one longer cache
+        assert reuse.cache is first and reuse.built == 1  # same batch, longer prompts but room: reset, not rebuilt
+        outputs.append(reuse(input_ids=prompts[2][:2], generation_config=config))
+        assert reuse.built == 2  # another batch size: another cache
     assert all(torch.equal(a, b) for a, b in zip(fresh, outputs))
     assert config.cache_implementation == "static"  # TRL's generation config is left as it was
