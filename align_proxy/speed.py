@@ -7,9 +7,9 @@ them; never a key the user set in the `--config` YAML or on the command line (`a
 records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain
 paths to the same loss on the same batch). One exception, said in the log and the record (`overridden`): a
 config's SFT packing on a GPU without a varlen attention kernel, which would run rows of max_length tokens under a
-dense mask. SFT packing changes what a step holds (rows of
-max_length tokens, not that many examples), and says so; when no batch size is set, the micro-batch is sized to
-this run's share of GPU memory with the accumulation that keeps the global batch. It returns a `SpeedPlan`: what
+dense mask. SFT packing changes what a step holds (rows of max_length tokens, not that many examples), and says
+so; when no batch size is set, the micro-batch is sized to this run's share of GPU memory with the accumulation
+that keeps the global batch. It returns a `SpeedPlan`: what
 it applied, what was already so, what it skipped and why, written to run_config.yaml and metrics.json.
 `--proxy_speed false` runs TRL's defaults.
 
@@ -152,7 +152,6 @@ class SpeedPlan:
     def callbacks(self) -> list:
         wanted = self.padding_free_batches or self.compiled_layers
         return [ModelSpeedCallback(self.padding_free_batches, self.compiled_layers)] if wanted else []
-
 
     def summary(self) -> str:
         if not self.enabled:
