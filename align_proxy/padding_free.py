@@ -28,6 +28,12 @@ VARLEN_ATTENTION = "align_proxy_varlen"
 VARLEN_IMPLEMENTATIONS = (VARLEN_ATTENTION, "flash_attention_2", "flash_attention_3")
 
 
+def backbone_of(model):
+    """The transformer backbone (the `LlamaModel`) under a causal-LM or sequence-classification head, through PEFT."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's base
+    return getattr(core, "base_model", core)
+
+
 def pack_backbone(model) -> bool:
     """Make `model`'s transformer backbone padding-free for right-padded training batches; returns whether it did.
 
@@ -35,8 +41,7 @@ def pack_backbone(model) -> bool:
     accelerate's regional compilation, which copies the module) keep calling it. Inputs it cannot pack (a KV
     cache, left padding, a single row, explicit positions) run through the original forward unchanged.
     """
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's base
-    backbone = getattr(core, "base_model", core)
+    backbone = backbone_of(model)
     if getattr(backbone, "_align_proxy_padding_free", False):
         return True
     if "forward" in backbone.__dict__:  # someone else already wraps this instance: do not stack on it
@@ -46,12 +51,32 @@ def pack_backbone(model) -> bool:
     return True
 
 
+def bound_max_length(model, bound: int) -> None:
+    """Hand the decoder layers one constant `max_length_q`/`max_length_k` (`bound`, or the batch's longest when a
+    batch exceeds it) instead of each batch's longest sequence.
+
+    FlashAttention's varlen kernels need only an upper bound (it sizes their grid), while a compiled layer that
+    reads a changing Python int recompiles, forward and backward, at the first batch whose longest sequence differs.
+    A pre-hook on the backbone (never compiled) sees TRL's packed SFT batches and `pack_backbone`'s rows alike."""
+    backbone = backbone_of(model)
+    backbone._align_proxy_max_length = bound
+
+    def hook(module, args, kwargs):
+        for key in ("max_length_q", "max_length_k"):
+            if isinstance(kwargs.get(key), int):
+                kwargs[key] = max(bound, kwargs[key])
+        return args, kwargs
+
+    backbone.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def _padding_free_forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
     packed = _pack(input_ids, attention_mask, position_ids, kwargs)
     if packed is None:
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids, **kwargs)
     row, positions, cu_seq_lens, max_length, mask = packed
+    max_length = max(max_length, getattr(self, "_align_proxy_max_length", 0))  # see bound_max_length
     # No KV cache: with one, transformers stops reading restarting positions as separate sequences.
     kwargs["use_cache"] = False
     out = type(self).forward(self, input_ids=row, attention_mask=None, position_ids=positions,
@@ -188,16 +213,39 @@ def _register() -> None:
     AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
 
 
-def varlen_attention_available(cuda: bool) -> str | None:
+VARLEN_MIN_CAPABILITY = (8, 0)  # FlashAttention's varlen kernels (flash-attn 2 and PyTorch's) need Ampere or newer
+
+
+def varlen_attention_available(cuda: bool, capability: tuple[int, int] | None = None) -> str | None:
     """The attention implementation a packed row should use on this machine, or None: FlashAttention 2 when the
-    `flash_attn` package is there (transformers' own varlen path), else PyTorch's varlen kernel on a GPU."""
+    `flash_attn` package imports (transformers' own varlen path), else PyTorch's varlen kernel on a GPU; neither
+    below compute capability 8.0. `capability`: the GPU's, read from the current device when not given."""
     if not cuda:
         return None
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is not None:
+    capability = capability or torch.cuda.get_device_capability()
+    if tuple(capability) < VARLEN_MIN_CAPABILITY:
+        return None
+    if flash_attn_importable():
         return "flash_attention_2"
     return VARLEN_ATTENTION if _KERNEL is not None else None
+
+
+def flash_attn_importable() -> bool:
+    """Whether `flash_attn` really imports. Its presence is not enough: a wheel built against another torch is found
+    by `find_spec` and then fails with an undefined symbol inside `from_pretrained`."""
+    try:
+        import flash_attn  # noqa: F401
+    except ModuleNotFoundError as err:
+        if err.name == "flash_attn":
+            return False  # not installed: nothing to say
+        print(f"[align-proxy] flash_attn does not import ({err}); using PyTorch's varlen attention instead",
+              flush=True)
+        return False
+    except Exception as err:  # noqa: BLE001 - ImportError, OSError or RuntimeError, depending on how the ABI differs
+        print(f"[align-proxy] flash_attn is installed but does not import ({type(err).__name__}: "
+              f"{str(err)[:160]}); using PyTorch's varlen attention instead", flush=True)
+        return False
+    return True
 
 
 _register()

@@ -320,6 +320,8 @@ class RecipeRun:
         if diverged is None:
             self.save_model(trainer)
         record = None
+        summary = _distributed_summary(trainer)
+        _release_training_memory(trainer)
         if self.is_main:
             trained = None
             if diverged is not None:
@@ -329,7 +331,7 @@ class RecipeRun:
             else:
                 print(f"[align-proxy] evaluating trained model in {self.output_dir} ...", flush=True)
                 trained = evaluation(str(self.output_dir))
-            record = self._record(trainer, base, trained, diverged)
+            record = self._record(trainer, summary, base, trained, diverged)
             plot_loss_curve(record.train.log_history, self.output_dir / "loss_curve.png", self.recipe)
             atomic_write(self.output_dir / "metrics.json", json.dumps(record.to_json(), indent=2))
             if trained is not None:
@@ -338,10 +340,10 @@ class RecipeRun:
         PartialState().wait_for_everyone()
         return record
 
-    def _record(self, trainer, base, trained, diverged) -> RunMetrics:
+    def _record(self, trainer, summary, base, trained, diverged) -> RunMetrics:
         scores = Scores(base.metrics if base else {}, trained.metrics if trained else {},
                         base.items if base else {}, trained.items if trained else {})
-        training = Training(_distributed_summary(trainer), trainer.state.global_step, trainer.state.log_history,
+        training = Training(summary, trainer.state.global_step, trainer.state.log_history,
                             self.reward_curve.points if self.reward_curve else [])
         return RunMetrics(self.recipe, dataclasses.asdict(self.model), self.data.source,
                           self.speed.record() if self.speed else None, training, scores, diverged)
@@ -418,6 +420,22 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
 
     if PartialState().is_main_process:  # the main process evaluates; it alone reads the data
         load_tasks(script_args.lm_eval_tasks)
+
+
+def _release_training_memory(trainer) -> None:
+    """Before the trained model is evaluated (loaded afresh from output_dir): free what training held on the GPU,
+    the optimizer's moments, gradients and the policy itself, so evaluation's batches have the room. Nothing to do
+    on CPU; under DeepSpeed its engine owns the weights and their placement."""
+    if trainer.accelerator.device.type != "cuda" or trainer.is_deepspeed_enabled:
+        return
+    import gc
+
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()  # drops accelerate's references to the prepared optimizer and model
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.model.to("cpu")
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def _distributed_summary(trainer) -> dict:

@@ -8,6 +8,7 @@ rewards come from `rewards/` and know nothing of the trainer; the update is TRL'
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
@@ -106,13 +107,53 @@ def configure_rollouts(trainer, script_args: RLArguments) -> str:
             config.cache_implementation = config.cache_implementation or "static"
             config.disable_compile = False
             config.compile_config = CompileConfig()
-            message += f", {config.cache_implementation} cache, compiled decoding (CUDA graphs)"
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            if "generate" not in vars(model):
+                model.generate = StaticCacheReuse(model)
+            message += f", {config.cache_implementation} cache, compiled decoding (CUDA graphs), one cache kept " \
+                       "between calls"
         else:
             message += f", {trainer.generation_config.cache_implementation or 'dynamic'} cache, eager decoding " \
                        f"({blocker})"
     if PartialState().is_main_process:
         print(f"[align-proxy] {message}", flush=True)
     return message
+
+
+class StaticCacheReuse:
+    """A model's `generate` that keeps one static KV cache between calls, reset in place, while the batch size
+    holds and the cache is long enough.
+
+    transformers builds a fresh `StaticCache` in every `generate()` call: new tensors at new addresses, so the
+    compiled decoding step's CUDA graphs record again every generation batch instead of replaying. TRL's
+    generation batch has a fixed size, so one cache serves the whole run (a longer one is built, once, when a
+    batch's prompts are longer than any before)."""
+
+    ROUND = 64  # cache lengths are rounded up, so a batch whose prompts are a few tokens longer still fits
+
+    def __init__(self, model):
+        self.model, self.generate, self.cache, self.batch, self.length = model, model.generate, None, None, 0
+        self.built = self.calls = 0  # caches built and calls served, for tests and logs
+
+    def __call__(self, *args, generation_config=None, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        config = generation_config or self.model.generation_config
+        if ids is None or config.cache_implementation != "static" or kwargs.get("cache") is not None \
+                or config.max_new_tokens is None or max(config.num_beams or 1, config.num_return_sequences or 1) > 1:
+            return self.generate(*args, generation_config=generation_config, **kwargs)
+        from transformers import StaticCache
+
+        need = ids.shape[1] + config.max_new_tokens
+        self.calls += 1
+        if self.cache is None or ids.shape[0] != self.batch or need > self.length:
+            self.length = max(-(-need // self.ROUND) * self.ROUND, self.length)
+            self.cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=self.length)
+            self.batch, self.built = ids.shape[0], self.built + 1
+        else:
+            self.cache.reset()  # zeroed in place: the addresses the CUDA graphs captured stay valid
+        config = copy.copy(config)
+        config.cache_implementation = None  # the cache is given (transformers refuses both)
+        return self.generate(*args, generation_config=config, cache=self.cache, **kwargs)
 
 
 def reward_set(script_args: RLArguments, training_args) -> RewardSet:

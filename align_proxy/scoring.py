@@ -30,23 +30,48 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+# Log-probs are taken this many tokens at a time (whole rows): a batch's full fp32 log_softmax over the vocabulary
+# would be batch x length x vocab x 4 bytes (8 GB at 64 x 1k tokens x 32k) beside the logits themselves.
+LOGPROB_CHUNK_TOKENS = 8192
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a GPU that has it (half the activations and logits); CPU scoring stays fp32, bit for bit."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def span_logprob_sums(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> list[float]:
+    """Summed log-probability of tokens `start..end-1` of each right-padded row (`spans[row] = (start, end)`, start
+    >= 1: token t is predicted at position t-1). The log-softmax runs over a few rows at a time, in fp32."""
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    with _autocast(device):
+        logits = model(input_ids=ids, attention_mask=mask.to(device)).logits
+    rows = max(1, LOGPROB_CHUNK_TOKENS // max(1, ids.size(1)))
+    sums = []
+    for lo in range(0, ids.size(0), rows):
+        chunk = logits[lo:lo + rows, :-1].float()
+        logps = torch.log_softmax(chunk, dim=-1).gather(-1, ids[lo:lo + rows, 1:, None]).squeeze(-1)
+        for row, (start, end) in enumerate(spans[lo:lo + rows]):
+            sums.append(logps[row, start - 1: end - 1].sum().item())
+        del chunk, logps
+    return sums
+
+
 @torch.no_grad()
 def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str],
                         batch_size: int = 64) -> tuple[list[float], list[int]]:
     """Summed log-probability of each completion (EOS included) given its prompt, and its length."""
     model.eval()
-    device = next(model.parameters()).device
     sums, counts = [], []
     for lo in range(0, len(prompts), batch_size):
         pairs = [_tokenize_pair(tokenizer, p, c) for p, c in zip(prompts[lo:lo + batch_size],
                                                                  completions[lo:lo + batch_size])]
         ids, mask = pad_rows([ids for ids, _ in pairs], tokenizer.pad_token_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-        for row, (full, start) in enumerate(pairs):
-            # Token t is predicted at position t-1: score tokens start..end.
-            sums.append(logps[row, start - 1: len(full) - 1].sum().item())
-            counts.append(len(full) - start)
+        sums.extend(span_logprob_sums(model, ids, mask, [(start, len(full)) for full, start in pairs]))
+        counts.extend(len(full) - start for full, start in pairs)
     return sums, counts
 
 

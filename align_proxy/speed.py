@@ -4,11 +4,14 @@ TRL's defaults suit 7B models: gradient checkpointing, padded batches, a referen
 On a proxy they leave an H100 mostly idle (shared/bench/README.md). `plan_proxy_speed` decides, without writing
 anything, better defaults for the machine the run is on, and `SpeedPlan.apply` (called by `prepare_run`) sets
 them; never a key the user set in the `--config` YAML or on the command line (`align_proxy.recipe.RecipeParser`
-records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain paths to the same loss on the same batch). Two change
-what a step holds, and say so in the record: SFT packing (a step holds rows of max_length tokens, not that many
-examples) and, when no batch size is set, a micro-batch sized to free GPU memory instead of TRL's 8. It returns
-a `SpeedPlan`: what it applied, what was already so, what it skipped and why, written to run_config.yaml and
-metrics.json. `--proxy_speed false` runs TRL's defaults.
+records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain
+paths to the same loss on the same batch). One exception, said in the log and the record (`overridden`): a
+config's SFT packing on a GPU without a varlen attention kernel, which would run rows of max_length tokens under a
+dense mask. SFT packing changes what a step holds (rows of max_length tokens, not that many examples), and says
+so; when no batch size is set, the micro-batch is sized to this run's share of GPU memory with the accumulation
+that keeps the global batch. It returns a `SpeedPlan`: what
+it applied, what was already so, what it skipped and why, written to run_config.yaml and metrics.json.
+`--proxy_speed false` runs TRL's defaults.
 
 On CPU only gradient checkpointing is touched (off when the model fits: the same numbers, faster); every other
 choice is a GPU one, so CPU runs, the README's figures among them, stay bit-identical.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -31,6 +33,11 @@ from align_proxy.kinds import RecipeKind, recipe_kind
 ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
 USER_SET = "set in the config or on the command line"
 MAX_MICRO_BATCH = 64  # rows; beyond this a proxy's step is long enough that launch overhead no longer matters
+# Compiled layers share one code object (nn.Module._call_impl), hence one recompile limit (torch's default: 8), and
+# each mode a run enters is an entry of its own: grad and no-grad (DPO's precompute, evaluation), train and eval,
+# LoRA adapters on and off, batch size 1 against more (dynamic shapes still specialise 1). Past the limit torch runs
+# the layers eagerly without a word, so it is raised to hold every combination with room.
+RECOMPILE_LIMIT = 64
 # Defaults that are not config fields: what the trainer callback does to the model itself.
 MECHANISMS = ("padding_free_batches", "compiled_layers")
 
@@ -49,6 +56,7 @@ class Device:
     cpus: int = 1
     local_processes: int = 1  # processes of this launch sharing the machine's cores
     deepspeed: bool = False
+    cells_per_gpu: int = 1  # study cells that may run on this GPU at once (set by the study runner)
 
     @classmethod
     def detect(cls, use_cpu: bool = False, deepspeed: bool = False) -> Device:
@@ -56,6 +64,8 @@ class Device:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.is_available() and not use_cpu:
             from transformers.utils import is_liger_kernel_available
+
+            from align_proxy.studies.runner import CELLS_PER_GPU
 
             free, total = torch.cuda.mem_get_info()
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -65,13 +75,19 @@ class Device:
                 free = int(tightest)
             return cls(True, torch.cuda.get_device_name(), total, free, torch.cuda.is_bf16_supported(),
                        is_liger_kernel_available(), padding_free.varlen_attention_available(True), cpus, local,
-                       deepspeed)
+                       deepspeed, max(1, int(os.environ.get(CELLS_PER_GPU, "1"))))
         page = os.sysconf("SC_PAGE_SIZE")
         return cls(False, "cpu", os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page,
                    cpus=cpus, local_processes=local, deepspeed=deepspeed)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.total_bytes / 2**30:.0f} GiB, {self.free_bytes / 2**30:.0f} GiB free)"
+        shared = f", shared by up to {self.cells_per_gpu} cells" if self.cells_per_gpu > 1 else ""
+        return f"{self.name} ({self.total_bytes / 2**30:.0f} GiB, {self.free_bytes / 2**30:.0f} GiB free{shared})"
+
+    def share_bytes(self) -> int:
+        """This run's memory: what is free, and never more than its share of the GPU among the cells on it (the
+        first of several cells sees them all free, and would otherwise take all of it)."""
+        return int(min(self.free_bytes, self.total_bytes / self.cells_per_gpu))
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,7 @@ class SpeedPlan:
     applied: dict = field(default_factory=dict)  # key -> {"value", "was", "why"}
     unchanged: dict = field(default_factory=dict)  # key -> why (TRL's default is already the fast value)
     skipped: dict = field(default_factory=dict)  # key -> why not
+    overridden: dict = field(default_factory=dict)  # key the user set that this plan undid -> why (see `applied`)
     note: str | None = None
 
     @property
@@ -141,7 +158,9 @@ class SpeedPlan:
             return f"proxy speed: off ({self.note or '--proxy_speed false'})"
         applied = ", ".join(k if k in MECHANISMS else f"{k}={v['value']}" for k, v in self.applied.items()) or "nothing"
         kept = ", ".join(k for k, why in self.skipped.items() if why == USER_SET)
-        return f"proxy speed on {self.device}: {applied}" + (f"; kept yours: {kept}" if kept else "")
+        undone = "; ".join(f"{k} ({why})" for k, why in self.overridden.items())
+        return (f"proxy speed on {self.device}: {applied}" + (f"; kept yours: {kept}" if kept else "")
+                + (f"; UNDID yours: {undone}" if undone else ""))
 
 
 class ModelSpeedCallback(TrainerCallback):
@@ -164,19 +183,24 @@ class ModelSpeedCallback(TrainerCallback):
         if self.padding_free_batches and not padding_free.pack_backbone(model):
             print("[align-proxy] padding-free batches not installed: the backbone's forward is already wrapped",
                   flush=True)
-        if self.compiled_layers and not compile_layers(model):
-            print("[align-proxy] decoder layers not compiled: no `layers` list found on the backbone", flush=True)
+        if self.compiled_layers:
+            if not compile_layers(model):
+                print("[align-proxy] decoder layers not compiled: no `layers` list found on the backbone", flush=True)
+            elif getattr(args, "max_length", None):
+                # TRL truncates every sequence to max_length: a bound for FlashAttention that never changes.
+                padding_free.bound_max_length(model, args.max_length)
 
 
 def compile_layers(model) -> bool:
-    """`torch.compile` every decoder layer in place: one graph for the layer class, shared by all of them (shapes
-    become dynamic after the first change: padding-free rows differ in length every step)."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(getattr(core, "base_model", core), "layers", None)
+    """`torch.compile` every decoder layer in place: one graph for the layer class, shared by all of them, with
+    dynamic shapes from the first step (padding-free rows and padded batches differ in length every step: compiled
+    static first, the second step would compile again, forward and backward)."""
+    layers = getattr(padding_free.backbone_of(model), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         return False
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=True)
     return True
 
 
@@ -242,15 +266,10 @@ def _decide(kind: RecipeKind, args, model_args, explicit, device, shape, plan) -
         device.cuda and "precompute_ref_log_probs" not in explicit and not args.sync_ref_model))
 
     # Micro-batch first: whether the model fits without checkpointing depends on it.
-    rows = _rows_that_fit(shape, device, row_tokens, reference) if shape and device.cuda else 0
-    want("per_device_train_batch_size", rows,
-         f"largest power of two whose activations fit in 80% of the {device.free_bytes / 2**30:.0f} GiB free "
-         f"({row_tokens} tokens a row); TRL's default is 8",
-         gpu or ("DeepSpeed shards the optimizer: the estimate does not hold" if device.deepspeed else None)
-         or (None if rows else "model shape unknown, or not even one row fits"))
+    _decide_micro_batch(kind, args, explicit, device, shape, row_tokens, reference, want, gpu)
     need = shape and (shape.static_bytes(reference)
                       + final("per_device_train_batch_size") * row_tokens * shape.activation_bytes_per_token())
-    room = 0.9 * device.total_bytes if device.cuda else 0.5 * device.free_bytes
+    room = 0.9 * device.total_bytes / device.cells_per_gpu if device.cuda else 0.5 * device.free_bytes
     want("gradient_checkpointing", False,
          f"the model fits without it (~{(need or 0) / 2**30:.1f} of {room / 2**30:.0f} GiB); recomputing costs time",
          None if need and need < room else "the model may not fit without it (or its shape is unknown)")
@@ -258,6 +277,10 @@ def _decide(kind: RecipeKind, args, model_args, explicit, device, shape, plan) -
     want("bf16", True, "bf16 autocast over fp32 master weights", gpu or
          ("this GPU has no bf16" if not device.bf16 else None) or ("fp16 asked for" if args.fp16 else None))
     want("optim", "adamw_torch_fused", "one fused kernel for the AdamW update", gpu)
+    # transformers asks DDP to search for unused parameters whenever gradient checkpointing is off: a graph traversal
+    # and an extra collective every step. Every parameter of these models (and of a LoRA adapter) gets a gradient.
+    want("ddp_find_unused_parameters", False, "every parameter gets a gradient every step: no search for unused "
+                                              "ones (a traversal and a collective per step)", gpu)
     workers = min(4, max(1, device.cpus // max(1, device.local_processes) // 2))
     want("dataloader_num_workers", workers, "batches collated while the GPU computes", gpu)
     if final("dataloader_num_workers") > 0:
@@ -293,11 +316,21 @@ def _decide_padding_free(recipe, args, explicit, device, want, final, wanted, pl
     keeps examples apart without a dense mask, so the attention implementation is part of the choice."""
     user_attention = "attn_implementation" in explicit
     attention = final("attn_implementation") if user_attention else device.varlen_attention
+    half = final("bf16") or args.fp16
     blocker = ("not on a GPU (the dense packed mask is slower there than padding)" if not device.cuda else
-               None if attention else "no varlen attention here (PyTorch >= 2.9 on CUDA, or flash-attn)")
+               "no varlen attention here (compute capability >= 8.0 and PyTorch >= 2.9, or flash-attn)"
+               if not attention else
+               # In fp32 the varlen kernel cannot run: every packed example would go through a Python loop.
+               "the varlen attention kernel runs in bf16 or fp16 only, and neither is on" if not half else None)
     if user_attention and attention not in padding_free.VARLEN_IMPLEMENTATIONS:
         blocker = f"attn_implementation {attention!r} was asked for; it needs a dense mask for packed rows"
-    if recipe == "sft":
+    elif recipe == "sft" and device.cuda and blocker and "packing" in explicit and args.packing:
+        # The config's packing would run each row of max_length tokens under a dense block-diagonal mask: 10-50x
+        # slower than padding, or out of memory. The one place this plan undoes a user's setting, and says so.
+        why = f"packing asked for, but {blocker}: padded batches instead of a dense-masked packed row"
+        wanted["packing"] = (False, why)
+        plan.overridden["packing"] = why
+    if recipe == "sft" and "packing" not in plan.overridden:
         want("packing", True, "rows of max_length tokens, no padding, examples kept apart by position_ids; a step "
                               "then holds per_device_train_batch_size x max_length tokens, not that many examples",
              blocker or ("padding_free false asked for" if "padding_free" in explicit and not args.padding_free
@@ -326,6 +359,31 @@ def _decide_padding_free(recipe, args, explicit, device, want, final, wanted, pl
                                                "itself, without a dense mask")
 
 
+def _decide_micro_batch(kind, args, explicit, device, shape, row_tokens, reference, want, gpu) -> None:
+    """The micro-batch that fits this run's share of the GPU, with the accumulation that keeps the global batch
+    (micro-batch x accumulation x processes) what the config says: optimiser steps and the learning-rate schedule
+    must not depend on the GPU or its load, or cells of one study would differ by the machine they ran on."""
+    per_process = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    fit = _rows_that_fit(shape, device, row_tokens, reference) if shape and device.cuda else 0
+    rows = max((d for d in range(1, min(fit, per_process) + 1) if per_process % d == 0), default=0)
+    blocker = (gpu or ("DeepSpeed shards the optimizer: the estimate does not hold" if device.deepspeed else None)
+               # GRPOConfig.__post_init__ derived generation_batch_size and steps_per_generation from the batch, and
+               # colocated vLLM's memory is not in the estimate.
+               or ("RL: the generation batch was derived from this batch; set per_device_train_batch_size to size it"
+                   if kind.generates else None)
+               # Either half of the batch set by the user: the split is theirs too.
+               or (f"gradient_accumulation_steps {USER_SET}" if "gradient_accumulation_steps" in explicit else None)
+               or (None if rows else "model shape unknown, or not even one row fits"))
+    share = device.share_bytes() / 2**30
+    want("per_device_train_batch_size", rows,
+         f"the largest divisor of the {per_process} rows a process adds to each optimiser step whose activations "
+         f"fit in 80% of this run's {share:.0f} GiB ({row_tokens} tokens a row); the global batch is unchanged",
+         blocker)
+    if rows and not blocker and "per_device_train_batch_size" not in explicit:
+        want("gradient_accumulation_steps", per_process // rows,
+             f"micro-batch x accumulation kept at {per_process} rows per process per optimiser step")
+
+
 def _row_tokens(kind: RecipeKind, args) -> int:
     """Tokens of one row of a micro-batch at most: a sequence, a chosen/rejected pair, or a prompt and its rollout."""
     if kind.row == "rollout":
@@ -335,9 +393,9 @@ def _row_tokens(kind: RecipeKind, args) -> int:
 
 
 def _rows_that_fit(shape: ModelShape, device: Device, row_tokens: int, reference: bool) -> int:
-    budget = 0.8 * device.free_bytes - shape.static_bytes(reference)
+    budget = 0.8 * device.share_bytes() - shape.static_bytes(reference)
     fit = int(budget // (row_tokens * shape.activation_bytes_per_token()))
-    return min(MAX_MICRO_BATCH, 2 ** int(math.log2(fit))) if fit >= 1 else 0
+    return min(MAX_MICRO_BATCH, max(0, fit))
 
 
 def _set(target, key: str, value) -> None:

@@ -2,9 +2,11 @@
 
 Measures, one JSON line each, then their ratios:
 
-- `hf-generate-default`: Hugging Face `generate` as TRL calls it (dynamic cache, compilation off);
-- `hf-generate-recipe`: as `align_proxy.rl.configure_rollouts` sets it up (on a GPU: static cache and
-  compiled decoding; on CPU it leaves generation as is, so this equals the default there);
+- `hf-generate-default`: Hugging Face `generate` as TRL calls it (dynamic cache, compilation off), through a
+  plain `GRPOTrainer`'s own model and generation config;
+- `hf-generate-recipe`: the same through a trainer set up by `align_proxy.rl.configure_rollouts` (on a GPU:
+  static cache kept between calls and compiled decoding; on CPU it leaves generation as is, so this equals the
+  default there);
 - `trl-grpo-plain`: `trl.GRPOTrainer` with TRL's defaults (gradient checkpointing on, one generate call
   per optimizer step), as in shared/bench/anchor_rollout.py;
 - `align-proxy-grpo`: the same trainer with the recipe's settings: `configure_rollouts`, no gradient
@@ -21,6 +23,7 @@ exact. Step times exclude warm-up (the first generation cycle, which includes co
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -37,7 +40,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from align_proxy.models.registry import CLIMB  # noqa: E402
-from align_proxy.rl import RLArguments, configure_rollouts  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -112,32 +114,13 @@ class StepClock(TrainerCallback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def bench_generate(path: Path, a, recipe: bool) -> dict:
-    """tokens/s of one `generate` call at batch `--gen-batch`, after a short warm-up call."""
-    from transformers import AutoModelForCausalLM, CompileConfig, GenerationConfig
-
-    dtype = torch.bfloat16 if CUDA else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to("cuda" if CUDA else "cpu").eval()
-    config = GenerationConfig(max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, do_sample=True, top_k=0,
-                              pad_token_id=0, eos_token_id=2, disable_compile=True)
-    if recipe and CUDA:  # what configure_rollouts does to TRL's generation config
-        config.cache_implementation, config.disable_compile, config.compile_config = "static", False, CompileConfig()
-    ids = torch.randint(4, model.config.vocab_size, (a.gen_batch, a.prompt_len), device=model.device)
-    with torch.no_grad():
-        model.generate(ids, generation_config=config)  # warm-up: compiles, allocates the static cache
-        sync()
-        start = time.perf_counter()
-        model.generate(ids, generation_config=config)
-        sync()
-    seconds = time.perf_counter() - start
-    return {"what": "hf-generate-recipe" if recipe else "hf-generate-default", "batch": a.gen_batch,
-            "new_tokens": a.new_tokens, "seconds": round(seconds, 3),
-            "new_tokens_per_s": round(a.gen_batch * a.new_tokens / seconds)}
-
-
-def bench_grpo(path: Path, a, variant: str) -> dict:
+def grpo_trainer(path: Path, a, variant: str, callbacks=()):
+    """The GRPO trainer of a variant, as the recipe (or plain TRL) builds it; returns it, its backend's description
+    and its steps per generation."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from align_proxy.rl import RLArguments, configure_rollouts  # here, not at the top: `--help` stays quick
 
     recipe = variant != "trl-grpo-plain"
     steps_per_generation = a.steps_per_generation if recipe else 1
@@ -155,10 +138,37 @@ def bench_grpo(path: Path, a, variant: str) -> dict:
         **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
            if variant.endswith("vllm") else {}),
     )
-    clock = StepClock()
     trainer = GRPOTrainer(model=str(path), reward_funcs=length_reward, args=args, train_dataset=data,
-                          callbacks=[clock])
+                          callbacks=list(callbacks))
     backend = configure_rollouts(trainer, RLArguments()) if recipe else "TRL defaults"
+    return trainer, backend, steps_per_generation
+
+
+def bench_generate(path: Path, a, recipe: bool) -> dict:
+    """tokens/s of `generate` at batch `--gen-batch` through the trainer's own model and generation config (its
+    dtype, its wrappers, and for the recipe the cache `configure_rollouts` keeps), after two warm-up calls (the
+    second is the first to reuse a kept cache)."""
+    trainer, backend, _ = grpo_trainer(path, a, "align-proxy-grpo" if recipe else "trl-grpo-plain")
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    config = copy.deepcopy(trainer.generation_config)
+    config.max_new_tokens = config.min_new_tokens = a.new_tokens
+    ids = torch.randint(4, model.config.vocab_size, (a.gen_batch, a.prompt_len), device=model.device)
+    with torch.no_grad():
+        for _ in range(2):
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        sync()
+        start = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        sync()
+    seconds = time.perf_counter() - start
+    return {"what": "hf-generate-recipe" if recipe else "hf-generate-default", "backend": backend,
+            "weights": str(next(model.parameters()).dtype), "batch": a.gen_batch, "new_tokens": a.new_tokens,
+            "seconds": round(seconds, 3), "new_tokens_per_s": round(a.gen_batch * a.new_tokens / seconds)}
+
+
+def bench_grpo(path: Path, a, variant: str) -> dict:
+    clock = StepClock()
+    trainer, backend, steps_per_generation = grpo_trainer(path, a, variant, callbacks=[clock])
     generate = GenerateClock(trainer.model) if not variant.endswith("vllm") else None
     if CUDA:
         torch.cuda.reset_peak_memory_stats()

@@ -1,10 +1,17 @@
 """Training throughput of the SFT, DPO and reward recipes against plain TRL, in the same process, on random weights.
 
-For each shape and recipe, two variants train on the same data with the same batch and max length:
+For each shape and recipe, variants train on the same data with the same max length:
 
 - `trl-plain`: the recipe with `--proxy_speed false`, i.e. TRL's defaults (gradient checkpointing on, padded
-  batches, DPO's reference model run beside the policy);
-- `align-proxy`: the recipe as shipped, with the proxy-speed defaults of align_proxy/speed.py for this machine.
+  batches, DPO's reference model run beside the policy), at `--batch` rows a step;
+- `align-proxy`: the recipe as shipped, with the proxy-speed defaults of align_proxy/speed.py for this machine, at
+  the same `--batch` rows a step (the ratio between the two is the implementation's, not a batch size's);
+- `align-proxy-own-batch`: the recipe with no batch flag at all: the micro-batch is the speed plan's choice for TRL's
+  default global batch (align_proxy/speed.py keeps micro-batch x accumulation fixed).
+
+And, per shape, `raw-loop`: a bare training loop on the same model (full packed rows of `--max-len` tokens, bf16
+autocast, fused AdamW, `torch.compile` on a GPU), the hardware-bound reference each row is also reported against
+(`x_raw`: 431k tokens/s for the 62M shape at 64 x 1024 on an H100, shared/bench/README.md).
 
 Each is built exactly as `recipes/<recipe>.py` builds it: the recipe's parser over the flags a user would type,
 `prepare_run` (data checked, speed defaults applied, run_config.yaml written; no evaluation), then
@@ -13,8 +20,9 @@ Data: random tokens (`t4 t17 ...`, a word-level tokenizer over the whole vocabul
 spread (median max_length/4, as shared/bench/anchor_trl.py).
 
 One JSON line per variant: `tokens_per_s` counts the real (non-pad) tokens fed to the model (a DPO pair counts
-its prompt twice, as the trainer runs it); `mfu` is 6N (+ attention) FLOPs per token against `--peak-tflops`
-(989: H100 dense bf16), so a reference forward is work done but not counted; `peak_gib` is the GPU's peak
+its prompt twice, as the trainer runs it), over a window the host syncs with the device only at its two edges;
+`mfu` is 6N (+ attention) FLOPs per token against `--peak-tflops` (989: H100 dense bf16), so a reference forward
+is work done but not counted; `peak_gib` is the GPU's peak
 allocation while training. DPO's precomputed reference log-probs run before training: `precompute_s` times that
 pass, and `tokens_per_s_with_precompute` charges it to the steps of one epoch. Then the ratios to plain TRL.
 
@@ -54,7 +62,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from grpo_rollout import make_model_dir, shape_config  # noqa: E402 - the same random-weight models
 
 CUDA = torch.cuda.is_available()
-VARIANTS = ("trl-plain", "align-proxy")
+VARIANTS = ("trl-plain", "align-proxy", "align-proxy-own-batch")
+RAW = "raw-loop"
 
 
 def lengths(n: int, max_len: int, rng: random.Random, low: int = 8) -> list[int]:
@@ -89,25 +98,59 @@ def sync() -> None:
 
 
 class StepClock(TrainerCallback):
-    """Wall time and real tokens of every optimizer step."""
+    """Wall time and real tokens of the timed window: the optimizer steps after the first `warmup`.
 
-    def __init__(self):
-        self.times, self.tokens, self._tokens, self.window = [], [], 0, [None, None]
+    The host waits for the device only at the window's two edges, and the tokens add up on the device, read once
+    at the end: a sync at every step, or an `int(attention_mask.sum())` at every micro-step, would stall a
+    launch-bound fast path (whose host runs ahead of the GPU) far more than the slow baseline."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.syncs = warmup, 0
+        self.began = self.start = self.end = None
+        self.window = [None, None]  # wall-clock edges (time.time), for concurrent runs
+        self._device_tokens, self._host_tokens, self.steps = None, 0, 0
+
+    def _sync(self) -> float:
+        sync()
+        self.syncs += 1
+        return time.perf_counter()
 
     def count(self, inputs) -> None:
+        if self.start is None:
+            return
         if "attention_mask" in inputs:
-            self._tokens += int(inputs["attention_mask"].sum())
+            real = inputs["attention_mask"].sum()  # stays on the device: no sync
+            self._device_tokens = real if self._device_tokens is None else self._device_tokens + real
         else:  # a padding-free row (TRL's SFT packing): every token is real
-            self._tokens += inputs["input_ids"].numel()
+            self._host_tokens += inputs["input_ids"].numel()
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        sync()
-        self.start, self._tokens = time.perf_counter(), 0
+    def _open(self) -> None:
+        self.start, self.window[0] = self._sync(), time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = self._sync()
+        if self.warmup == 0:
+            self._open()
 
     def on_step_end(self, args, state, control, **kwargs):
-        sync()
-        self.times.append(time.perf_counter() - self.start)
-        self.tokens.append(self._tokens)
+        if state.global_step == self.warmup:
+            self._open()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end, self.window[1] = self._sync(), time.time()
+        self.steps = state.global_step - self.warmup
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def warmup_seconds(self) -> float:
+        return self.start - self.began
+
+    @property
+    def tokens(self) -> int:
+        return self._host_tokens + (int(self._device_tokens) if self._device_tokens is not None else 0)
 
 
 @contextlib.contextmanager
@@ -148,15 +191,15 @@ def run_variant(recipe: str, variant: str, shape: str, model_dir: Path, data: Pa
             "--max_length", str(a.max_len), "--max_steps", str(a.warmup + a.steps), "--learning_rate", "1e-5",
             "--logging_steps", "100000", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
             "--eval_before", "false", "--disable_tqdm", "true", "--seed", "0",
-            "--proxy_speed", "true" if variant == "align-proxy" else "false"]
-    if a.batch:  # the same rows for both variants, so the ratio is the implementation's, not a batch size's
+            "--proxy_speed", "true" if variant.startswith("align-proxy") else "false"]
+    if a.batch and variant != "align-proxy-own-batch":  # the same rows for both, so the ratio is the implementation's
         argv += ["--per_device_train_batch_size", str(a.batch)]
-    argv += shlex.split(a.extra) if variant == "align-proxy" else []
+    argv += shlex.split(a.extra) if variant.startswith("align-proxy") else []
     script_args, training_args, model_args = make_parser(recipe).parse_args_and_config(argv)
     precompute: list[float] = []
     start = time.perf_counter()
     run = prepare_run(recipe, script_args, training_args, model_args)
-    clock = StepClock()
+    clock = StepClock(a.warmup)
     kwargs = run.trainer_kwargs()
     kwargs["callbacks"] = [*kwargs["callbacks"], clock]
     with timed_precompute(trainer_class, precompute):
@@ -175,28 +218,70 @@ def run_variant(recipe: str, variant: str, shape: str, model_dir: Path, data: Pa
             time.sleep(0.05)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    sync()
-    clock.window[0] = time.time()
     trainer.train()
-    clock.window[1] = time.time()
-    times, tokens = clock.times[a.warmup:], clock.tokens[a.warmup:]
-    seconds, count = sum(times), sum(tokens)
+    seconds, count, steps = clock.seconds, clock.tokens, clock.steps
     tps = count / seconds
     row = {"recipe": recipe, "shape": shape, "variant": variant, "tokens_per_s": round(tps),
            "mfu": round(tps * flops_per_token(shape, run.model.parameters, mean_len) / (a.peak_tflops * 1e12), 4),
-           "step_s": round(seconds / len(times), 4), "tokens_per_step": round(count / len(times)),
+           "step_s": round(seconds / steps, 4), "tokens_per_step": round(count / steps),
+           "micro_batch": training_args.per_device_train_batch_size,
            "rows_per_step": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps,
-           "warmup_s": round(sum(clock.times[:a.warmup]), 2), "setup_s": round(setup_s, 2),
+           "warmup_s": round(clock.warmup_seconds, 2), "setup_s": round(setup_s, 2),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None,
-           "speed_applied": sorted(run.speed.applied),
-           "measured_window": [clock.window[1] - seconds, clock.window[1]]}
+           "speed_applied": sorted(run.speed.applied), "host_syncs": clock.syncs,
+           "measured_window": clock.window}
     if precompute:
         rows = len(run.data.train)
         per_row_precompute = sum(precompute) / rows
-        per_row_train = seconds / len(times) / row["rows_per_step"]
+        per_row_train = seconds / steps / row["rows_per_step"]
         row["precompute_s"] = round(sum(precompute), 2)
         row["tokens_per_s_with_precompute"] = round(tps * per_row_train / (per_row_train + per_row_precompute))
     del trainer, run
+    gc.collect()
+    if CUDA:
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    return row
+
+
+def raw_loop(shape: str, model_dir: Path, a) -> dict:
+    """The hardware-bound reference: full packed rows of `--max-len` tokens through a bare loop (bf16 autocast,
+    fused AdamW, the whole model under `torch.compile` on a GPU), timed between two syncs after 3 warm-up steps."""
+    from transformers import LlamaForCausalLM
+
+    device = "cuda" if CUDA else "cpu"
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=CUDA)
+    step_model = torch.compile(model) if CUDA else model
+    batch = torch.randint(4, model.config.vocab_size, (a.raw_rows, a.max_len), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=CUDA):
+            loss = step_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    began = time.perf_counter()
+    for _ in range(3):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    sync()
+    seconds = time.perf_counter() - start
+    tps = a.raw_rows * a.max_len * a.steps / seconds
+    parameters = sum(p.numel() for p in model.parameters())
+    row = {"recipe": "sft", "shape": shape, "variant": RAW, "tokens_per_s": round(tps),
+           "mfu": round(tps * flops_per_token(shape, parameters, a.max_len) / (a.peak_tflops * 1e12), 4),
+           "step_s": round(seconds / a.steps, 4), "rows_per_step": a.raw_rows, "warmup_s": round(start - began, 2),
+           "compiled": CUDA, "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None}
+    del model, optimizer, step_model
     gc.collect()
     if CUDA:
         torch._dynamo.reset()
@@ -217,18 +302,33 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def of_raw_loop(rows: list[dict]) -> None:
+    """Each measured row's tokens/s as a fraction of the raw loop's on the same shape (`x_raw`), in place."""
+    raw = {r["shape"]: r["tokens_per_s"] for r in rows if r.get("variant") == RAW and "tokens_per_s" in r}
+    for r in rows:
+        if "tokens_per_s" in r and r["shape"] in raw:
+            r["x_raw"] = round(r["tokens_per_s"] / raw[r["shape"]], 3)
+
+
 def table(rows: list[dict], speedups: list[dict]) -> str:
     speedup = {(s["shape"], s["recipe"]): s for s in speedups}
-    lines = ["| shape | recipe | variant | tokens/s | MFU | step s | peak GiB | x plain TRL |", "|---" * 8 + "|"]
+    plain = {(r["shape"], r["recipe"]): r["tokens_per_s"] for r in rows
+             if r.get("variant") == "trl-plain" and "tokens_per_s" in r}
+    lines = ["| shape | recipe | variant | rows/step (micro) | tokens/s | MFU | step s | peak GiB | x plain TRL | "
+             "x raw loop |", "|---" * 10 + "|"]
     for r in rows:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['shape']} | {r['recipe']} | {r['variant']} | error: {r['error'][:80]} | | | | |")
+            lines.append(f"| {r['shape']} | {r['recipe']} | {r['variant']} | | error: {r['error'][:80]} | | | | | |")
             continue
         s = speedup.get((r["shape"], r["recipe"])) if r["variant"] == "align-proxy" else None
         ratio = "" if s is None else f"{s['speedup']}" + (f" ({s['speedup_with_precompute']} with precompute)"
                                                           if "precompute_s" in r else "")
-        lines.append(f"| {r['shape']} | {r['recipe']} | {r['variant']} | {r['tokens_per_s']:,} | {r['mfu']:.1%} | "
-                     f"{r['step_s']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} | {ratio} |")
+        if r["variant"] == "align-proxy-own-batch" and (r["shape"], r["recipe"]) in plain:
+            ratio = f"{r['tokens_per_s'] / plain[r['shape'], r['recipe']]:.2f}"
+        batch = f"{r['rows_per_step']} ({r.get('micro_batch', r['rows_per_step'])})"
+        lines.append(f"| {r['shape']} | {r['recipe']} | {r['variant']} | {batch} | {r['tokens_per_s']:,} | "
+                     f"{r['mfu']:.1%} | {r['step_s']} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} | "
+                     f"{ratio} | {r.get('x_raw', '')} |")
     return "\n".join(lines)
 
 
@@ -253,6 +353,15 @@ def measure(a) -> dict:
                        "error": f"{type(err).__name__}: {str(err)[:300]}"}
             print(json.dumps(row), flush=True)
             rows.append(row)
+    for shape in a.shapes.split(",") if a.raw_rows else []:
+        try:
+            row = raw_loop(shape, prepared[shape, a.recipes.split(",")[0]][0], a)
+        except Exception as err:  # noqa: BLE001 - as above
+            traceback.print_exc()
+            row = {"recipe": "sft", "shape": shape, "variant": RAW, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    of_raw_loop(rows)
     return {"results": rows, "ratios": ratios(rows)}
 
 
@@ -265,7 +374,8 @@ def concurrent(a) -> dict:
         barrier = Path(tempfile.mkdtemp(prefix="throughput-barrier-"))
         command = [sys.executable, __file__, "--shapes", shape, "--recipes", recipe, "--variants", "align-proxy",
                    "--batch", str(a.batch), "--max-len", str(a.max_len), "--steps", str(a.steps), "--warmup",
-                   str(a.warmup), "--rows", str(a.rows), "--extra", a.extra, "--barrier", str(barrier)]
+                   str(a.warmup), "--rows", str(a.rows), "--extra", a.extra, "--barrier", str(barrier),
+                   "--raw-rows", "0"]
         children = [subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL) for out in outs]
         # Release them together once all are set up (or some died), so their timed steps overlap.
@@ -300,11 +410,14 @@ def main() -> None:
     parser.add_argument("--recipes", default="sft,dpo,reward")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batch", type=int, default=16 if CUDA else 8,
-                        help="rows (sequences, or preference pairs) per step for both variants; 0 lets each choose")
+                        help="rows (sequences, or preference pairs) per step of trl-plain and align-proxy; 0 lets "
+                             "each choose (align-proxy-own-batch always does)")
     parser.add_argument("--max-len", type=int, default=1024 if CUDA else 64)
     parser.add_argument("--steps", type=int, default=20 if CUDA else 4, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=5 if CUDA else 1, help="untimed first steps (compilation)")
     parser.add_argument("--rows", type=int, default=2000 if CUDA else 200, help="examples in each data file")
+    parser.add_argument("--raw-rows", type=int, default=64 if CUDA else 4,
+                        help="rows of --max-len tokens in each step of the raw loop; 0 skips it")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak")
     parser.add_argument("--extra", default="", help="more recipe flags for the align-proxy variant, e.g. "
                                                     "'--torch_compile false'")

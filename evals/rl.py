@@ -21,7 +21,7 @@ from trl.data_utils import is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask
 from align_proxy.files import files_stamp
-from align_proxy.scoring import pad_rows
+from align_proxy.scoring import pad_rows, span_logprob_sums
 from evals.suite import EvalResult, EvalSet, _load, evaluate_policy
 from rewards import RewardSet, arith
 
@@ -103,16 +103,12 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
                       batch_size: int = 256) -> list[float]:
     """Summed log-probability of each completion's tokens given its prompt (temperature 1)."""
     model.eval()
-    device = next(model.parameters()).device
     sums = []
     for lo in range(0, len(prompt_ids), batch_size):
         prompts, completions = prompt_ids[lo:lo + batch_size], completion_ids[lo:lo + batch_size]
         ids, mask = pad_rows([p + c for p, c in zip(prompts, completions)], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
-        for row, (p, c) in enumerate(zip(prompts, completions)):
-            # Token t is predicted at position t - 1.
-            sums.append(logps[row, len(p) - 1: len(p) + len(c) - 1].sum().item())
+        spans = [(len(p), len(p) + len(c)) for p, c in zip(prompts, completions)]
+        sums.extend(span_logprob_sums(model, ids, mask, spans))
     return sums
 
 

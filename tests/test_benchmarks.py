@@ -24,5 +24,43 @@ def test_grpo_rollout_benchmark_compares_the_recipe_with_plain_trl_on_cpu(tmp_pa
     report = run_benchmark("grpo_rollout.py", "--shape", "tiny", "--prompts", "2", "--generations", "2",
                            "--new-tokens", "4", "--gen-batch", "8", "--cycles", "1", tmp_path=tmp_path)
     measured = {r["what"] for r in report["results"] if "what" in r}
-    assert {"trl-grpo-plain", "align-proxy-grpo"} <= measured
+    assert {"hf-generate-default", "hf-generate-recipe", "trl-grpo-plain", "align-proxy-grpo"} <= measured
     assert all(r["mean_step_s"] > 0 for r in report["results"] if "mean_step_s" in r)
+
+
+def test_gpu_check_dry_run_lists_every_step_and_checks_its_prerequisites(tmp_path):
+    command = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = result.stdout.split("prerequisites")[0]
+    for step in ("tests/test_gpu_paths.py", "throughput.py --shapes 62m", "throughput.py --shapes 350m",
+                 "grpo_rollout.py --shape 62m", "gpu_summary.py"):
+        assert step in listed, step
+    assert "FAIL" not in result.stdout and "all prerequisites hold" in result.stdout
+    # a missing prerequisite fails the dry run, and says which
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                            env={**env, "PYTHON": str(tmp_path / "no-python")})
+    assert result.returncode == 1 and "FAIL python" in result.stdout
+
+
+def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypatch):
+    """A throughput step killed at its limit leaves no JSON report, only the lines it printed as variants finished."""
+    import importlib.util
+
+    rows = [{"device": "NVIDIA H200", "torch": "2.13"},
+            {"recipe": "sft", "shape": "62m", "variant": "trl-plain", "tokens_per_s": 12000, "mfu": 0.005,
+             "rows_per_step": 16, "peak_gib": 20.0},
+            {"recipe": "sft", "shape": "62m", "variant": "align-proxy", "tokens_per_s": 60000, "mfu": 0.025,
+             "rows_per_step": 16, "micro_batch": 16, "x_raw": 0.14, "peak_gib": 9.5}]
+    (tmp_path / "throughput-62m.log").write_text("\n".join(json.dumps(r) for r in rows) + "\nTraceback ...\n")
+    (tmp_path / "steps.tsv").write_text("throughput-62m\t124\t130\n")
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "benchmarks" / "gpu_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    monkeypatch.setattr(sys, "argv", ["gpu_summary.py", str(tmp_path)])
+    summary.main()
+    text = (tmp_path / "summary.md").read_text()
+    assert "NVIDIA H200" in text and "throughput-62m 124 (130 s)" in text
+    assert "| 62m | sft | align-proxy | 16 (16) | 60,000 | 2.5% | 5.00 | 4.96 | 0.14 |" in text
+    assert "GPU tests: no report" in text and "GRPO rollout: no figures" in text

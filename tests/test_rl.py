@@ -177,3 +177,30 @@ def test_grpo_rolls_out_with_colocated_vllm(tiny_model, tmp_path, capsys):
     assert "rollouts: vLLM (colocated on this GPU" in capsys.readouterr().out
     assert changed(tmp_path, tiny_model)
     assert json.loads((tmp_path / "metrics.json").read_text())["eval"]["trained"]["kl_to_reference"] != 0.0
+
+
+def test_compiled_rollouts_keep_one_static_cache_between_generate_calls():
+    """transformers builds a fresh static cache every generate() call, and CUDA graphs of the compiled decoding step
+    would record again for its new addresses: the recipe's rollouts reuse one, reset in place, with the same output."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from align_proxy.rl import StaticCacheReuse
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                         pad_token_id=0, eos_token_id=2)).eval()
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, cache_implementation="static", pad_token_id=0,
+                              eos_token_id=2)
+    prompts = [torch.randint(3, 32, (4, length)) for length in (6, 9, 7)]  # lengths within one rounded cache
+    with torch.no_grad():
+        fresh = [model.generate(input_ids=ids, generation_config=config) for ids in (*prompts[:2], prompts[2][:2])]
+        reuse = StaticCacheReuse(model)
+        outputs = [reuse(input_ids=prompts[0], generation_config=config)]
+        first = reuse.cache
+        outputs.append(reuse(input_ids=prompts[1], generation_config=config))
+        assert reuse.cache is first and reuse.built == 1  # same batch, longer prompts but room: reset, not rebuilt
+        outputs.append(reuse(input_ids=prompts[2][:2], generation_config=config))
+        assert reuse.built == 2  # another batch size: another cache
+    assert all(torch.equal(a, b) for a, b in zip(fresh, outputs))
+    assert config.cache_implementation == "static"  # TRL's generation config is left as it was

@@ -49,8 +49,7 @@ def parse(recipe: str, *argv: str):
 def gpu_plan(recipe: str, model: str, *argv: str, device: Device = H100):
     """The defaults a run would get on an H100, decided on this CPU machine (nothing is built)."""
     script_args, training_args, model_args = parse(
-        recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_climb_62m.yaml"), "--bf16", "false",
-        "--use_cpu", "true", *argv)
+        recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_climb_62m.yaml"), "--use_cpu", "true", *argv)
     model_args.model_name_or_path = model
     plan = apply_speed(recipe, script_args, training_args, model_args, 62_600_000, device=device)
     return plan, training_args, model_args
@@ -118,27 +117,127 @@ def test_gpu_defaults_for_each_recipe(random_model):
     assert model_args.attn_implementation == padding_free.VARLEN_ATTENTION
     reward, args, _ = gpu_plan("reward", random_model, "--per_device_train_batch_size", "8")
     assert reward.padding_free_batches and args.per_device_train_batch_size == 8
-    no_kernel, args, model_args = gpu_plan("dpo", random_model, device=Device(True, "old GPU", 16 * 2**30,
-                                                                              15 * 2**30, bf16=True))
+    no_kernel, args, model_args = gpu_plan("dpo", random_model, device=NO_VARLEN)
     assert not no_kernel.padding_free_batches and model_args.attn_implementation is None
     assert "no varlen attention" in no_kernel.skipped["padding_free_batches"]
 
 
-def test_micro_batch_is_sized_to_free_memory_when_not_set(random_model, tmp_path):
-    config = tmp_path / "c.yaml"  # a config without a batch size
+NO_VARLEN = Device(True, "old GPU", 16 * 2**30, 15 * 2**30, bf16=True)
+
+
+def test_config_packing_is_undone_without_a_varlen_kernel(random_model):
+    """sft_climb_62m.yaml asks for packing: on a GPU without varlen attention its rows of max_length tokens would
+    run under a dense block-diagonal mask. The plan undoes it, and says so in the summary and the record."""
+    plan, args, model_args = gpu_plan("sft", random_model, device=NO_VARLEN)
+    assert args.packing is False and model_args.attn_implementation is None
+    assert "no varlen attention" in plan.overridden["packing"] and "UNDID yours: packing" in plan.summary()
+    assert plan.record()["applied"]["packing"]["was"] is True and "packing" not in plan.skipped
+    # bf16 off: the kernel cannot run, and each packed example would go through a Python loop
+    for recipe in ("sft", "dpo"):
+        plan, args, _ = gpu_plan(recipe, random_model, "--bf16", "false")
+        assert not getattr(args, "packing", False) and not plan.padding_free_batches, recipe
+        assert "bf16 or fp16" in plan.record()["skipped"]["padding_free_batches"], recipe
+    # with the kernel and bf16, the config's packing stays
+    plan, args, _ = gpu_plan("sft", random_model)
+    assert args.packing is True and not plan.overridden
+
+
+def fake_gpu(monkeypatch, capability: tuple[int, int], kernel: bool = True) -> None:
+    """This CPU machine as a GPU of `capability`, with or without PyTorch's varlen kernel."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
+    monkeypatch.setattr(padding_free, "_KERNEL", (object(), frozenset()) if kernel else None)
+
+
+def test_varlen_attention_needs_compute_capability_8(monkeypatch):
+    monkeypatch.setattr(padding_free, "flash_attn_importable", lambda: False, raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)  # no flash-attn either way
+    fake_gpu(monkeypatch, (7, 5))  # T4: neither flash-attn's nor PyTorch's varlen kernel runs
+    assert padding_free.varlen_attention_available(True) is None
+    fake_gpu(monkeypatch, (9, 0))
+    assert padding_free.varlen_attention_available(True) == padding_free.VARLEN_ATTENTION
+    assert padding_free.varlen_attention_available(False) is None
+
+
+def test_a_flash_attn_that_does_not_import_is_not_chosen(tmp_path, monkeypatch):
+    """A flash-attn wheel built for another torch is found by find_spec, then fails at import (inside
+    from_pretrained, after the data was read): the choice imports it for real."""
+    broken = tmp_path / "flash_attn"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c10')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    fake_gpu(monkeypatch, (9, 0))
+    assert padding_free.varlen_attention_available(True) == padding_free.VARLEN_ATTENTION
+    fake_gpu(monkeypatch, (9, 0), kernel=False)
+    assert padding_free.varlen_attention_available(True) is None
+
+
+def micro_batch_plan(tmp_path, *argv: str, free_gib: float = 79, cells: int = 1, accumulation: int | None = None):
+    """The batch a 62M SFT run (1024-token rows) on an 80 GiB GPU gets, from a config without a batch size.
+    `accumulation`: set as if it were the trainer's default (not recorded as the user's)."""
+    config = tmp_path / "c.yaml"
     config.write_text("model_name_or_path: m\ndataset_name: builtin:arith\nmax_length: 1024\n")
-    script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
+    climb = tmp_path / "climb-62m"
+    if not climb.exists():
+        CLIMB["climb-62m"].config().save_pretrained(climb)
+    script_args, args, model_args = parse("sft", "--config", str(config), "--use_cpu", "true", *argv)
+    model_args.model_name_or_path = str(climb)
+    if accumulation:
+        args.gradient_accumulation_steps = accumulation
+    device = Device(True, "GPU", 80 * 2**30, int(free_gib * 2**30), bf16=True,
+                    **({"cells_per_gpu": cells} if cells > 1 else {}))
+    return apply_speed("sft", script_args, args, model_args, 62_600_000, device=device), args
+
+
+def test_micro_batch_unknown_shape_is_left_alone(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\ndataset_name: builtin:arith\nmax_length: 1024\n")
+    script_args, args, model_args = parse("sft", "--config", str(config), "--use_cpu", "true")
     model_args.model_name_or_path = str(REPO)  # no config.json: the shape is unknown, so nothing is sized
     plan = apply_speed("sft", script_args, args, model_args, 62_600_000, device=H100)
     assert "unknown" in plan.skipped["per_device_train_batch_size"] and args.per_device_train_batch_size == 8
-    climb = tmp_path / "climb-62m"
-    CLIMB["climb-62m"].config().save_pretrained(climb)
-    for free_gib, rows in ((79, 64), (20, 16)):
-        script_args, args, model_args = parse("sft", "--config", str(config), "--bf16", "false", "--use_cpu", "true")
-        model_args.model_name_or_path = str(climb)
-        device = Device(True, "GPU", 80 * 2**30, free_gib * 2**30, bf16=True)
-        apply_speed("sft", script_args, args, model_args, 62_600_000, device=device)
-        assert args.per_device_train_batch_size == rows and args.gradient_checkpointing is False
+
+
+@pytest.mark.parametrize("free_gib, cells, micro, accumulation", [
+    (79, 1, 32, 1),  # room for more than the 32 rows a step holds: all of them in one micro-batch
+    (20, 1, 16, 2),  # room for 16-31 rows: half the step at a time, twice
+    (79, 4, 16, 2),  # the same free memory, but four cells share the GPU: each sizes to a quarter of it
+    (3, 1, 1, 32),  # one row at a time
+])
+def test_micro_batch_trades_against_accumulation_keeping_the_global_batch(tmp_path, free_gib, cells, micro,
+                                                                         accumulation):
+    plan, args = micro_batch_plan(tmp_path, free_gib=free_gib, cells=cells, accumulation=4)  # 8 x 4 = 32 rows
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (micro, accumulation), plan.applied
+    assert args.gradient_checkpointing is False
+
+
+def test_micro_batch_is_left_to_a_user_who_set_either_half(tmp_path):
+    plan, args = micro_batch_plan(tmp_path, "--per_device_train_batch_size", "8", accumulation=4)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 4)
+    assert plan.skipped["per_device_train_batch_size"] == USER_SET
+    plan, args = micro_batch_plan(tmp_path, "--gradient_accumulation_steps", "4")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 4)
+    assert plan.skipped["per_device_train_batch_size"] == "gradient_accumulation_steps " + USER_SET
+
+
+def test_cells_sharing_a_gpu_get_a_share_of_its_memory():
+    assert Device(True, "GPU", 80 * 2**30, 79 * 2**30, cells_per_gpu=4).share_bytes() == 20 * 2**30
+    assert Device(True, "GPU", 80 * 2**30, 10 * 2**30, cells_per_gpu=4).share_bytes() == 10 * 2**30
+
+
+def test_rl_recipes_keep_their_batch(random_model):
+    """GRPOConfig derived generation_batch_size from the batch when it was parsed: sizing it later would leave the
+    generation batch, and colocated vLLM's memory, out of step."""
+    for recipe in ("grpo", "rloo"):
+        plan, args, _ = gpu_plan(recipe, random_model)
+        assert "per_device_train_batch_size" not in plan.applied
+        assert args.generation_batch_size % args.per_device_train_batch_size == 0
+
+
+def test_ddp_is_told_every_parameter_is_used(random_model):
+    for recipe in ("sft", "dpo", "reward", "grpo"):
+        plan, args, _ = gpu_plan(recipe, random_model)
+        assert args.ddp_find_unused_parameters is False, recipe
 
 
 @pytest.mark.parametrize("path", CPU_CONFIGS, ids=lambda p: p.name)
@@ -299,8 +398,12 @@ def run_throughput(tmp_path, *args: str) -> dict:
 def test_throughput_benchmark_compares_recipes_with_plain_trl_on_cpu(tmp_path):
     report = run_throughput(tmp_path)
     measured = {(r["recipe"], r["variant"]) for r in report["results"] if r.get("tokens_per_s", 0) > 0}
-    assert measured == {(r, v) for r in ("sft", "dpo", "reward") for v in ("trl-plain", "align-proxy")}
+    variants = ("trl-plain", "align-proxy", "align-proxy-own-batch")
+    assert measured == {(r, v) for r in ("sft", "dpo", "reward") for v in variants} | {("sft", "raw-loop")}
     assert {r["recipe"] for r in report["ratios"]} == {"sft", "dpo", "reward"}
+    assert all(0 < r["x_raw"] for r in report["results"])  # each also against the raw loop on its shape
+    # the host waits for the device at the start of training and the two edges of the timed window, not each step
+    assert all(r["host_syncs"] == 3 for r in report["results"] if r["variant"] != "raw-loop")
 
 
 def test_throughput_benchmark_measures_concurrent_runs(tmp_path):

@@ -131,3 +131,11 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has died and waits only for its parent's wait()
+
+
+def test_cells_are_told_how_many_may_share_their_gpu():
+    """Each cell sizes its micro-batch to its share of the GPU (align_proxy.speed): the most cells that least-busy
+    placement can put on one GPU at once."""
+    assert runner.cells_per_gpu(["0", "1"], jobs=8) == 4 and runner.cells_per_gpu(["0"], jobs=1) == 1
+    assert runner.cells_per_gpu(["0", "1", "2"], jobs=2, processes=2) == 2  # 4 processes over 3 GPUs
+    assert runner.cells_per_gpu([], jobs=4) == 1

@@ -37,6 +37,10 @@ from align_proxy.studies.store import ResultStore
 if TYPE_CHECKING:  # the analysis (scipy) loads only when a report is written
     from align_proxy.studies.records import StudyAnalysis
 
+# Told to every cell on a GPU: how many cells may share that GPU at once, so each sizes its micro-batch to its share
+# of the memory (align_proxy.speed) instead of all of them to the same free memory.
+CELLS_PER_GPU = "ALIGN_PROXY_CELLS_PER_GPU"
+
 
 @dataclass(frozen=True)
 class WrittenReport:
@@ -96,6 +100,12 @@ def visible_gpus() -> list[str]:
         return []
     named = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     return named or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cells_per_gpu(gpus: list[str], jobs: int, processes: int = 1) -> int:
+    """The most cells that can run on one GPU at once: `jobs` cells of up to `processes` GPUs each, placed on the
+    least busy GPUs (`GpuSlots`), load at most the ceiling of their processes over the GPUs."""
+    return max(1, -(-jobs * processes // len(gpus))) if gpus else 1
 
 
 def default_jobs(gpus: list[str], processes: int = 1) -> int:
@@ -188,7 +198,8 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
             widest = max((cell.processes for cell in pending), default=1)
             slots.check_width(widest)  # before any cell runs
             jobs = jobs or default_jobs(gpus, widest)
-            launcher = CellLauncher(context, store, paths, scripts, configs, threads=max(1, (os.cpu_count() or 1) // jobs))
+            launcher = CellLauncher(context, store, paths, scripts, configs, threads=max(1, (os.cpu_count() or 1) // jobs),
+                                    cells_per_gpu=cells_per_gpu(gpus, jobs, widest))
             ran = _run_cells(launcher, pending, jobs, slots, len(cells), progress) + recovered
         statuses = [store.statuses()[c.config_hash] for c in cells]
     finally:
@@ -354,6 +365,7 @@ class CellLauncher:
     scripts: dict[str, Path]
     configs: dict[str, str]
     threads: int
+    cells_per_gpu: int = 1
 
     def start(self, cell: Cell, gpu: str | None) -> StartedCell:
         cell_dir = self.paths.cell(cell.config_hash)
@@ -371,7 +383,8 @@ class CellLauncher:
         self.store.mark_running(cell.config_hash)
         threads = max(1, self.threads // cell.processes)  # per process: a launched cell's processes share its cores
         proc = self.context.Process(target=run_cell, args=(str(script), argv, str(cell_dir / "cell.log"), threads, gpu,
-                                                           launch), name=f"cell-{cell.config_hash}", daemon=False)
+                                                           launch, self.cells_per_gpu),
+                                    name=f"cell-{cell.config_hash}", daemon=False)
         proc.start()
         return StartedCell(proc, cell, time.time(), gpu)
 
@@ -383,7 +396,7 @@ class CellLauncher:
 
 
 def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str | None = None,
-             launch: list[str] | None = None) -> None:
+             launch: list[str] | None = None, sharing: int = 1) -> None:
     """A cell's process: die with the study, log to the cell's directory, run the recipe script on its GPUs;
     a cell of several processes becomes their `accelerate launch` (same process, so it still dies with the
     study, and its workers die with it: `align_proxy.lifetime`)."""
@@ -398,6 +411,7 @@ def run_cell(script: str, argv: list[str], log_path: str, threads: int, gpu: str
         # Read by CUDA when the recipe first touches the GPU: the forkserver never does (it only imports), so
         # the cell sees its GPUs as cuda:0, cuda:1, ...
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        os.environ[CELLS_PER_GPU] = str(sharing)
         print(f"[align-proxy] cell on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", flush=True)
     if launch:
         os.environ[CELL_PID] = str(os.getpid())  # exec keeps the pid: the workers' parent is this process

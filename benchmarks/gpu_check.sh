@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The GPU check: on one CUDA GPU, the GPU tests of the fast paths, the training-throughput benchmark on both proxy
+# shapes, the GRPO rollout benchmark, then one summary table (OUT/summary.md). Each step has its own time limit, so
+# the whole check ends within 8 minutes on an H100/H200, compilation included; a step that runs out of time still
+# leaves its log, and the summary takes what it holds.
+#
+#   benchmarks/gpu_check.sh [--out DIR]     # DIR defaults to $OUT (the device tool's) or ./gpu_check
+#   benchmarks/gpu_check.sh --dry-run       # on any machine: list exactly what would run, check prerequisites
+#
+# Wheels the GPU machine needs beside a CUDA torch: benchmarks/gpu_requirements.txt.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+OUT_DIR="${OUT:-$REPO/gpu_check}"
+DRY_RUN=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --out) OUT_DIR="$2"; shift ;;
+    --out=*) OUT_DIR="${1#--out=}" ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --out DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# name | seconds | command. The limits add up to 450 s, leaving room for start-up and the summary in 8 minutes.
+GPU_TESTS="tests/test_gpu_paths.py tests/test_speed.py::test_varlen_kernel_matches_the_per_example_reference_on_a_gpu"
+STEPS=(
+  "gpu_tests|150|$PYTHON -m pytest -q -rs -p no:cacheprovider $GPU_TESTS --junitxml=$OUT_DIR/gpu_tests.xml"
+  "throughput-62m|130|$PYTHON benchmarks/throughput.py --shapes 62m --recipes sft,dpo,reward --steps 8 --warmup 3 --rows 600 --out $OUT_DIR/throughput-62m.json"
+  "throughput-350m|100|$PYTHON benchmarks/throughput.py --shapes 350m --recipes sft,dpo --variants trl-plain,align-proxy --steps 6 --warmup 2 --rows 400 --raw-rows 16 --out $OUT_DIR/throughput-350m.json"
+  "grpo_rollout|70|$PYTHON benchmarks/grpo_rollout.py --shape 62m --new-tokens 128 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
+)
+SUMMARY="$PYTHON benchmarks/gpu_summary.py $OUT_DIR"
+SCRIPTS=(benchmarks/throughput.py benchmarks/grpo_rollout.py benchmarks/gpu_summary.py)
+FILES=(tests/test_gpu_paths.py tests/test_speed.py benchmarks/gpu_requirements.txt "${SCRIPTS[@]}")
+
+cd "$REPO" || exit 1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+check_prerequisites() {
+  local failed=0
+  note() { printf '  %-4s %s\n' "$1" "$2"; [ "$1" = ok ] || [ "$1" = info ] || failed=1; }
+  if command -v "$PYTHON" >/dev/null; then note ok "python: $("$PYTHON" --version 2>&1)"; else note FAIL "python: '$PYTHON' not found (set PYTHON=...)"; return 1; fi
+  if torch_line=$("$PYTHON" -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no CUDA")' 2>&1); then
+    note ok "torch $torch_line"
+    case "$torch_line" in *"no CUDA"*) [ "$DRY_RUN" = 1 ] && note info "no GPU here: a real run needs one" || note FAIL "no CUDA GPU visible" ;; esac
+  else note FAIL "torch does not import: ${torch_line##*$'\n'}"; fi
+  for file in "${FILES[@]}"; do [ -f "$file" ] && note ok "$file" || note FAIL "$file missing"; done
+  local -A helped=()  # each script's --help at once: every one imports torch
+  for script in "${SCRIPTS[@]}"; do "$PYTHON" "$script" --help >/dev/null 2>&1 & helped[$script]=$!; done
+  for script in "${SCRIPTS[@]}"; do
+    if wait "${helped[$script]}"; then note ok "$script --help"; else note FAIL "$script --help fails: run it to see why"; fi
+  done
+  if missing=$("$PYTHON" - benchmarks/gpu_requirements.txt <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+wrong = []
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, wanted = line.split("==")
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            have = None
+        if have != wanted:
+            wrong.append(f"{name} {have or 'missing'} (wants {wanted})")
+print("; ".join(wrong))
+sys.exit(1 if wrong else 0)
+EOF
+  ); then note ok "benchmarks/gpu_requirements.txt: every wheel at its version"
+  else note FAIL "benchmarks/gpu_requirements.txt: $missing"; fi
+  if mkdir -p "$OUT_DIR" 2>/dev/null && probe=$(mktemp "$OUT_DIR/.probe.XXXXXX" 2>/dev/null); then
+    rm -f "$probe"; note ok "output directory $OUT_DIR is writable"
+  else note FAIL "output directory $OUT_DIR is not writable (--out DIR)"; fi
+  return $failed
+}
+
+echo "gpu_check: would run, in $REPO, each step under its time limit:"
+for step in "${STEPS[@]}"; do
+  IFS='|' read -r name limit command <<<"$step"
+  echo "  [$name, ${limit} s] $command > $OUT_DIR/$name.log"
+done
+echo "  [summary] $SUMMARY > $OUT_DIR/summary.md"
+echo "gpu_check: prerequisites"
+check_prerequisites
+ready=$?
+if [ "$DRY_RUN" = 1 ]; then
+  [ $ready = 0 ] && echo "gpu_check: dry run: all prerequisites hold" || echo "gpu_check: dry run: prerequisites missing (above)"
+  exit $ready
+fi
+[ $ready = 0 ] || { echo "gpu_check: prerequisites missing (above); nothing run" >&2; exit 1; }
+
+: >"$OUT_DIR/steps.tsv"
+for step in "${STEPS[@]}"; do
+  IFS='|' read -r name limit command <<<"$step"
+  echo "gpu_check: $name (at most $limit s)"
+  start=$SECONDS
+  timeout --kill-after=10 "$limit" $command >"$OUT_DIR/$name.log" 2>&1
+  code=$?
+  printf '%s\t%s\t%s\n' "$name" "$code" "$((SECONDS - start))" >>"$OUT_DIR/steps.tsv"
+  tail -n 3 "$OUT_DIR/$name.log"
+done
+$SUMMARY
