@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import AutoModelForCausalLM
 
-from align_proxy.studies.overoptimization import BestOfN, Overoptimization, best_of_n, fit_overoptimization
+from align_proxy.studies.overoptimization import (BestOfN, GainsOverStart, Overoptimization, best_of_n,
+                                                 fit_overoptimization)
 from evals.rl import Sampling, prompt_token_ids, sample_completions
 from evals.suite import _load
 
@@ -63,7 +64,7 @@ def sample_pool(policy_path: str, tokenizer, prompts, n: int, sampling: Sampling
 
 
 @dataclass(frozen=True)
-class Curve:
+class Curve(GainsOverStart):
     """One proxy reward model's curve: gold and proxy reward per prompt (prompts x points) at each point's d, for
     best-of-n (points are n) or an RL run (points are optimiser steps), and the form fitted to the gold gain."""
 
@@ -76,14 +77,6 @@ class Curve:
     proxy: np.ndarray
     kl_measured: np.ndarray | None  # best-of-n: the pool's KL, repeats merged; RL: the run's own KL estimate
     fit: Overoptimization | None  # None when the curve has too few points with d > 0
-
-    @property
-    def gold_gain(self) -> np.ndarray:
-        return self.gold - self.gold[:, :1]
-
-    @property
-    def proxy_gain(self) -> np.ndarray:
-        return self.proxy - self.proxy[:, :1]
 
     def to_json(self) -> dict:
         return {"form": self.form, "reward_model": self.reward_model, "parameters": self.parameters,

@@ -75,3 +75,13 @@ def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]
         why |= {c.config_hash: "failed" for c in new}
         grew = bool(new)
     return found
+
+
+def fail_stranded(queue: list[Cell], status: dict[str, str], store, settled) -> None:
+    """Take the stranded cells out of `queue`, record each as failed with the reason and how to fix it, and tell
+    `settled(config_hash, "failed")` (the local and the Slurm scheduler alike)."""
+    for cell, why in stranded(queue, status):
+        queue.remove(cell)
+        store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
+                                               "fix that one, then rerun with --retry-failed")
+        settled(cell.config_hash, "failed")

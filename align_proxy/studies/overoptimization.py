@@ -60,16 +60,11 @@ def selection_probabilities(proxy: np.ndarray, n: int) -> np.ndarray:
     return probabilities
 
 
-@dataclass(frozen=True)
-class BestOfN:
-    """Best-of-n on a set of prompts: per n, the expected gold and proxy reward per prompt (prompts x ns),
-    their gains over n = 1 (the policy itself), and both KL measures."""
+class GainsOverStart:
+    """Gold and proxy reward as gains over each prompt's first point (n = 1, or step 0): Gao et al.'s R(d)."""
 
-    ns: list[int]
     gold: np.ndarray
     proxy: np.ndarray
-    kl_formula: np.ndarray
-    kl_empirical: np.ndarray | None
 
     @property
     def gold_gain(self) -> np.ndarray:
@@ -78,6 +73,18 @@ class BestOfN:
     @property
     def proxy_gain(self) -> np.ndarray:
         return self.proxy - self.proxy[:, :1]
+
+
+@dataclass(frozen=True)
+class BestOfN(GainsOverStart):
+    """Best-of-n on a set of prompts: per n, the expected gold and proxy reward per prompt (prompts x ns),
+    their gains over n = 1 (the policy itself), and both KL measures."""
+
+    ns: list[int]
+    gold: np.ndarray
+    proxy: np.ndarray
+    kl_formula: np.ndarray
+    kl_empirical: np.ndarray | None
 
     @property
     def d(self) -> np.ndarray:

@@ -29,8 +29,8 @@ from align_proxy.checkpoints import clear_for_attempt
 from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
 # What running one cell means, whatever runs it; imported here too, where callers have always found it.
-from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, launch_flags, read_metrics, settle_cell,  # noqa: F401
-                                           stranded)
+from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, fail_stranded, launch_flags,  # noqa: F401
+                                           read_metrics, settle_cell, stranded)
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
@@ -306,11 +306,7 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
 
     try:
         while queue or running:
-            for cell, why in stranded(queue, status):
-                queue.remove(cell)
-                store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
-                                                       "fix that one, then rerun with --retry-failed")
-                settled(cell.config_hash, "failed")
+            fail_stranded(queue, status, store, settled)
             startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
             for cell in startable[:max(0, jobs - len(running))]:
                 queue.remove(cell)

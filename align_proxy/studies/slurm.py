@@ -366,7 +366,7 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
     """Submit the pending cells as jobs (each once the cell it starts from is done; at most `limit` unfinished at
     once when given), follow them and the reattached `running` ones through squeue, and settle each as it
     ends. On Ctrl-C, cancel the jobs if `cancel_on_interrupt` (None: `ask(count)` decides; no ask: keep them)."""
-    from align_proxy.studies.cell_runs import StudyRunError, stranded
+    from align_proxy.studies.cell_runs import StudyRunError, fail_stranded
 
     store = slurm.store
     status = store.statuses()
@@ -381,11 +381,7 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
 
     try:
         while queue or running:
-            for cell, why in stranded(queue, status):
-                queue.remove(cell)
-                store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
-                                                       "fix that one, then rerun with --retry-failed")
-                settled(cell.config_hash, "failed")
+            fail_stranded(queue, status, store, settled)
             startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
             room = len(startable) if limit is None else max(0, limit - len(running))
             for recipe in dict.fromkeys(c.recipe for c in startable[:room]):
