@@ -61,10 +61,12 @@ def _special_tokens(tokenizer) -> dict:
 
 
 def _difference(a: dict, b: dict) -> str:
-    if len(a) != len(b):
-        return f"{len(a)} against {len(b)} entries"
-    key = next(k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k))
-    return f"{key!r}: {a.get(key)!r} against {b.get(key)!r}"
+    """The first thing that differs between two token maps: entries only one has, else a differing value."""
+    only_a, only_b = sorted(set(a) - set(b), key=str), sorted(set(b) - set(a), key=str)
+    if only_a or only_b:
+        return f"{len(a)} against {len(b)} entries; only in the first: {only_a[:5]}, only in the second: {only_b[:5]}"
+    key = next(k for k in sorted(a, key=str) if a[k] != b[k])
+    return f"{key!r}: {a[key]!r} against {b[key]!r}"
 
 
 class ProxyCache(Cache):
