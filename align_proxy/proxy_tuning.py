@@ -17,6 +17,10 @@ paper's.
 from __future__ import annotations
 
 import copy
+import argparse
+import dataclasses
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,9 +187,11 @@ def trained_from(model_dir: str | Path) -> str:
                                 "its base model is unknown; pass --anti-expert (the model it was trained from)")
     config = yaml.safe_load(config_path.read_text())
     try:
-        return config["model"]["name"]
+        model = config["model"]
+        # A registry name resolves anywhere; a local directory's name is only its last path component.
+        return model["path"] if model.get("source") == "local" else model["name"]
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{config_path} has no model.name: pass --anti-expert explicitly") from err
+        raise ValueError(f"{config_path} has no model name and path: pass --anti-expert explicitly") from err
 
 
 def load_proxy_tuned(models: ProxyModels, tokenizer_name: str | None = None,
@@ -307,3 +313,35 @@ def gap_closed_records(scores: ProxyTuningScores, recipe: str, variant: str, sma
                                  scores.base.metrics[metric], scores.proxy.metrics[metric],
                                  scores.tuned.metrics[metric], scores.expert.metrics.get(metric), interval))
     return records
+
+
+# --- a study's proxy-tuning cell --------------------------------------------------------------------------
+
+def run_cell(argv: list[str] | None = None) -> None:
+    """A study's proxy-tuning cell (`studies.spec.StudySpec._proxy_cells`, run by the study runner like a recipe
+    script): score the large base and the large base steered by the small cell's model on the recipe's held-out
+    items, and write metrics.json (base = the large base, trained = proxy-tuned) atomically, last."""
+    from align_proxy.files import atomic_write
+    from align_proxy.models import registry
+    from align_proxy.run_metrics import ProxyTuning, RunMetrics, Scores, Training
+    from align_proxy.studies.spec import proxy_recipe
+
+    parser = argparse.ArgumentParser(description=run_cell.__doc__.splitlines()[0])
+    for flag in ("--base", "--expert", "--small", "--recipe", "--variant", "--output_dir"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--alpha", type=float, required=True)
+    args = parser.parse_args(argv)
+    held_out = HeldOut.of_run(args.expert)
+    print(f"[align-proxy] proxy-tuning {args.base} by {args.expert} - {args.small} (alpha {args.alpha:g})", flush=True)
+    scores = score_proxy_tuning(ProxyModels(args.base, args.expert, args.small, args.alpha), held_out)
+    record = RunMetrics(proxy_recipe(args.recipe), dataclasses.asdict(registry.resolve(args.base)),
+                        held_out.dataset, None, Training(),
+                        Scores(scores.base.metrics, scores.proxy.metrics, scores.base.items, scores.proxy.items),
+                        proxy=ProxyTuning(args.recipe, args.variant, args.small, args.alpha, args.expert))
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
+
+
+if __name__ == "__main__":
+    run_cell(sys.argv[1:])

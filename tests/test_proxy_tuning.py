@@ -114,3 +114,71 @@ def test_gap_closed_doctests_hold():
     for test in finder.find(stats.gap_closed, "gap_closed", globs=vars(stats)):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+# --- studies: `proxy_tune: true` ------------------------------------------------------------------------------
+
+def _spec(tmp_path, models, recipe: dict, seeds=(0,)):
+    from align_proxy.studies.spec import load_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "proxy", "output_dir": str(tmp_path / "study"), "models": list(models),
+                                    "seeds": list(seeds), "recipes": [recipe]}))
+    return load_spec(path)
+
+
+def test_proxy_tune_adds_one_cell_per_pair_variant_seed_and_alpha(trio, tmp_path):
+    spec = _spec(tmp_path, [trio["small"], trio["expert"], trio["large"]],
+                 {"recipe": "dpo", "grid": {"beta": [0.1, 0.3]}, "proxy_tune": True, "alpha": [0.5, 1.0]}, seeds=(0, 1))
+    cells = spec.cells()
+    proxy = [c for c in cells if c.proxy]
+    assert len(cells) - len(proxy) == 3 * 2 * 2 and len(proxy) == 3 * 2 * 2 * 2  # 3 pairs x variants x seeds x alphas
+    by_hash = {c.config_hash: c for c in cells}
+    for cell in proxy:  # each steers the larger model by the smaller model's own cell, same variant and seed
+        expert = by_hash[cell.start_from]
+        assert (expert.model, expert.variant, expert.seed) == (cell.proxy["small"], cell.proxy["variant"], cell.seed)
+        assert spec.models.index(expert.model) < spec.models.index(cell.model)
+    assert len({c.config_hash for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"recipe": "reward", "proxy_tune": True}, "not a policy"),
+    ({"recipe": "sft", "alpha": [0.5]}, "set proxy_tune: true"),
+    ({"recipe": "sft", "proxy_tune": True, "alpha": []}, "non-empty list of numbers"),
+])
+def test_a_proxy_tune_spec_error_names_the_key_and_the_fix(trio, tmp_path, recipe, message):
+    from align_proxy.studies.spec import StudySpecError
+
+    with pytest.raises(StudySpecError, match=message):
+        _spec(tmp_path, [trio["small"], trio["large"]], recipe)
+
+
+@pytest.mark.slow
+def test_a_study_with_proxy_tune_reports_the_gap_closed(tiny_ladder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    config = dict(yaml.safe_load((REPO / "recipes/configs/sft_ladder_cpu.yaml").read_text()),
+                  builtin_train_size=128, builtin_test_size=24, eval_size=24, max_steps=4, logging_steps=1)
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "proxy", "output_dir": str(tmp_path / "study"), "seeds": [0],
+                                    "models": [r.path for r in tiny_ladder],
+                                    "recipes": [{"recipe": "sft", "config": str(tmp_path / "sft.yaml"),
+                                                 "proxy_tune": True}]}))
+    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "2"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3/3 cells done" in result.stdout and "decoding-time transfer" in result.stdout
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    gaps = {g["metric"]: g for g in report["gap_closed"]}
+    assert {"task_accuracy", "preference_accuracy", "completion_nll"} <= set(gaps)
+    small, large = (r.name for r in tiny_ladder)
+    assert (gaps["task_accuracy"]["small"], gaps["task_accuracy"]["large"]) == (tiny_ladder[0].path, tiny_ladder[1].path)
+    assert report["gains"] and all(g["recipe"] == "sft" for g in report["gains"])  # proxy cells are not gains
+    markdown = (tmp_path / "study" / "report.md").read_text()
+    assert "Decoding-time proxy-tuning: gap closed" in markdown
+    assert (tmp_path / "study" / "plots" / "gap_closed.png").exists()

@@ -42,10 +42,10 @@ def format_share(iv: Interval | None) -> str:
     it is a share of may be zero), n/a without an estimate.
 
     >>> format_share(Interval(0.881, 0.705, 1.04)), format_share(Interval(-0.5, math.nan, math.nan))
-    ('88% [70%, 104%]', '-50% [no interval: the tuned gain may be 0]')
+    ('88% [70%, 104%]', '-50% (no interval: the tuned gain may be 0)')
     """
     if iv is None or not math.isfinite(iv.estimate):
         return "n/a"
     if math.isnan(iv.low):
-        return f"{iv.estimate:.0%} [no interval: the tuned gain may be 0]"
+        return f"{iv.estimate:.0%} (no interval: the tuned gain may be 0)"
     return f"{iv.estimate:.0%} [{iv.low:.0%}, {iv.high:.0%}]"

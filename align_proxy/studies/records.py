@@ -391,6 +391,7 @@ class StudyAnalysis(Record):
     transfer: list[Transfer]
     metric_trust: list[MetricTrust]
     fits: list[Fit] = field(default_factory=list)
+    gap_closed: list[GapClosed] = field(default_factory=list)  # decoding-time proxy-tuning, when the spec asks
 
     def primary_metrics(self) -> dict[str, str]:
         """recipe -> the metric its headline is judged on."""

@@ -158,6 +158,16 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
     return argv
 
 
+PROXY_CELL_SCRIPT = Path(__file__).resolve().parents[1] / "proxy_tuning.py"  # its __main__ runs one proxy cell
+
+
+def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
+    """A proxy-tuning cell's command line (`align_proxy.proxy_tuning.run_cell`)."""
+    proxy = cell.proxy
+    return ["--base", cell.model, "--expert", str(expert), "--small", proxy["small"], "--recipe", proxy["recipe"],
+            "--variant", proxy["variant"], "--alpha", str(proxy["alpha"]), "--output_dir", str(output_dir)]
+
+
 def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = False, progress: bool = True,
               report: bool = True) -> StudyOutcome:
     """Run every unfinished cell of `spec`, record results, and write the report."""
@@ -336,9 +346,12 @@ class CellLauncher:
         # resumes from the newest.
         checkpoint = clear_for_attempt(cell_dir)
         start_model = self.paths.cell(cell.start_from) if cell.start_from else None
-        argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
-        argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
-        script = self.scripts[cell.recipe]
+        if cell.proxy:  # a proxy-tuning cell trains nothing: it steers its large base with the start cell's model
+            script, argv = PROXY_CELL_SCRIPT, proxy_cell_argv(cell, cell_dir, start_model)
+        else:
+            argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
+            argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
+            script = self.scripts[cell.recipe]
         launch = launch_flags(cell.launch)
         device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
         shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]
