@@ -4,8 +4,8 @@ A proxy-tuned model (`align_proxy.proxy_tuning`) runs the base, the expert and t
 each with its own KV cache, so its floor is the sum of their own `generate` times on the same prompts; the
 target is at most that sum plus 20%. Every call generates exactly `--new-tokens` tokens per prompt
 (`min_new_tokens`), greedy, on the same left-padded batch; each time is the median of `--repeats` runs after
-one warm-up. Weights are random at the offline ladder's shapes (the time does not depend on them), so the
-script needs no built ladder.
+one warm-up, the four models taking turns within each repeat. Weights are random at the offline ladder's shapes
+(the time does not depend on them), so the script needs no built ladder.
 
     python benchmarks/proxy_tuning.py                        # ladder-l steered by two ladder-s models, CPU or GPU
     python benchmarks/proxy_tuning.py --small ladder-m --batch 256 --new-tokens 32
@@ -39,21 +39,24 @@ def random_rung(name: str, seed: int, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(rung.config(len(tokenizer), 256)).eval()
 
 
-def timed_generate(model, batch: dict, new_tokens: int, repeats: int, pad_id: int) -> float:
-    """Median seconds of one greedy `generate` of exactly `new_tokens` tokens (after one warm-up)."""
+def timed_generates(models: dict, batch: dict, new_tokens: int, repeats: int, pad_id: int) -> dict[str, float]:
+    """Median seconds of one greedy `generate` of exactly `new_tokens` tokens per model, after one warm-up each.
+    The models take turns within every repeat, so a machine whose load drifts slows them all alike."""
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
+    times = {name: [] for name in models}
     with torch.no_grad():
-        model.generate(**batch, **kwargs)
-        times = []
-        for _ in range(repeats):
-            if batch["input_ids"].is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        for model in models.values():
             model.generate(**batch, **kwargs)
-            if batch["input_ids"].is_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for _ in range(repeats):
+            for name, model in models.items():
+                if batch["input_ids"].is_cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                model.generate(**batch, **kwargs)
+                if batch["input_ids"].is_cuda:
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(device: str, args) -> dict:
@@ -65,8 +68,8 @@ def measure(device: str, args) -> dict:
     anti = random_rung(args.small, 2, tokenizer).to(device)
     proxy = ProxyTunedModel(base, expert, anti, alpha=1.0, vocab_size=len(tokenizer))
     pad = tokenizer.pad_token_id
-    times = {name: timed_generate(m, batch, args.new_tokens, args.repeats, pad)
-             for name, m in (("base", base), ("expert", expert), ("anti_expert", anti), ("proxy_tuned", proxy))}
+    times = timed_generates({"base": base, "expert": expert, "anti_expert": anti, "proxy_tuned": proxy}, batch,
+                            args.new_tokens, args.repeats, pad)
     parts = times["base"] + times["expert"] + times["anti_expert"]
     return {"device": device, "large": args.large, "small": args.small, "batch": args.batch,
             "new_tokens": args.new_tokens, "seconds": times, "sum_of_three": parts,
@@ -79,7 +82,7 @@ def main() -> int:
     parser.add_argument("--small", default="ladder-s", help="the expert's and anti-expert's ladder shape")
     parser.add_argument("--batch", type=int, default=200, help="prompts per generate call (an evaluation's 200 items)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per prompt (the evaluation's 8)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
