@@ -158,9 +158,10 @@ def cmd_study(args) -> int:
     if args.status:
         return _print_study_status(Path(spec.output_dir))
     cells = spec.cells()
+    proxy = sum(bool(c.proxy) for c in cells)
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
-                  f"{len(cells)} cells, in {spec.output_dir}")
+                  f"{len(cells) - proxy} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}, in {spec.output_dir}")
     try:
         outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report)
     except (StudyRunError, ModelUnavailableError) as err:

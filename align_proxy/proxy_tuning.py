@@ -16,8 +16,8 @@ paper's.
 
 from __future__ import annotations
 
-import copy
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
-from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -203,8 +202,6 @@ def load_proxy_tuned(models: ProxyModels, tokenizer_name: str | None = None,
     names = {"base": models.base, "expert": models.expert, "anti-expert": models.anti_expert}
     resolved = {role: registry.resolve(name) for role, name in names.items()}
     tokenizers = {f"{role} {names[role]}": load_tokenizer(r.path, tokenizer_name) for role, r in resolved.items()}
-    from transformers import AutoConfig
-
     rows = {f"{role} {names[role]}": AutoConfig.from_pretrained(r.path).vocab_size for role, r in resolved.items()}
     vocab_size = check_vocabularies(tokenizers, rows)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,8 +282,9 @@ def score_proxy_tuning(models: ProxyModels, held_out: HeldOut, tuned: str | None
     score = lambda m: score_policy(m, tokenizer, evalset, held_out.max_new_tokens)  # noqa: E731
     scores = ProxyTuningScores(score(model.base), score(model), score(model.expert))
     if tuned_path is not None:
+        device = model.device
         del model
-        scores.tuned = score(AutoModelForCausalLM.from_pretrained(tuned_path, dtype=torch.float32).eval())
+        scores.tuned = score(AutoModelForCausalLM.from_pretrained(tuned_path, dtype=torch.float32).to(device).eval())
     return scores
 
 
