@@ -141,6 +141,17 @@ def test_proxy_tune_adds_one_cell_per_pair_variant_seed_and_alpha(trio, tmp_path
     assert len({c.config_hash for c in cells}) == len(cells)
 
 
+def test_the_shipped_proxy_tuning_study_steers_each_larger_rung_by_each_smaller_ones_cells():
+    from conftest import REPO
+    from align_proxy.studies.spec import load_spec
+
+    cells = load_spec(REPO / "align_proxy/studies/proxy_tuning.yaml").cells()
+    proxy = [c for c in cells if c.proxy]
+    assert len(cells) - len(proxy) == 12 and len(proxy) == 12  # 2 recipes x 3 pairs x 2 seeds
+    assert {(c.proxy["small"], c.model) for c in proxy} == {("ladder-s", "ladder-m"), ("ladder-s", "ladder-l"),
+                                                            ("ladder-m", "ladder-l")}
+
+
 @pytest.mark.parametrize("recipe, message", [
     ({"recipe": "reward", "proxy_tune": True}, "not a policy"),
     ({"recipe": "sft", "alpha": [0.5]}, "set proxy_tune: true"),
