@@ -167,9 +167,10 @@ def cmd_study(args) -> int:
             console.print(f"[red]error:[/red] {err}")
             return 2
     cells = spec.cells()
+    proxy = sum(bool(c.proxy) for c in cells)
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
-                  f"{len(cells)} cells, in {spec.output_dir}")
+                  f"{len(cells) - proxy} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}, in {spec.output_dir}")
     if args.executor == "slurm":
         from align_proxy.studies.slurm import shared_filesystem_warning
 
@@ -361,6 +362,42 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_proxy_tune(args) -> int:
+    from align_proxy.models import registry
+    from align_proxy.proxy_tuning import (HeldOut, ProxyModels, VocabularyMismatchError, gap_closed_records,
+                                          score_proxy_tuning, trained_from)
+    from align_proxy.metrics import metric
+    from align_proxy.studies.formatting import format_share
+
+    try:
+        anti_expert = args.anti_expert or trained_from(args.expert)
+        models = ProxyModels(args.base, args.expert, anti_expert, args.alpha)
+        held_out = HeldOut.of_run(args.expert, dataset=args.dataset, eval_size=args.eval_size,
+                                  eval_seed=args.eval_seed)
+        console.print(f"proxy-tuning {models.base} by {models.expert} - {models.anti_expert} (alpha {models.alpha:g}) "
+                      f"on {held_out.eval_size} held-out items of {held_out.dataset} (eval seed {held_out.eval_seed})")
+        scores = score_proxy_tuning(models, held_out, args.tuned)
+    except (VocabularyMismatchError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    small, large = registry.resolve(models.anti_expert), registry.resolve(models.base)
+    gaps = {g.metric: g for g in gap_closed_records(scores, held_out.recipe, "", small.name, large.name,
+                                                     small.parameters, large.parameters, models.alpha)}
+    table = Table(title="proxy-tuning: gap closed = (proxy-tuned - base) / (tuned - base), 95% interval over items")
+    for column in ("metric", f"base {large.name}", f"expert ({small.name} tuned)", "proxy-tuned",
+                   f"tuned {large.name}", "gap closed"):
+        table.add_column(column, no_wrap=True)
+    for name, value in scores.base.metrics.items():
+        tuned = f"{scores.tuned.metrics[name]:.4f}" if scores.tuned else "-"
+        gap = format_share(gaps[name].gap_closed) if name in gaps else "-"
+        table.add_row(metric(name).label, f"{value:.4f}", f"{scores.expert.metrics[name]:.4f}",
+                      f"{scores.proxy.metrics[name]:.4f}", tuned, gap)
+    console.print(table)
+    if not scores.tuned:
+        console.print("pass --tuned DIR (the large model tuned directly) for the gap closed")
+    return 0
+
+
 def cmd_recipe(args) -> int:
     from align_proxy.install import recipe_names, recipes_dir, run_recipe
 
@@ -437,6 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the recipe's own flags, as `python recipes/NAME.py` takes them")
     recipe_p.add_argument("--where", action="store_true", help="print where the recipe scripts and configs are")
     recipe_p.set_defaults(func=cmd_recipe)
+
+    proxy_p = sub.add_parser("proxy-tune", help="decode a large base model steered by a small model's tuning "
+                                                "(Liu et al. 2024) and measure the gap it closes")
+    proxy_p.add_argument("--base", required=True, help="the large base model (registry name or directory)")
+    proxy_p.add_argument("--expert", required=True, help="a small model a recipe tuned (its output directory)")
+    proxy_p.add_argument("--anti-expert", help="the small model the expert was tuned from (default: the model its "
+                                               "run_config.yaml names)")
+    proxy_p.add_argument("--tuned", help="the large model tuned directly by the same recipe: gives the gap closed")
+    proxy_p.add_argument("--alpha", type=float, default=1.0, help="strength: base + alpha * (expert - anti-expert)")
+    proxy_p.add_argument("--dataset", help="held-out data (default: the expert's run's dataset)")
+    proxy_p.add_argument("--eval-size", type=int, help="held-out items per metric (default: the expert's run's)")
+    proxy_p.add_argument("--eval-seed", type=int, help="seed of the held-out items (default: the expert's run's)")
+    proxy_p.set_defaults(func=cmd_proxy_tune)
 
     report_p = sub.add_parser("report", help="write a study's report (HTML, Markdown, JSON) from its results")
     report_p.add_argument("study_dir", help="the study's output directory")

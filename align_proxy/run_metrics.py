@@ -84,6 +84,26 @@ class Training:
 
 
 @dataclass(frozen=True)
+class ProxyTuning:
+    """What a proxy-tuning cell steered its large base with: the small model `small` tuned by `recipe`'s
+    `variant` (the expert, saved in `expert`; `small` itself is the anti-expert), at strength `alpha`."""
+
+    recipe: str
+    variant: str
+    small: str
+    alpha: float
+    expert: str
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "variant": self.variant, "small": self.small, "alpha": self.alpha,
+                "expert": self.expert}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> ProxyTuning | None:
+        return cls(raw["recipe"], raw["variant"], raw["small"], float(raw["alpha"]), raw["expert"]) if raw else None
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     """One run's metrics.json."""
 
@@ -94,17 +114,19 @@ class RunMetrics:
     train: Training
     scores: Scores
     diverged: Divergence | None = None
+    proxy: ProxyTuning | None = None  # set by a proxy-tuning cell only
 
     def to_json(self) -> dict:
-        return {"recipe": self.recipe, "model": self.model, "dataset": self.dataset, "speed": self.speed,
-                "train": self.train.to_json(), "eval": self.scores.to_json(),
-                "diverged": self.diverged.to_json() if self.diverged else None}
+        raw = {"recipe": self.recipe, "model": self.model, "dataset": self.dataset, "speed": self.speed,
+               "train": self.train.to_json(), "eval": self.scores.to_json(),
+               "diverged": self.diverged.to_json() if self.diverged else None}
+        return {**raw, "proxy": self.proxy.to_json()} if self.proxy else raw
 
     @classmethod
     def from_json(cls, raw: dict) -> RunMetrics:
         return cls(raw.get("recipe", ""), raw.get("model", {}), raw.get("dataset", ""), raw.get("speed"),
                    Training.from_json(raw.get("train", {})), Scores.from_json(raw.get("eval", {})),
-                   Divergence.from_json(raw.get("diverged")))
+                   Divergence.from_json(raw.get("diverged")), ProxyTuning.from_json(raw.get("proxy")))
 
 
 def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -> str:

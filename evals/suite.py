@@ -122,7 +122,31 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
     so its accuracy is 0.5 (ties count half).
     """
     model = _load(AutoModelForCausalLM, model_path)
-    result = EvalResult()
+    result, (chosen, rejected) = _score_policy(model, tokenizer, evalset, max_new_tokens)
+    if evalset.pairs is not None:
+        prompts = _texts(evalset.pairs["prompt"])
+        if reference_path == model_path:
+            # The reference against itself: every implicit reward is 0 by definition.
+            _preference(result, "implicit_reward", [0.0] * len(prompts), [0.0] * len(prompts))
+        elif reference_path is not None and beta is not None:
+            del model
+            reference = _load(AutoModelForCausalLM, reference_path)
+            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
+            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+            _preference(result, "implicit_reward", [beta * (c - r) for c, r in zip(chosen, ref_chosen)],
+                        [beta * (c - r) for c, r in zip(rejected, ref_rejected)])
+    return result
+
+
+def score_policy(model, tokenizer, evalset: EvalSet, max_new_tokens: int = 8) -> EvalResult:
+    """Task accuracy, completion NLL and preference accuracy of a loaded causal LM: anything whose forward returns
+    logits and which has a `generate`, a proxy-tuned model too (`align_proxy.proxy_tuning`)."""
+    return _score_policy(model, tokenizer, evalset, max_new_tokens)[0]
+
+
+def _score_policy(model, tokenizer, evalset: EvalSet, max_new_tokens: int) -> tuple[EvalResult, tuple[list, list]]:
+    """`score_policy`, and the chosen and rejected completions' log-probabilities (DPO's implicit reward reuses them)."""
+    result, chosen, rejected = EvalResult(), [], []
     if evalset.task_prompts is not None and evalset.task is not None:
         generations = greedy_generations(model, tokenizer, _texts(evalset.task_prompts["prompt"]), max_new_tokens)
         predictions = [parse_answer(g) or "" for g in generations]
@@ -134,21 +158,10 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
         result.add("completion_nll", [-s / n for s, n in zip(sums, counts)], tokens=counts, sums=[-s for s in sums])
     if evalset.pairs is not None:
         prompts = _texts(evalset.pairs["prompt"])
-        chosen_texts, rejected_texts = _texts(evalset.pairs["chosen"]), _texts(evalset.pairs["rejected"])
-        chosen, _ = completion_logprobs(model, tokenizer, prompts, chosen_texts)
-        rejected, _ = completion_logprobs(model, tokenizer, prompts, rejected_texts)
+        chosen, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
+        rejected, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
         _preference(result, "preference", chosen, rejected)
-        if reference_path == model_path:
-            # The reference against itself: every implicit reward is 0 by definition.
-            _preference(result, "implicit_reward", [0.0] * len(prompts), [0.0] * len(prompts))
-        elif reference_path is not None and beta is not None:
-            del model
-            reference = _load(AutoModelForCausalLM, reference_path)
-            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, chosen_texts)
-            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, rejected_texts)
-            _preference(result, "implicit_reward", [beta * (c - r) for c, r in zip(chosen, ref_chosen)],
-                        [beta * (c - r) for c, r in zip(rejected, ref_rejected)])
-    return result
+    return result, (chosen, rejected)
 
 
 def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: int = 0) -> EvalResult:

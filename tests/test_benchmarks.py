@@ -64,3 +64,16 @@ def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypa
     assert "NVIDIA H200" in text and "throughput-62m 124 (130 s)" in text
     assert "| 62m | sft | align-proxy | 16 (16) | 60,000 | 2.5% | 5.00 | 4.96 | 0.14 |" in text
     assert "GPU tests: no report" in text and "GRPO rollout: no figures" in text
+
+def test_proxy_tuning_benchmark_compares_with_the_three_models_own_generation():
+    # In this process (torch is already imported here): a subprocess would spend its time importing.
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_proxy_tuning", REPO / "benchmarks" / "proxy_tuning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(large="ladder-l", small="ladder-s", batch=4, new_tokens=2, repeats=1)
+    cpu = bench.measure("cpu", args)
+    assert set(cpu["seconds"]) == {"base", "expert", "anti_expert", "proxy_tuned"}
+    assert cpu["ratio"] > 0 and cpu["sum_of_three"] == sum(cpu["seconds"][k] for k in ("base", "expert", "anti_expert"))

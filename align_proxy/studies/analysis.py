@@ -27,6 +27,7 @@ from align_proxy.studies.records import (
     Divergence,
     Fit,
     Gain,
+    GapClosed,
     Headline,
     MetricInfo,
     MetricTrust,
@@ -53,6 +54,7 @@ from align_proxy.studies.stats import (
     as_matrix,
     decision_accuracy,
     fit_gain_vs_scale,
+    gap_closed,
     percentile_interval,
     probability_greater,
     rank_agreement,
@@ -487,13 +489,18 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts` maps recipe -> the
     {"recipe", "variant"} its cells started from (their gains are over that model).
     """
-    models = {**{c.model: c.parameters for c in results}, **models}
+    every_cell = results
+    proxy_cells = [c for c in results if getattr(c, "proxy", None)]  # proxy-tuning cells have their own section
+    results = [c for c in results if not getattr(c, "proxy", None)]
+    models = {**{c.model: c.parameters for c in every_cell}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
     study = _Study(models, order, confidence, n_resamples)
     groups = defaultdict(list)
     for cell in sorted(results, key=lambda c: (c.recipe, c.variant, models[c.model], c.seed)):
         groups[(cell.recipe, cell.variant, cell.model)].append(cell)
-    _gain_section(study, groups, CrossedResampler(n_resamples, seed=0))
+    resampler = CrossedResampler(n_resamples, seed=0)
+    _gain_section(study, groups, resampler)
+    gaps = _gap_closed_section(study, proxy_cells, resampler)
     orderings = _ordering_section(study)
     transfer = _transfer_section(study)
     fits = _fit_section(study, target)
@@ -502,6 +509,7 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
     headline = [_headline(r, primary[r], study, orderings, transfer, fits, target, _start((starts or {}).get(r)))
                 for r in recipes]
+    headline = [_with_decoding_time(h, gaps, order) for h in headline]
     metrics = _ordered({g.metric for g in gains}, METRIC_ORDER)
     return StudyAnalysis(
         schema=SCHEMA_VERSION, confidence=confidence, n_resamples=n_resamples, resolved_threshold=RESOLVED,
@@ -510,10 +518,59 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
         seeds=sorted({c.seed for c in results}),
         recipes={r: sorted({c.variant for c in results if c.recipe == r}) for r in recipes},
         metrics={m: MetricInfo(metric_label(m), higher_is_better(m)) for m in metrics},
-        completeness=_completeness(results, order, cells), headline=headline,
+        completeness=_completeness(every_cell, order, cells), headline=headline,
         base=_base_records(results, models, confidence, n_resamples), gains=gains,
         orderings=list(orderings.values()), transfer=transfer,
-        metric_trust=_metric_trust_section(study, primary), fits=fits)
+        metric_trust=_metric_trust_section(study, primary), fits=fits, gap_closed=gaps)
+
+
+def _gap_closed_section(study: _Study, proxy_cells: list[CellResult], resampler: CrossedResampler) -> list[GapClosed]:
+    """Per recipe variant, pair small < large, alpha and metric: the share of the large model's tuning gain that
+    decoding-time proxy-tuning by the small model's tuning closes. The tuned gain is the gain section's own
+    quantity, and both share its item draw; the proxy-tuned gain's seeds are the small cells' training runs."""
+    groups = defaultdict(list)
+    for cell in proxy_cells:
+        p = cell.proxy
+        groups[(p["recipe"], p["variant"], p["small"], cell.model, p["alpha"])].append(cell)
+    records = []
+    for (recipe, variant, small, large, alpha), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        small_name = _model_name(small, study.models)
+        for metric in _metrics_of(cells):
+            proxy, tuned = _quantity(cells, metric), study.quantities.get((recipe, variant, large, metric))
+            if proxy is None or tuned is None or not (proxy.per_item and tuned.per_item) or \
+                    proxy.base.size != tuned.base.size:
+                continue
+            expert = study.quantities.get((recipe, variant, small_name, metric))
+            interval = gap_closed(list(proxy.gain), list(tuned.gain), resampler,
+                                  groups=((recipe, variant, small_name), (recipe, variant, large)),
+                                  confidence=study.confidence)
+            records.append(GapClosed(
+                recipe=recipe, variant=variant, metric=metric, small=small_name, large=large,
+                small_parameters=study.models.get(small_name, 0), large_parameters=study.models[large], alpha=alpha,
+                n_seeds=len(proxy.seeds), base=float(proxy.base.mean()), proxy=float(proxy.trained.mean()),
+                tuned=float(tuned.trained.mean()), expert=float(expert.trained.mean()) if expert else None,
+                gap_closed=interval))
+    return sorted(records, key=lambda g: (g.recipe, g.variant, study.models[g.large], g.small_parameters, g.alpha,
+                                          _order_index(g.metric)))
+
+
+def _model_name(model: str, models: dict[str, int]) -> str:
+    """The study's name for a model a proxy cell names as the spec did (a registry name or a directory)."""
+    return model if model in models else next((m for m in models if m.rstrip("/").endswith(model.rstrip("/"))), model)
+
+
+def _with_decoding_time(entry: Headline, gaps: list[GapClosed], order: list[str]) -> Headline:
+    """The headline's conclusion, with whether decoding-time transfer works (to the largest model, on the headline's
+    metric and recommended variant, at alpha 1 or the first alpha) where training transfer does."""
+    mine = [g for g in gaps if (g.recipe, g.metric) == (entry.recipe, entry.metric) and g.large == order[-1]]
+    if not mine:
+        return entry
+    variant = entry.recommended_variant if any(g.variant == entry.recommended_variant for g in mine) else mine[0].variant
+    alphas = sorted({g.alpha for g in mine if g.variant == variant})
+    alpha = 1.0 if 1.0 in alphas else alphas[0]
+    chosen = [g for g in mine if (g.variant, g.alpha) == (variant, alpha)]
+    clause = verdicts.decoding_time_clause(chosen, entry.transfer.transfers if entry.transfer else None)
+    return replace(entry, conclusion=f"{entry.conclusion}; {clause}")
 
 
 def _base_records(results: list[CellResult], models: dict[str, int], confidence: float,

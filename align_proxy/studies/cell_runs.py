@@ -31,6 +31,26 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
     return argv
 
 
+# A proxy-tuning cell trains nothing: this module's __main__ steers the cell's large base with the small cell's model.
+PROXY_CELL_SCRIPT = Path(__file__).resolve().parents[1] / "proxy_tuning.py"
+
+
+def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
+    """A proxy-tuning cell's command line (`align_proxy.proxy_tuning.run_cell`)."""
+    proxy = cell.proxy
+    return ["--base", cell.model, "--expert", str(expert), "--small", proxy["small"], "--recipe", proxy["recipe"],
+            "--variant", proxy["variant"], "--alpha", str(proxy["alpha"]), "--output_dir", str(output_dir)]
+
+
+def cell_command(cell: Cell, script: Path, config: str, cell_dir: Path, base_evals: Path,
+                 start_model: Path | None) -> tuple[str, list[str]]:
+    """What runs a cell, whoever runs it (this machine or a Slurm job): its recipe's script and arguments, or the
+    proxy-tuning cell's."""
+    if cell.proxy:
+        return str(PROXY_CELL_SCRIPT), proxy_cell_argv(cell, cell_dir, start_model)
+    return str(script), cell_argv(cell, config, cell_dir, base_evals, start_model)
+
+
 def read_metrics(path: Path) -> RunMetrics:
     return RunMetrics.from_json(json.loads(path.read_text()))
 

@@ -35,3 +35,17 @@ def recipe_label(entry: Headline) -> str:
     """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`."""
     start = entry.starts_from
     return f"{entry.recipe} (from {start.recipe})" if start else entry.recipe
+
+
+def format_share(iv: Interval | None) -> str:
+    """A share as percentages: `88% [71%, 104%]`; the estimate alone when its interval is undefined (the gap
+    it is a share of may be zero), n/a without an estimate.
+
+    >>> format_share(Interval(0.881, 0.705, 1.04)), format_share(Interval(-0.5, math.nan, math.nan))
+    ('88% [70%, 104%]', '-50% (no interval: the tuned gain may be 0)')
+    """
+    if iv is None or not math.isfinite(iv.estimate):
+        return "n/a"
+    if math.isnan(iv.low):
+        return f"{iv.estimate:.0%} (no interval: the tuned gain may be 0)"
+    return f"{iv.estimate:.0%} [{iv.low:.0%}, {iv.high:.0%}]"

@@ -33,6 +33,10 @@ def draw_plots(analysis: StudyAnalysis, results: list[CellResult]) -> dict[str, 
             ("metric_trust", _metric_trust, "Decision accuracy of each metric measured on the smallest model "
              "against the judged metric on the largest (DataDecide's question: which cheap metric picks the "
              f"variant the large model prefers), with {level} intervals; 0.5 is a coin flip."),
+            ("gap_closed", _gap_closed, "Decoding-time proxy-tuning: the share of the large model's tuning gain "
+             "that steering its base by a smaller model's tuning closes, against the size ratio large / small, on "
+             f"each recipe's primary metric, with {level} intervals (none where the tuned gain may be 0); the band is "
+             "Liu et al. 2024's 88-91%."),
             ("loss_curves", lambda a, figure: _loss_curves(a, results, figure), "Training loss against step per "
              "model: a thick line is the mean over seeds, thin lines are the seeds (log scale when a run "
              "diverged).")):
@@ -126,6 +130,29 @@ def _gain_vs_scale(analysis: StudyAnalysis, figure: Figure) -> bool:
                 _draw_fit(ax, fit, colours[variant])
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set(xscale="log", xlabel="parameters", ylabel=f"gain in {metric}", title=recipe)
+        ax.legend(fontsize=6)
+    return True
+
+
+def _gap_closed(analysis: StudyAnalysis, figure: Figure) -> bool:
+    primary = analysis.primary_metrics()
+    panels = sorted({(g.recipe, g.metric) for g in analysis.gap_closed if primary.get(g.recipe) == g.metric})
+    if not panels:
+        return False
+    for ax, (recipe, metric) in zip(_axes(figure, len(panels)), panels):
+        rows = [g for g in analysis.gap_closed if (g.recipe, g.metric) == (recipe, metric)]
+        series = sorted({(g.variant, g.large, g.alpha) for g in rows})
+        colours = _colours(series)
+        for variant, large, alpha in series:
+            mine = sorted((g for g in rows if (g.variant, g.large, g.alpha) == (variant, large, alpha)),
+                          key=lambda g: g.size_ratio)
+            _errorbar(ax, [g.size_ratio for g in mine], [g.gap_closed for g in mine], colours[(variant, large, alpha)],
+                      label=f"{variant} to {large}, alpha {alpha:g}", marker="o", linestyle="-")
+        ax.axhspan(0.881, 0.911, color="grey", alpha=0.25, label="Liu et al. 2024")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set(xscale="log", xlabel="size ratio (large / small parameters)", ylabel=f"gap closed in {metric}",
+               title=recipe)
         ax.legend(fontsize=6)
     return True
 

@@ -169,6 +169,33 @@ class Transfer(Record):
 
 
 @dataclass(frozen=True)
+class GapClosed(Record):
+    """Decoding-time proxy-tuning of a large base model by a small model's tuning (`align_proxy.proxy_tuning`):
+    the share of the gap between the large base and the large model tuned directly that it closes, on one
+    metric, with its interval (`stats.gap_closed`). `proxy`, `tuned` and `expert` are the mean scores of the
+    proxy-tuned large model, the directly tuned large model and the small tuned model (the expert)."""
+
+    recipe: str
+    variant: str
+    metric: str
+    small: str
+    large: str
+    small_parameters: int
+    large_parameters: int
+    alpha: float
+    n_seeds: int
+    base: float
+    proxy: float
+    tuned: float
+    expert: float | None
+    gap_closed: Interval
+
+    @property
+    def size_ratio(self) -> float:
+        return self.large_parameters / self.small_parameters if self.small_parameters else math.nan
+
+
+@dataclass(frozen=True)
 class TrustCandidate(Record):
     """A metric measured on the smallest model, and how well it orders the variants as the judged metric does
     on the largest."""
@@ -364,6 +391,7 @@ class StudyAnalysis(Record):
     transfer: list[Transfer]
     metric_trust: list[MetricTrust]
     fits: list[Fit] = field(default_factory=list)
+    gap_closed: list[GapClosed] = field(default_factory=list)  # decoding-time proxy-tuning, when the spec asks
 
     def primary_metrics(self) -> dict[str, str]:
         """recipe -> the metric its headline is judged on."""

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from align_proxy.files import atomic_write
-from align_proxy.studies.formatting import format_interval, format_number, format_parameters, recipe_label
+from align_proxy.studies.formatting import (format_interval, format_number, format_parameters, format_share,
+                                            recipe_label)
 from align_proxy.studies.plots import draw_plots
 from align_proxy.studies.records import (
     Headline,
@@ -24,6 +25,9 @@ from align_proxy.studies.records import (
 )
 from align_proxy.studies.stats import Power
 from align_proxy.studies.store import CellResult
+
+GAP_CLOSED_HEADING = ("Decoding-time proxy-tuning: gap closed = (proxy-tuned - base) / (tuned - base) of the large "
+                      "model (Liu et al. 2024 report 88-91%)")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -185,6 +189,15 @@ def _fit_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[lis
             "P(gain > 0) there"], rows
 
 
+def _gap_closed_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:
+    rows = [[g.recipe, g.variant, g.metric, f"{g.small} to {g.large}", f"{g.size_ratio:.1f}x", f"{g.alpha:g}",
+             str(g.n_seeds), format_number(g.base), format_number(g.expert), format_number(g.proxy),
+             format_number(g.tuned), format_share(g.gap_closed)]
+            for g in _primary_only(analysis, analysis.gap_closed, primary_only)]
+    return ["recipe", "variant", "metric", "proxy-tuned", "size ratio", "alpha", "seeds", "large base",
+            "small tuned (expert)", "large proxy-tuned", "large tuned", "gap closed"], rows
+
+
 def _base_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
     rows = [[b.recipe, b.model, b.metric, str(b.n_evaluations), format_interval(b.base, signed=False)]
             for b in analysis.base]
@@ -298,6 +311,7 @@ def render_html(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]], ti
                            ("What would resolve the unclear gains", _power_table),
                            ("Gains per variant, model and metric", _gain_table), ("Transfer ratios", _ratio_table),
                            ("Rank agreement across scales", _rank_table), ("Gain against scale fits", _fit_table),
+                           *((GAP_CLOSED_HEADING, _gap_closed_table),) * bool(analysis.gap_closed),
                            ("Base scores", _base_table), ("Cells finished", _completeness_table)):
         parts += [f"<h2>{esc(heading)}</h2>", _html_table(*table(analysis))]
     parts += ["<h2>How to read this</h2>", *(f"<p>{esc(p)}</p>" for p in HOW_TO_READ)]
@@ -322,6 +336,8 @@ def render_markdown(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]]
               _md_table(*_power_table(analysis)), "### Rank agreement", _md_table(*_rank_table(analysis, True)),
               "### Transfer ratios", _md_table(*_ratio_table(analysis, True)),
               "### Gain against scale", _md_table(*_fit_table(analysis, True)),
+              *([f"### {GAP_CLOSED_HEADING}", _md_table(*_gap_closed_table(analysis, True))] if analysis.gap_closed
+                else []),
               "Every number, all metrics: `report.json`; the full tables: `report.html`.",
               "## How to read this", *HOW_TO_READ]
     return "\n\n".join(parts) + "\n"

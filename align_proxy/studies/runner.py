@@ -29,8 +29,8 @@ from align_proxy.checkpoints import clear_for_attempt
 from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
 # What running one cell means, whatever runs it; imported here too, where callers have always found it.
-from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, fail_stranded, launch_flags,  # noqa: F401
-                                           read_metrics, settle_cell, stranded)
+from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, cell_command, fail_stranded,  # noqa: F401
+                                           launch_flags, read_metrics, settle_cell, stranded)
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
@@ -369,9 +369,9 @@ class CellLauncher:
         # resumes from the newest.
         checkpoint = clear_for_attempt(cell_dir)
         start_model = self.paths.cell(cell.start_from) if cell.start_from else None
-        argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
+        script, argv = cell_command(cell, self.scripts.get(cell.recipe), self.configs.get(cell.recipe), cell_dir,
+                                    self.paths.base_evals, start_model)
         argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
-        script = self.scripts[cell.recipe]
         launch = launch_flags(cell.launch)
         device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
         shown = ["accelerate", "launch", *launch] if cell.launch else ["python"]

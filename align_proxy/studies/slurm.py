@@ -280,7 +280,7 @@ class SlurmCells:
         from submitit import SlurmExecutor
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-        from align_proxy.studies.cell_runs import cell_argv
+        from align_proxy.studies.cell_runs import cell_command
 
         first = cells[0]
         batch = f"align-proxy-{uuid.uuid4().hex[:12]}"
@@ -292,8 +292,9 @@ class SlurmCells:
             cell_dir = self.paths.cell(cell.config_hash)
             clear_for_attempt(cell_dir)  # an earlier attempt's metrics.json or job.json never speaks for this one
             start_model = self.paths.cell(cell.start_from) if cell.start_from else None
-            argv = cell_argv(cell, self.configs[cell.recipe], cell_dir, self.paths.base_evals, start_model)
-            calls.append((str(self.scripts[cell.recipe]), argv, str(cell_dir), cell.launch))
+            script, argv = cell_command(cell, self.scripts.get(cell.recipe), self.configs.get(cell.recipe), cell_dir,
+                                        self.paths.base_evals, start_model)
+            calls.append((script, argv, str(cell_dir), cell.launch))
         self.store.mark_submitting([c.config_hash for c in cells], batch, str(self.folder))
         try:
             with executor.batch():

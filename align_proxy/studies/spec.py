@@ -84,6 +84,10 @@ class RecipePlan:
     # What each cell's Slurm job asks for (`--executor slurm`): where it runs, never what it computes, so it is
     # not part of a cell's hash.
     slurm: SlurmResources = field(default_factory=lambda: SlurmResources())
+    # Also evaluate, for every pair of models small < large (in the spec's order), each large base model steered
+    # at decoding time by the small cell's trained model (align_proxy/proxy_tuning.py), at each `alpha`.
+    proxy_tune: bool = False
+    alpha: tuple[float, ...] = (1.0,)
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -104,6 +108,9 @@ class Cell:
     config_hash: str
     launch: dict = field(default_factory=dict)  # the recipe plan's `launch`, config_file resolved
     start_from: str | None = None  # config_hash of the cell whose trained model this cell starts from
+    # A proxy-tuning cell (no training): {"recipe", "variant", "small", "alpha"}; `model` is the large base it
+    # steers and `start_from` the small cell whose trained model is the expert.
+    proxy: dict = field(default_factory=dict)
 
     @property
     def processes(self) -> int:
@@ -143,7 +150,35 @@ class StudySpec:
                 blob = json.dumps(described, sort_keys=True, default=str)
                 digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
                 cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch, start))
-        return cells
+        return cells + self._proxy_cells(cells)
+
+    def _proxy_cells(self, cells: list[Cell]) -> list[Cell]:
+        """One cell per recipe with `proxy_tune`, pair of models small < large, variant, seed and alpha: the large
+        base steered by the small cell's model. Stored under `proxy_recipe(recipe)` and a variant naming the
+        small model and alpha, so each is a cell of its own in the store and the completeness table."""
+        proxy_cells = []
+        by_key = {(c.recipe, c.variant, c.model, c.seed): c for c in cells}
+        for plan in (p for p in self.recipes if p.proxy_tune):
+            for (i, small), (j, large) in itertools.combinations(enumerate(self.models), 2):
+                for (variant, _), seed, alpha in itertools.product(plan.variants(), self.seeds, plan.alpha):
+                    expert = by_key[(plan.recipe, variant, small, seed)]
+                    described = {"proxy_tune": {"base": large, "expert_cell": expert.config_hash, "alpha": alpha}}
+                    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+                    proxy = {"recipe": plan.recipe, "variant": variant, "small": small, "alpha": float(alpha)}
+                    proxy_cells.append(Cell(large, proxy_recipe(plan.recipe), proxy_variant(variant, small, alpha),
+                                            seed, {"alpha": float(alpha)}, digest, start_from=expert.config_hash,
+                                            proxy=proxy))
+        return proxy_cells
+
+
+def proxy_recipe(recipe: str) -> str:
+    """The store's recipe name of a recipe's proxy-tuning cells: `sft (proxy-tuned)`."""
+    return f"{recipe} (proxy-tuned)"
+
+
+def proxy_variant(variant: str, small: str, alpha: float) -> str:
+    """The store's variant name of a proxy-tuning cell: the expert's variant, from which model, at which alpha."""
+    return f"{variant}, from {Path(small).name}, alpha={float(alpha):g}"
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -231,8 +266,9 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
         _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
-                    "'start_from' and 'slurm'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "slurm"}, path, where)
+                    "'start_from', 'slurm', 'proxy_tune' and 'alpha'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "slurm", "proxy_tune", "alpha"},
+                path, where)
     recipe = entry["recipe"]
     kind = KINDS.get(recipe)
     if kind is None:
@@ -251,9 +287,11 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
+    start = _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from")
+    proxy_tune, alpha = _check_proxy_tune(entry, kind, bool(start), path, where)
     return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"),
-                      _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from"),
-                      check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"))
+                      start, check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"),
+                      proxy_tune, alpha)
 
 
 def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str) -> SlurmResources:
@@ -279,6 +317,28 @@ def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str
             _fail(path, f"{where}.time {values['time']!r} is not a Slurm time: use minutes, H:MM:SS or D-HH:MM:SS")
     return dataclasses.replace(base, **{k: str(v) if k in ("time", "mem") and v is not None else v
                                         for k, v in values.items()})
+
+
+def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -> tuple[bool, tuple[float, ...]]:
+    """`proxy_tune: true` and an optional `alpha: [0.5, 1.0]` (default [1.0]): policies only, trained from a
+    ladder rung or base model (not from another recipe's cell: the large base would then be that cell's model)."""
+    proxy_tune = entry.get("proxy_tune", False)
+    if not isinstance(proxy_tune, bool):
+        _fail(path, f"{where}.proxy_tune must be true or false, got {proxy_tune!r}")
+    alpha = entry.get("alpha", [1.0])
+    if "alpha" in entry and not proxy_tune:
+        _fail(path, f"{where}.alpha is the proxy-tuning strength: set proxy_tune: true as well, or drop alpha")
+    if not isinstance(alpha, list) or not alpha or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                            for a in alpha):
+        _fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
+    if proxy_tune and kind.evaluation != "evals.suite:PolicyEvaluation" and kind.task_format != "rl":
+        _fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
+                    "(reward models are out of scope)")
+    if proxy_tune and starts:
+        _fail(path, f"{where}: proxy_tune with start_from is not supported: the large base to steer would be the "
+                    "start recipe's large model; proxy-tune the start recipe itself, or run `align-proxy proxy-tune "
+                    "--base <its large cell>` by hand")
+    return proxy_tune, tuple(float(a) for a in alpha)
 
 
 def _check_start(start, earlier: list[RecipePlan], path: Path, where: str) -> dict:

@@ -247,6 +247,40 @@ def ratio_interval(small: np.ndarray, large: np.ndarray, confidence: float = 0.9
     return percentile_interval(large[0] / small[0], large[1:] / small[1:], confidence)
 
 
+def gap_closed(proxy_gain: list, tuned_gain: list, resampler: CrossedResampler | None = None,
+               groups: tuple[tuple, tuple] = (("proxy",), ("tuned",)), confidence: float = 0.95) -> Interval:
+    """Share of the base-to-tuned gap that proxy-tuning closes (Liu et al. 2024):
+    mean(proxy - base) / mean(tuned - base), per metric in its own units (a lower-is-better metric's gaps are
+    both negative, so the share reads the same way).
+
+    `proxy_gain` and `tuned_gain` hold per-seed arrays of per-item differences from the large base model, on
+    the same items (as `mean_interval` takes them). Their replicates share one item draw (the same items are
+    resampled for both, so the ratio stays paired) and each its own seed draw (`groups`: the runs the proxy's
+    expert and the tuned model came from). The interval is undefined (nan bounds, the estimate kept) when the
+    tuned gain's interval reaches zero: a gap that may not exist has no share to bound (`ratio_interval`).
+
+    >>> tuned = np.r_[np.ones(100), np.zeros(100)]          # tuning fixes 100 of 200 items
+    >>> proxy = np.r_[np.ones(40), np.zeros(160)]           # proxy-tuning 40 of them
+    >>> iv = gap_closed([proxy], [tuned])
+    >>> round(iv.estimate, 2), bool(0.3 < iv.low < 0.4 < iv.high < 0.5)
+    (0.4, True)
+    >>> iv = gap_closed([proxy], [np.r_[np.ones(50), -np.ones(45), np.zeros(105)]])
+    >>> round(iv.estimate, 1), math.isnan(iv.low)
+    (8.0, True)
+    """
+    resampler = resampler or CrossedResampler()
+    proxy, tuned = as_matrix(proxy_gain), as_matrix(tuned_gain)
+    if proxy.shape[1] != tuned.shape[1]:
+        raise ValueError(f"proxy and tuned gains must be scored on the same items: {proxy.shape[1]} against "
+                         f"{tuned.shape[1]}")
+    proxy_replicates = np.r_[proxy.mean(), resampler.replicates(proxy, groups[0])]
+    tuned_replicates = np.r_[tuned.mean(), resampler.replicates(tuned, groups[1])]
+    interval = ratio_interval(tuned_replicates, proxy_replicates, confidence)
+    if math.isnan(interval.estimate) and tuned_replicates[0] != 0:
+        return Interval(float(proxy_replicates[0] / tuned_replicates[0]), math.nan, math.nan)
+    return interval
+
+
 def probability_greater(a: np.ndarray, b: np.ndarray) -> float:
     """Share of replicates in which `a` exceeds `b`, ties counting half.
 

@@ -69,6 +69,7 @@ class CellResult:
     log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
     duration_s: float = 0.0
     diverged: dict | None = None  # {"step", "loss"} when training diverged (Divergence.to_json()): no trained scores
+    proxy: dict | None = None  # a proxy-tuning cell's ProxyTuning.to_json(): base = the large base, trained = steered
 
     @classmethod
     def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: RunMetrics | dict,
@@ -77,7 +78,8 @@ class CellResult:
         scores = metrics.scores
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
                    scores.base, scores.trained, scores.items_base, scores.items_trained, metrics.train.log_history,
-                   duration_s, metrics.diverged.to_json() if metrics.diverged else None)
+                   duration_s, metrics.diverged.to_json() if metrics.diverged else None,
+                   metrics.proxy.to_json() if metrics.proxy else None)
 
 
 class ResultStore:

@@ -189,3 +189,27 @@ def prediction_note(prediction: Prediction) -> str:
     return (f"at {prediction.target} ({reach}) the trend says {prediction.direction} with probability "
             f"{prediction.direction_probability:.2f} for {prediction.variant}; its size is not an estimate "
             f"({prediction.untrusted_because})")
+
+
+def decoding_time_clause(gaps: list, training_transfers: str | None) -> str:
+    """Whether decoding-time transfer (proxy-tuning the largest model by each smaller model's tuning, records.GapClosed
+    on the headline's metric) works where training transfer does: 'works' when the gap-closed interval lies above
+    zero, 'hurts' below, else 'unclear'.
+
+    >>> from align_proxy.studies.records import GapClosed
+    >>> g = GapClosed("sft", "default", "task_accuracy", "s", "l", 1, 4, 1.0, 3, 0.3, 0.4, 0.5, 0.2,
+    ...               Interval(0.5, 0.2, 0.8))
+    >>> decoding_time_clause([g], "yes")
+    'decoding-time transfer (l proxy-tuned by the smaller model, alpha 1): works from s, closing 50% [20%, 80%] of the gap to l tuned directly; training transfer: yes'
+    """
+    from align_proxy.studies.formatting import format_share
+
+    if not gaps:
+        return ""
+    parts = []
+    for g in gaps:
+        iv = g.gap_closed
+        word = "works" if iv.low > 0 else "hurts" if iv.high < 0 else "unclear"
+        parts.append(f"{word} from {g.small}, closing {format_share(iv)} of the gap to {g.large} tuned directly")
+    return (f"decoding-time transfer ({gaps[0].large} proxy-tuned by the smaller model, alpha {gaps[0].alpha:g}): "
+            f"{'; '.join(parts)}; training transfer: {training_transfers or 'not measured'}")
