@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -380,8 +382,20 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
         bar.update(1)
         bar.set_postfix_str(f"{len(running)} jobs queued or running", refresh=True)
 
+    # Ctrl-C sets a flag the loop reads between steps, rather than raising wherever the coordinator happens to be
+    # (inside sbatch, squeue, a store write or the progress bar's lock, any of which an exception can leave half
+    # done or hung); a second Ctrl-C stops at once.
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main else None
     try:
-        while queue or running:
+        while (queue or running) and not stop.is_set():
             fail_stranded(queue, status, store, settled)
             startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
             room = len(startable) if limit is None else max(0, limit - len(running))
@@ -401,13 +415,18 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
                 del running[job.config_hash]
                 settled(job.config_hash, slurm.settle(job, states.of(job.job_id)))
             if not ended:
-                time.sleep(slurm.poll_s)  # the coordinator's own pace of asking squeue
+                stop.wait(slurm.poll_s)  # the coordinator's own pace of asking squeue (a Ctrl-C ends the wait)
+        if stop.is_set():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         cancel = cancel_on_interrupt if cancel_on_interrupt is not None else (ask(len(running)) if ask and running
                                                                              else False)
         if cancel and running:
             slurm.cancel(list(running.values()))
         raise StudyInterrupted(len(running), bool(cancel)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return finished
 
 
