@@ -50,6 +50,18 @@ def tiny_model(tiny_ladder) -> str:
     return tiny_ladder[-1].path
 
 
+@pytest.fixture
+def fake_kind(monkeypatch):
+    """The fake recipe kind (tests/fake_recipe.py) registered in this process, for a runner run in-process;
+    subprocesses register it through tests/fake_study.py."""
+    from align_proxy import kinds
+    from fake_recipe import FAKE
+
+    monkeypatch.setitem(kinds.KINDS, FAKE.name, FAKE)
+    monkeypatch.syspath_prepend(str(REPO))
+    return FAKE
+
+
 def load_recipe(name: str):
     """Import `recipes/<name>.py` as a module, as `python recipes/<name>.py` would run it."""
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")

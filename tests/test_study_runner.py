@@ -72,16 +72,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-@pytest.fixture
-def fake_kind(monkeypatch):
-    """The fake kind registered in this process (the runner in-process; subprocesses use tests/fake_study.py)."""
-    from align_proxy import kinds
-
-    monkeypatch.setitem(kinds.KINDS, FAKE.name, FAKE)
-    monkeypatch.syspath_prepend(str(REPO))
-    return FAKE
-
-
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """Run a 2-model x 2-variant x 2-seed study of fake cells, SIGKILL it mid-cell, then run it again to the end."""

@@ -198,16 +198,6 @@ def test_cells_on_several_machines_need_the_slurm_executor(fake_kind, tmp_path):
     assert not (tmp_path / "wide").exists()
 
 
-@pytest.fixture
-def fake_kind(monkeypatch):
-    from align_proxy import kinds
-    from fake_recipe import FAKE
-
-    monkeypatch.setitem(kinds.KINDS, FAKE.name, FAKE)
-    monkeypatch.syspath_prepend(str(REPO))
-    return FAKE
-
-
 # --- against a real Slurm -----------------------------------------------------------------------------------------
 
 
