@@ -13,7 +13,6 @@ the built-in task's own evaluation prompts, rendered and rewarded as GRPO and RL
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from align_proxy.studies.overoptimization import (BestOfN, GainsOverStart, Overoptimization, best_of_n,
                                                  fit_overoptimization)
+from align_proxy.studies.records import to_json  # nan and inf as null, like report.json
 from evals.rl import Sampling, prompt_token_ids, sample_completions
 from evals.suite import _load
 
@@ -83,15 +83,7 @@ class Curve(GainsOverStart):
                 "x": "n" if self.form == "best_of_n" else "step", "points": list(self.x), "d": self.d.tolist(),
                 "kl_measured": self.kl_measured.tolist() if self.kl_measured is not None else None,
                 "gold": self.gold.mean(axis=0).tolist(), "proxy": self.proxy.mean(axis=0).tolist(),
-                "gold_fit": _finite(self.fit.to_json()) if self.fit else None}
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+                "gold_fit": to_json(self.fit) if self.fit else None}
 
 
 def _fitted(form: str, d: np.ndarray, gold_gain: np.ndarray, confidence: float, n_resamples: int):

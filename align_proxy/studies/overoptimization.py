@@ -9,12 +9,13 @@ Pure functions over arrays (numpy and scipy, no torch), like `stats`:
 - `kl_best_of_n`: the analytic KL of best-of-n to the policy, log n - (n - 1) / n, an upper bound (Beirami
   et al. 2024) that is loose when samples repeat; `empirical_kl_best_of_n` measures it on the pool itself,
   identical completions merged, so a small model that repeats itself shows how loose.
-- `fit_best_of_n` and `fit_rl`: Gao et al.'s forms R_bon(d) = d (alpha - beta d) and
-  R_RL(d) = d (alpha - beta log d), with d = sqrt(KL) and R the gain over the initial policy (R(0) = 0).
-  Both are linear in (alpha, beta), so each is a least-squares fit through the origin; its intervals come
-  from resampling the prompts (the items every point of a curve shares), and the peak d* and the gold
-  reward there follow from each replicate.
-- `fit_against_size`: alpha or beta against log10(reward-model parameters), the trend a large run needs.
+- `fit_overoptimization`: Gao et al.'s forms R_bon(d) = d (alpha - beta d) and R_RL(d) = d (alpha - beta log d),
+  with d = sqrt(KL) and R the gain over the initial policy (R(0) = 0). Both are linear in (alpha, beta), so
+  each is a least-squares fit through the origin; its intervals come from resampling the prompts (the items
+  every point of a curve shares), and the peak d* and the gold reward there follow from each replicate.
+
+alpha and beta against reward-model size (the trend a large run needs) is `stats.fit_gain_vs_scale`, one point
+per size (`evals.overoptimization.trend`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
-from align_proxy.studies.stats import Interval, fit_gain_vs_scale, percentile_interval
+from align_proxy.studies.stats import Interval, percentile_interval
 
 
 # --- best-of-n from one pool -------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def best_of_n(proxy: np.ndarray, gold: np.ndarray, ns: list[int] | None = None,
             expected_gold[row, column] = p @ gold[row]
             expected_proxy[row, column] = p @ proxy[row]
             if kl_empirical is not None:
-                kl_empirical[row, column] = _pool_kl(p, completions[row])
+                kl_empirical[row, column] = empirical_kl_best_of_n(p, completions[row])
     return BestOfN(ns, expected_gold, expected_proxy, np.array([kl_best_of_n(n) for n in ns]), kl_empirical)
 
 
@@ -131,28 +132,24 @@ def kl_best_of_n(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def _pool_kl(selection: np.ndarray, texts: list[str]) -> float:
-    """KL of best-of-n to the policy on the pool's empirical distribution, samples with one text merged: the
-    policy puts count/N on a text, best-of-n the sum of its samples' selection probabilities. Subsets of a
-    finite pool are drawn without replacement, so for distinct texts this sits slightly above the formula
-    (64 samples, n = 4: 0.66 against 0.64) and meets it as the pool grows; repeats pull it below."""
-    mass: dict[str, list[float]] = {}
-    for p, text in zip(selection, texts):
-        entry = mass.setdefault(text, [0.0, 0.0])
-        entry[0] += p
-        entry[1] += 1.0 / len(texts)
-    return float(sum(p * math.log(p / q) for p, q in mass.values() if p > 0))
-
-
 def empirical_kl_best_of_n(selection: np.ndarray, texts: list[str]) -> float:
-    """The plug-in KL of one prompt's best-of-n selection against its pool (see `_pool_kl`).
+    """KL of one prompt's best-of-n selection to the policy on the pool's empirical distribution, samples with
+    one text merged: the policy puts count/N on a text, best-of-n the sum of its samples' selection
+    probabilities. Subsets of a finite pool are drawn without replacement, so for distinct texts this sits
+    slightly above the formula (64 samples, n = 4: 0.66 against 0.64) and meets it as the pool grows; repeats
+    pull it below.
 
     >>> round(empirical_kl_best_of_n(selection_probabilities(np.arange(4.0), 4), list("abcd")), 3)  # log 4
     1.386
     >>> empirical_kl_best_of_n(selection_probabilities(np.arange(4.0), 4), list("aaaa"))  # one text: no change
     0.0
     """
-    return _pool_kl(selection, texts)
+    mass: dict[str, list[float]] = {}
+    for p, text in zip(selection, texts):
+        entry = mass.setdefault(text, [0.0, 0.0])
+        entry[0] += p
+        entry[1] += 1.0 / len(texts)
+    return float(sum(p * math.log(p / q) for p, q in mass.values() if p > 0))
 
 
 # --- Gao et al.'s functional forms -----------------------------------------------------------------------
@@ -255,10 +252,3 @@ def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confiden
         peak_d=percentile_interval(estimate_peak[0], peaks[:, 0], confidence),
         peak_reward=percentile_interval(estimate_peak[1], peaks[:, 1], confidence),
         r_squared=r_squared, n_points=int(d.size))
-
-
-def fit_against_size(parameters: list[float], values: list[float], target_parameters: float,
-                     confidence: float = 0.95):
-    """alpha or beta against log10(reward-model parameters) (one point per size), and its prediction at a
-    target size: the same straight-line fit with a prediction interval as a gain against scale."""
-    return fit_gain_vs_scale(parameters, values, target_parameters, confidence)
