@@ -120,21 +120,24 @@ def _add_mean(result: EvalResult, name: str, values: list[float], num_samples: i
     result.add(name, _per_prompt(values, num_samples))
 
 
-def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
-                       sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8) -> EvalResult:
-    """Everything `evaluate_policy` scores, plus the RL metrics on sampled completions (see the module doc).
+@dataclass(frozen=True)
+class ScoredSamples:
+    """Completions a policy sampled on held-out prompts (`num_samples` per prompt, in a row), with the run's
+    rewards (each by name, and their weighted total) and, on a built-in task, the gold reward."""
 
-    `reward`, each reward by its name and `gold_reward` are means over samples; `kl_to_reference` is in
-    nats per sequence (0 when the policy is the reference); `response_length` counts tokens, EOS
-    included, as TRL's `completions/mean_length` does. Per-item scores are per-prompt means, paired
-    across base and trained policies.
-    """
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    per_reward: dict[str, list[float]]
+    total: list[float]
+    gold: list[float] | None
+
+
+def sample_and_score(model, tokenizer, prompts: Dataset, tokenized: list[list[int]], rewards: RewardSet,
+                     sampling: Sampling, gold: bool) -> ScoredSamples:
+    """Sample on `prompts` (their token ids: `prompt_token_ids`) and score every completion as GRPO and RLOO do
+    in training: conversational prompts get assistant messages, and the other columns reach the rewards."""
     originals = list(prompts["prompt"])
-    tokenized = prompt_token_ids(tokenizer, originals, sampling.chat_template_kwargs)  # fails before any scoring
-    result = evaluate_policy(model_path, tokenizer, evalset, max_new_tokens=max_new_tokens)
-    model = _load(AutoModelForCausalLM, model_path)
-    eos = [tokenizer.eos_token_id]
-    prompt_ids, completion_ids = sample_completions(model, tokenizer, tokenized, sampling, eos)
+    prompt_ids, completion_ids = sample_completions(model, tokenizer, tokenized, sampling, [tokenizer.eos_token_id])
     k = sampling.num_samples
     repeated = [p for p in originals for _ in range(k)]
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -144,25 +147,44 @@ def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Da
     # whose name TRL keeps for the generated one.
     columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
                if c not in ("prompt", "completion", "completion_ids")}
-
     per_reward, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
-    _add_mean(result, "reward", total, k)
-    for name, values in per_reward.items():
+    gold_values = arith.exact_match(repeated, completions, answer=columns.get("answer")) if gold else None
+    return ScoredSamples(prompt_ids, completion_ids, per_reward, total, gold_values)
+
+
+def log_ratios(policy, reference, samples: ScoredSamples, pad_id: int) -> list[float]:
+    """log pi(y|x) - log pi_ref(y|x) of each sampled completion: the per-sequence KL estimate."""
+    return [p - r for p, r in zip(sequence_logprobs(policy, samples.prompt_ids, samples.completion_ids, pad_id),
+                                  sequence_logprobs(reference, samples.prompt_ids, samples.completion_ids, pad_id))]
+
+
+def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
+                       sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8) -> EvalResult:
+    """Everything `evaluate_policy` scores, plus the RL metrics on sampled completions (see the module doc).
+
+    `reward`, each reward by its name and `gold_reward` are means over samples; `kl_to_reference` is in
+    nats per sequence (0 when the policy is the reference); `response_length` counts tokens, EOS
+    included, as TRL's `completions/mean_length` does. Per-item scores are per-prompt means, paired
+    across base and trained policies.
+    """
+    tokenized = prompt_token_ids(tokenizer, list(prompts["prompt"]), sampling.chat_template_kwargs)  # fails early
+    result = evaluate_policy(model_path, tokenizer, evalset, max_new_tokens=max_new_tokens)
+    model = _load(AutoModelForCausalLM, model_path)
+    samples = sample_and_score(model, tokenizer, prompts, tokenized, rewards, sampling, gold=evalset.task is not None)
+    k = sampling.num_samples
+    _add_mean(result, "reward", samples.total, k)
+    for name, values in samples.per_reward.items():
         # A reward is reported under its own name, unless a metric already holds it (a function called `reward`).
         _add_mean(result, name if name not in result.metrics else f"reward_{name}", values, k)
-    if evalset.task is not None:
-        gold = arith.exact_match(repeated, completions, answer=columns.get("answer"))
-        _add_mean(result, "gold_reward", gold, k)
+    if samples.gold is not None:
+        _add_mean(result, "gold_reward", samples.gold, k)
 
     if reference_path is not None:
-        if reference_path == model_path:
-            policy = reference = [0.0] * len(completion_ids)  # the reference against itself: every log-ratio is 0
-        else:
-            policy = sequence_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id)
-            reference = sequence_logprobs(_load(AutoModelForCausalLM, reference_path), prompt_ids, completion_ids,
-                                          tokenizer.pad_token_id)
-        _add_mean(result, "kl_to_reference", [p - r for p, r in zip(policy, reference)], k)
-    _add_mean(result, "response_length", [float(len(c)) for c in completion_ids], k)
+        # The reference against itself: every log-ratio is 0.
+        ratios = ([0.0] * len(samples.completion_ids) if reference_path == model_path else
+                  log_ratios(model, _load(AutoModelForCausalLM, reference_path), samples, tokenizer.pad_token_id))
+        _add_mean(result, "kl_to_reference", ratios, k)
+    _add_mean(result, "response_length", [float(len(c)) for c in samples.completion_ids], k)
     return result
 
 
@@ -211,28 +233,17 @@ class RLEvaluation:
 # --- the overoptimization curve of an RL run --------------------------------------------------------------
 
 @torch.no_grad()
-def curve_point(policy, reference, tokenizer, prompts: Dataset, rewards: RewardSet, sampling: Sampling,
-                gold: bool) -> dict[str, float]:
+def curve_point(policy, reference, tokenizer, prompts: Dataset, tokenized: list[list[int]], rewards: RewardSet,
+                sampling: Sampling, gold: bool) -> dict[str, float]:
     """Proxy (the run's own rewards, weighted as trained) and gold reward of completions the in-memory `policy`
     samples on held-out prompts, and its KL to `reference` (nats per sequence, mean over samples)."""
-    originals = list(prompts["prompt"])
-    tokenized = prompt_token_ids(tokenizer, originals, sampling.chat_template_kwargs)
     was_training = policy.training
-    prompt_ids, completion_ids = sample_completions(policy, tokenizer, tokenized, sampling, [tokenizer.eos_token_id])
+    samples = sample_and_score(policy, tokenizer, prompts, tokenized, rewards, sampling, gold)
     k = sampling.num_samples
-    repeated = [p for p in originals for _ in range(k)]
-    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    if is_conversational({"prompt": originals[0]}):
-        completions = [[{"role": "assistant", "content": text}] for text in completions]
-    columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
-               if c not in ("prompt", "completion", "completion_ids")}
-    _, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
-    items = {"proxy_reward": _per_prompt(total, k)}
-    if gold:
-        items["gold_reward"] = _per_prompt(arith.exact_match(repeated, completions, answer=columns.get("answer")), k)
-    ratios = [p - r for p, r in zip(sequence_logprobs(policy, prompt_ids, completion_ids, tokenizer.pad_token_id),
-                                    sequence_logprobs(reference, prompt_ids, completion_ids, tokenizer.pad_token_id))]
-    items["kl_to_reference"] = _per_prompt(ratios, k)
+    items = {"proxy_reward": _per_prompt(samples.total, k)}
+    if samples.gold is not None:
+        items["gold_reward"] = _per_prompt(samples.gold, k)
+    items["kl_to_reference"] = _per_prompt(log_ratios(policy, reference, samples, tokenizer.pad_token_id), k)
     # Means, and per-prompt means (the prompts are what a fit of the curve resamples).
     point = {name: sum(values) / len(values) for name, values in items.items()}
     point["sqrt_kl"] = max(point["kl_to_reference"], 0.0) ** 0.5  # a sampled KL can dip below 0 near the start
@@ -246,13 +257,15 @@ class RewardCurve:
     """A trainer callback (TRL's GRPO and RLOO trainers): every `every` optimiser steps, and before the first,
     the policy in memory is scored by `curve_point` on held-out prompts, so a run gives Gao et al.'s curve of gold
     and proxy reward against sqrt(KL), not only its end points. Points are kept in `points` (the recipe writes them
-    to metrics.json's `train.curve`). Scored on the main process only, with its own sampling seed per point."""
+    to metrics.json's `train.curve`). Scored on the main process only, every point with the same sampling seed."""
 
     def __init__(self, tokenizer, prompts: Dataset, rewards: RewardSet, sampling: Sampling, reference_path: str,
                  every: int, gold: bool):
         from transformers import TrainerCallback
 
         self.tokenizer, self.prompts, self.rewards, self.sampling = tokenizer, prompts, rewards, sampling
+        # The prompts never change between points: rendered and tokenized once (and checked before training).
+        self.tokenized = prompt_token_ids(tokenizer, list(prompts["prompt"]), sampling.chat_template_kwargs)
         self.reference_path, self.every, self.gold = reference_path, every, gold
         self.points: list[dict] = []
         self._reference = None
@@ -284,4 +297,4 @@ class RewardCurve:
         # One sampling seed for every point (common random numbers): the curve moves with the policy, not with
         # fresh sampling noise at each point.
         self.points.append({"step": step, **curve_point(model, self._reference, self.tokenizer, self.prompts,
-                                                         self.rewards, self.sampling, self.gold)})
+                                                         self.tokenized, self.rewards, self.sampling, self.gold)})
