@@ -305,8 +305,8 @@ def cmd_overoptimization(args) -> int:
     if args.reward_model and not args.policy:
         console.print("[red]error:[/red] --reward-model needs --policy: the fixed policy that samples the pool")
         return 2
-    rl = [overoptimization.rl_curve(run) for run in args.rl_run or []]  # checked before any sampling
-    curves, document = list(rl), {"gold": args.gold, "rl_runs": args.rl_run or []}
+    curves = [overoptimization.rl_curve(run) for run in args.rl_run]  # checked before any sampling
+    document = {"gold": args.gold, "rl_runs": args.rl_run}
     if args.reward_model:
         bon, pool = overoptimization.run(args.policy, args.reward_model, gold=args.gold, n=args.n,
                                          prompts=args.prompts, task=args.task, seed=args.seed,
@@ -341,7 +341,7 @@ def _overoptimization_table(curves) -> Table:
         fit, gold = curve.fit, curve.gold.mean(axis=0)
         points = f"n = {curve.x[0]}..{curve.x[-1]}" if curve.form == "best_of_n" else f"steps 0..{curve.x[-1]}"
         measured = f"{curve.kl_measured[-1]:.2f}" if curve.kl_measured is not None else "-"
-        table.add_row("best-of-n" if curve.form == "best_of_n" else "RL",
+        table.add_row(curve.form_label,
                       f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})", points,
                       f"{curve.proxy_gain.mean(axis=0)[-1]:+.3f}", f"{gold[0]:.3f} -> {gold[-1]:.3f}",
                       *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),

@@ -78,6 +78,10 @@ class Curve(GainsOverStart):
     kl_measured: np.ndarray | None  # best-of-n: the pool's KL, repeats merged; RL: the run's own KL estimate
     fit: Overoptimization | None  # None when the curve has too few points with d > 0
 
+    @property
+    def form_label(self) -> str:
+        return "best-of-n" if self.form == "best_of_n" else "RL"
+
     def to_json(self) -> dict:
         return {"form": self.form, "reward_model": self.reward_model, "parameters": self.parameters,
                 "x": "n" if self.form == "best_of_n" else "step", "points": list(self.x), "d": self.d.tolist(),
@@ -206,7 +210,7 @@ def plot(curves_: list[Curve]) -> bytes:
     for curve in curves_:
         colour = cmap(sizes.index(curve.parameters) / max(1, len(sizes) - 1))
         marker, line = ("o", "-") if curve.form == "best_of_n" else ("^", "--")
-        label = f"{format_parameters(curve.parameters)} RM, {'best-of-n' if curve.form == 'best_of_n' else 'RL'}"
+        label = f"{format_parameters(curve.parameters)} RM, {curve.form_label}"
         gold_ax.plot(curve.d, curve.gold_gain.mean(axis=0), marker + line, color=colour, label=label, markersize=4)
         if curve.fit is not None:
             grid = np.linspace(0, curve.d.max(), 100)
