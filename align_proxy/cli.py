@@ -278,6 +278,12 @@ def _print_report(report) -> None:
     console.print(table)
     for entry in analysis.headline:
         console.print(f"[bold]{recipe_label(entry)}[/bold]: {entry.conclusion}")
+    if analysis.overoptimization:
+        from align_proxy.studies.report import overoptimization_lines
+
+        console.print(_overoptimization_table(analysis.overoptimization.curves))
+        for line in overoptimization_lines(analysis):
+            console.print(f"- {line}", highlight=False)
     console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
 
 
@@ -296,6 +302,9 @@ def cmd_overoptimization(args) -> int:
     import numpy as np
 
     from align_proxy.files import atomic_write
+    from align_proxy.studies.formatting import format_trend
+    from align_proxy.studies.overoptimization import size_trends
+    from align_proxy.studies.records import OveroptimizationCurve, to_json
     from evals import overoptimization
 
     if not args.reward_model and not args.rl_run:
@@ -316,13 +325,13 @@ def cmd_overoptimization(args) -> int:
                       f"({distinct:.1f} distinct per prompt); gold = {args.gold}")
         document.update(policy=args.policy, prompts=len(pool.prompts), pool_size=pool.size)
         curves = bon + curves
-    console.print(_overoptimization_table(curves))
-    trend = overoptimization.trend(curves)
-    for form, coefficients in (trend or {}).items():
-        console.print(f"{form} per decade of reward-model parameters: " + ", ".join(
-            f"{name} {t['slope_per_decade']:+.3f} (R^2 {t['r_squared']:.2f})" for name, t in coefficients.items()))
+    records = [OveroptimizationCurve.of(c) for c in curves]
+    console.print(_overoptimization_table(records))
+    trends = size_trends(curves)
+    for trend in trends:
+        console.print(format_trend(trend))
     out = Path(args.output_dir)
-    document.update(curves=[c.to_json() for c in curves], trend=trend)
+    document.update(curves=[c.to_json() for c in records], trend=[to_json(t) for t in trends])
     atomic_write(out / "overoptimization.json", json.dumps(document, indent=1, allow_nan=False))
     atomic_write(out / "overoptimization.png", overoptimization.plot(curves))
     console.print(f"written: {out / 'overoptimization.json'}, {out / 'overoptimization.png'}")
@@ -330,23 +339,16 @@ def cmd_overoptimization(args) -> int:
 
 
 def _overoptimization_table(curves) -> Table:
-    from align_proxy.studies.formatting import format_interval, format_parameters
+    """Overoptimization curves (`records.OveroptimizationCurve`) as a console table."""
+    from align_proxy.studies.formatting import overoptimization_rows
 
     table = Table(title="gold reward against d = sqrt(KL) per proxy reward model: Gao et al.'s fit, peak d* and the "
                         "gold gain there (95% intervals over prompts)")
-    for column in ("form", "reward model", "points", "proxy gain", "gold start -> end", "alpha", "beta", "peak d*",
-                   "gold gain at d*", "KL at end: used / measured"):
+    headers, rows = overoptimization_rows(curves)
+    for column in headers:
         table.add_column(column)  # intervals wrap rather than being cut at the console's width
-    for curve in curves:
-        fit, gold = curve.fit, curve.gold.mean(axis=0)
-        points = f"n = {curve.x[0]}..{curve.x[-1]}" if curve.form == "best_of_n" else f"steps 0..{curve.x[-1]}"
-        measured = f"{curve.kl_measured[-1]:.2f}" if curve.kl_measured is not None else "-"
-        table.add_row(curve.form_label,
-                      f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})", points,
-                      f"{curve.proxy_gain.mean(axis=0)[-1]:+.3f}", f"{gold[0]:.3f} -> {gold[-1]:.3f}",
-                      *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),
-                         format_interval(fit.peak_reward)) if fit else ("-",) * 4),
-                      f"{curve.d[-1] ** 2:.2f} / {measured}")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

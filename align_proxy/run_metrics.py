@@ -115,18 +115,23 @@ class RunMetrics:
     scores: Scores
     diverged: Divergence | None = None
     proxy: ProxyTuning | None = None  # set by a proxy-tuning cell only
+    # Set by a best-of-n cell only: its policy, reward model, gold reward, pool (n, prompts) and sampling; the curve
+    # itself is train.curve, in the layout an RL run's has (one point per n).
+    best_of_n: dict | None = None
 
     def to_json(self) -> dict:
         raw = {"recipe": self.recipe, "model": self.model, "dataset": self.dataset, "speed": self.speed,
                "train": self.train.to_json(), "eval": self.scores.to_json(),
                "diverged": self.diverged.to_json() if self.diverged else None}
-        return {**raw, "proxy": self.proxy.to_json()} if self.proxy else raw
+        return {**raw, **({"proxy": self.proxy.to_json()} if self.proxy else {}),
+                **({"best_of_n": self.best_of_n} if self.best_of_n else {})}
 
     @classmethod
     def from_json(cls, raw: dict) -> RunMetrics:
         return cls(raw.get("recipe", ""), raw.get("model", {}), raw.get("dataset", ""), raw.get("speed"),
                    Training.from_json(raw.get("train", {})), Scores.from_json(raw.get("eval", {})),
-                   Divergence.from_json(raw.get("diverged")), ProxyTuning.from_json(raw.get("proxy")))
+                   Divergence.from_json(raw.get("diverged")), ProxyTuning.from_json(raw.get("proxy")),
+                   raw.get("best_of_n"))
 
 
 def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -> str:

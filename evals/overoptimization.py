@@ -18,9 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import AutoModelForCausalLM
 
-from align_proxy.studies.overoptimization import (BestOfN, GainsOverStart, Overoptimization, best_of_n,
-                                                 fit_overoptimization)
-from align_proxy.studies.records import to_json  # nan and inf as null, like report.json
+from align_proxy.studies.overoptimization import BestOfN, Curve, best_of_n
 from evals.rl import Sampling, prompt_token_ids, sample_completions
 from evals.suite import _load
 
@@ -63,46 +61,13 @@ def sample_pool(policy_path: str, tokenizer, prompts, n: int, sampling: Sampling
     return Pool(originals, rows, columns)
 
 
-@dataclass(frozen=True)
-class Curve(GainsOverStart):
-    """One proxy reward model's curve: gold and proxy reward per prompt (prompts x points) at each point's d, for
-    best-of-n (points are n) or an RL run (points are optimiser steps), and the form fitted to the gold gain."""
-
-    form: str
-    reward_model: str
-    parameters: int
-    x: list[int]
-    d: np.ndarray
-    gold: np.ndarray
-    proxy: np.ndarray
-    kl_measured: np.ndarray | None  # best-of-n: the pool's KL, repeats merged; RL: the run's own KL estimate
-    fit: Overoptimization | None  # None when the curve has too few points with d > 0
-
-    @property
-    def form_label(self) -> str:
-        return "best-of-n" if self.form == "best_of_n" else "RL"
-
-    def to_json(self) -> dict:
-        return {"form": self.form, "reward_model": self.reward_model, "parameters": self.parameters,
-                "x": "n" if self.form == "best_of_n" else "step", "points": list(self.x), "d": self.d.tolist(),
-                "kl_measured": self.kl_measured.tolist() if self.kl_measured is not None else None,
-                "gold": self.gold.mean(axis=0).tolist(), "proxy": self.proxy.mean(axis=0).tolist(),
-                "gold_fit": to_json(self.fit) if self.fit else None}
-
-
-def _fitted(form: str, d: np.ndarray, gold_gain: np.ndarray, confidence: float, n_resamples: int):
-    return fit_overoptimization(form, d, gold_gain, confidence, n_resamples) if np.count_nonzero(d > 0) >= 2 else None
-
-
 def best_of_n_curves(pool: Pool, gold: np.ndarray, proxies: dict[str, tuple[int, object]], ns: list[int],
                      confidence: float = 0.95, n_resamples: int = 2000) -> list[Curve]:
     """Each proxy reward model's best-of-n curve (`proxies`: name -> (parameters, reward)), smallest first."""
     out = []
     for name, (parameters, reward) in sorted(proxies.items(), key=lambda kv: (kv[1][0], kv[0])):
         result: BestOfN = best_of_n(pool.score(reward), gold, ns, completions=pool.completions)
-        out.append(Curve("best_of_n", name, parameters, result.ns, result.d, result.gold, result.proxy,
-                         result.kl_empirical.mean(axis=0),
-                         _fitted("best_of_n", result.d, result.gold_gain, confidence, n_resamples)))
+        out.append(Curve.of_best_of_n(result, name, parameters, confidence, n_resamples))
     return out
 
 
@@ -129,30 +94,7 @@ def rl_curve(run_dir: str, confidence: float = 0.95, n_resamples: int = 2000) ->
     if len(learned) != 1:
         raise ValueError(f"{config_path}: an overoptimization curve needs exactly one learned reward model among "
                          f"reward_funcs, found {len(learned)} ({reward_funcs})")
-    gold = np.array([p["items"]["gold_reward"] for p in points]).T  # prompts x points
-    proxy = np.array([p["items"]["proxy_reward"] for p in points]).T
-    kl = np.array([p["kl_to_reference"] for p in points])
-    d = np.sqrt(np.clip(kl, 0.0, None))
-    return Curve("rl", learned[0], parameter_count(learned[0]), [p["step"] for p in points], d, gold, proxy, kl,
-                 _fitted("rl", d, gold - gold[:, :1], confidence, n_resamples))
-
-
-def trend(curves_: list[Curve], confidence: float = 0.95) -> dict[str, dict] | None:
-    """Per form, alpha and beta against log10(reward-model parameters) (Gao et al.: smooth, roughly log-linear),
-    each a straight line over one point per size; forms with fewer than three sizes are left out."""
-    from align_proxy.studies.stats import fit_gain_vs_scale
-
-    out = {}
-    for form in dict.fromkeys(c.form for c in curves_):
-        fitted = [c for c in curves_ if c.form == form and c.fit is not None]
-        sizes = [c.parameters for c in fitted]
-        if len(set(sizes)) < 3 or len(set(sizes)) != len(sizes):
-            continue
-        out[form] = {}
-        for name in ("alpha", "beta"):
-            fit = fit_gain_vs_scale(sizes, [getattr(c.fit, name).estimate for c in fitted], max(sizes), confidence)
-            out[form][name] = {"slope_per_decade": fit.slope, "intercept": fit.intercept, "r_squared": fit.r_squared}
-    return out or None
+    return Curve.from_points(points, learned[0], parameter_count(learned[0]), confidence, n_resamples)
 
 
 def learned(path: str):
@@ -169,11 +111,15 @@ def get_gold(name: str):
     return get_reward(name)
 
 
-def run(policy: str, reward_models: list[str], gold: str = "arith_exact_match", n: int = 64, prompts: int = 64,
+DEFAULT_GOLD = "arith_exact_match"  # the built-in tasks' own reward: the answer, exactly
+
+
+def run(policy: str, reward_models: list[str], gold: str = DEFAULT_GOLD, n: int = 64, prompts: int = 64,
         task: str = "arith", seed: int = 0, max_new_tokens: int = 8, temperature: float = 1.0,
-        n_resamples: int = 2000) -> tuple[list[Curve], Pool]:
+        n_resamples: int = 2000, prompt_seed: int | None = None) -> tuple[list[Curve], Pool]:
     """Sample the pool from `policy` (a registry name or directory) once and score it with every proxy reward
-    model and the gold reward (a reward name, `module:function`, or a reward-model directory)."""
+    model and the gold reward (a reward name, `module:function`, or a reward-model directory). `seed` seeds the
+    sampling and `prompt_seed` (default: `seed`) picks the task's held-out prompts."""
     from align_proxy.data.tasks import get_task
     from align_proxy.models.registry import parameter_count, resolve
     from align_proxy.models.tokenizer import build_tokenizer
@@ -186,41 +132,74 @@ def run(policy: str, reward_models: list[str], gold: str = "arith_exact_match", 
     gold_reward = get_gold(gold)
     policy_path = resolve(policy).path
     tokenizer = build_tokenizer()
-    held_out = get_task(task).evaluation(prompts, seed=seed)
+    held_out = get_task(task).evaluation(prompts, seed=seed if prompt_seed is None else prompt_seed)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, num_samples=n, seed=seed)
     pool = sample_pool(policy_path, tokenizer, held_out, n, sampling)
     ns = sorted({1, *[k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n], n})
     return best_of_n_curves(pool, pool.score(gold_reward), proxies, ns, n_resamples=n_resamples), pool
 
 
+def run_cell(argv: list[str] | None = None) -> None:
+    """A study's best-of-n cell (`studies.spec.StudySpec._best_of_n_cells`, run by the study runner like a recipe
+    script): the policy's pool ranked by one reward model, and metrics.json written atomically, last: the curve
+    (train.curve, one point per n), and gold and learned reward of the policy (base, n = 1) and of best-of-N
+    (trained), per prompt. Prompts are the task's held-out ones (eval seed 0, as RL runs' curves); `--seed` seeds
+    the sampling."""
+    import argparse
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from align_proxy.files import atomic_write
+    from align_proxy.models import registry
+    from align_proxy.run_metrics import RunMetrics, Scores, Training
+
+    parser = argparse.ArgumentParser(description=run_cell.__doc__.splitlines()[0])
+    for flag in ("--policy", "--reward-model", "--output-dir"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--gold", default=DEFAULT_GOLD)
+    parser.add_argument("--task", default="arith")
+    for flag, kind in (("--n", int), ("--prompts", int), ("--seed", int), ("--max-new-tokens", int),
+                       ("--temperature", float)):
+        parser.add_argument(flag, type=kind, required=True)
+    args = parser.parse_args(argv)
+    print(f"[align-proxy] best-of-{args.n} of {args.policy} by {args.reward_model} ({args.prompts} prompts, "
+          f"gold {args.gold})", flush=True)
+    (curve,), pool = run(args.policy, [args.reward_model], gold=args.gold, n=args.n, prompts=args.prompts,
+                         task=args.task, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, prompt_seed=0)
+    first, last = {"gold_reward": curve.gold[:, 0], "learned_reward": curve.proxy[:, 0]}, \
+        {"gold_reward": curve.gold[:, -1], "learned_reward": curve.proxy[:, -1]}
+    scores = Scores({k: float(v.mean()) for k, v in first.items()}, {k: float(v.mean()) for k, v in last.items()},
+                    {k: v.tolist() for k, v in first.items()}, {k: v.tolist() for k, v in last.items()})
+    settings = {"policy": args.policy, "reward_model": args.reward_model, "gold": args.gold, "task": args.task,
+                "n": args.n, "prompts": args.prompts, "temperature": args.temperature,
+                "max_new_tokens": args.max_new_tokens,
+                "distinct_per_prompt": float(np.mean([len(set(row)) for row in pool.completions]))}
+    record = RunMetrics("best-of-n", dataclasses.asdict(registry.resolve(args.policy)), f"builtin:{args.task}", None,
+                        Training(curve=curve.points()), scores, best_of_n=settings)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
+
+
 def plot(curves_: list[Curve]) -> bytes:
-    """Gold and proxy reward gain against sqrt(KL), one colour per reward-model size (best-of-n: circles, solid;
-    RL: triangles, dashed), each fitted gold curve dotted: the look of Gao et al.'s Figure 1."""
+    """The curves drawn as the study report draws them (`studies.plots.draw_overoptimization`), as PNG bytes."""
     import io
 
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from align_proxy.studies.formatting import format_parameters
+    from align_proxy.studies.plots import draw_overoptimization
+    from align_proxy.studies.records import OveroptimizationCurve
 
     figure = Figure(figsize=(10, 4), layout="constrained")
-    gold_ax, proxy_ax = figure.subplots(1, 2)
-    sizes = sorted({c.parameters for c in curves_})
-    cmap = colormaps["viridis"]
-    for curve in curves_:
-        colour = cmap(sizes.index(curve.parameters) / max(1, len(sizes) - 1))
-        marker, line = ("o", "-") if curve.form == "best_of_n" else ("^", "--")
-        label = f"{format_parameters(curve.parameters)} RM, {curve.form_label}"
-        gold_ax.plot(curve.d, curve.gold_gain.mean(axis=0), marker + line, color=colour, label=label, markersize=4)
-        if curve.fit is not None:
-            grid = np.linspace(0, curve.d.max(), 100)
-            gold_ax.plot(grid, curve.fit.curve(grid), ":", color=colour, linewidth=1)
-        proxy_ax.plot(curve.d, curve.proxy_gain.mean(axis=0), marker + line, color=colour, label=label, markersize=4)
-    for ax, what in ((gold_ax, "gold"), (proxy_ax, "proxy")):
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set(xlabel="d = sqrt(KL to the initial policy), nats^0.5", ylabel=f"{what} reward gain",
-               title=f"{what} reward against optimisation")
-        ax.legend(fontsize=7)
+    draw_overoptimization([OveroptimizationCurve.of(c) for c in curves_], figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
     return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_cell(sys.argv[1:])

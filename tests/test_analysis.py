@@ -224,7 +224,7 @@ def test_every_number_dumps_as_strict_json_with_undefined_values_as_null():
     assert json.loads(text) == document
     assert set(document) == {"schema", "confidence", "n_resamples", "resolved_threshold", "models", "target",
                              "seeds", "recipes", "metrics", "completeness", "headline", "base", "gains",
-                             "orderings", "transfer", "metric_trust", "fits", "gap_closed"}
+                             "orderings", "transfer", "metric_trust", "fits", "gap_closed", "overoptimization"}
     assert math.isnan(transfer_of(analysis, "sft", "ladder-s", "ladder-l").ratios["a"].estimate)
     sft_transfer = next(t for t in document["transfer"] if t["recipe"] == "sft" and t["large"] == "ladder-l"
                         and t["small"] == "ladder-s")

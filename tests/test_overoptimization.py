@@ -130,3 +130,65 @@ def test_fit_intervals_cover_planted_coefficients_at_the_nominal_rate():
 def test_no_peak_is_reported_when_the_gold_reward_keeps_rising():
     assert all(math.isnan(x) for x in peak("best_of_n", 1.0, -0.1))
     assert all(math.isnan(x) for x in peak("rl", 1.0, 0.0))
+
+
+def test_a_peak_at_negative_d_is_the_start_itself():
+    """Gold that falls from the first step peaks at d = 0 (no optimisation is best), not at a negative d."""
+    assert peak("best_of_n", -0.2, 0.1) == (0.0, 0.0)
+    assert peak("best_of_n", -0.2, 0.0) == (0.0, 0.0)
+
+
+BON_D = np.sqrt(np.array([kl_best_of_n(n) for n in (1, 2, 4, 8, 16, 32, 64)]))
+
+
+def _shared_pool_curves(rng, small: tuple[float, float], large: tuple[float, float], prompts: int = 80):
+    """Two reward models' best-of-n gold gains on one pool: the prompts (how much each can gain, and its noise)
+    are shared by both curves, as the samples of one pool are; each reward model adds its own noise."""
+    shared = rng.normal(1.0, 0.4, size=(prompts, 1))
+    noise = rng.normal(0, 0.15, size=(prompts, BON_D.size))
+    curves = []
+    for name, (alpha, beta) in (("small", small), ("large", large)):
+        gains = shared * reward_curve("best_of_n", alpha, beta, BON_D)[None, :] + noise + \
+            rng.normal(0, 0.05, size=(prompts, BON_D.size))
+        gains[:, 0] = 0.0  # n = 1 is the policy itself: no gain
+        curves.append(overoptimization.Curve.fitted("best_of_n", name, 1, list(range(BON_D.size)), BON_D, gains,
+                                                    gains, None, 0.95, 300))
+    return curves
+
+
+def test_peak_shift_intervals_cover_the_true_shift_in_a_shared_pool_design():
+    """200 simulated studies of the design a study's best-of-n cells have (one pool, shared prompts, two reward
+    models whose peaks differ: d* 0.8 and 1.2): the shift's interval covers the true 0.4 at about its level."""
+    rng = np.random.default_rng(11)
+    small, large = (0.48, 0.3), (0.72, 0.3)  # d* = alpha / (2 beta) = 0.8 and 1.2
+    truth = peak("best_of_n", *large)[0] - peak("best_of_n", *small)[0]
+    covered = defined = 0
+    for _ in range(200):
+        a, b = _shared_pool_curves(rng, small, large)
+        shift = overoptimization.peak_shift(a, b, n_resamples=300, seed=int(rng.integers(1 << 30)))
+        defined += not math.isnan(shift.low)
+        covered += shift.covers(truth)
+    assert defined >= 190 and covered / defined >= 0.92
+
+
+def test_an_unresolved_peak_shift_says_how_many_prompts_would_resolve_it():
+    from align_proxy.studies.stats import Interval
+
+    assert overoptimization.prompts_to_resolve(Interval(0.1, -0.1, 0.3), 100) == 400  # half-width 0.2 = 2 x 0.1
+    assert overoptimization.prompts_to_resolve(Interval(0.1, 0.05, 0.15), 100) is None  # resolved
+
+
+def test_size_trends_fit_alpha_and_beta_against_log_parameters():
+    sizes = [2e5, 8e5, 1.8e6]
+    curves = []
+    for size in sizes:  # alpha rises by 0.2 per decade, beta is the same at every size
+        alpha = 0.3 + 0.2 * math.log10(size / 2e5)
+        gains = np.tile(reward_curve("best_of_n", alpha, 0.2, BON_D), (50, 1))
+        gains += np.random.default_rng(int(size)).normal(0, 0.01, gains.shape)
+        curves.append(overoptimization.Curve.fitted("best_of_n", f"rm{size:g}", int(size), list(range(BON_D.size)),
+                                                    BON_D, gains, gains, None, 0.95, 200))
+    trends = {t.coefficient: t for t in overoptimization.size_trends(curves)}
+    assert trends["alpha"].slope_per_decade.estimate == pytest.approx(0.2, abs=0.02)
+    assert trends["alpha"].slope_per_decade.covers(0.2) and trends["beta"].slope_per_decade.covers(0.0)
+    assert trends["alpha"].parameters == [int(s) for s in sizes]
+    assert overoptimization.size_trends(curves[:2]) == []  # two sizes fix a line and leave no interval

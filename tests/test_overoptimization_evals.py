@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from align_proxy.cli import main
 from align_proxy.models.tokenizer import build_tokenizer
+from align_proxy.studies.records import OveroptimizationCurve
 from evals import overoptimization as best_of_n
 
 
@@ -41,7 +42,7 @@ def test_one_pool_gives_each_reward_model_a_curve_that_starts_at_the_pools_mean(
         proxy = pool.score(best_of_n.learned(curve.reward_model))
         assert curve.proxy[:, -1] == pytest.approx(proxy.max(axis=1))
         assert np.all(np.diff(curve.proxy.mean(axis=0)) >= -1e-12)  # the proxy never falls with n
-        json.dumps(curve.to_json(), allow_nan=False)
+        json.dumps(OveroptimizationCurve.of(curve).to_json(), allow_nan=False)
 
 
 def test_the_command_writes_the_curves_and_their_plot(tiny_model, reward_models, tmp_path, capsys):

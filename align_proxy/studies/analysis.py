@@ -20,6 +20,7 @@ from scipy import stats as scipy_stats
 
 from align_proxy.metrics import METRICS
 from align_proxy.studies import verdicts
+from align_proxy.studies.overoptimization import Curve, peak_shift, prompts_to_resolve, size_trends
 from align_proxy.studies.records import (
     BaseScore,
     CellCount,
@@ -34,6 +35,9 @@ from align_proxy.studies.records import (
     MissingCell,
     ModelSize,
     Ordering,
+    OveroptimizationCurve,
+    OveroptimizationSummary,
+    PeakShift,
     Prediction,
     RankAgreement,
     RankIntervals,
@@ -73,8 +77,10 @@ def _diverged(cell: CellResult) -> dict | None:
     return getattr(cell, "diverged", None)
 
 
-def _start(start: dict | None) -> Start | None:
-    return Start(start["recipe"], start["variant"]) if start else None
+def _start(start: dict | None, reward_from: dict | None = None) -> Start | None:
+    if not start:
+        return None
+    return Start(start["recipe"], start["variant"], start.get("model"), reward_from["recipe"] if reward_from else None)
 
 
 # --- per (recipe, variant, model, metric): the data and their replicates -------------------------------
@@ -480,18 +486,21 @@ def _as_outcome(word: str) -> str:
 
 def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
             target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-            cells: list[dict] | None = None, starts: dict[str, dict] | None = None) -> StudyAnalysis:
+            cells: list[dict] | None = None, starts: dict[str, dict] | None = None,
+            rewards_from: dict[str, dict] | None = None) -> StudyAnalysis:
     """Every number of a study's report, as typed records (`.to_json()` is report.json).
 
     `results` are finished cells, diverged ones included (a `diverged` attribute of {step, loss}); `models`
     maps name -> parameters (models with no results yet count as missing); `primary_metrics` maps recipe ->
     the metric its headline is judged on; `target` is (name, parameters) to predict gains at; `cells`
     (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts` maps recipe -> the
-    {"recipe", "variant"} its cells started from (their gains are over that model).
+    {"recipe", "variant"[, "model"]} its cells started from (their gains are over that model); `rewards_from` maps
+    an RL recipe -> the reward recipe whose models its cells trained against (their curves are overoptimization's).
     """
     every_cell = results
     proxy_cells = [c for c in results if getattr(c, "proxy", None)]  # proxy-tuning cells have their own section
-    results = [c for c in results if not getattr(c, "proxy", None)]
+    best_of_n_cells = [c for c in results if getattr(c, "best_of_n", None)]  # and so have best-of-n cells
+    results = [c for c in results if not getattr(c, "proxy", None) and not getattr(c, "best_of_n", None)]
     models = {**{c.model: c.parameters for c in every_cell}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
     study = _Study(models, order, confidence, n_resamples)
@@ -507,8 +516,8 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     recipes = _ordered({c.recipe for c in results}, list(primary_metrics))
     gains = sorted(study.gains.values(), key=lambda g: (g.recipe, g.variant, models[g.model], _order_index(g.metric)))
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
-    headline = [_headline(r, primary[r], study, orderings, transfer, fits, target, _start((starts or {}).get(r)))
-                for r in recipes]
+    headline = [_headline(r, primary[r], study, orderings, transfer, fits, target,
+                          _start((starts or {}).get(r), (rewards_from or {}).get(r))) for r in recipes]
     headline = [_with_decoding_time(h, gaps, order) for h in headline]
     metrics = _ordered({g.metric for g in gains}, METRIC_ORDER)
     return StudyAnalysis(
@@ -521,7 +530,38 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
         completeness=_completeness(every_cell, order, cells), headline=headline,
         base=_base_records(results, models, confidence, n_resamples), gains=gains,
         orderings=list(orderings.values()), transfer=transfer,
-        metric_trust=_metric_trust_section(study, primary), fits=fits, gap_closed=gaps)
+        metric_trust=_metric_trust_section(study, primary), fits=fits, gap_closed=gaps,
+        overoptimization=_overoptimization_section(
+            best_of_n_cells + [c for c in results if c.recipe in (rewards_from or {})], models, confidence, n_resamples))
+
+
+def _overoptimization_section(cells: list[CellResult], models: dict[str, int], confidence: float,
+                              n_resamples: int) -> OveroptimizationSummary | None:
+    """Each curve's fit, alpha and beta against reward-model size, and per form, recipe variant and seed whose curves
+    share their prompts, the smallest and largest reward model's peaks compared. RL cells without a curve (run
+    without --curve_every) are left out."""
+    curves = []
+    for cell in sorted(cells, key=lambda c: (c.recipe, c.variant, c.seed, models[c.model])):
+        if len(cell.curve) >= 2 and all("gold_reward" in p.get("items", {}) for p in cell.curve):
+            curves.append((cell, Curve.from_points(cell.curve, cell.model, models[cell.model], confidence, n_resamples)))
+    if not curves:
+        return None
+    groups = defaultdict(list)
+    for cell, curve in curves:
+        groups[(curve.form, cell.recipe, cell.variant, cell.seed)].append(curve)
+    shifts = []
+    for (form, recipe, variant, seed), group in groups.items():
+        small, large = group[0], group[-1]
+        if small.parameters == large.parameters or small.gold.shape != large.gold.shape:
+            continue
+        difference = peak_shift(small, large, confidence, n_resamples)
+        prompts = small.gold.shape[0]
+        shifts.append(PeakShift(form, recipe, variant, seed, small.reward_model, large.reward_model,
+                                small.fit.peak_d if small.fit else NAN_INTERVAL,
+                                large.fit.peak_d if large.fit else NAN_INTERVAL, difference, prompts,
+                                prompts_to_resolve(difference, prompts)))
+    records = [OveroptimizationCurve.of(curve, cell.recipe, cell.variant, cell.seed) for cell, curve in curves]
+    return OveroptimizationSummary(records, size_trends([c for _, c in curves], confidence), shifts)
 
 
 def _gap_closed_section(study: _Study, proxy_cells: list[CellResult], resampler: CrossedResampler) -> list[GapClosed]:

@@ -20,11 +20,14 @@ class StudyRunError(RuntimeError):
     """The study cannot run (already running, recipe scripts missing); the message says what to do."""
 
 
-def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None) -> list[str]:
+def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None,
+              reward_model: Path | None = None) -> list[str]:
     """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
-    starts from another cell's model (`start_from`) gets that cell's directory as its model."""
+    starts from another cell's model (`start_from`) gets that cell's directory as its model, and one trained against
+    another cell's reward model (`reward_from`) that directory as its only reward."""
     argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
-    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {})}
+    overrides = {**cell.overrides, **({"model_name_or_path": str(start_model)} if start_model else {}),
+                 **({"reward_funcs": [str(reward_model)]} if reward_model else {})}
     for key, value in overrides.items():
         values = value if isinstance(value, list) else [value]  # e.g. a grid over reward_funcs lists
         argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
@@ -33,6 +36,8 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
 
 # A proxy-tuning cell trains nothing: this module's __main__ steers the cell's large base with the small cell's model.
 PROXY_CELL_SCRIPT = Path(__file__).resolve().parents[1] / "proxy_tuning.py"
+# Nor does a best-of-n cell: evals/overoptimization.py's __main__ ranks the policy's samples by the cell's reward model.
+BEST_OF_N_CELL_SCRIPT = Path(__file__).resolve().parents[2] / "evals" / "overoptimization.py"
 
 
 def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
@@ -42,13 +47,26 @@ def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
             "--variant", proxy["variant"], "--alpha", str(proxy["alpha"]), "--output_dir", str(output_dir)]
 
 
+def best_of_n_cell_argv(cell: Cell, output_dir: Path, policy: Path | None, reward_model: Path) -> list[str]:
+    """A best-of-n cell's command line (`evals.overoptimization.run_cell`): the policy is the start cell's model
+    or the model the spec names."""
+    settings = cell.best_of_n
+    argv = ["--policy", str(policy) if policy else settings["policy"], "--reward-model", str(reward_model),
+            "--n", str(settings["n"]), "--prompts", str(settings["prompts"]), "--seed", str(cell.seed),
+            "--temperature", str(settings["temperature"]), "--max-new-tokens", str(settings["max_new_tokens"]),
+            "--task", settings["task"], "--output-dir", str(output_dir)]
+    return argv + (["--gold", settings["gold"]] if settings.get("gold") else [])
+
+
 def cell_command(cell: Cell, script: Path, config: str, cell_dir: Path, base_evals: Path,
-                 start_model: Path | None) -> tuple[str, list[str]]:
+                 start_model: Path | None, reward_model: Path | None = None) -> tuple[str, list[str]]:
     """What runs a cell, whoever runs it (this machine or a Slurm job): its recipe's script and arguments, or the
-    proxy-tuning cell's."""
+    proxy-tuning or best-of-n cell's."""
     if cell.proxy:
         return str(PROXY_CELL_SCRIPT), proxy_cell_argv(cell, cell_dir, start_model)
-    return str(script), cell_argv(cell, config, cell_dir, base_evals, start_model)
+    if cell.best_of_n:
+        return str(BEST_OF_N_CELL_SCRIPT), best_of_n_cell_argv(cell, cell_dir, start_model, reward_model)
+    return str(script), cell_argv(cell, config, cell_dir, base_evals, start_model, reward_model)
 
 
 def read_metrics(path: Path) -> RunMetrics:
@@ -83,18 +101,25 @@ def launch_flags(launch: dict) -> list[str]:
 
 
 def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
-    """Queued cells that can never run, and why: the cell they start from failed or diverged (so left no
-    model), or is itself stranded."""
+    """Queued cells that can never run, and why: a cell they need (`Cell.needs`: the one they start from, the one
+    their reward model comes from) failed or diverged (so left no model), or is itself stranded."""
     why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
            if s in ("failed", "diverged")}
     found: list[tuple[Cell, str]] = []
     grew = True
     while grew:
-        new = [c for c in queue if c.start_from in why and c.config_hash not in why]
-        found += [(c, why[c.start_from]) for c in new]
-        why |= {c.config_hash: "failed" for c in new}
+        new = [(c, next(h for h in c.needs if h in why)) for c in queue
+               if c.config_hash not in why and any(h in why for h in c.needs)]
+        found += [(c, f"{'the cell it starts from' if needed == c.start_from else 'the cell its reward model comes from'}"
+                      f" ({needed}) {why[needed]}") for c, needed in new]
+        why |= {c.config_hash: "failed" for c, _ in new}
         grew = bool(new)
     return found
+
+
+def startable(queue: list[Cell], status: dict[str, str]) -> list[Cell]:
+    """Queued cells whose needed cells are all done, in queue order."""
+    return [c for c in queue if all(status[h] == "done" for h in c.needs)]
 
 
 def fail_stranded(queue: list[Cell], status: dict[str, str], store, settled) -> None:
@@ -102,6 +127,11 @@ def fail_stranded(queue: list[Cell], status: dict[str, str], store, settled) -> 
     `settled(config_hash, "failed")` (the local and the Slurm scheduler alike)."""
     for cell, why in stranded(queue, status):
         queue.remove(cell)
-        store.record_failure(cell.config_hash, f"not run: the cell it starts from ({cell.start_from}) {why}; "
-                                               "fix that one, then rerun with --retry-failed")
+        store.record_failure(cell.config_hash, f"not run: {why}; fix that one, then rerun with --retry-failed")
         settled(cell.config_hash, "failed")
+
+
+def needed_dirs(cell: Cell, cell_dir) -> tuple[Path | None, Path | None]:
+    """The directories of the cells a cell starts from and takes its reward model from (`cell_dir(hash)`)."""
+    return (cell_dir(cell.start_from) if cell.start_from else None,
+            cell_dir(cell.reward_from) if cell.reward_from else None)

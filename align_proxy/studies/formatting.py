@@ -32,9 +32,14 @@ def format_interval(iv: Interval | None, signed: bool = True) -> str:
 
 
 def recipe_label(entry: Headline) -> str:
-    """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`."""
+    """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`, or
+    `rloo (from sft on ladder-s, against reward)` for a fixed policy trained against each size's reward model."""
     start = entry.starts_from
-    return f"{entry.recipe} (from {start.recipe})" if start else entry.recipe
+    if not start:
+        return entry.recipe
+    model = f" on {start.model}" if start.model else ""
+    reward = f", against {start.reward_from}" if start.reward_from else ""
+    return f"{entry.recipe} (from {start.recipe}{model}{reward})"
 
 
 def format_share(iv: Interval | None) -> str:
@@ -49,3 +54,57 @@ def format_share(iv: Interval | None) -> str:
     if math.isnan(iv.low):
         return f"{iv.estimate:.0%} (no interval: the tuned gain may be 0)"
     return f"{iv.estimate:.0%} [{iv.low:.0%}, {iv.high:.0%}]"
+
+
+def format_trend(trend) -> str:
+    """A reward-model size trend (`overoptimization.SizeTrend`) in words: `best-of-n beta per decade of reward-model
+    parameters: -0.006 [-0.11, +0.10] (R^2 0.22, 3 sizes)`."""
+    from align_proxy.studies.overoptimization import form_label
+
+    return (f"{form_label(trend.form)} {trend.coefficient} per decade of reward-model parameters: "
+            f"{format_interval(trend.slope_per_decade)} (R^2 {trend.r_squared:.2f}, {len(trend.parameters)} sizes)")
+
+
+OVEROPTIMIZATION_COLUMNS = ("form", "reward model", "seed", "points", "proxy gain", "gold start -> end", "alpha", "beta",
+                            "peak d*", "gold gain at d*", "KL at end: used / measured")
+
+
+def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:
+    """The table of overoptimization curves (`records.OveroptimizationCurve`), for the report and the CLI alike:
+    what each reaches, and Gao et al.'s fit with its peak."""
+    from pathlib import Path
+
+    rows = []
+    for curve in curves:
+        fit = curve.fit
+        points = f"n = {curve.points[0]}..{curve.points[-1]}" if curve.form == "best_of_n" else \
+            f"steps 0..{curve.points[-1]}"
+        measured = f"{curve.kl_measured[-1]:.2f}" if curve.kl_measured is not None else "-"
+        rows.append([curve.form_label, f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})",
+                     str(curve.seed), points, format_number(curve.proxy_gain[-1], True),
+                     f"{format_number(curve.gold[0])} -> {format_number(curve.gold[-1])}",
+                     *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),
+                        format_interval(fit.peak_reward)) if fit else ["-"] * 4),
+                     f"{curve.d[-1] ** 2:.2f} / {measured}"])
+    return list(OVEROPTIMIZATION_COLUMNS), rows
+
+
+def peak_shift_text(shift) -> str:
+    """Whether a smaller reward model overoptimises sooner, in words (`records.PeakShift`), and what would tell."""
+    from align_proxy.studies.overoptimization import form_label
+
+    what = (f"{form_label(shift.form)} ({shift.recipe}, {shift.variant}, seed {shift.seed}): peak d* "
+            f"{format_interval(shift.small_peak, False)} at {shift.small}, {format_interval(shift.large_peak, False)} "
+            f"at {shift.large}; {shift.large} - {shift.small}: {format_interval(shift.difference)}")
+    if shift.small_peak.estimate == 0 and shift.large_peak.estimate == 0:
+        return f"{what}: the gold reward falls from the start with both, so there is no peak to move"
+    if math.isnan(shift.difference.estimate) or math.isnan(shift.difference.low):
+        return (f"{what}: no answer (a fit, or some of its resamples, still rising at the last point measured: "
+                "optimise further to find its peak)")
+    if shift.resolved:
+        later = shift.difference.estimate > 0
+        return (f"{what}: the {'larger' if later else 'smaller'} reward model bears more optimisation before gold "
+                f"reward falls ({'as Gao et al. found' if later else 'the opposite of Gao et al.'})")
+    need = (f"; about {shift.prompts_to_resolve:,} prompts (now {shift.prompts}) would resolve a shift this size"
+            if shift.prompts_to_resolve else "")
+    return f"{what}: not resolved, the interval covers 0{need}"

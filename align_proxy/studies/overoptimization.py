@@ -176,6 +176,11 @@ class Overoptimization:
 FORMS = ("best_of_n", "rl")
 
 
+def form_label(form: str) -> str:
+    """How a report names a form: `best-of-n` or `RL`."""
+    return "best-of-n" if form == "best_of_n" else "RL"
+
+
 def reward_curve(form: str, alpha: float, beta: float, d: np.ndarray) -> np.ndarray:
     """Gao et al.'s R(d): d (alpha - beta d) for best-of-n, d (alpha - beta log d) for RL (0 at d = 0).
 
@@ -203,16 +208,36 @@ def _least_squares(form: str, d: np.ndarray, reward: np.ndarray) -> np.ndarray:
     return coefficients
 
 
-def peak(form: str, alpha: float, beta: float) -> tuple[float, float]:
-    """(d*, R(d*)): best-of-n d* = alpha / (2 beta); RL d* = exp(alpha / beta - 1). No peak (nan) when beta <= 0.
+def peak(form: str, alpha: float, beta: float, d_max: float | None = None) -> tuple[float, float]:
+    """(d*, R(d*)), where the fitted gold gain is highest. Without `d_max`, over all d >= 0: best-of-n
+    d* = alpha / (2 beta), 0 when that is negative (the gold reward falls from the start); RL d* = exp(alpha / beta
+    - 1); with beta <= 0 the form never turns down (nan: no peak) unless it is flat or falling (beta = 0, alpha <= 0:
+    d* = 0). With `d_max`, the largest d measured, over [0, d_max] only: the fit says nothing past its data, so a
+    curve still rising at d_max has no peak (nan), and one whose gain is below zero throughout peaks at d* = 0.
 
     >>> peak("best_of_n", 1.0, 0.25), tuple(round(x, 3) for x in peak("rl", 1.0, 0.5))
     ((2.0, 1.0), (2.718, 1.359))
+    >>> peak("best_of_n", -0.1, 0.25), peak("best_of_n", 0.1, -0.25)  # falls from the start; never turns down
+    ((0.0, 0.0), (nan, nan))
+    >>> peak("rl", -0.07, -0.03, d_max=4.0), peak("best_of_n", 1.0, 0.25, d_max=1.5)  # falls; still rising at 1.5
+    ((0.0, 0.0), (nan, nan))
     """
-    if not beta > 0:
+    if beta > 0:
+        d = max(alpha / (2 * beta), 0.0) if form == "best_of_n" else math.exp(alpha / beta - 1)
+    elif beta == 0 and alpha <= 0:
+        d = 0.0
+    else:
+        d = math.nan
+    if d_max is not None:
+        candidates = np.array([0.0, d_max, *([d] if 0 < d < d_max else [])])
+        values = reward_curve(form, alpha, beta, candidates)
+        d = float(candidates[int(np.argmax(values))])
+        rising = reward_curve(form, alpha, beta, np.array([d_max * (1 - 1e-6)]))[0] < values[1]
+        if d == d_max and rising:
+            return math.nan, math.nan
+    if math.isnan(d):
         return math.nan, math.nan
-    d = alpha / (2 * beta) if form == "best_of_n" else math.exp(alpha / beta - 1)
-    return d, float(reward_curve(form, alpha, beta, np.array([d]))[0])
+    return d, float(reward_curve(form, alpha, beta, np.array([d]))[0]) + 0.0  # + 0.0: no -0.0 at d* = 0
 
 
 def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confidence: float = 0.95,
@@ -243,8 +268,9 @@ def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confiden
     draws = rng.integers(0, rewards.shape[0], size=(n_resamples, rewards.shape[0]))
     replicate_means = rewards[draws].mean(axis=1)  # resamples x points
     coefficients = np.linalg.lstsq(_design(form, d), replicate_means.T, rcond=None)[0]  # 2 x resamples
-    peaks = np.array([peak(form, a, b) for a, b in coefficients.T])
-    estimate_peak = peak(form, alpha, beta)
+    d_max = float(d.max())  # the peak within the data: the form says nothing past them
+    peaks = np.array([peak(form, a, b, d_max) for a, b in coefficients.T])
+    estimate_peak = peak(form, alpha, beta, d_max)
     return Overoptimization(
         form=form,
         alpha=percentile_interval(float(alpha), coefficients[0], confidence),
@@ -252,3 +278,138 @@ def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confiden
         peak_d=percentile_interval(estimate_peak[0], peaks[:, 0], confidence),
         peak_reward=percentile_interval(estimate_peak[1], peaks[:, 1], confidence),
         r_squared=r_squared, n_points=int(d.size))
+
+
+# --- curves, as runs record them and a report reads them -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Curve(GainsOverStart):
+    """One proxy reward model's curve: gold and proxy reward per prompt (prompts x points) at each point's d, for
+    best-of-n (points are n; d from the formula) or an RL run (points are optimiser steps; d measured), and the
+    form fitted to the gold gain (None when fewer than two points have d > 0)."""
+
+    form: str
+    reward_model: str
+    parameters: int
+    x: list[int]
+    d: np.ndarray
+    gold: np.ndarray
+    proxy: np.ndarray
+    kl_measured: np.ndarray | None  # best-of-n: the pool's KL, repeats merged; RL: the run's own KL estimate
+    fit: Overoptimization | None
+
+    @property
+    def form_label(self) -> str:
+        return form_label(self.form)
+
+    @classmethod
+    def from_points(cls, points: list[dict], reward_model: str, parameters: int, confidence: float = 0.95,
+                    n_resamples: int = 2000) -> Curve:
+        """A curve from its points (`points()`, or an RL run's `train.curve`), fitted."""
+        if len(points) < 2 or any("gold_reward" not in p.get("items", {}) for p in points):
+            raise ValueError(f"{reward_model}: a curve needs at least 2 points, each with per-prompt gold reward")
+        form = "best_of_n" if "n" in points[0] else "rl"
+        kl = np.array([p["kl"] if form == "best_of_n" else p["kl_to_reference"] for p in points], dtype=float)
+        measured = [p.get("kl_measured") for p in points] if form == "best_of_n" else list(kl)
+        gold = np.array([p["items"]["gold_reward"] for p in points], dtype=float).T  # prompts x points
+        proxy = np.array([p["items"]["proxy_reward"] for p in points], dtype=float).T
+        d = np.sqrt(np.clip(kl, 0.0, None))  # a sampled KL can dip below 0 near the start
+        return cls.fitted(form, reward_model, parameters, [int(p["n" if form == "best_of_n" else "step"]) for p in points],
+                          d, gold, proxy, None if None in measured else np.array(measured, dtype=float), confidence,
+                          n_resamples)
+
+    @classmethod
+    def of_best_of_n(cls, result: BestOfN, reward_model: str, parameters: int, confidence: float = 0.95,
+                     n_resamples: int = 2000) -> Curve:
+        """A reward model's best-of-n curve on one pool (`best_of_n`), d from the formula, fitted."""
+        measured = result.kl_empirical.mean(axis=0) if result.kl_empirical is not None else None
+        return cls.fitted("best_of_n", reward_model, parameters, list(result.ns), result.d, result.gold, result.proxy,
+                          measured, confidence, n_resamples)
+
+    @classmethod
+    def fitted(cls, form: str, reward_model: str, parameters: int, x: list[int], d: np.ndarray, gold: np.ndarray,
+               proxy: np.ndarray, kl_measured: np.ndarray | None, confidence: float, n_resamples: int) -> Curve:
+        fit = (fit_overoptimization(form, d, gold - gold[:, :1], confidence, n_resamples)
+               if np.count_nonzero(d > 0) >= 2 else None)
+        return cls(form, reward_model, int(parameters), x, d, gold, proxy, kl_measured, fit)
+
+    def points(self) -> list[dict]:
+        """The curve's points in the layout `from_points` reads (what metrics.json's `train.curve` holds)."""
+        out = []
+        for i, x in enumerate(self.x):
+            kl = float(self.d[i] ** 2)
+            head = {"n": x, "kl": kl} if self.form == "best_of_n" else {"step": x, "kl_to_reference": kl}
+            measured = float(self.kl_measured[i]) if self.kl_measured is not None else None
+            out.append({**head, "sqrt_kl": float(self.d[i]), **({"kl_measured": measured} if self.form == "best_of_n" else {}),
+                        "items": {"gold_reward": self.gold[:, i].tolist(), "proxy_reward": self.proxy[:, i].tolist()}})
+        return out
+
+
+def peak_shift(small: Curve, large: Curve, confidence: float = 0.95, n_resamples: int = 2000,
+               seed: int = 0) -> Interval:
+    """d* of the larger reward model's curve minus the smaller's, with a percentile interval from resampling the
+    prompts both curves share (the same draw for both, so what the prompts do to both cancels). Curves of one
+    best-of-n pool share prompts and samples; RL runs share prompts only, and their training-run spread is not in
+    the interval. nan where either fit has no peak in the estimate."""
+    if small.form != large.form or small.gold.shape != large.gold.shape or small.d.shape != large.d.shape:
+        raise ValueError("a peak shift compares two curves of one form on the same prompts and points")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, small.gold.shape[0], size=(n_resamples, small.gold.shape[0]))
+    peaks = []
+    for curve in (small, large):
+        gains = curve.gold_gain
+        coefficients = np.linalg.lstsq(_design(curve.form, curve.d), gains[draws].mean(axis=1).T, rcond=None)[0]
+        peaks.append(np.array([peak(curve.form, a, b, float(curve.d.max()))[0] for a, b in coefficients.T]))
+    estimate = (large.fit.peak_d.estimate - small.fit.peak_d.estimate) if small.fit and large.fit else math.nan
+    return percentile_interval(estimate, peaks[1] - peaks[0], confidence)
+
+
+def prompts_to_resolve(difference: Interval, prompts: int) -> int | None:
+    """Roughly how many prompts would put an unresolved difference's interval clear of 0, were its estimate the
+    truth: an interval's width shrinks as 1/sqrt(prompts). None when it is resolved or undefined."""
+    half = (difference.high - difference.low) / 2
+    if not (math.isfinite(half) and math.isfinite(difference.estimate)) or difference.excludes_zero() or \
+            difference.estimate == 0:
+        return None
+    return int(math.ceil(prompts * (half / abs(difference.estimate)) ** 2))
+
+
+@dataclass(frozen=True)
+class SizeTrend:
+    """One coefficient of one form against reward-model size: its mean over each size's curves, and the straight
+    line through them on log10(parameters), Gao et al.'s roughly log-linear trend. The slope's interval is the
+    line's own (t with sizes - 2 degrees of freedom, from the sizes' scatter about it), so it holds whatever moves
+    a size's coefficient: prompts, the reward model's training seed, lack of fit; with 3 sizes it is wide."""
+
+    form: str
+    coefficient: str  # "alpha" or "beta"
+    parameters: list[int]
+    values: list[float]
+    slope_per_decade: Interval
+    intercept: float
+    r_squared: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def size_trends(curves: list[Curve], confidence: float = 0.95) -> list[SizeTrend]:
+    """alpha and beta against size, per form with fitted curves at 3 or more sizes (several curves of one size,
+    e.g. reward models of several seeds, are averaged into its one point)."""
+    from scipy import stats as scipy_stats
+
+    out = []
+    for form in dict.fromkeys(c.form for c in curves):
+        by_size: dict[int, list[Curve]] = {}
+        for curve in (c for c in curves if c.form == form and c.fit is not None):
+            by_size.setdefault(curve.parameters, []).append(curve)
+        if len(by_size) < 3:
+            continue
+        sizes = sorted(by_size)
+        for name in ("alpha", "beta"):
+            values = [float(np.mean([getattr(c.fit, name).estimate for c in by_size[s]])) for s in sizes]
+            line = scipy_stats.linregress(np.log10(sizes), values)
+            half = scipy_stats.t.ppf(0.5 + confidence / 2, len(sizes) - 2) * line.stderr
+            out.append(SizeTrend(form, name, sizes, values, Interval(line.slope, line.slope - half, line.slope + half),
+                                 line.intercept, line.rvalue ** 2))
+    return out

@@ -37,6 +37,13 @@ def draw_plots(analysis: StudyAnalysis, results: list[CellResult]) -> dict[str, 
              "that steering its base by a smaller model's tuning closes, against the size ratio large / small, on "
              f"each recipe's primary metric, with {level} intervals (none where the tuned gain may be 0); the band is "
              "Liu et al. 2024's 88-91%."),
+            ("overoptimization", lambda a, figure: draw_overoptimization(
+                a.overoptimization.curves if a.overoptimization else [], figure),
+             "Reward-model overoptimization (Gao et al. 2022, Figure 1): gold and proxy reward gain over the starting "
+             "policy against d = sqrt(KL to it), one colour per reward-model size; best-of-n circles (d from "
+             "log n - (n-1)/n), RL triangles (d measured); dotted: each gold curve's fitted form."),
+            ("overoptimization_vs_size", _overoptimization_vs_size, "Gao et al.'s alpha and beta against "
+             f"reward-model parameters, per form, with {level} intervals over prompts and the log-linear trend."),
             ("loss_curves", lambda a, figure: _loss_curves(a, results, figure), "Training loss against step per "
              "model: a thick line is the mean over seeds, thin lines are the seeds (log scale when a run "
              "diverged).")):
@@ -154,6 +161,60 @@ def _gap_closed(analysis: StudyAnalysis, figure: Figure) -> bool:
         ax.set(xscale="log", xlabel="size ratio (large / small parameters)", ylabel=f"gap closed in {metric}",
                title=recipe)
         ax.legend(fontsize=6)
+    return True
+
+
+def draw_overoptimization(curves: list, figure: Figure) -> bool:
+    """Gold and proxy reward gain against d = sqrt(KL), one colour per reward-model size (best-of-n: circles,
+    solid; RL: triangles, dashed), each fitted gold curve dotted: the look of Gao et al.'s Figure 1. `curves`:
+    records.OveroptimizationCurve (the study report and `align-proxy overoptimization` alike)."""
+    from matplotlib import colormaps
+
+    if not curves:
+        return False
+    figure.set_size_inches(10, 4)
+    gold_ax, proxy_ax = figure.subplots(1, 2)
+    sizes = sorted({c.parameters for c in curves})
+    cmap = colormaps["viridis"]
+    for curve in curves:
+        colour = cmap(sizes.index(curve.parameters) / max(1, len(sizes) - 1))
+        marker, line = ("o", "-") if curve.form == "best_of_n" else ("^", "--")
+        seed = f", seed {curve.seed}" if len({c.seed for c in curves}) > 1 else ""
+        label = f"{curve.reward_model} RM ({format_parameters(curve.parameters)}), {curve.form_label}{seed}"
+        gold_ax.plot(curve.d, curve.gold_gain, marker + line, color=colour, label=label, markersize=4)
+        if curve.fit is not None:
+            grid = np.linspace(0, max(curve.d), 100)
+            gold_ax.plot(grid, curve.fit.curve(grid), ":", color=colour, linewidth=1)
+        proxy_ax.plot(curve.d, curve.proxy_gain, marker + line, color=colour, label=label, markersize=4)
+    for ax, what in ((gold_ax, "gold"), (proxy_ax, "proxy")):
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set(xlabel="d = sqrt(KL to the initial policy), nats^0.5", ylabel=f"{what} reward gain",
+               title=f"{what} reward against optimisation")
+        ax.legend(fontsize=6)
+    return True
+
+
+def _overoptimization_vs_size(analysis: StudyAnalysis, figure: Figure) -> bool:
+    summary = analysis.overoptimization
+    fitted = [c for c in summary.curves if c.fit is not None] if summary else []
+    if len({c.parameters for c in fitted}) < 2:
+        return False
+    axes = _axes(figure, 2, ncols=2)
+    forms = sorted({c.form for c in fitted})
+    colours = _colours(forms)
+    for ax, name in zip(axes, ("alpha", "beta")):
+        for form in forms:
+            mine = sorted((c for c in fitted if c.form == form), key=lambda c: c.parameters)
+            _errorbar(ax, [c.parameters for c in mine], [getattr(c.fit, name) for c in mine], colours[form],
+                      label=mine[0].form_label, marker="o", linestyle="none")
+            trend = next((t for t in summary.trends if (t.form, t.coefficient) == (form, name)), None)
+            if trend is not None:
+                x = np.array([min(trend.parameters), max(trend.parameters)], dtype=float)
+                ax.plot(x, trend.intercept + trend.slope_per_decade.estimate * np.log10(x), ":", color=colours[form])
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set(xscale="log", xlabel="reward-model parameters", ylabel=name, title=f"{name} against reward-model size")
+        _model_ticks(ax, [m for m in analysis.models if m.parameters in {c.parameters for c in fitted}])
+        ax.legend(fontsize=7)
     return True
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 import numpy as np
 
+from align_proxy.studies.overoptimization import Overoptimization, SizeTrend, form_label
 from align_proxy.studies.stats import Interval, Power
 
 
@@ -27,6 +28,8 @@ def to_json(value):
         return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
@@ -300,10 +303,86 @@ class TransferSummary(Record):
 
 @dataclass(frozen=True)
 class Start(Record):
-    """The recipe variant whose trained model a chained recipe's cells started from."""
+    """The recipe variant whose trained model a chained recipe's cells started from: the one of each cell's own
+    model, or of `model` for every cell (a fixed policy; with `reward_from`, the recipe whose reward models the
+    cells trained against, a cell's model is then its reward model's size)."""
 
     recipe: str
     variant: str
+    model: str | None = None
+    reward_from: str | None = None
+
+
+@dataclass(frozen=True)
+class OveroptimizationCurve(Record):
+    """One proxy reward model's overoptimization curve in a study (`overoptimization.Curve`): best-of-n (a
+    best-of-n cell: points are n) or RL (a cell trained against the reward model with --curve_every: points are
+    steps). Gold and proxy reward are means over prompts; `fit` is Gao et al.'s form on the gold gain."""
+
+    form: str
+    recipe: str
+    variant: str
+    reward_model: str  # the study's model the reward model was trained from
+    parameters: int
+    seed: int
+    points: list[int]
+    d: list[float]
+    kl_measured: list[float] | None
+    gold: list[float]
+    proxy: list[float]
+    fit: Overoptimization | None
+
+    @classmethod
+    def of(cls, curve, recipe: str = "", variant: str = "", seed: int = 0) -> OveroptimizationCurve:
+        """The record of an `overoptimization.Curve` (means over its prompts)."""
+        return cls(curve.form, recipe, variant, curve.reward_model, curve.parameters, seed, list(curve.x),
+                   curve.d.tolist(), curve.kl_measured.tolist() if curve.kl_measured is not None else None,
+                   curve.gold.mean(axis=0).tolist(), curve.proxy.mean(axis=0).tolist(), curve.fit)
+
+    @property
+    def form_label(self) -> str:
+        return form_label(self.form)
+
+    @property
+    def gold_gain(self) -> list[float]:
+        return [g - self.gold[0] for g in self.gold]
+
+    @property
+    def proxy_gain(self) -> list[float]:
+        return [p - self.proxy[0] for p in self.proxy]
+
+
+@dataclass(frozen=True)
+class PeakShift(Record):
+    """Do smaller reward models overoptimise sooner (Gao et al.)? The peak d* of the largest reward model's curve
+    minus the smallest's, of one form, recipe variant and seed, with its interval over the prompts both share
+    (`overoptimization.peak_shift`), and roughly how many prompts would resolve it if it is not."""
+
+    form: str
+    recipe: str
+    variant: str
+    seed: int
+    small: str
+    large: str
+    small_peak: Interval
+    large_peak: Interval
+    difference: Interval
+    prompts: int
+    prompts_to_resolve: int | None
+
+    @property
+    def resolved(self) -> bool:
+        return self.difference.excludes_zero()
+
+
+@dataclass(frozen=True)
+class OveroptimizationSummary(Record):
+    """Reward-model overoptimization in a study: every curve, alpha and beta against reward-model size, and
+    whether the peak moves with size."""
+
+    curves: list[OveroptimizationCurve]
+    trends: list[SizeTrend]
+    peak_shifts: list[PeakShift]
 
 
 @dataclass(frozen=True)
@@ -392,6 +471,7 @@ class StudyAnalysis(Record):
     metric_trust: list[MetricTrust]
     fits: list[Fit] = field(default_factory=list)
     gap_closed: list[GapClosed] = field(default_factory=list)  # decoding-time proxy-tuning, when the spec asks
+    overoptimization: OveroptimizationSummary | None = None  # best-of-n cells and RL cells against reward models
 
     def primary_metrics(self) -> dict[str, str]:
         """recipe -> the metric its headline is judged on."""

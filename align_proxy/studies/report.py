@@ -13,7 +13,7 @@ from pathlib import Path
 
 from align_proxy.files import atomic_write
 from align_proxy.studies.formatting import (format_interval, format_number, format_parameters, format_share,
-                                            recipe_label)
+                                            format_trend, overoptimization_rows, peak_shift_text, recipe_label)
 from align_proxy.studies.plots import draw_plots
 from align_proxy.studies.records import (
     Headline,
@@ -28,6 +28,31 @@ from align_proxy.studies.store import CellResult
 
 GAP_CLOSED_HEADING = ("Decoding-time proxy-tuning: gap closed = (proxy-tuned - base) / (tuned - base) of the large "
                       "model (Liu et al. 2024 report 88-91%)")
+
+OVEROPTIMIZATION_HEADING = ("Reward-model overoptimization: gold reward against d = sqrt(KL) per proxy reward model "
+                            "(Gao et al. 2022)")
+
+
+def _overoptimization_table(analysis: StudyAnalysis) -> tuple[list[str], list[list]]:
+    return overoptimization_rows(analysis.overoptimization.curves)
+
+
+def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
+    """What the overoptimization table means: the trend with size, whether the peak moves, and what the intervals
+    cover."""
+    summary = analysis.overoptimization
+    level = f"{analysis.confidence:.0%}"
+    lines = [f"alpha and beta are Gao et al.'s coefficients (best-of-n: R = d (alpha - beta d); RL: R = d (alpha - "
+             f"beta log d)) fitted to the gold reward's gain over the starting policy; peak d* is where that gain is "
+             f"highest. Intervals ({level}) resample the held-out prompts; a curve's reward model and, for RL, its "
+             f"training run are one draw each, so their spread is not in them."]
+    lines += [format_trend(t) + " (the interval is the line's, from the sizes' scatter about it)"
+              for t in summary.trends]
+    if not summary.trends:
+        lines.append("alpha and beta against size need fitted curves at 3 or more reward-model sizes")
+    lines += [peak_shift_text(shift) for shift in summary.peak_shifts]
+    return lines
+
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -312,8 +337,11 @@ def render_html(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]], ti
                            ("Gains per variant, model and metric", _gain_table), ("Transfer ratios", _ratio_table),
                            ("Rank agreement across scales", _rank_table), ("Gain against scale fits", _fit_table),
                            *((GAP_CLOSED_HEADING, _gap_closed_table),) * bool(analysis.gap_closed),
+                           *((OVEROPTIMIZATION_HEADING, _overoptimization_table),) * bool(analysis.overoptimization),
                            ("Base scores", _base_table), ("Cells finished", _completeness_table)):
         parts += [f"<h2>{esc(heading)}</h2>", _html_table(*table(analysis))]
+        if heading == OVEROPTIMIZATION_HEADING:
+            parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in overoptimization_lines(analysis)) + "</ul>")
     parts += ["<h2>How to read this</h2>", *(f"<p>{esc(p)}</p>" for p in HOW_TO_READ)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
@@ -337,6 +365,9 @@ def render_markdown(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]]
               "### Transfer ratios", _md_table(*_ratio_table(analysis, True)),
               "### Gain against scale", _md_table(*_fit_table(analysis, True)),
               *([f"### {GAP_CLOSED_HEADING}", _md_table(*_gap_closed_table(analysis, True))] if analysis.gap_closed
+                else []),
+              *([f"### {OVEROPTIMIZATION_HEADING}", _md_table(*_overoptimization_table(analysis)),
+                 "\n".join(f"- {line}" for line in overoptimization_lines(analysis))] if analysis.overoptimization
                 else []),
               "Every number, all metrics: `report.json`; the full tables: `report.html`.",
               "## How to read this", *HOW_TO_READ]

@@ -30,7 +30,7 @@ from align_proxy.kinds import recipe_kind
 from align_proxy.lifetime import CELL_PID, die_with_parent
 # What running one cell means, whatever runs it; imported here too, where callers have always found it.
 from align_proxy.studies.cell_runs import (StudyRunError, cell_argv, cell_command, fail_stranded,  # noqa: F401
-                                           launch_flags, read_metrics, settle_cell, stranded)
+                                           launch_flags, needed_dirs, read_metrics, settle_cell, startable, stranded)
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
@@ -217,8 +217,7 @@ def _run_slurm(spec: StudySpec, store: ResultStore, paths: StudyPaths, scripts: 
     pending cells as jobs and follow them to the end. Returns the cells settled here."""
     from align_proxy.studies.slurm import SlurmCells, SlurmUnavailable, run_slurm_cells
 
-    slurm = SlurmCells(store, paths, scripts, configs, {plan.recipe: plan.slurm for plan in spec.recipes}, spec.name,
-                       poll_s)
+    slurm = SlurmCells(store, paths, scripts, configs, spec.slurm_resources(), spec.name, poll_s)
     bar = None
     try:
         running, settled = slurm.reattach({c.config_hash for c in cells})
@@ -261,7 +260,8 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
     target = _target(spec)
     store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
                    primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds,
-                   starts={p.recipe: p.start_from for p in spec.recipes if p.start_from})
+                   starts={p.recipe: p.start_from for p in spec.recipes if p.start_from},
+                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from})
     store.add_cells(cells)
 
 
@@ -307,8 +307,7 @@ def _run_cells(launcher: CellLauncher, pending: list[Cell], jobs: int, gpus: Gpu
     try:
         while queue or running:
             fail_stranded(queue, status, store, settled)
-            startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
-            for cell in startable[:max(0, jobs - len(running))]:
+            for cell in startable(queue, status)[:max(0, jobs - len(running))]:
                 queue.remove(cell)
                 running[cell.config_hash] = launcher.start(cell, gpus.take(cell.processes))
                 bar.set_postfix_str(f"{cell.recipe} {cell.variant} {cell.model} seed {cell.seed}", refresh=True)
@@ -368,9 +367,8 @@ class CellLauncher:
         # A killed attempt's leftovers never mix with this one; its complete checkpoints stay, and this attempt
         # resumes from the newest.
         checkpoint = clear_for_attempt(cell_dir)
-        start_model = self.paths.cell(cell.start_from) if cell.start_from else None
         script, argv = cell_command(cell, self.scripts.get(cell.recipe), self.configs.get(cell.recipe), cell_dir,
-                                    self.paths.base_evals, start_model)
+                                    self.paths.base_evals, *needed_dirs(cell, self.paths.cell))
         argv += ["--resume_from_checkpoint", str(checkpoint)] if checkpoint else []
         launch = launch_flags(cell.launch)
         device = [f"CUDA_VISIBLE_DEVICES={gpu}"] if gpu is not None else []
@@ -434,6 +432,6 @@ def write_study_report(study_dir: Path) -> WrittenReport:
     target = tuple(info["target"]) if info.get("target") else None
     cells = [c for c in store.cells() if c["config_hash"] in current]
     analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
-                       starts=info.get("starts"))
+                       starts=info.get("starts"), rewards_from=info.get("rewards_from"))
     title = f"Transfer study: {info.get('name', study_dir.name)}"
     return WrittenReport(analysis, write_report(study_dir, analysis, results, title=title))

@@ -282,7 +282,7 @@ class SlurmCells:
         from submitit import SlurmExecutor
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-        from align_proxy.studies.cell_runs import cell_command
+        from align_proxy.studies.cell_runs import cell_command, needed_dirs
 
         first = cells[0]
         batch = f"align-proxy-{uuid.uuid4().hex[:12]}"
@@ -293,9 +293,8 @@ class SlurmCells:
         for cell in cells:
             cell_dir = self.paths.cell(cell.config_hash)
             clear_for_attempt(cell_dir)  # an earlier attempt's metrics.json or job.json never speaks for this one
-            start_model = self.paths.cell(cell.start_from) if cell.start_from else None
             script, argv = cell_command(cell, self.scripts.get(cell.recipe), self.configs.get(cell.recipe), cell_dir,
-                                        self.paths.base_evals, start_model)
+                                        self.paths.base_evals, *needed_dirs(cell, self.paths.cell))
             calls.append((script, argv, str(cell_dir), cell.launch))
         self.store.mark_submitting([c.config_hash for c in cells], batch, str(self.folder))
         try:
@@ -369,7 +368,7 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
     """Submit the pending cells as jobs (each once the cell it starts from is done; at most `limit` unfinished at
     once when given), follow them and the reattached `running` ones through squeue, and settle each as it
     ends. On Ctrl-C, cancel the jobs if `cancel_on_interrupt` (None: `ask(count)` decides; no ask: keep them)."""
-    from align_proxy.studies.cell_runs import StudyRunError, fail_stranded
+    from align_proxy.studies.cell_runs import StudyRunError, fail_stranded, startable
 
     store = slurm.store
     status = store.statuses()
@@ -397,10 +396,10 @@ def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, Tracked
     try:
         while (queue or running) and not stop.is_set():
             fail_stranded(queue, status, store, settled)
-            startable = [c for c in queue if c.start_from is None or status[c.start_from] == "done"]
-            room = len(startable) if limit is None else max(0, limit - len(running))
-            for recipe in dict.fromkeys(c.recipe for c in startable[:room]):
-                group = [c for c in startable[:room] if c.recipe == recipe]
+            ready = startable(queue, status)
+            room = len(ready) if limit is None else max(0, limit - len(running))
+            for recipe in dict.fromkeys(c.recipe for c in ready[:room]):
+                group = [c for c in ready[:room] if c.recipe == recipe]
                 for cell in group:
                     queue.remove(cell)
                 running.update(slurm.submit(group))

@@ -72,6 +72,27 @@ def slurm_minutes(time: str | int) -> int:
 
 
 @dataclass(frozen=True)
+class BestOfNPlan:
+    """A reward recipe's best-of-n cells (the spec's `best_of_n:`): `policy` samples `n` completions per held-out
+    prompt (`prompts` of them, the task's own), and each of the recipe's reward models picks the best of every n <= N
+    (`evals.overoptimization`); `gold` scores them: a reward name, `module:function` or a reward-model directory
+    (None: the built-in task's exact match). `policy` is {"recipe", "variant", "model"}, a cell of an earlier recipe,
+    or {"model"}, a model as `models` names them."""
+
+    policy: dict
+    n: int = 64
+    prompts: int = 128
+    gold: str | None = None
+    temperature: float = 1.0
+    max_new_tokens: int = 8
+
+    def settings(self) -> dict:
+        """What a cell's result depends on besides its two models (part of its hash and its command line)."""
+        return {"n": self.n, "prompts": self.prompts, "gold": self.gold, "temperature": self.temperature,
+                "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass(frozen=True)
 class RecipePlan:
     recipe: str
     config: str  # the recipe's YAML config, the same file `python recipes/<recipe>.py --config` takes
@@ -79,8 +100,12 @@ class RecipePlan:
     metric: str = "task_accuracy"  # what the report's headline judges the recipe on
     # Cells under `accelerate launch`: {"config_file": path, "num_processes": n}; empty: one plain process.
     launch: dict = field(default_factory=dict)
-    # Start each cell from the model another recipe's cell trained (same model and seed): {"recipe", "variant"}.
+    # Start each cell from the model another recipe's cell trained, same seed: {"recipe", "variant"} and, to start
+    # every cell from one model's cell (a fixed policy), "model"; without it, each cell's own model.
     start_from: dict = field(default_factory=dict)
+    # RL recipes: train against the reward model an earlier reward recipe's cell trained (same model and seed):
+    # {"recipe", "variant"}. With a fixed `start_from` model, a cell's model is then its reward model's size.
+    reward_from: dict = field(default_factory=dict)
     # What each cell's Slurm job asks for (`--executor slurm`): where it runs, never what it computes, so it is
     # not part of a cell's hash.
     slurm: SlurmResources = field(default_factory=lambda: SlurmResources())
@@ -88,6 +113,8 @@ class RecipePlan:
     # at decoding time by the small cell's trained model (align_proxy/proxy_tuning.py), at each `alpha`.
     proxy_tune: bool = False
     alpha: tuple[float, ...] = (1.0,)
+    # Reward recipes: also rank a fixed policy's samples by each cell's reward model (best-of-n), `BestOfNPlan`.
+    best_of_n: BestOfNPlan | None = None
 
     def variants(self) -> list[tuple[str, dict]]:
         """Every combination of the grid, named like `beta=0.1,learning_rate=0.0001`."""
@@ -111,6 +138,15 @@ class Cell:
     # A proxy-tuning cell (no training): {"recipe", "variant", "small", "alpha"}; `model` is the large base it
     # steers and `start_from` the small cell whose trained model is the expert.
     proxy: dict = field(default_factory=dict)
+    reward_from: str | None = None  # config_hash of the reward cell whose model this cell's rewards come from
+    # A best-of-n cell (no training): BestOfNPlan.settings() plus "policy" when the policy is a model, not a cell
+    # (`start_from`); `model` is its reward model's, `reward_from` the reward cell.
+    best_of_n: dict = field(default_factory=dict)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The cells that must be done before this one runs: the one it starts from, the one its reward is."""
+        return tuple(h for h in (self.start_from, self.reward_from) if h is not None)
 
     @property
     def processes(self) -> int:
@@ -132,6 +168,12 @@ class StudySpec:
     evaluation: dict = field(default_factory=dict)
     target: str | float | None = None  # a registry name or a parameter count to predict gains at
 
+    def slurm_resources(self) -> dict[str, SlurmResources]:
+        """The Slurm job of each recipe name the store uses: a recipe's own, shared by its proxy-tuning and
+        best-of-n cells (evaluations of that recipe's models)."""
+        return {name: plan.slurm for plan in self.recipes
+                for name in (plan.recipe, proxy_recipe(plan.recipe), best_of_n_recipe(plan.recipe))}
+
     def cells(self) -> list[Cell]:
         cells: list[Cell] = []
         for plan in self.recipes:
@@ -142,15 +184,31 @@ class StudySpec:
                 described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
                 if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
                     described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}
-                start = None
-                if plan.start_from:  # the start cell's hash names everything its model came from
-                    start = next(c.config_hash for c in cells if (c.model, c.recipe, c.variant, c.seed) ==
-                                 (model, plan.start_from["recipe"], plan.start_from["variant"], seed))
-                    described["start_from"] = start
+                start = _find_cell(cells, plan.start_from, model, seed)  # its hash names all its model came from
+                reward = _find_cell(cells, plan.reward_from, model, seed)
+                described |= {k: v for k, v in (("start_from", start), ("reward_from", reward)) if v is not None}
                 blob = json.dumps(described, sort_keys=True, default=str)
                 digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch, start))
-        return cells + self._proxy_cells(cells)
+                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch, start,
+                                  reward_from=reward))
+        return cells + self._proxy_cells(cells) + self._best_of_n_cells(cells)
+
+    def _best_of_n_cells(self, cells: list[Cell]) -> list[Cell]:
+        """One cell per reward cell of a recipe with `best_of_n`: the policy's samples ranked by that cell's reward
+        model. Stored under `best_of_n_recipe(recipe)`, with the reward cell's model, variant and seed."""
+        out = []
+        for plan in (p for p in self.recipes if p.best_of_n):
+            policy = plan.best_of_n.policy
+            for rm in [c for c in cells if c.recipe == plan.recipe]:
+                start = _find_cell(cells, policy, rm.model, rm.seed) if "recipe" in policy else None
+                settings = {**plan.best_of_n.settings(), "task": self.dataset.removeprefix("builtin:"),
+                            **({} if start else {"policy": policy["model"]})}
+                described = {"best_of_n": settings, "policy_cell": start, "reward_cell": rm.config_hash,
+                             "seed": rm.seed}
+                digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+                out.append(Cell(rm.model, best_of_n_recipe(plan.recipe), rm.variant, rm.seed, {"seed": rm.seed},
+                                digest, start_from=start, reward_from=rm.config_hash, best_of_n=settings))
+        return out
 
     def _proxy_cells(self, cells: list[Cell]) -> list[Cell]:
         """One cell per recipe with `proxy_tune`, pair of models small < large, variant, seed and alpha: the large
@@ -169,6 +227,20 @@ class StudySpec:
                                             seed, {"alpha": float(alpha)}, digest, start_from=expert.config_hash,
                                             proxy=proxy))
         return proxy_cells
+
+
+def _find_cell(cells: list[Cell], ref: dict, model: str, seed: int) -> str | None:
+    """The hash of the cell a `start_from`/`reward_from` reference names for a cell of `model` and `seed`: the
+    referenced recipe's variant, on the reference's own "model" if it names one, else on `model`."""
+    if not ref:
+        return None
+    key = (ref.get("model", model), ref["recipe"], ref["variant"], seed)
+    return next(c.config_hash for c in cells if (c.model, c.recipe, c.variant, c.seed) == key)
+
+
+def best_of_n_recipe(recipe: str) -> str:
+    """The store's recipe name of a reward recipe's best-of-n cells: `reward (best-of-n)`."""
+    return f"{recipe} (best-of-n)"
 
 
 def proxy_recipe(recipe: str) -> str:
@@ -215,16 +287,20 @@ def _check(raw: dict, path: Path) -> StudySpec:
     lm_eval_tasks = _check_lm_eval_tasks(evaluation.get("lm_eval_tasks"), path)
     recipes: list[RecipePlan] = []
     for i, entry in enumerate(raw.get("recipes") or []):
-        recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks))
+        recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks, [str(m) for m in models]))
     if not recipes:
         _fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+    dataset = str(raw.get("dataset", "builtin:arith"))
     for plan in recipes:
+        if plan.best_of_n and not dataset.startswith("builtin:"):
+            _fail(path, f"{plan.recipe}.best_of_n scores samples by a built-in task's gold reward on its held-out "
+                        f"prompts; dataset {dataset!r} is not a built-in task (use builtin:arith)")
         if lm_eval_tasks and not KINDS[plan.recipe].policy:
             _fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
                         "score; run it in a study of its own, or without lm_eval_tasks")
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
-                     dataset=str(raw.get("dataset", "builtin:arith")), evaluation=evaluation, target=raw.get("target"))
+                     dataset=dataset, evaluation=evaluation, target=raw.get("target"))
 
 
 def _check_model(model: str, path: Path) -> None:
@@ -262,13 +338,14 @@ def _check_metric(metric, kind, lm_eval_tasks: list[str], path: Path, where: str
                     "lm_eval:TASK/METRIC (with the task in evaluation.lm_eval_tasks)")
 
 
-def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str]) -> RecipePlan:
+def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str],
+                  models: list[str]) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
         _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
-                    "'start_from', 'slurm', 'proxy_tune' and 'alpha'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "slurm", "proxy_tune", "alpha"},
-                path, where)
+                    "'start_from', 'reward_from', 'slurm', 'proxy_tune', 'alpha' and 'best_of_n'")
+    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "reward_from", "slurm",
+                        "proxy_tune", "alpha", "best_of_n"}, path, where)
     recipe = entry["recipe"]
     kind = KINDS.get(recipe)
     if kind is None:
@@ -287,11 +364,13 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
-    start = _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from")
+    start = _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from", models)
+    reward = _check_reward_from(entry.get("reward_from"), kind, earlier, path, f"{where}.reward_from")
     proxy_tune, alpha = _check_proxy_tune(entry, kind, bool(start), path, where)
+    best = _check_best_of_n(entry.get("best_of_n"), kind, earlier, path, f"{where}.best_of_n", models)
     return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"),
-                      start, check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"),
-                      proxy_tune, alpha)
+                      start, reward, check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"),
+                      proxy_tune, alpha, best)
 
 
 def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str) -> SlurmResources:
@@ -341,29 +420,99 @@ def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -
     return proxy_tune, tuple(float(a) for a in alpha)
 
 
-def _check_start(start, earlier: list[RecipePlan], path: Path, where: str) -> dict:
-    """`start_from: sft` or `{recipe: sft, variant: learning_rate=0.001}`: each cell trains, and is judged
-    against, the model that cell of an earlier recipe trained from the same base model with the same seed
-    (SFT, then GRPO: the order RLHF runs in)."""
+def _check_start(start, earlier: list[RecipePlan], path: Path, where: str, models: list[str]) -> dict:
+    """`start_from: sft`, `{recipe: sft, variant: learning_rate=0.001}` or `{recipe: sft, model: ladder-s}`: each
+    cell trains, and is judged against, the model that cell of an earlier recipe trained with the same seed, from
+    the same base model (SFT, then GRPO: the order RLHF runs in), or from `model` for every cell (one fixed policy,
+    e.g. trained against each size's reward model with `reward_from`)."""
     if start is None:
         return {}
-    if isinstance(start, str):
-        start = {"recipe": start}
-    _check_keys(start, {"recipe", "variant"}, path, where)
+    reference = _check_reference(start, earlier, path, where, "start from", extra={"model"})
+    if "model" in (start if isinstance(start, dict) else {}):
+        if str(start["model"]) not in models:
+            _fail(path, f"{where}.model: {start['model']!r} is not one of the study's models ({', '.join(models)})")
+        reference["model"] = str(start["model"])
+    return reference
+
+
+def _check_reference(ref, earlier: list[RecipePlan], path: Path, where: str, role: str,
+                     extra: set[str] = frozenset()) -> dict:
+    """`sft` or `{recipe: sft, variant: ...}`: a recipe listed earlier and one of its variants (named, when it has
+    several), as {"recipe", "variant"}."""
+    if isinstance(ref, str):
+        ref = {"recipe": ref}
+    _check_keys(ref, {"recipe", "variant", *extra}, path, where)
     plans = {plan.recipe: plan for plan in earlier}
-    plan = plans.get(start.get("recipe"))
+    plan = plans.get(ref.get("recipe"))
     if plan is None:
-        _fail(path, f"{where}: {start.get('recipe')!r} is not a recipe listed before this one "
-                    f"(listed before: {', '.join(plans) or 'none'}); the recipe a cell starts from runs first")
+        _fail(path, f"{where}: {ref.get('recipe')!r} is not a recipe listed before this one "
+                    f"(listed before: {', '.join(plans) or 'none'}); a recipe runs before the cells that {role} it")
     variants = [name for name, _ in plan.variants()]
-    variant = start.get("variant")
+    variant = ref.get("variant")
     if variant is None and len(variants) > 1:
-        _fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to start from with "
+        _fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to {role} with "
                     f"'variant' ({', '.join(variants)})")
     variant = variant if variant is not None else variants[0]
     if variant not in variants:
         _fail(path, f"{where}: {plan.recipe} has no variant {variant!r}; its variants: {', '.join(variants)}")
     return {"recipe": plan.recipe, "variant": variant}
+
+
+def _check_reward_from(ref, kind, earlier: list[RecipePlan], path: Path, where: str) -> dict:
+    """`reward_from: reward`: an RL recipe's reward is the model the named reward recipe's cell trained (same
+    model, same seed), in place of its config's `reward_funcs`."""
+    if ref is None:
+        return {}
+    if kind.task_format != "rl":
+        _fail(path, f"{where}: only RL recipes (grpo, rloo) train against a reward; {kind.name} does not")
+    reference = _check_reference(ref, earlier, path, where, "train against")
+    if KINDS[reference["recipe"]].policy:
+        _fail(path, f"{where}: {reference['recipe']!r} trains a policy, not a reward model; name a reward recipe")
+    return reference
+
+
+def _check_best_of_n(raw, kind, earlier: list[RecipePlan], path: Path, where: str, models: list[str]):
+    """`best_of_n: {policy: {recipe: sft, model: ladder-s}, n: 64, prompts: 128}` on a reward recipe: each of its
+    reward models picks the best of n of the policy's samples (the policy: a cell of an earlier recipe, or a model
+    of the study, `policy: ladder-s`), every n <= `n`; `gold` names the true reward (default: the task's)."""
+    if raw is None:
+        return None
+    if kind.policy:
+        _fail(path, f"{where}: best-of-n ranks samples by a reward model; {kind.name} trains a policy. Put "
+                    "best_of_n on the reward recipe")
+    fields = {f.name for f in dataclasses.fields(BestOfNPlan)}
+    _check_keys(raw, fields, path, where)
+    if "policy" not in raw:
+        _fail(path, f"{where} needs 'policy': a model of the study (e.g. {models[0]}) or an earlier recipe's cell "
+                    f"({{recipe: sft, model: {models[0]}}})")
+    policy = raw["policy"]
+    if isinstance(policy, dict) and "recipe" in policy:
+        if "model" not in policy:
+            _fail(path, f"{where}.policy: name the one model whose cell is the policy ({', '.join(models)}), "
+                        "e.g. {recipe: sft, model: ladder-s}: every reward model ranks the same policy's samples")
+        policy = _check_start(policy, earlier, path, f"{where}.policy", models)
+    elif isinstance(policy, (str, dict)):
+        model = str(policy["model"] if isinstance(policy, dict) else policy)
+        _check_model(model, path)
+        policy = {"model": model}
+    else:
+        _fail(path, f"{where}.policy must be a model name or {{recipe, model[, variant]}}, got {policy!r}")
+    values = {k: v for k, v in raw.items() if k != "policy"}
+    for key in ("n", "prompts", "max_new_tokens"):
+        if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1):
+            _fail(path, f"{where}.{key} must be a positive whole number, got {values[key]!r}")
+    if values.get("n", 2) < 2:
+        _fail(path, f"{where}.n must be at least 2: best-of-1 is the policy itself")
+    if "temperature" in values and not (isinstance(values["temperature"], (int, float)) and values["temperature"] > 0):
+        _fail(path, f"{where}.temperature must be a number above 0, got {values['temperature']!r}")
+    if values.get("gold") is not None:
+        from rewards import get_reward
+
+        try:
+            get_reward(str(values["gold"]))
+        except (KeyError, ValueError, ImportError, OSError) as err:
+            _fail(path, f"{where}.gold: {str(err).strip(chr(39))}")
+    return BestOfNPlan(policy, **values)
 
 
 def _check_launch(launch, path: Path, where: str) -> dict:

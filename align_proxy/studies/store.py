@@ -70,6 +70,9 @@ class CellResult:
     duration_s: float = 0.0
     diverged: dict | None = None  # {"step", "loss"} when training diverged (Divergence.to_json()): no trained scores
     proxy: dict | None = None  # a proxy-tuning cell's ProxyTuning.to_json(): base = the large base, trained = steered
+    # A reward curve (metrics.json's train.curve): an RL run's with --curve_every, or a best-of-n cell's.
+    curve: list[dict] = field(default_factory=list)
+    best_of_n: dict | None = None  # a best-of-n cell's settings (RunMetrics.best_of_n)
 
     @classmethod
     def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: RunMetrics | dict,
@@ -79,7 +82,7 @@ class CellResult:
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
                    scores.base, scores.trained, scores.items_base, scores.items_trained, metrics.train.log_history,
                    duration_s, metrics.diverged.to_json() if metrics.diverged else None,
-                   metrics.proxy.to_json() if metrics.proxy else None)
+                   metrics.proxy.to_json() if metrics.proxy else None, metrics.train.curve, metrics.best_of_n)
 
 
 class ResultStore:

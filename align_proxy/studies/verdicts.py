@@ -103,7 +103,11 @@ def conclusion(entry: Headline) -> str:
     if entry.prediction:
         parts.append(prediction_note(entry.prediction))
     start = entry.starts_from
-    if start:
+    if start and start.model:
+        parts.append(f"gains are over the model {start.recipe} ({start.variant}) trained on {start.model}, which "
+                     "every cell started from" + (f"; a scale here is the size of the {start.reward_from} model it "
+                                                  "trained against" if start.reward_from else ""))
+    elif start:
         parts.append(f"gains are over the model {start.recipe} ({start.variant}) trained, which each cell "
                      "started from")
     return "; ".join(p for p in parts if p)
