@@ -177,7 +177,7 @@ def draw_overoptimization(curves: list, figure: Figure) -> bool:
     sizes = sorted({c.parameters for c in curves})
     cmap = colormaps["viridis"]
     for curve in curves:
-        colour = cmap(sizes.index(curve.parameters) / max(1, len(sizes) - 1))
+        colour = cmap(0.85 * sizes.index(curve.parameters) / max(1, len(sizes) - 1))  # viridis' end is pale yellow
         marker, line = ("o", "-") if curve.form == "best_of_n" else ("^", "--")
         seed = f", seed {curve.seed}" if len({c.seed for c in curves}) > 1 else ""
         label = f"{curve.reward_model} RM ({format_parameters(curve.parameters)}), {curve.form_label}{seed}"

@@ -44,10 +44,11 @@ def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
     level = f"{analysis.confidence:.0%}"
     lines = [f"alpha and beta are Gao et al.'s coefficients (best-of-n: R = d (alpha - beta d); RL: R = d (alpha - "
              f"beta log d)) fitted to the gold reward's gain over the starting policy; peak d* is where that gain is "
-             f"highest. Intervals ({level}) resample the held-out prompts; a curve's reward model and, for RL, its "
-             f"training run are one draw each, so their spread is not in them."]
-    lines += [format_trend(t) + " (the interval is the line's, from the sizes' scatter about it)"
-              for t in summary.trends]
+             f"highest within the d measured. Intervals ({level}) resample the held-out prompts; a curve's reward "
+             f"model and, for RL, its training run are one draw each, so their spread is not in them. Against "
+             f"reward-model size, each coefficient is a line through one point per size on log10(parameters), its "
+             f"interval the line's own (sizes - 2 degrees of freedom), which holds every source of scatter."]
+    lines += [format_trend(t) for t in summary.trends]
     if not summary.trends:
         lines.append("alpha and beta against size need fitted curves at 3 or more reward-model sizes")
     lines += [peak_shift_text(shift) for shift in summary.peak_shifts]
