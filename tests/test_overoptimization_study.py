@@ -43,6 +43,15 @@ def test_the_shipped_study_optimises_one_policy_against_each_rungs_reward_model(
     assert len({c.config_hash for c in cells}) == len(cells)
 
 
+def test_every_cell_kind_has_its_recipes_slurm_job():
+    """Under --executor slurm, proxy-tuning and best-of-n cells are submitted with their recipe's resources."""
+    from align_proxy.studies.spec import load_spec
+
+    for name in ("overoptimization.yaml", "proxy_tuning.yaml"):
+        spec = load_spec(REPO / "align_proxy/studies" / name)
+        assert {c.recipe for c in spec.cells()} <= set(spec.slurm_resources())
+
+
 def test_a_cells_hash_follows_the_reward_model_it_trains_against(tmp_path):
     rloo = {"recipe": "rloo", "config": "recipes/configs/rloo_overoptimization_cpu.yaml", "reward_from": "reward"}
     first = _spec(tmp_path, [{"recipe": "reward"}, rloo]).cells()
