@@ -19,18 +19,20 @@ import numpy as np
 from transformers import AutoModelForCausalLM
 
 from align_proxy.studies.overoptimization import BestOfN, Curve, best_of_n
-from evals.rl import Sampling, prompt_token_ids, sample_completions
+from evals.rl import Sampling, prompt_token_ids, sample_completions, sequence_logprobs
 from evals.suite import _load
 
 
 @dataclass(frozen=True)
 class Pool:
-    """`N` sampled completions for each prompt (prompts x N), and the prompts' other columns (the rewards'
-    keyword arguments, e.g. the task's `answer`)."""
+    """`N` sampled completions for each prompt (prompts x N), the prompts' other columns (the rewards' keyword
+    arguments, e.g. the task's `answer`) and the policy's log-probability of each sample (prompts x N; None when it
+    sampled at a temperature other than 1, whose distribution the model's log-probs are not)."""
 
     prompts: list
     completions: list[list[str]]
     columns: dict[str, list]
+    logprobs: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -54,11 +56,14 @@ def sample_pool(policy_path: str, tokenizer, prompts, n: int, sampling: Sampling
     tokenized = prompt_token_ids(tokenizer, originals, sampling.chat_template_kwargs)
     model = _load(AutoModelForCausalLM, policy_path)
     sampling = Sampling(**{**sampling.__dict__, "num_samples": n})
-    _, completion_ids = sample_completions(model, tokenizer, tokenized, sampling, [tokenizer.eos_token_id])
+    prompt_ids, completion_ids = sample_completions(model, tokenizer, tokenized, sampling, [tokenizer.eos_token_id])
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     rows = [texts[i:i + n] for i in range(0, len(texts), n)]
     columns = {c: list(prompts[c]) for c in prompts.column_names if c not in ("prompt", "completion")}
-    return Pool(originals, rows, columns)
+    plain = sampling.temperature == 1.0 and sampling.top_k in (0, None) and sampling.top_p == 1.0 and not sampling.min_p
+    logprobs = (np.array(sequence_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id)).reshape(-1, n)
+                if plain else None)
+    return Pool(originals, rows, columns, logprobs)
 
 
 def best_of_n_curves(pool: Pool, gold: np.ndarray, proxies: dict[str, tuple[int, object]], ns: list[int],
@@ -66,7 +71,8 @@ def best_of_n_curves(pool: Pool, gold: np.ndarray, proxies: dict[str, tuple[int,
     """Each proxy reward model's best-of-n curve (`proxies`: name -> (parameters, reward)), smallest first."""
     out = []
     for name, (parameters, reward) in sorted(proxies.items(), key=lambda kv: (kv[1][0], kv[0])):
-        result: BestOfN = best_of_n(pool.score(reward), gold, ns, completions=pool.completions)
+        result: BestOfN = best_of_n(pool.score(reward), gold, ns, completions=pool.completions,
+                                    logprobs=pool.logprobs)
         out.append(Curve.of_best_of_n(result, name, parameters, confidence, n_resamples))
     return out
 

@@ -192,3 +192,28 @@ def test_size_trends_fit_alpha_and_beta_against_log_parameters():
     assert trends["alpha"].slope_per_decade.covers(0.2) and trends["beta"].slope_per_decade.covers(0.0)
     assert trends["alpha"].parameters == [int(s) for s in sizes]
     assert overoptimization.size_trends(curves[:2]) == []  # two sizes fix a line and leave no interval
+
+
+def test_kl_on_the_policys_own_probabilities_equals_enumerating_every_draw():
+    """Best-of-n of a small discrete policy, ties included, enumerated over every n-tuple of draws (a tied top is
+    picked uniformly among the tied draws), against the closed form on its probabilities."""
+    probability = np.array([0.5, 0.2, 0.2, 0.1])
+    proxy = np.array([0.0, 1.0, 1.0, 2.0])  # two completions tie
+    for n in (1, 2, 3):
+        chosen = np.zeros(4)
+        for draw in itertools.product(range(4), repeat=n):
+            weight = np.prod(probability[list(draw)])
+            top = max(proxy[i] for i in draw)
+            tied = [i for i in draw if proxy[i] == top]
+            for i in tied:
+                chosen[i] += weight / len(tied)
+        brute = float(np.sum(chosen[chosen > 0] * np.log(chosen[chosen > 0] / probability[chosen > 0])))
+        assert overoptimization.kl_best_of_n_on_support(proxy, np.log(probability), n) == pytest.approx(brute, abs=1e-12)
+
+
+def test_kl_on_the_policys_probabilities_is_below_the_formula_and_small_when_the_policy_concentrates():
+    rng = np.random.default_rng(3)
+    for n in (2, 4, 16, 64):
+        spread = overoptimization.kl_best_of_n_on_support(rng.normal(size=50), rng.normal(size=50), n)
+        peaked = overoptimization.kl_best_of_n_on_support(rng.normal(size=50), np.r_[0.0, np.full(49, -8.0)], n)
+        assert peaked < spread <= kl_best_of_n(n) + 1e-12

@@ -42,7 +42,17 @@ def test_one_pool_gives_each_reward_model_a_curve_that_starts_at_the_pools_mean(
         proxy = pool.score(best_of_n.learned(curve.reward_model))
         assert curve.proxy[:, -1] == pytest.approx(proxy.max(axis=1))
         assert np.all(np.diff(curve.proxy.mean(axis=0)) >= -1e-12)  # the proxy never falls with n
+        # KL on the policy's own probabilities: none at n = 1, never above the formula (an upper bound).
+        assert curve.kl_policy[0] == pytest.approx(0.0, abs=1e-12)
+        assert np.all(curve.kl_policy <= curve.d ** 2 + 1e-9)
         json.dumps(OveroptimizationCurve.of(curve).to_json(), allow_nan=False)
+    assert pool.logprobs.shape == (6, 8) and np.all(pool.logprobs < 0)
+
+
+def test_a_pool_sampled_at_another_temperature_has_no_policy_probabilities(tiny_model, reward_models):
+    """The model's log-probs are the sampling distribution's only at temperature 1."""
+    curves, pool = best_of_n.run(tiny_model, reward_models[:1], n=4, prompts=3, n_resamples=50, temperature=0.7)
+    assert pool.logprobs is None and curves[0].kl_policy is None and curves[0].kl_measured is not None
 
 
 def test_the_command_writes_the_curves_and_their_plot(tiny_model, reward_models, tmp_path, capsys):

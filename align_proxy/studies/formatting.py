@@ -66,12 +66,14 @@ def format_trend(trend) -> str:
 
 
 OVEROPTIMIZATION_COLUMNS = ("form", "reward model", "seed", "points", "proxy gain", "gold start -> end", "alpha", "beta",
-                            "peak d*", "gold gain at d*", "KL at end: used / measured")
+                            "peak d*", "gold gain at d*", "KL at end (best-of-n: formula / pool / policy)")
 
 
 def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:
     """The table of overoptimization curves (`records.OveroptimizationCurve`), for the report and the CLI alike:
-    what each reaches, and Gao et al.'s fit with its peak."""
+    what each reaches, and Gao et al.'s fit with its peak. Best-of-n's KL at the largest n three ways: the formula
+    (its d), the pool's sample frequencies (repeats merged) and the policy's own probabilities on the pool's
+    completions; RL's is the run's measured KL."""
     from pathlib import Path
 
     rows = []
@@ -79,13 +81,15 @@ def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:
         fit = curve.fit
         points = f"n = {curve.points[0]}..{curve.points[-1]}" if curve.form == "best_of_n" else \
             f"steps 0..{curve.points[-1]}"
-        measured = f"{curve.kl_measured[-1]:.2f}" if curve.kl_measured is not None else "-"
+        kl = [f"{curve.d[-1] ** 2:.2f}", *(f"{values[-1]:.2f}" if values is not None else "-"
+                                           for values in (curve.kl_measured, curve.kl_policy))]
+        kl = " / ".join(kl) if curve.form == "best_of_n" else f"{kl[0]} (measured)"
         rows.append([curve.form_label, f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})",
                      str(curve.seed), points, format_number(curve.proxy_gain[-1], True),
                      f"{format_number(curve.gold[0])} -> {format_number(curve.gold[-1])}",
                      *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),
                         format_interval(fit.peak_reward)) if fit else ["-"] * 4),
-                     f"{curve.d[-1] ** 2:.2f} / {measured}"])
+                     kl])
     return list(OVEROPTIMIZATION_COLUMNS), rows
 
 

@@ -86,6 +86,7 @@ class BestOfN(GainsOverStart):
     proxy: np.ndarray
     kl_formula: np.ndarray
     kl_empirical: np.ndarray | None
+    kl_policy: np.ndarray | None = None  # on the pool's distinct completions, weighted by the policy's own probabilities
 
     @property
     def d(self) -> np.ndarray:
@@ -94,10 +95,12 @@ class BestOfN(GainsOverStart):
 
 
 def best_of_n(proxy: np.ndarray, gold: np.ndarray, ns: list[int] | None = None,
-              completions: list[list[str]] | None = None) -> BestOfN:
+              completions: list[list[str]] | None = None, logprobs: np.ndarray | None = None) -> BestOfN:
     """Expected gold and proxy reward of best-of-n for each prompt (rows) from its pool of N samples (columns),
     exactly, for each n in `ns` (default: every n from 1 to N). `completions` (prompts x N texts), when given,
-    adds the empirical KL with identical completions merged.
+    adds the empirical KL with identical completions merged, and with `logprobs` (prompts x N, the policy's
+    log-probability of each sample, at the temperature it sampled at) the KL on the policy's own probabilities of
+    the distinct sequences sampled (`kl_best_of_n_on_support`).
 
     >>> proxy = np.array([[0.0, 1.0, 2.0, 3.0]]); gold = np.array([[0.0, 1.0, 2.0, 0.0]])
     >>> result = best_of_n(proxy, gold)
@@ -113,14 +116,21 @@ def best_of_n(proxy: np.ndarray, gold: np.ndarray, ns: list[int] | None = None,
     expected_gold = np.empty((proxy.shape[0], len(ns)))
     expected_proxy = np.empty_like(expected_gold)
     kl_empirical = np.empty_like(expected_gold) if completions is not None else None
+    kl_policy = np.empty_like(expected_gold) if completions is not None and logprobs is not None else None
     for row in range(proxy.shape[0]):
+        if kl_policy is not None:  # one sample per distinct token sequence: its text and its log-probability
+            keys = [(text, round(float(lp), 6)) for text, lp in zip(completions[row], logprobs[row])]
+            distinct = sorted({key: i for i, key in reversed(list(enumerate(keys)))}.values())
         for column, n in enumerate(ns):
             p = selection_probabilities(proxy[row], n)
             expected_gold[row, column] = p @ gold[row]
             expected_proxy[row, column] = p @ proxy[row]
             if kl_empirical is not None:
                 kl_empirical[row, column] = empirical_kl_best_of_n(p, completions[row])
-    return BestOfN(ns, expected_gold, expected_proxy, np.array([kl_best_of_n(n) for n in ns]), kl_empirical)
+            if kl_policy is not None:
+                kl_policy[row, column] = kl_best_of_n_on_support(proxy[row, distinct], logprobs[row, distinct], n)
+    return BestOfN(ns, expected_gold, expected_proxy, np.array([kl_best_of_n(n) for n in ns]), kl_empirical,
+                   kl_policy)
 
 
 def kl_best_of_n(n: int) -> float:
@@ -130,6 +140,31 @@ def kl_best_of_n(n: int) -> float:
     [0.0, 0.636, 1.835, 3.175]
     """
     return math.log(n) - (n - 1) / n
+
+
+def kl_best_of_n_on_support(proxy: np.ndarray, logprobs: np.ndarray, n: int) -> float:
+    """KL(best-of-n || policy), exact, for a policy whose outputs are these distinct completions with probabilities
+    from its log-probabilities (renormalised over them: the pool's support, where a small model puts most of its
+    mass). Best-of-n of a discrete distribution puts F_hi^n - F_lo^n on the completions tied at one proxy score
+    (F the policy's CDF in proxy order), shared among them in proportion to the policy (the tied samples are
+    exchangeable), so KL = sum over score groups of P log(P / pi). Unlike the formula, it sees that a policy
+    which concentrates on a few completions cannot be moved far by picking among them.
+
+    >>> round(kl_best_of_n_on_support(np.arange(1000.0), np.zeros(1000), 4), 3)  # many equal completions: the formula
+    0.636
+    >>> kl_best_of_n_on_support(np.array([0.0, 1.0]), np.log([0.99, 0.01]), 4) < kl_best_of_n(4)
+    True
+    """
+    proxy, logprobs = np.asarray(proxy, dtype=float), np.asarray(logprobs, dtype=float)
+    probability = np.exp(logprobs - logprobs.max())
+    probability /= probability.sum()
+    scores, group = np.unique(proxy, return_inverse=True)  # score groups, lowest first
+    mass = np.bincount(group, weights=probability, minlength=scores.size)
+    cdf_high = np.minimum(np.cumsum(mass), 1.0)
+    cdf_low = np.concatenate([[0.0], cdf_high[:-1]])
+    chosen = cdf_high ** n - cdf_low ** n
+    kept = chosen > 0
+    return float(max(np.sum(chosen[kept] * np.log(chosen[kept] / mass[kept])), 0.0))
 
 
 def empirical_kl_best_of_n(selection: np.ndarray, texts: list[str]) -> float:
@@ -297,6 +332,7 @@ class Curve(GainsOverStart):
     proxy: np.ndarray
     kl_measured: np.ndarray | None  # best-of-n: the pool's KL, repeats merged; RL: the run's own KL estimate
     fit: Overoptimization | None
+    kl_policy: np.ndarray | None = None  # best-of-n: on the pool's completions, the policy's own probabilities
 
     @property
     def form_label(self) -> str:
@@ -311,36 +347,42 @@ class Curve(GainsOverStart):
         form = "best_of_n" if "n" in points[0] else "rl"
         kl = np.array([p["kl"] if form == "best_of_n" else p["kl_to_reference"] for p in points], dtype=float)
         measured = [p.get("kl_measured") for p in points] if form == "best_of_n" else list(kl)
+        policy = [p.get("kl_policy") for p in points]
         gold = np.array([p["items"]["gold_reward"] for p in points], dtype=float).T  # prompts x points
         proxy = np.array([p["items"]["proxy_reward"] for p in points], dtype=float).T
         d = np.sqrt(np.clip(kl, 0.0, None))  # a sampled KL can dip below 0 near the start
         return cls.fitted(form, reward_model, parameters, [int(p["n" if form == "best_of_n" else "step"]) for p in points],
                           d, gold, proxy, None if None in measured else np.array(measured, dtype=float), confidence,
-                          n_resamples)
+                          n_resamples, None if None in policy else np.array(policy, dtype=float))
 
     @classmethod
     def of_best_of_n(cls, result: BestOfN, reward_model: str, parameters: int, confidence: float = 0.95,
                      n_resamples: int = 2000) -> Curve:
         """A reward model's best-of-n curve on one pool (`best_of_n`), d from the formula, fitted."""
         measured = result.kl_empirical.mean(axis=0) if result.kl_empirical is not None else None
+        policy = result.kl_policy.mean(axis=0) if result.kl_policy is not None else None
         return cls.fitted("best_of_n", reward_model, parameters, list(result.ns), result.d, result.gold, result.proxy,
-                          measured, confidence, n_resamples)
+                          measured, confidence, n_resamples, policy)
 
     @classmethod
     def fitted(cls, form: str, reward_model: str, parameters: int, x: list[int], d: np.ndarray, gold: np.ndarray,
-               proxy: np.ndarray, kl_measured: np.ndarray | None, confidence: float, n_resamples: int) -> Curve:
+               proxy: np.ndarray, kl_measured: np.ndarray | None, confidence: float, n_resamples: int,
+               kl_policy: np.ndarray | None = None) -> Curve:
         fit = (fit_overoptimization(form, d, gold - gold[:, :1], confidence, n_resamples)
                if np.count_nonzero(d > 0) >= 2 else None)
-        return cls(form, reward_model, int(parameters), x, d, gold, proxy, kl_measured, fit)
+        return cls(form, reward_model, int(parameters), x, d, gold, proxy, kl_measured, fit, kl_policy)
 
     def points(self) -> list[dict]:
         """The curve's points in the layout `from_points` reads (what metrics.json's `train.curve` holds)."""
         out = []
         for i, x in enumerate(self.x):
             kl = float(self.d[i] ** 2)
-            head = {"n": x, "kl": kl} if self.form == "best_of_n" else {"step": x, "kl_to_reference": kl}
-            measured = float(self.kl_measured[i]) if self.kl_measured is not None else None
-            out.append({**head, "sqrt_kl": float(self.d[i]), **({"kl_measured": measured} if self.form == "best_of_n" else {}),
+            if self.form == "best_of_n":
+                head = {"n": x, "kl": kl, **{name: float(values[i]) if values is not None else None for name, values in
+                                            (("kl_measured", self.kl_measured), ("kl_policy", self.kl_policy))}}
+            else:
+                head = {"step": x, "kl_to_reference": kl}
+            out.append({**head, "sqrt_kl": float(self.d[i]),
                         "items": {"gold_reward": self.gold[:, i].tolist(), "proxy_reward": self.proxy[:, i].tolist()}})
         return out
 

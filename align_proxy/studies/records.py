@@ -331,13 +331,15 @@ class OveroptimizationCurve(Record):
     gold: list[float]
     proxy: list[float]
     fit: Overoptimization | None
+    kl_policy: list[float] | None = None  # best-of-n: on the pool's completions, by the policy's own probabilities
 
     @classmethod
     def of(cls, curve, recipe: str = "", variant: str = "", seed: int = 0) -> OveroptimizationCurve:
         """The record of an `overoptimization.Curve` (means over its prompts)."""
+        listed = lambda values: values.tolist() if values is not None else None  # noqa: E731
         return cls(curve.form, recipe, variant, curve.reward_model, curve.parameters, seed, list(curve.x),
-                   curve.d.tolist(), curve.kl_measured.tolist() if curve.kl_measured is not None else None,
-                   curve.gold.mean(axis=0).tolist(), curve.proxy.mean(axis=0).tolist(), curve.fit)
+                   curve.d.tolist(), listed(curve.kl_measured), curve.gold.mean(axis=0).tolist(),
+                   curve.proxy.mean(axis=0).tolist(), curve.fit, listed(curve.kl_policy))
 
     @property
     def form_label(self) -> str:
