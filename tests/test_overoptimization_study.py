@@ -208,3 +208,16 @@ def test_a_study_of_real_cells_draws_best_of_n_and_rl_curves_per_reward_model(ti
     assert best[0]["gold"][0] == pytest.approx(best[1]["gold"][0])  # n = 1: one policy's pool, whatever ranks it
     assert (tmp_path / "study" / "plots" / "overoptimization.png").exists()
     assert "Reward-model overoptimization" in (tmp_path / "study" / "report.md").read_text()
+
+
+def test_a_best_of_n_policy_can_be_a_model_of_the_study_rather_than_a_cell(tmp_path):
+    from align_proxy.studies.cell_runs import cell_command, needed_dirs
+
+    best_of_n = {"policy": "ladder-s", "n": 16, "gold": "arith_exact_match"}
+    spec = _spec(tmp_path, [{"recipe": "reward", "best_of_n": best_of_n}], models=["ladder-s", "ladder-m"])
+    best = [c for c in spec.cells() if c.best_of_n]
+    assert len(best) == 4 and all(c.start_from is None and c.needs == (c.reward_from,) for c in best)
+    _, argv = cell_command(best[0], None, None, tmp_path / "cell", tmp_path / "base",
+                           *needed_dirs(best[0], lambda h: tmp_path / h))
+    assert argv[argv.index("--policy") + 1] == "ladder-s" and argv[argv.index("--gold") + 1] == "arith_exact_match"
+    assert argv[argv.index("--n") + 1] == "16"

@@ -532,7 +532,8 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
         orderings=list(orderings.values()), transfer=transfer,
         metric_trust=_metric_trust_section(study, primary), fits=fits, gap_closed=gaps,
         overoptimization=_overoptimization_section(
-            best_of_n_cells + [c for c in results if c.recipe in (rewards_from or {})], models, confidence, n_resamples))
+            best_of_n_cells + [c for c in results if c.recipe in (rewards_from or {})], models, confidence,
+            n_resamples))
 
 
 def _overoptimization_section(cells: list[CellResult], models: dict[str, int], confidence: float,
@@ -543,7 +544,8 @@ def _overoptimization_section(cells: list[CellResult], models: dict[str, int], c
     curves = []
     for cell in sorted(cells, key=lambda c: (c.recipe, c.variant, c.seed, models[c.model])):
         if len(cell.curve) >= 2 and all("gold_reward" in p.get("items", {}) for p in cell.curve):
-            curves.append((cell, Curve.from_points(cell.curve, cell.model, models[cell.model], confidence, n_resamples)))
+            curve = Curve.from_points(cell.curve, cell.model, models[cell.model], confidence, n_resamples)
+            curves.append((cell, curve))
     if not curves:
         return None
     groups = defaultdict(list)

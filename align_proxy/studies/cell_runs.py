@@ -110,8 +110,8 @@ def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]
     while grew:
         new = [(c, next(h for h in c.needs if h in why)) for c in queue
                if c.config_hash not in why and any(h in why for h in c.needs)]
-        found += [(c, f"{'the cell it starts from' if needed == c.start_from else 'the cell its reward model comes from'}"
-                      f" ({needed}) {why[needed]}") for c, needed in new]
+        role = {True: "the cell it starts from", False: "the cell its reward model comes from"}
+        found += [(c, f"{role[needed == c.start_from]} ({needed}) {why[needed]}") for c, needed in new]
         why |= {c.config_hash: "failed" for c, _ in new}
         grew = bool(new)
     return found

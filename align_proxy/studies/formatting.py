@@ -65,8 +65,8 @@ def format_trend(trend) -> str:
             f"{format_interval(trend.slope_per_decade)} (R^2 {trend.r_squared:.2f}, {len(trend.parameters)} sizes)")
 
 
-OVEROPTIMIZATION_COLUMNS = ("form", "reward model", "seed", "points", "proxy gain", "gold start -> end", "alpha", "beta",
-                            "peak d*", "gold gain at d*", "KL at end (best-of-n: formula / pool / policy)")
+OVEROPTIMIZATION_COLUMNS = ("form", "reward model", "seed", "points", "proxy gain", "gold start -> end", "alpha",
+                            "beta", "peak d*", "gold gain at d*", "KL at end (best-of-n: formula / pool / policy)")
 
 
 def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:

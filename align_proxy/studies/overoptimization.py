@@ -86,7 +86,7 @@ class BestOfN(GainsOverStart):
     proxy: np.ndarray
     kl_formula: np.ndarray
     kl_empirical: np.ndarray | None
-    kl_policy: np.ndarray | None = None  # on the pool's distinct completions, weighted by the policy's own probabilities
+    kl_policy: np.ndarray | None = None  # on the pool's distinct completions, by the policy's own probabilities
 
     @property
     def d(self) -> np.ndarray:
@@ -351,9 +351,10 @@ class Curve(GainsOverStart):
         gold = np.array([p["items"]["gold_reward"] for p in points], dtype=float).T  # prompts x points
         proxy = np.array([p["items"]["proxy_reward"] for p in points], dtype=float).T
         d = np.sqrt(np.clip(kl, 0.0, None))  # a sampled KL can dip below 0 near the start
-        return cls.fitted(form, reward_model, parameters, [int(p["n" if form == "best_of_n" else "step"]) for p in points],
-                          d, gold, proxy, None if None in measured else np.array(measured, dtype=float), confidence,
-                          n_resamples, None if None in policy else np.array(policy, dtype=float))
+        x = [int(p["n" if form == "best_of_n" else "step"]) for p in points]
+        as_array = lambda values: None if None in values else np.array(values, dtype=float)  # noqa: E731
+        return cls.fitted(form, reward_model, parameters, x, d, gold, proxy, as_array(measured), confidence,
+                          n_resamples, as_array(policy))
 
     @classmethod
     def of_best_of_n(cls, result: BestOfN, reward_model: str, parameters: int, confidence: float = 0.95,

@@ -342,7 +342,8 @@ def render_html(analysis: StudyAnalysis, plots: dict[str, tuple[bytes, str]], ti
                            ("Base scores", _base_table), ("Cells finished", _completeness_table)):
         parts += [f"<h2>{esc(heading)}</h2>", _html_table(*table(analysis))]
         if heading == OVEROPTIMIZATION_HEADING:
-            parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in overoptimization_lines(analysis)) + "</ul>")
+            lines = overoptimization_lines(analysis)
+            parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>")
     parts += ["<h2>How to read this</h2>", *(f"<p>{esc(p)}</p>" for p in HOW_TO_READ)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
