@@ -275,6 +275,20 @@ def peak(form: str, alpha: float, beta: float, d_max: float | None = None) -> tu
     return d, float(reward_curve(form, alpha, beta, np.array([d]))[0]) + 0.0  # + 0.0: no -0.0 at d* = 0
 
 
+def _prompt_draws(prompts: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of prompt indices (resamples x prompts): the same seed gives the same draws."""
+    return np.random.default_rng(seed).integers(0, prompts, size=(n_resamples, prompts))
+
+
+def _resampled_fits(form: str, d: np.ndarray, rewards: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) per resample of the prompts (2 x resamples) and each fit's (d*, R(d*)) within the data
+    (resamples x 2: the form says nothing past the largest d)."""
+    replicate_means = rewards[draws].mean(axis=1)  # resamples x points
+    coefficients = np.linalg.lstsq(_design(form, d), replicate_means.T, rcond=None)[0]
+    d_max = float(d.max())
+    return coefficients, np.array([peak(form, a, b, d_max) for a, b in coefficients.T])
+
+
 def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confidence: float = 0.95,
                          n_resamples: int = 2000, seed: int = 0) -> Overoptimization:
     """Fit R(d) to per-prompt gold-reward gains (prompts x points; d per point, shared by every prompt), with
@@ -299,13 +313,8 @@ def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confiden
     fitted = reward_curve(form, alpha, beta, d)
     total = float(((mean - mean.mean()) ** 2).sum())
     r_squared = 1.0 - float(((mean - fitted) ** 2).sum()) / total if total > 0 else math.nan
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, rewards.shape[0], size=(n_resamples, rewards.shape[0]))
-    replicate_means = rewards[draws].mean(axis=1)  # resamples x points
-    coefficients = np.linalg.lstsq(_design(form, d), replicate_means.T, rcond=None)[0]  # 2 x resamples
-    d_max = float(d.max())  # the peak within the data: the form says nothing past them
-    peaks = np.array([peak(form, a, b, d_max) for a, b in coefficients.T])
-    estimate_peak = peak(form, alpha, beta, d_max)
+    coefficients, peaks = _resampled_fits(form, d, rewards, _prompt_draws(rewards.shape[0], n_resamples, seed))
+    estimate_peak = peak(form, alpha, beta, float(d.max()))
     return Overoptimization(
         form=form,
         alpha=percentile_interval(float(alpha), coefficients[0], confidence),
@@ -396,13 +405,8 @@ def peak_shift(small: Curve, large: Curve, confidence: float = 0.95, n_resamples
     the interval. nan where either fit has no peak in the estimate."""
     if small.form != large.form or small.gold.shape != large.gold.shape or small.d.shape != large.d.shape:
         raise ValueError("a peak shift compares two curves of one form on the same prompts and points")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, small.gold.shape[0], size=(n_resamples, small.gold.shape[0]))
-    peaks = []
-    for curve in (small, large):
-        gains = curve.gold_gain
-        coefficients = np.linalg.lstsq(_design(curve.form, curve.d), gains[draws].mean(axis=1).T, rcond=None)[0]
-        peaks.append(np.array([peak(curve.form, a, b, float(curve.d.max()))[0] for a, b in coefficients.T]))
+    draws = _prompt_draws(small.gold.shape[0], n_resamples, seed)
+    peaks = [_resampled_fits(c.form, c.d, c.gold_gain, draws)[1][:, 0] for c in (small, large)]
     estimate = (large.fit.peak_d.estimate - small.fit.peak_d.estimate) if small.fit and large.fit else math.nan
     return percentile_interval(estimate, peaks[1] - peaks[0], confidence)
 
