@@ -110,13 +110,6 @@ def learned(path: str):
     return LearnedReward(path)
 
 
-def get_gold(name: str):
-    """The gold reward: a registered reward, `module:function`, or a reward-model directory."""
-    from rewards import get_reward
-
-    return get_reward(name)
-
-
 DEFAULT_GOLD = "arith_exact_match"  # the built-in tasks' own reward: the answer, exactly
 
 
@@ -129,13 +122,14 @@ def run(policy: str, reward_models: list[str], gold: str = DEFAULT_GOLD, n: int 
     from align_proxy.data.tasks import get_task
     from align_proxy.models.registry import parameter_count, resolve
     from align_proxy.models.tokenizer import build_tokenizer
+    from rewards import get_reward  # the gold: a registered reward, `module:function` or a reward-model directory
 
     if n < 2:
         raise ValueError(f"--n must be at least 2 to draw a curve (got {n})")
     proxies = {}
     for path in reward_models:  # every reward model is checked before the policy samples anything
         proxies[path] = (parameter_count(path), learned(path))
-    gold_reward = get_gold(gold)
+    gold_reward = get_reward(gold)
     policy_path = resolve(policy).path
     tokenizer = build_tokenizer()
     held_out = get_task(task).evaluation(prompts, seed=seed if prompt_seed is None else prompt_seed)

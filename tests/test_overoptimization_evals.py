@@ -14,6 +14,7 @@ from align_proxy.cli import main
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.studies.records import OveroptimizationCurve
 from evals import overoptimization as best_of_n
+from rewards import get_reward
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_one_pool_gives_each_reward_model_a_curve_that_starts_at_the_pools_mean(
     curves, pool = best_of_n.run(tiny_model, reward_models[::-1], n=8, prompts=6, n_resamples=200)
     assert pool.size == 8 and len(pool.prompts) == 6
     assert [c.parameters for c in curves] == sorted(c.parameters for c in curves)  # smallest first
-    gold = pool.score(best_of_n.get_gold("arith_exact_match"))
+    gold = pool.score(get_reward("arith_exact_match"))
     for curve in curves:
         assert curve.form == "best_of_n" and curve.x == [1, 2, 4, 8]
         # n = 1 is the policy itself: the pool's mean, whatever the reward model says.
