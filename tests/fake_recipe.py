@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
+from align_proxy.files import atomic_write
 from align_proxy.kinds import RecipeKind, register
 from align_proxy.run_metrics import Divergence, RunMetrics, Scores, Training
 
@@ -56,15 +58,14 @@ def main(argv: list[str]) -> None:
          "model_args": {"model_name_or_path": model}}))
     if int(args.get("max_length", 64)) < 3:
         sys.exit(f"{args.get('dataset_name')}: every prompt is longer than max_length {args['max_length']}")
-    # The base evaluation, once per model: shared through the cache directory like a real recipe's.
+    # The base evaluation, once per model: shared through the cache directory like a real recipe's, under
+    # its lock and written whole (a concurrent cell, or one started after a kill, never reads half a file).
     cache = Path(args["base_eval_cache"]) / f"fake-{Path(model).name}.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(cache, "x") as handle:
-            json.dump([float((len(model) + i) % 2) for i in range(8)], handle)
-    except FileExistsError:
-        pass
-    base = json.loads(cache.read_text()) if cache.stat().st_size else [0.0] * 8
+    with FileLock(f"{cache}.lock"):
+        if not cache.exists():
+            atomic_write(cache, json.dumps([float((len(model) + i) % 2) for i in range(8)]))
+        base = json.loads(cache.read_text())
     time.sleep(float(config.get("seconds", 0.0)))  # the fake's "training"
     log = [{"loss": 2.0, "step": 1}, {"loss": 1e6 if lr >= 100 else 1.5, "step": 2}]
     diverged = Divergence(2, 1e6) if lr >= 100 else None
