@@ -77,12 +77,51 @@ def _check_names(specs: list[str], manager) -> None:
                                   f"them, or pass a task YAML path (shipped, offline: {SHIPPED_TASKS / 'arith_mc.yaml'})")
 
 
+def python_it_runs(task_file: Path, _seen: frozenset = frozenset()) -> list[str]:
+    """The Python a task YAML makes lm-eval import and run: its `!function module.name` tags, and those of the
+    files it `include:`s, as "module.name (path of module.py)". lm-eval executes them while it builds the task.
+
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "base.yaml").write_text("process_docs: !function utils.process_docs\\n")
+    >>> _ = (folder / "task.yaml").write_text("include: base.yaml\\ntask: t\\n")
+    >>> [line.split(" (")[0] for line in python_it_runs(folder / "task.yaml")]
+    ['utils.process_docs']
+    """
+    import re
+
+    task_file = task_file.expanduser().resolve()
+    if task_file in _seen or not task_file.is_file():
+        return []
+    text = task_file.read_text(errors="replace")
+    found = [f"{name} ({task_file.parent / name.rsplit('.', 1)[0].replace('.', '/')}.py)"
+             for name in re.findall(r"!function\s+([\w.]+)", text)]
+    for include in re.findall(r"^include:\s*['\"]?([^'\"\s#]+)", text, flags=re.MULTILINE):
+        found += python_it_runs(task_file.parent / include, _seen | {task_file})
+    return found
+
+
+_NOTED: set[Path] = set()
+
+
+def _say_what_runs(specs: list[str]) -> None:
+    """A task file from outside the package may run Python (lm-eval's `!function`): say which, once, before it runs.
+    lm-eval's own tasks and the shipped ones are installed code; a YAML file from elsewhere is as trusted as a script."""
+    for spec in specs:
+        path = Path(spec).expanduser().resolve()
+        if _is_path(spec) and not path.is_relative_to(SHIPPED_TASKS.resolve()) and path not in _NOTED:
+            _NOTED.add(path)
+            if code := python_it_runs(path):
+                print(f"[align-proxy] note: task file {spec} has lm-eval import and run Python: {', '.join(code)}. "
+                      "Pass only task files you trust, as you would a script.", flush=True)
+
+
 def load_tasks(specs) -> dict:
     """lm-eval's tasks for `specs`, built with their data, keyed by task name (a group or tag gives each of its
     tasks). Raises LmEvalTaskError naming the task and the fix when a name is unknown or its data unavailable."""
     specs = split_tasks(specs)
     manager = _manager_for(specs)
     _check_names(specs, manager)
+    _say_what_runs(specs)
     tasks = {}
     for spec in specs:
         try:

@@ -82,6 +82,20 @@ def test_a_hub_task_whose_data_is_not_cached_fails_naming_the_task_and_the_fix()
     assert "'piqa'" in message and "HF_DATASETS_OFFLINE=1" in message and "arith_mc" in message
 
 
+def test_a_task_file_from_elsewhere_says_which_python_it_runs_before_lm_eval_runs_it(tmp_path, capsys):
+    # A copy of the shipped task: lm-eval imports arith_mc.py beside it for `!function arith_mc.load`.
+    for name in ("arith_mc.yaml", "arith_mc.py", "arith_mc.jsonl"):
+        (tmp_path / name).write_bytes((lm_harness.SHIPPED_TASKS / name).read_bytes())
+    lm_harness.load_tasks(str(lm_harness.SHIPPED_TASKS / "arith_mc.yaml"))
+    assert "run Python" not in capsys.readouterr().out  # shipped: installed code like lm-eval's own tasks
+    assert list(lm_harness.load_tasks(str(tmp_path / "arith_mc.yaml"))) == ["arith_mc"]
+    out = capsys.readouterr().out
+    assert f"task file {tmp_path / 'arith_mc.yaml'} has lm-eval import and run Python: arith_mc.load " \
+           f"({tmp_path / 'arith_mc.py'})" in out and "only task files you trust" in out
+    lm_harness.load_tasks(str(tmp_path / "arith_mc.yaml"))
+    assert "run Python" not in capsys.readouterr().out  # said once per process
+
+
 def test_a_study_judges_a_recipe_on_an_lm_eval_metric_with_intervals_and_a_verdict(tmp_path):
     from align_proxy.studies.analysis import analyse
     from align_proxy.studies.report import render_markdown
