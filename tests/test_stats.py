@@ -2,6 +2,7 @@
 gain-vs-scale fit. Their coverage in the study's design is in test_calibration.py."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -191,6 +192,20 @@ def test_ratio_with_a_small_gain_crossing_zero_is_nan():
     interval = ratio_interval(small, np.concatenate([[0.4], rng.normal(0.4, 0.05, 2000)]))
     assert all(math.isnan(v) for v in interval.to_json().values())
     assert not interval.covers(0.0)
+
+
+def test_a_zero_replicate_in_the_outer_tail_leaves_the_ratio_defined_and_warns_nothing():
+    # Discrete per-item scores make an exact-zero replicate of the small gain possible far out in its tail.
+    rng = np.random.default_rng(7)
+    small = np.concatenate([[0.2], rng.normal(0.2, 0.01, 2000)])
+    large = np.concatenate([[0.4], 2 * small[1:] + rng.normal(0, 0.005, 2000)])
+    small[1:4] = [0.0, 0.0, -0.01]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interval = ratio_interval(small, large)
+    assert interval.covers(2.0) and interval.high - interval.low < 0.3
+    small[1] = large[1] = 0.0  # 0/0 says nothing: undefined
+    assert math.isnan(ratio_interval(small, large).low)
 
 
 def test_planted_log_linear_trend_is_recovered():
