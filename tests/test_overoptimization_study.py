@@ -5,6 +5,7 @@ need, and the report's section built from the curves."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -167,6 +168,31 @@ def test_the_report_fits_each_curve_and_says_whether_smaller_reward_models_overo
     assert {"plot_overoptimization", "plot_overoptimization_vs_size"} <= set(files)
     document = json.loads(files["json"].read_text())
     assert document["overoptimization"]["curves"][0]["fit"]["peak_d"]["estimate"] == pytest.approx(0.5, abs=0.15)
+
+
+def test_a_peak_past_the_data_in_some_resamples_is_reported_open_on_that_side_not_dropped():
+    """Planted peaks near the last d (1.78) on 8 prompts: rm-l's fit peaks inside the data, but some resamples of
+    its prompts still rise at the last point. Its interval is open above, in the table (`>1.78`) and in
+    report.json (null, with the share of such resamples), and the shift, unresolved, says what would bound it."""
+    from align_proxy.studies.analysis import analyse
+    from align_proxy.studies.formatting import overoptimization_rows, peak_shift_text
+    from align_proxy.studies.records import to_json
+
+    sizes = {"rm-s": 200_000, "rm-m": 800_000, "rm-l": 1_800_000}
+    planted = {"rm-s": (0.9, 0.3), "rm-m": (0.95, 0.3), "rm-l": (1.0, 0.3)}  # d* = 1.5, 1.58, 1.67
+    summary = analyse([_curve_cell(m, sizes[m], *planted[m], prompts=8) for m in sizes], sizes, {}).overoptimization
+    largest = summary.curves[-1].fit
+    assert largest.peak_d.estimate < largest.d_max and largest.peak_d.high == math.inf and largest.beyond_data > 0.025
+    assert overoptimization_rows(summary.curves)[1][-1][8] == f"{largest.peak_d.estimate:.3f} " \
+                                                              f"[{largest.peak_d.low:.3f}, >1.78]"
+    document = to_json(largest)
+    assert document["peak_d"]["high"] is None and document["beyond_data"] == largest.beyond_data
+    (shift,) = summary.peak_shifts
+    assert shift.difference.low < 0 < shift.difference.estimate and shift.difference.high == math.inf
+    assert shift.prompts_to_resolve is None
+    assert peak_shift_text(shift).endswith("not resolved, the interval covers 0 and is open on one side: in some "
+                                           "resamples a curve still rises at the last point measured, its peak past "
+                                           "the data; optimise further to bound it")
 
 
 # --- a real study on the tiny ladder -------------------------------------------------------------------------

@@ -87,10 +87,25 @@ def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:
         rows.append([curve.form_label, f"{Path(curve.reward_model).name} ({format_parameters(curve.parameters)})",
                      str(curve.seed), points, format_number(curve.proxy_gain[-1], True),
                      f"{format_number(curve.gold[0])} -> {format_number(curve.gold[-1])}",
-                     *((format_interval(fit.alpha), format_interval(fit.beta), format_interval(fit.peak_d, False),
+                     *((format_interval(fit.alpha), format_interval(fit.beta), format_peak(fit.peak_d, fit.d_max),
                         format_interval(fit.peak_reward)) if fit else ["-"] * 4),
                      kl])
     return list(OVEROPTIMIZATION_COLUMNS), rows
+
+
+def format_peak(iv: Interval, d_max: float | None = None) -> str:
+    """A peak d* with its interval; an upper bound past the last d measured (some resamples still rise there, so
+    the data do not bound it) reads `>d_max`, or `past the data` without it.
+
+    >>> format_peak(Interval(0.0, 0.0, math.inf), 2.512), format_peak(Interval(0.0, 0.0, math.inf))
+    ('0.000 [0.000, >2.51]', '0.000 [0.000, past the data]')
+    >>> format_peak(Interval(0.378, 0.087, 0.54), 1.78)
+    '0.378 [0.087, 0.540]'
+    """
+    if math.isinf(iv.high) and math.isfinite(iv.estimate):
+        return f"{format_number(iv.estimate)} [{format_number(iv.low)}, " + \
+            (f">{d_max:.2f}]" if d_max is not None else "past the data]")
+    return format_interval(iv, False)
 
 
 def peak_shift_text(shift) -> str:
@@ -98,17 +113,19 @@ def peak_shift_text(shift) -> str:
     from align_proxy.studies.overoptimization import form_label
 
     what = (f"{form_label(shift.form)} ({shift.recipe}, {shift.variant}, seed {shift.seed}): peak d* "
-            f"{format_interval(shift.small_peak, False)} at {shift.small}, {format_interval(shift.large_peak, False)} "
+            f"{format_peak(shift.small_peak)} at {shift.small}, {format_peak(shift.large_peak)} "
             f"at {shift.large}; {shift.large} - {shift.small}: {format_interval(shift.difference)}")
     if shift.small_peak.estimate == 0 and shift.large_peak.estimate == 0:
         return f"{what}: the gold reward falls from the start with both, so there is no peak to move"
     if math.isnan(shift.difference.estimate) or math.isnan(shift.difference.low):
-        return (f"{what}: no answer (a fit, or some of its resamples, still rising at the last point measured: "
-                "optimise further to find its peak)")
+        return f"{what}: no answer (a fit still rising at the last point measured: optimise further to find its peak)"
     if shift.resolved:
         later = shift.difference.estimate > 0
         return (f"{what}: the {'larger' if later else 'smaller'} reward model bears more optimisation before gold "
                 f"reward falls ({'as Gao et al. found' if later else 'the opposite of Gao et al.'})")
+    if math.isinf(shift.difference.low) or math.isinf(shift.difference.high):
+        return (f"{what}: not resolved, the interval covers 0 and is open on one side: in some resamples a curve still "
+                "rises at the last point measured, its peak past the data; optimise further to bound it")
     need = (f"; about {shift.prompts_to_resolve:,} prompts (now {shift.prompts}) would resolve a shift this size"
             if shift.prompts_to_resolve else "")
     return f"{what}: not resolved, the interval covers 0{need}"

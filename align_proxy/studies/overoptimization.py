@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
-from align_proxy.studies.stats import Interval, percentile_interval
+from align_proxy.studies.stats import Interval, censored_interval, percentile_interval
 
 
 # --- best-of-n from one pool -------------------------------------------------------------------------------
@@ -196,10 +196,12 @@ class Overoptimization:
     form: str
     alpha: Interval
     beta: Interval
-    peak_d: Interval  # d* where the gold reward is highest (nan when beta <= 0: no peak)
+    peak_d: Interval  # d* where the gold gain is highest within the data; high inf: the data do not bound it
     peak_reward: Interval
     r_squared: float
     n_points: int
+    d_max: float  # the largest d measured: a peak past it is censored there
+    beyond_data: float  # the share of prompt resamples whose fit still rises at d_max (peak past the data)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -282,11 +284,13 @@ def _prompt_draws(prompts: int, n_resamples: int, seed: int) -> np.ndarray:
 
 def _resampled_fits(form: str, d: np.ndarray, rewards: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(alpha, beta) per resample of the prompts (2 x resamples) and each fit's (d*, R(d*)) within the data
-    (resamples x 2: the form says nothing past the largest d)."""
+    (resamples x 2). A fit still rising at the largest d has its peak somewhere past it, which the form cannot
+    place from these points: inf, censored (`stats.censored_interval`), not a failed fit."""
     replicate_means = rewards[draws].mean(axis=1)  # resamples x points
     coefficients = np.linalg.lstsq(_design(form, d), replicate_means.T, rcond=None)[0]
     d_max = float(d.max())
-    return coefficients, np.array([peak(form, a, b, d_max) for a, b in coefficients.T])
+    peaks = np.array([peak(form, a, b, d_max) for a, b in coefficients.T])
+    return coefficients, np.where(np.isnan(peaks), math.inf, peaks)
 
 
 def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confidence: float = 0.95,
@@ -319,9 +323,10 @@ def fit_overoptimization(form: str, d: np.ndarray, rewards: np.ndarray, confiden
         form=form,
         alpha=percentile_interval(float(alpha), coefficients[0], confidence),
         beta=percentile_interval(float(beta), coefficients[1], confidence),
-        peak_d=percentile_interval(estimate_peak[0], peaks[:, 0], confidence),
-        peak_reward=percentile_interval(estimate_peak[1], peaks[:, 1], confidence),
-        r_squared=r_squared, n_points=int(d.size))
+        peak_d=censored_interval(estimate_peak[0], peaks[:, 0], confidence=confidence),
+        peak_reward=censored_interval(estimate_peak[1], peaks[:, 1], confidence=confidence),
+        r_squared=r_squared, n_points=int(d.size), d_max=float(d.max()),
+        beyond_data=float(np.isinf(peaks[:, 0]).mean()))
 
 
 # --- curves, as runs record them and a report reads them -----------------------------------------------------
@@ -402,13 +407,19 @@ def peak_shift(small: Curve, large: Curve, confidence: float = 0.95, n_resamples
     """d* of the larger reward model's curve minus the smaller's, with a percentile interval from resampling the
     prompts both curves share (the same draw for both, so what the prompts do to both cancels). Curves of one
     best-of-n pool share prompts and samples; RL runs share prompts only, and their training-run spread is not in
-    the interval. nan where either fit has no peak in the estimate."""
+    the interval. A resample in which one curve still rises at the last point bounds the shift on one side only
+    (its peak is past the data), and one in which both do bounds it on neither (`stats.censored_interval`). nan
+    where either fit has no peak in the estimate."""
     if small.form != large.form or small.gold.shape != large.gold.shape or small.d.shape != large.d.shape:
         raise ValueError("a peak shift compares two curves of one form on the same prompts and points")
     draws = _prompt_draws(small.gold.shape[0], n_resamples, seed)
     peaks = [_resampled_fits(c.form, c.d, c.gold_gain, draws)[1][:, 0] for c in (small, large)]
     estimate = (large.fit.peak_d.estimate - small.fit.peak_d.estimate) if small.fit and large.fit else math.nan
-    return percentile_interval(estimate, peaks[1] - peaks[0], confidence)
+    with np.errstate(invalid="ignore"):
+        shift = peaks[1] - peaks[0]  # inf - inf: both past the data, the shift unknown in sign
+    both_beyond = np.isnan(shift)
+    return censored_interval(estimate, np.where(both_beyond, -math.inf, shift), np.where(both_beyond, math.inf, shift),
+                             confidence)
 
 
 def prompts_to_resolve(difference: Interval, prompts: int) -> int | None:

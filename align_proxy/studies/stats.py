@@ -78,6 +78,40 @@ def percentile_interval(estimate: float, replicates: np.ndarray, confidence: flo
     return Interval(float(estimate), float(low), float(high))
 
 
+def censored_interval(estimate: float, replicates: np.ndarray, upper_replicates: np.ndarray | None = None,
+                      confidence: float = 0.95) -> Interval:
+    """`percentile_interval` for replicates censored at the edge of the data: +inf for one known only to lie past
+    the largest value the data can show (a curve's peak beyond its last point), -inf for one below the smallest.
+    A bound whose quantile reaches into the censored share is infinite: the data do not bound that side.
+    `upper_replicates`, when given, is read for the upper bound and `replicates` for the lower: a difference of
+    two censored values is unknown in sign, -inf for the one and +inf for the other. nan replicates, or a
+    non-finite estimate, leave the interval undefined.
+
+    >>> censored_interval(0.0, np.r_[np.zeros(90), np.full(10, np.inf)])  # 10% past the data: no upper bound
+    Interval(estimate=0.0, low=0.0, high=inf)
+    >>> censored_interval(0.5, np.r_[np.linspace(0.0, 1.0, 999), np.inf]).high < 1.0  # 0.1%: bounded as usual
+    True
+    """
+    _check_confidence(confidence)
+    lower = np.asarray(replicates, dtype=float)
+    upper = lower if upper_replicates is None else np.asarray(upper_replicates, dtype=float)
+    if lower.size == 0 or np.isnan(lower).any() or np.isnan(upper).any() or not math.isfinite(estimate):
+        return Interval(float(estimate), math.nan, math.nan)
+    alpha = 1.0 - confidence
+    return Interval(float(estimate), _quantile_past_the_data(lower, alpha / 2),
+                    _quantile_past_the_data(upper, 1.0 - alpha / 2))
+
+
+def _quantile_past_the_data(values: np.ndarray, q: float) -> float:
+    """np.quantile's (linear) quantile of values that may hold +-inf: infinite where it interpolates into them."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return float(np.quantile(values, q, method="nearest"))
+    beyond = 2.0 * max(1.0, float(np.abs(finite).max()))  # stands in for +-inf, so the interpolation stays finite
+    value = float(np.quantile(np.clip(values, -beyond, beyond), q))
+    return math.inf if value > finite.max() else -math.inf if value < finite.min() else value
+
+
 # --- one quantity's scores -------------------------------------------------------------------------
 
 def as_matrix(seeds: list) -> np.ndarray:
