@@ -281,11 +281,8 @@ def ratio_interval(small: np.ndarray, large: np.ndarray, confidence: float = 0.9
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = large[1:] / small[1:]
     # A replicate of exactly 0 lies in the small one's outer tail (its central range excludes 0): its ratio is an
-    # infinite tail value, which cannot move the central quantiles; a nan (a failed replicate, or 0/0) can.
-    if np.isnan(ratios).any() or not np.isfinite(large[1:]).all():
-        return Interval(float(large[0] / small[0]), math.nan, math.nan)
-    low, high = np.quantile(ratios, [alpha / 2, 1.0 - alpha / 2])
-    return Interval(float(large[0] / small[0]), float(low), float(high))
+    # infinite tail value, which the central quantiles do not reach; a nan (a failed replicate, or 0/0) is undefined.
+    return censored_interval(float(large[0] / small[0]), ratios, confidence=confidence)
 
 
 def gap_closed(proxy_gain: list, tuned_gain: list, resampler: CrossedResampler | None = None,
