@@ -44,8 +44,9 @@ def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
     level = f"{analysis.confidence:.0%}"
     lines = [f"alpha and beta are Gao et al.'s coefficients (best-of-n: R = d (alpha - beta d); RL: R = d (alpha - "
              f"beta log d)) fitted to the gold reward's gain over the starting policy; peak d* is where that gain is "
-             f"highest within the d measured (a bound past the last d, `>d` or inf, where some resamples still rise there: "
-             f"the data do not bound that side). Intervals ({level}) resample the held-out prompts; a curve's reward "
+             f"highest within the d measured (where some resamples still rise at the last d, their peaks lie past the data "
+             f"and a bound reaching into them is open: `>d`, `past the data`, inf). Intervals ({level}) resample the "
+             f"held-out prompts; a curve's reward "
              f"model and, for RL, its training run are one draw each, so their spread is not in them. Against "
              f"reward-model size, each coefficient is a line through one point per size on log10(parameters), its "
              f"interval the line's own (sizes - 2 degrees of freedom), which holds every source of scatter."]
