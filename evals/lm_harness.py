@@ -104,8 +104,9 @@ _NOTED: set[Path] = set()
 
 
 def _say_what_runs(specs: list[str]) -> None:
-    """A task file from outside the package may run Python (lm-eval's `!function`): say which, once, before it runs.
-    lm-eval's own tasks and the shipped ones are installed code; a YAML file from elsewhere is as trusted as a script."""
+    """A task file from outside the package may run Python (lm-eval's `!function`): say which, once, before it
+    runs. lm-eval's own tasks and the shipped ones are installed code; a YAML file from elsewhere is as trusted as
+    a script."""
     for spec in specs:
         path = Path(spec).expanduser().resolve()
         if _is_path(spec) and not path.is_relative_to(SHIPPED_TASKS.resolve()) and path not in _NOTED:

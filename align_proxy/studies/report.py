@@ -44,10 +44,10 @@ def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
     level = f"{analysis.confidence:.0%}"
     lines = [f"alpha and beta are Gao et al.'s coefficients (best-of-n: R = d (alpha - beta d); RL: R = d (alpha - "
              f"beta log d)) fitted to the gold reward's gain over the starting policy; peak d* is where that gain is "
-             f"highest within the d measured (where some resamples still rise at the last d, their peaks lie past the data "
-             f"and a bound reaching into them is open: `>d`, `past the data`, inf). Intervals ({level}) resample the "
-             f"held-out prompts; a curve's reward "
-             f"model and, for RL, its training run are one draw each, so their spread is not in them. Against "
+             f"highest within the d measured (where some resamples still rise at the last d, their peaks lie past "
+             f"the data and a bound reaching into them is open: `>d`, `past the data`, inf). Intervals ({level}) "
+             f"resample the held-out prompts; a curve's reward model and, for RL, its training run are one draw "
+             f"each, so their spread is not in them. Against "
              f"reward-model size, each coefficient is a line through one point per size on log10(parameters), its "
              f"interval the line's own (sizes - 2 degrees of freedom), which holds every source of scatter."]
     lines += [format_trend(t) for t in summary.trends]
