@@ -79,24 +79,44 @@ def _check_names(specs: list[str], manager) -> None:
 
 def python_it_runs(task_file: Path, _seen: frozenset = frozenset()) -> list[str]:
     """The Python a task YAML makes lm-eval import and run: its `!function module.name` tags, and those of the
-    files it `include:`s, as "module.name (path of module.py)". lm-eval executes them while it builds the task.
+    files it `include:`s (one or a list), as "module.name (path of module.py)". Read with a safe loader that only
+    notes the tags; lm-eval executes them while it builds the task.
 
     >>> import tempfile; folder = Path(tempfile.mkdtemp())
     >>> _ = (folder / "base.yaml").write_text("process_docs: !function utils.process_docs\\n")
-    >>> _ = (folder / "task.yaml").write_text("include: base.yaml\\ntask: t\\n")
+    >>> _ = (folder / "task.yaml").write_text("include: [base.yaml]\\nmetric_list: [{metric: !function m.f}]\\n")
     >>> [line.split(" (")[0] for line in python_it_runs(folder / "task.yaml")]
-    ['utils.process_docs']
+    ['m.f', 'utils.process_docs']
     """
-    import re
+    import yaml
+
+    class Function(str):
+        """A `!function` tag's target."""
+
+    class TaskLoader(yaml.SafeLoader):
+        """PyYAML's safe loader that keeps `!function` as a marked string instead of importing it."""
+
+    TaskLoader.add_constructor("!function", lambda loader, node: Function(loader.construct_scalar(node)))
+
+    def functions(value) -> list[str]:
+        if isinstance(value, Function):
+            return [str(value)]
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+        return [name for child in children for name in functions(child)]
 
     task_file = task_file.expanduser().resolve()
     if task_file in _seen or not task_file.is_file():
         return []
-    text = task_file.read_text(errors="replace")
-    found = [f"{name} ({task_file.parent / name.rsplit('.', 1)[0].replace('.', '/')}.py)"
-             for name in re.findall(r"!function\s+([\w.]+)", text)]
-    for include in re.findall(r"^include:\s*['\"]?([^'\"\s#]+)", text, flags=re.MULTILINE):
-        found += python_it_runs(task_file.parent / include, _seen | {task_file})
+    try:
+        config = yaml.load(task_file.read_text(errors="replace"), Loader=TaskLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError:
+        return []  # lm-eval reports what is wrong with the file when it loads it
+    if not isinstance(config, dict):
+        return []
+    found = [f"{name} ({task_file.parent / name.rsplit('.', 1)[0].replace('.', '/')}.py)" for name in functions(config)]
+    includes = config.get("include") or []
+    for include in [includes] if isinstance(includes, str) else includes:
+        found += python_it_runs(task_file.parent / str(include), _seen | {task_file})
     return found
 
 
