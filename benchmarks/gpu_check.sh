@@ -57,21 +57,27 @@ check_prerequisites() {
   if missing=$("$PYTHON" - benchmarks/gpu_requirements.txt <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    print("packaging does not import (pip install packaging), so no version range can be read")
+    sys.exit(1)
 wrong = []
 for line in open(sys.argv[1]):
     line = line.split("#")[0].strip()
     if line:
-        name, wanted = line.split("==")
+        wanted = Requirement(line)
         try:
-            have = version(name)
+            have = version(wanted.name)
         except PackageNotFoundError:
             have = None
-        if have != wanted:
-            wrong.append(f"{name} {have or 'missing'} (wants {wanted})")
+        # An installed dev or rc build inside the range is in it (a SpecifierSet leaves pre-releases out by default).
+        if have is None or not wanted.specifier.contains(have, prereleases=True):
+            wrong.append(f"{wanted.name} {have or 'missing'} (wants {wanted.specifier})")
 print("; ".join(wrong))
 sys.exit(1 if wrong else 0)
 EOF
-  ); then note ok "benchmarks/gpu_requirements.txt: every wheel at its version"
+  ); then note ok "benchmarks/gpu_requirements.txt: every wheel in its range"
   else note FAIL "benchmarks/gpu_requirements.txt: $missing"; fi
   if mkdir -p "$OUT_DIR" 2>/dev/null && probe=$(mktemp "$OUT_DIR/.probe.XXXXXX" 2>/dev/null); then
     rm -f "$probe"; note ok "output directory $OUT_DIR is writable"

@@ -44,6 +44,25 @@ def test_gpu_check_dry_run_lists_every_step_and_checks_its_prerequisites(tmp_pat
     assert result.returncode == 1 and "FAIL python" in result.stdout
 
 
+def test_gpu_requirements_are_the_ranges_pyproject_states():
+    # Ranges, not pins: the GPU machine installs whatever pyproject allows that day, as the CPU suite does, and a
+    # range here that pyproject does not state would let the two machines test different things.
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    stated = {canonicalize_name(r.name): r.specifier
+              for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"])}
+    lines = (REPO / "benchmarks" / "gpu_requirements.txt").read_text().splitlines()
+    wanted = [Requirement(line.split("#")[0]) for line in lines if line.split("#")[0].strip()]
+    assert wanted and all(r.specifier for r in wanted)
+    for requirement in wanted:
+        name = canonicalize_name(requirement.name)
+        assert name in stated and requirement.specifier == stated[name], (requirement, stated.get(name))
+
+
 def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypatch):
     """A throughput step killed at its limit leaves no JSON report, only the lines it printed as variants finished."""
     import importlib.util

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -41,10 +42,22 @@ def run(args: list, cwd: Path, env: dict, timeout: int = 300) -> subprocess.Comp
     return result
 
 
+def see_running_environment(python: Path, env: dict) -> None:
+    """Let the fresh virtual environment of `python` import what this interpreter's environment has installed, by
+    a .pth file of plain paths to its site-packages. Not `venv --system-site-packages`: run from a virtual
+    environment, that sees the base interpreter's packages, not this environment's. A plain path line adds its folder
+    and nothing else: the .pth files in it are not run, so this environment's editable install of align_proxy (a
+    finder that one of them installs) stays out, and the wheel's copy is the only align_proxy there is."""
+    folders = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], python.parent,
+                  env).stdout.strip()
+    Path(purelib, "running_environment.pth").write_text("".join(f"{f}\n" for f in folders if Path(f).is_dir()))
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """A wheel built from this checkout, installed (not editable) into a fresh virtual environment that reuses
-    the installed dependencies; the environment its commands run in (no PYTHONPATH, offline)."""
+    """A wheel built from this checkout, installed (not editable) into a fresh virtual environment that reuses the
+    running environment's installed dependencies; the environment its commands run in (no PYTHONPATH, offline)."""
     tmp = tmp_path_factory.mktemp("install")
     source = tmp / "src"
     source.mkdir()
@@ -59,10 +72,11 @@ def installed(tmp_path_factory):
         tmp, env)
     wheel = next((tmp / "dist").glob("align_proxy-*.whl"))
     venv = tmp / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp, env)
+    run([sys.executable, "-m", "venv", "--without-pip", venv], tmp, env)
     python = venv / "bin" / "python"
     run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-build-isolation",
          "--force-reinstall", wheel], tmp, env)
+    see_running_environment(python, env)  # after: pip never sees, let alone replaces, this environment's install
     empty = tmp / "empty"
     empty.mkdir()
     return {"python": python, "cli": venv / "bin" / "align-proxy", "env": env, "cwd": empty, "venv": venv}
@@ -75,13 +89,16 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
               "specs = (None, s.DEFAULT_SPEC.with_name('rlhf.yaml'))  # the shipped specs\n"
               "print([p.config for f in specs for p in s.load_spec(f).recipes])\n"
               "import evals.lm_harness as h  # the shipped lm-eval task and its data, read where the wheel put them\n"
-              "print(h.SHIPPED_TASKS)\nprint(h.task_names('arith_mc'))")
+              "print(h.SHIPPED_TASKS)\nprint(h.task_names('arith_mc'))\n"
+              "import sys  # what of this environment's editable install made it in: its finder, or the checkout\n"
+              f"print(sorted(m for m in sys.modules if m.startswith('__editable__')), {str(REPO)!r} in sys.path)")
     out = run([installed["python"], "-c", script], installed["cwd"], installed["env"]).stdout.splitlines()
-    site = str(installed["venv"])
-    assert out[0].startswith(site) and out[1].startswith(site), out  # not the checkout's, not an editable install
+    venv = str(installed["venv"])
+    assert out[0].startswith(venv) and out[1].startswith(venv), out  # not the checkout's, not an editable install
     configs = eval(out[2])  # noqa: S307 - our own printed list of paths
-    assert configs and all(c.startswith(site) for c in configs)
-    assert out[3].startswith(site) and out[4] == "['arith_mc']", out
+    assert configs and all(c.startswith(venv) for c in configs)
+    assert out[3].startswith(venv) and out[4] == "['arith_mc']", out
+    assert out[5] == "[] False", out
 
 
 @pytest.mark.slow  # a study and a recipe in fresh processes, ~30 s

@@ -12,7 +12,7 @@ import align_proxy.rl
 from align_proxy.data.validation import DatasetFormatError
 from rewards import RewardError
 from tests.conftest import load_recipe, recipe_parser
-from tests.test_recipes import changed
+from tests.recipe_runs import changed
 
 pytestmark = pytest.mark.slow  # trains real models
 

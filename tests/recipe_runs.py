@@ -1,0 +1,114 @@
+"""Recipe runs in a test, and the plain TRL run each is held to: the same TRL trainer built directly on the same
+model path, config, data and seed, with none of align-proxy's run around it (speed plan, tokenizer loading, base
+evaluation, callbacks, saving).
+
+Why a same-run reference and not pinned numbers: the tests' tiny ladder is pretrained on the machine that runs them,
+and another processor's kernels add in another order, so each machine trains a slightly different base model and
+logs other losses (up to 2.6% apart between two x86-64 machines). Both runs here start from the one base model this
+machine built, so what is compared is only what the recipe adds to TRL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from trl import DPOTrainer, RewardTrainer, SFTTrainer
+
+from align_proxy.data.loading import load_recipe_data
+from tests.conftest import REPO, load_recipe, recipe_parser
+
+TRL_TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "reward": RewardTrainer}
+# How close a recipe's logged losses must be to the plain TRL run's, relative. On CPU the speed plan changes nothing
+# that reaches a loss (align_proxy/speed.py), and both runs execute the same kernels on the same batches in one
+# process, so they agree to the bit (measured on a 2-core AMD EPYC: 0 difference for sft, dpo and reward, and for sft
+# with lm-eval scoring its base model first). The tolerance leaves room for a BLAS whose float32 sums depend on where
+# a buffer lies in memory (Intel MKL without its reproducibility mode): one float32 ulp of noise on every weight of
+# the base model moved these runs' logged losses by at most 1.7e-7. What it must catch moves them far more (measured
+# on the SFT run): a learning rate 1% off by 4e-4, one more warm-up step by 4e-3, another data order (another seed,
+# or one example fewer) by 5e-3 to 3e-2.
+LOSS_RTOL = 1e-5
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One thread, as a study cell on a 2-core machine runs, for a recipe and its reference alike: how many threads
+    split a matrix product changes the order its sums are added in, so the two must use the same number."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def recipe_argv(config: str, model: str, output_dir, *overrides: str) -> list[str]:
+    return ["--config", str(REPO / "recipes" / "configs" / config), "--model_name_or_path", model,
+            "--output_dir", str(output_dir), "--logging_steps", "2", *overrides]
+
+
+def run_recipe(name: str, config: str, output_dir, model: str, *overrides: str):
+    """`python recipes/<name>.py --config recipes/configs/<config> ...` in this process; its `RunMetrics`."""
+    recipe = load_recipe(name)
+    args = recipe_parser(name).parse_args_and_config(recipe_argv(config, model, output_dir, *overrides))
+    with one_thread():
+        return recipe.main(*args)
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after `steps` optimizer steps without touching the schedule (it still spans the whole run), so
+    the first logged losses of a long run are had at a fraction of its cost."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+
+
+def plain_trl_losses(name: str, config: str, output_dir, model: str, *overrides: str,
+                     steps: int | None = None) -> list[float]:
+    """The logged training losses of TRL's own trainer on what `run_recipe` with the same arguments trains: the
+    config as TRL's parser reads it (no speed plan applied), the model by path (TRL loads it, seeds a reward head
+    and builds the DPO reference itself), TRL's own tokenizer loading, and the recipe's training split. `steps`
+    stops it early, schedule unchanged."""
+    script_args, training_args, _ = recipe_parser(name).parse_args_and_config(
+        recipe_argv(config, model, output_dir, *overrides))
+    data = load_recipe_data(script_args.dataset_name, name, script_args.dataset_config,
+                            script_args.dataset_train_split, script_args.dataset_test_split,
+                            script_args.builtin_train_size, script_args.builtin_test_size, seed=training_args.seed,
+                            eval_seed=script_args.eval_seed)
+    trainer = TRL_TRAINERS[name](model=model, args=training_args, train_dataset=data.train,
+                                 callbacks=[StopAfter(steps)] if steps else None)
+    with one_thread():
+        trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def losses(metrics) -> list[float]:
+    """Logged training losses of a run's metrics (`RunMetrics.to_json()` or metrics.json)."""
+    return [h["loss"] for h in metrics["train"]["log_history"] if "loss" in h]
+
+
+def max_relative_difference(found: list[float], reference: list[float]) -> float:
+    return max(abs(a - b) / abs(b) for a, b in zip(found, reference, strict=True))
+
+
+def assert_losses_match_plain_trl(found: list[float], reference: list[float]) -> None:
+    """The recipe's logged losses are the plain TRL run's, step for step (printed by `pytest -s`)."""
+    print(f"recipe losses {found}\nplain TRL     {reference}")
+    assert len(found) == len(reference) >= 3 and all(math.isfinite(x) for x in reference)
+    print(f"max relative difference {max_relative_difference(found, reference):.2e}")
+    assert found == pytest.approx(reference, rel=LOSS_RTOL, abs=0)
+
+
+def changed(out, base_path) -> bool:
+    """Whether training moved any weight the saved model shares with its base."""
+    trained, base = load_file(str(out / "model.safetensors")), load_file(f"{base_path}/model.safetensors")
+    shared = [k for k in base if k in trained]
+    return bool(shared) and any(not torch.equal(trained[k], base[k]) for k in shared)
