@@ -12,7 +12,6 @@ from align_proxy.studies.stats import (
     CrossedResampler,
     VarianceParts,
     decision_accuracy,
-    fit_gain_vs_scale,
     gain_interval,
     probability_greater,
     rank_agreement,
@@ -206,35 +205,6 @@ def test_a_zero_replicate_in_the_outer_tail_leaves_the_ratio_defined_and_warns_n
     assert interval.covers(2.0) and interval.high - interval.low < 0.3
     small[1] = large[1] = 0.0  # 0/0 says nothing: undefined
     assert math.isnan(ratio_interval(small, large).low)
-
-
-def test_planted_log_linear_trend_is_recovered():
-    rng = np.random.default_rng(6)
-    params = np.array([1e6, 5e6, 2e7, 1e8, 5e8])
-    gains = 0.05 + 0.02 * np.log10(params) + rng.normal(0, 0.002, params.size)
-    fit = fit_gain_vs_scale(list(params), list(gains), target_parameters=7e9)
-    assert fit.slope == pytest.approx(0.02, abs=0.003)
-    assert fit.intercept == pytest.approx(0.05, abs=0.02)
-    assert fit.r_squared > 0.95 and fit.n_points == 5 and fit.degrees_of_freedom == 3
-    assert fit.prediction.covers(0.05 + 0.02 * math.log10(7e9))
-    assert fit.prediction.high - fit.prediction.low > 0
-    assert fit.probability_positive > 0.99
-
-
-def test_the_scale_fit_covers_the_true_trend_at_the_target():
-    # Rung means scatter about a log-linear trend (estimation noise and lack of fit); three rungs leave one
-    # degree of freedom, and the prediction interval must still cover the trend at a 200x extrapolation.
-    rng = np.random.default_rng(11)
-    params = np.array([2e5, 8e5, 1.8e6])
-    truth = 0.1 + 0.05 * math.log10(3.5e8)
-    hits = sum(fit_gain_vs_scale(list(params), list(0.1 + 0.05 * np.log10(params) + rng.normal(0, 0.02, 3)),
-                                 3.5e8).prediction.covers(truth) for _ in range(1000))
-    assert hits / 1000 >= 0.95
-
-
-def test_fewer_than_three_sizes_raise():
-    with pytest.raises(ValueError, match="at least 3 models"):
-        fit_gain_vs_scale([1e6, 1e6, 1e7, 1e7], [0.1, 0.11, 0.2, 0.21], target_parameters=1e9)
 
 
 def test_power_gives_a_joint_design_when_neither_seeds_nor_items_alone_suffice():

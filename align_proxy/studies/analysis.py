@@ -20,6 +20,7 @@ from scipy import stats as scipy_stats
 
 from align_proxy.metrics import METRICS
 from align_proxy.studies import verdicts
+from align_proxy.studies.scale import fit_line_across_sizes
 from align_proxy.studies.overoptimization import Curve, peak_shift, prompts_to_resolve, size_trends
 from align_proxy.studies.records import (
     BaseScore,
@@ -57,7 +58,6 @@ from align_proxy.studies.stats import (
     VarianceParts,
     as_matrix,
     decision_accuracy,
-    fit_gain_vs_scale,
     gap_closed,
     percentile_interval,
     probability_greater,
@@ -69,7 +69,7 @@ from align_proxy.studies.stats import (
 from align_proxy.studies.store import CellResult
 from align_proxy.studies.verdicts import RESOLVED, higher_is_better, improvement, metric_label, verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METRIC_ORDER = list(METRICS)
 
 
@@ -373,29 +373,36 @@ def _metric_trust_section(study: _Study, primary: dict[str, str]) -> list[Metric
 
 
 def _fit_section(study: _Study, target: tuple[str, float] | None) -> list[Fit]:
-    """gain ~ log10(parameters) per recipe variant and metric over each model's mean gain (>= 3 models)."""
-    points: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
+    """gain ~ log10(parameters) per recipe variant and metric over each model's mean gain (>= 3 models), refitted on
+    every joint replicate of the gains (`scale.fit_line_across_sizes`)."""
+    points: dict[tuple, list[tuple[int, float, np.ndarray]]] = defaultdict(list)
     for (recipe, variant, model, metric), q in study.quantities.items():
         if study.gains[(recipe, variant, model, metric)].verdict != "diverges":
-            points[(recipe, variant, metric)].append((study.models[model], float(q.gain.mean())))
+            points[(recipe, variant, metric)].append((study.models[model], float(q.gain.mean()), q.gain_replicates))
     records = []
     for (recipe, variant, metric), pts in points.items():
-        params = [p for p, _ in pts]
+        pts = sorted(pts, key=lambda p: p[0])
+        params = [p for p, _, _ in pts]
         if len(set(params)) < 3 or len(set(params)) != len(params) or min(params) <= 0:
             continue  # a model of unknown size (0) has no place on the axis
-        target_parameters = target[1] if target else max(params)
-        fit = fit_gain_vs_scale(params, [g for _, g in pts], target_parameters, study.confidence)
+        fit = fit_line_across_sizes(params, [g for _, g, _ in pts], np.column_stack([r for _, _, r in pts]),
+                                    target[1] if target else None, study.confidence)
         factor = target[1] / max(params) if target else None
-        record = Fit(recipe=recipe, variant=variant, metric=metric, points=sorted(pts), slope=fit.slope,
-                     intercept=fit.intercept, r_squared=fit.r_squared, n_points=fit.n_points,
-                     degrees_of_freedom=fit.degrees_of_freedom, target=target[0] if target else None,
-                     target_parameters=target[1] if target else None, extrapolation_factor=factor,
-                     prediction=fit.prediction if target else None,
-                     probability_positive=fit.probability_positive if target else None, prediction_trusted=None)
+        record = Fit(recipe=recipe, variant=variant, metric=metric, points=[(p, g) for p, g, _ in pts],
+                     slope=fit.slope, slope_interval=fit.slope_interval,
+                     intercept=fit.intercept, r_squared=fit.r_squared,
+                     n_points=fit.n_points, degrees_of_freedom=fit.degrees_of_freedom, lack_of_fit=fit.lack_of_fit,
+                     target=target[0] if target else None, target_parameters=target[1] if target else None,
+                     extrapolation_factor=factor, prediction=fit.prediction, measurement=fit.measurement,
+                     probability_positive=fit.probability_positive, prediction_trusted=None)
         if target:
             record = replace(record, prediction_trusted=_prediction(record, metric).trusted)
         records.append(record)
     return records
+
+
+def _width(interval: Interval) -> float:
+    return interval.high - interval.low
 
 
 def _prediction(fit: Fit, metric: str) -> Prediction:
@@ -411,12 +418,16 @@ def _prediction(fit: Fit, metric: str) -> Prediction:
     if metric.endswith("_accuracy") and (iv.high > 1 or iv.low < -1):
         # An accuracy gains at most 1: a straight line in log(parameters) that leaves [-1, 1] must bend first.
         reasons.append("its interval leaves the range an accuracy can gain")
-    if fit.extrapolation_factor > verdicts.FAR_EXTRAPOLATION and not fit.r_squared >= verdicts.WEAK_FIT:
-        reasons.append(f"{fit.extrapolation_factor:.0f}x past the largest rung on a fit of R^2 "
-                       f"{fit.r_squared:.2f} over {fit.n_points} sizes")
+    widening = _width(iv) / _width(fit.measurement) if _width(fit.measurement) > 0 else math.inf
+    if fit.extrapolation_factor > verdicts.FAR_EXTRAPOLATION and widening > verdicts.LACK_OF_FIT_WIDENING:
+        # The rungs stray from the line beyond their own noise, and k - 2 degrees of freedom barely measure by how
+        # much: a size read off the line that far out rests on a guess of that scatter.
+        reasons.append(f"{fit.extrapolation_factor:.0f}x past the largest rung, and the rungs stray from the line "
+                       f"beyond their own noise: that widens the interval {widening:.1f}x, to "
+                       f"[{iv.low:+.3f}, {iv.high:+.3f}], on {fit.degrees_of_freedom} degree(s) of freedom")
     return Prediction(target=fit.target, target_parameters=fit.target_parameters, variant=fit.variant, gain=iv,
                       extrapolation_factor=fit.extrapolation_factor, verdict=verdict(iv, metric), direction=word,
-                      direction_probability=max(p_better, 1.0 - p_better) if word in ("rises", "falls") else p_better,
+                      direction_probability=max(p_better, 1.0 - p_better),  # of the direction it names
                       trusted=not reasons, untrusted_because="; ".join(reasons) or None,
                       beyond_range=bool(reasons and reasons[0].startswith("its interval")))
 

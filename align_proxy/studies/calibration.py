@@ -9,6 +9,7 @@ right or wrong on each item, item difficulty shared by all); continuous ones are
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
@@ -89,3 +90,67 @@ GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2)}
 
 def designs(metrics=("binary", "continuous"), seeds=(3, 5)) -> list[Design]:
     return [Design(m, s, sd, e) for m in metrics for s in seeds for sd in SEED_SDS[m] for e in GAINS[m]]
+
+
+# --- a whole study through `analyse`: the prediction at the target ----------------------------------------
+
+# The default study's ladder (parameters) and target, and its design: 4 seeds, 400 held-out items every rung shares.
+LADDER = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
+TARGET = ("climb-350m", 345_300_000.0)
+
+
+@dataclass(frozen=True)
+class LadderDesign:
+    """A binary-metric study across `LADDER` whose true expected gain is `gain` at every rung (so at the target
+    too): one base evaluation per rung on items every rung shares (their difficulty is common; how each rung's
+    base and its training do on an item is its own), `n_variants` variants with the same truth, seeds as in
+    `Design`."""
+
+    gain: float = 0.12
+    seed_sd: float = 0.15
+    n_seeds: int = 4
+    n_items: int = 400
+    n_variants: int = 2
+
+    def cells(self, rng: np.random.Generator) -> list:
+        from align_proxy.studies.store import CellResult
+
+        one = Design("binary", self.n_seeds, self.seed_sd, self.gain, self.n_items)
+        difficulty = rng.normal(0.0, DIFFICULTY, self.n_items)  # shared by every rung: the same items
+        cells = []
+        for model, parameters in LADDER.items():
+            base = (rng.random(self.n_items) < special.expit(BASE_LOGIT + difficulty)).astype(float)
+            for variant in range(self.n_variants):
+                learnable = rng.normal(0.0, LEARNABILITY, self.n_items)
+                seed_effect = rng.normal(0.0, self.seed_sd, self.n_seeds)
+                for seed in range(self.n_seeds):
+                    p = special.expit(BASE_LOGIT + difficulty + learnable + one.shift + seed_effect[seed])
+                    trained = (rng.random(self.n_items) < p).astype(float)
+                    cells.append(CellResult(f"{model}-{variant}-{seed}", model, parameters, "sft", f"v{variant}",
+                                            seed, {"task_accuracy": float(base.mean())},
+                                            {"task_accuracy": float(trained.mean())},
+                                            {"task_accuracy": base.tolist()}, {"task_accuracy": trained.tolist()}))
+        return cells
+
+
+def prediction_coverage(design: LadderDesign, studies: int, n_resamples: int = 500, seed: int = 0) -> dict:
+    """Run `analyse` on `studies` simulated studies of `design` and count, at the target: how many state a number
+    (a trusted prediction), how many of those cover the truth, and how many say a sure sign (an interval clear of
+    zero) that the truth contradicts."""
+    from align_proxy.studies.analysis import analyse
+
+    rng = np.random.default_rng(seed)
+    stated = covered = wrong_sign = 0
+    probabilities = []
+    for _ in range(studies):
+        analysis = analyse(design.cells(rng), LADDER, {"sft": "task_accuracy"}, target=TARGET,
+                           n_resamples=n_resamples)
+        prediction = analysis.headline[0].prediction
+        probabilities.append(prediction.direction_probability if prediction.direction == "helps" else
+                             1.0 - prediction.direction_probability)
+        wrong_sign += bool(prediction.gain.high < 0 if design.gain > 0 else prediction.gain.low > 0)
+        if prediction.trusted:
+            stated += 1
+            covered += prediction.gain.covers(design.gain)
+    return {"studies": studies, "stated": stated, "covered": covered, "wrong_sign": wrong_sign,
+            "coverage": covered / stated if stated else math.nan, "p_helps": probabilities}

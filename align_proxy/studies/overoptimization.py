@@ -14,8 +14,8 @@ Pure functions over arrays (numpy and scipy, no torch), like `stats`:
   each is a least-squares fit through the origin; its intervals come from resampling the prompts (the items
   every point of a curve shares), and the peak d* and the gold reward there follow from each replicate.
 
-alpha and beta against reward-model size (the trend a large run needs) is `stats.fit_gain_vs_scale`, one point
-per size (`evals.overoptimization.trend`).
+alpha and beta against reward-model size (the trend a large run needs) is `size_trends`: one point per size,
+through `scale.fit_line_across_sizes`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
+from align_proxy.studies.scale import fit_line_across_sizes
 from align_proxy.studies.stats import Interval, censored_interval, percentile_interval
 
 
@@ -435,9 +436,10 @@ def prompts_to_resolve(difference: Interval, prompts: int) -> int | None:
 @dataclass(frozen=True)
 class SizeTrend:
     """One coefficient of one form against reward-model size: its mean over each size's curves, and the straight
-    line through them on log10(parameters), Gao et al.'s roughly log-linear trend. The slope's interval is the
-    line's own (t with sizes - 2 degrees of freedom, from the sizes' scatter about it), so it holds whatever moves
-    a size's coefficient: prompts, the reward model's training seed, lack of fit; with 3 sizes it is wide."""
+    line through them on log10(parameters), Gao et al.'s roughly log-linear trend. The slope's interval is
+    `scale.fit_line_across_sizes`': the line refitted on every resample of the prompts (one draw for every curve,
+    so curves of one pool stay paired), plus the sizes' scatter beyond that (a reward model's training seed, lack
+    of fit). With 3 sizes it is wide."""
 
     form: str
     coefficient: str  # "alpha" or "beta"
@@ -446,16 +448,16 @@ class SizeTrend:
     slope_per_decade: Interval
     intercept: float
     r_squared: float
+    lack_of_fit: float
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def size_trends(curves: list[Curve], confidence: float = 0.95) -> list[SizeTrend]:
+def size_trends(curves: list[Curve], confidence: float = 0.95, n_resamples: int = 2000,
+                seed: int = 0) -> list[SizeTrend]:
     """alpha and beta against size, per form with fitted curves at 3 or more sizes (several curves of one size,
-    e.g. reward models of several seeds, are averaged into its one point)."""
-    from scipy import stats as scipy_stats
-
+    e.g. reward models of several seeds, are averaged into its one point, in every resample too)."""
     out = []
     for form in dict.fromkeys(c.form for c in curves):
         by_size: dict[int, list[Curve]] = {}
@@ -464,10 +466,15 @@ def size_trends(curves: list[Curve], confidence: float = 0.95) -> list[SizeTrend
         if len(by_size) < 3:
             continue
         sizes = sorted(by_size)
-        for name in ("alpha", "beta"):
+        # (2 x resamples) coefficients per curve; the same prompt draws for curves with the same prompts.
+        resampled = {id(c): _resampled_fits(c.form, c.d, c.gold_gain, _prompt_draws(c.gold.shape[0], n_resamples,
+                                                                                       seed))[0]
+                     for s in sizes for c in by_size[s]}
+        for row, name in enumerate(("alpha", "beta")):
             values = [float(np.mean([getattr(c.fit, name).estimate for c in by_size[s]])) for s in sizes]
-            line = scipy_stats.linregress(np.log10(sizes), values)
-            half = scipy_stats.t.ppf(0.5 + confidence / 2, len(sizes) - 2) * line.stderr
-            out.append(SizeTrend(form, name, sizes, values, Interval(line.slope, line.slope - half, line.slope + half),
-                                 line.intercept, line.rvalue ** 2))
+            replicates = np.column_stack([np.mean([resampled[id(c)][row] for c in by_size[s]], axis=0)
+                                          for s in sizes])
+            line = fit_line_across_sizes(sizes, values, replicates, confidence=confidence)
+            out.append(SizeTrend(form, name, sizes, values, line.slope_interval, line.intercept, line.r_squared,
+                                 line.lack_of_fit))
     return out

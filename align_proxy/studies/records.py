@@ -223,21 +223,24 @@ class MetricTrust(Record):
 @dataclass(frozen=True)
 class Fit(Record):
     """gain ~ log10(parameters) for one recipe variant and metric, one point per model, and its prediction at
-    the study's target size (None without a target)."""
+    the study's target size (None without a target), sized by `scale.fit_line_across_sizes`."""
 
     recipe: str
     variant: str
     metric: str
     points: list[tuple[int, float]]
     slope: float
+    slope_interval: Interval
     intercept: float
     r_squared: float
     n_points: int
     degrees_of_freedom: int
+    lack_of_fit: float  # the points' scatter about the line beyond their measurement noise (scale.py)
     target: str | None
     target_parameters: float | None
     extrapolation_factor: float | None
-    prediction: Interval | None
+    prediction: Interval | None  # measurement and lack of fit together: the interval the report quotes
+    measurement: Interval | None  # the line refitted on every replicate of the points, alone
     probability_positive: float | None
     prediction_trusted: bool | None
 

@@ -208,13 +208,15 @@ def _rank_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[li
 
 
 def _fit_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:
-    rows = [[f.recipe, f.variant, f.metric, format_number(f.slope, signed=True, digits=4),
+    rows = [[f.recipe, f.variant, f.metric, format_interval(f.slope_interval),
              format_number(f.intercept, signed=True, digits=4), format_number(f.r_squared, digits=2),
-             str(f.n_points), f"{format_interval(f.prediction)} at {f.target}" if f.prediction else "no target",
+             format_number(f.lack_of_fit, digits=4), str(f.n_points),
+             f"{format_interval(f.prediction)} at {f.target}" if f.prediction else "no target",
+             format_interval(f.measurement) if f.measurement else "",
              format_number(f.probability_positive, digits=2)]
             for f in _primary_only(analysis, analysis.fits, primary_only)]
-    return ["recipe", "variant", "metric", "slope per decade", "intercept", "R²", "models", "prediction",
-            "P(gain > 0) there"], rows
+    return ["recipe", "variant", "metric", "slope per decade", "intercept", "R²", "lack of fit", "models",
+            "prediction", "from the rungs' noise alone", "P(gain > 0) there"], rows
 
 
 def _gap_closed_table(analysis: StudyAnalysis, primary_only: bool = False) -> tuple[list[str], list[list]]:

@@ -20,10 +20,11 @@ from align_proxy.studies.stats import Interval, Power
 RESOLVED = 0.95
 # Below this share of variant pairs ordered alike at both ends, small-scale rankings are not trusted.
 TRUSTED_DECISION_ACCURACY = 0.75
-# A prediction further than this many times the largest rung's size, from a fit with R^2 below WEAK_FIT,
-# is stated as a direction only.
+# A prediction further than this many times the largest rung's size is stated as a direction only when the rungs'
+# lack of fit beyond their noise widens its interval more than LACK_OF_FIT_WIDENING times (the lack of fit is
+# then a guess from k - 2 degrees of freedom that the size rests on).
 FAR_EXTRAPOLATION = 10.0
-WEAK_FIT = 0.9
+LACK_OF_FIT_WIDENING = 2.0
 
 
 def higher_is_better(name: str) -> bool | None:
