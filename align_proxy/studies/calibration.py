@@ -112,10 +112,14 @@ class LadderDesign:
     n_items: int = 400
     n_variants: int = 2
 
+    @cached_property  # its shift is a root find: once per design
+    def rung(self) -> Design:
+        return Design("binary", self.n_seeds, self.seed_sd, self.gain, self.n_items)
+
     def cells(self, rng: np.random.Generator) -> list:
         from align_proxy.studies.store import CellResult
 
-        one = Design("binary", self.n_seeds, self.seed_sd, self.gain, self.n_items)
+        one = self.rung
         difficulty = rng.normal(0.0, DIFFICULTY, self.n_items)  # shared by every rung: the same items
         cells = []
         for model, parameters in LADDER.items():
@@ -148,7 +152,8 @@ def prediction_coverage(design: LadderDesign, studies: int, n_resamples: int = 5
         prediction = analysis.headline[0].prediction
         probabilities.append(prediction.direction_probability if prediction.direction == "helps" else
                              1.0 - prediction.direction_probability)
-        wrong_sign += bool(prediction.gain.high < 0 if design.gain > 0 else prediction.gain.low > 0)
+        iv = prediction.gain
+        wrong_sign += bool(iv.high < 0 if design.gain > 0 else iv.low > 0 if design.gain < 0 else iv.excludes_zero())
         if prediction.trusted:
             stated += 1
             covered += prediction.gain.covers(design.gain)
