@@ -274,7 +274,11 @@ HOW_TO_READ = [
     "nominal 95% intervals cover the true gain 94-97% of the time (tests/test_calibration.py). 'helps' / "
     "'hurts' means the interval excludes zero on the better / worse side (for completion NLL lower is better); "
     "'unclear' means it does not, or there was one number only; 'diverges' means training stopped on an "
-    "exploding loss in at least one seed (that variant then ranks below every variant that did not).",
+    "exploding loss in at least one seed (that variant then ranks below every variant that did not). "
+    "Every interval is over held-out items and fine-tuning seeds for the base models this study ran on; "
+    "pretraining randomness (another base model of the same recipe and size) is not in it. A study on "
+    "other base models, such as a ladder pretrained with other summation orders, can move a verdict that sits "
+    "near its line.",
     "The headline judges each recipe on its primary metric with the best variant at each scale; picking the "
     "best of several variants flatters it a little, so a narrow 'helps' for one variant deserves a rerun. "
     "P(best) is the share of resamples in which a variant wins; a winner is named, and a change of winner "
@@ -289,10 +293,13 @@ HOW_TO_READ = [
     "metric on the largest. The gain ratio is the large model's gain over the small one's (undefined when "
     "the small gain's resamples reach zero).",
     "The fit is gain against log10(parameters), one point per model (its seeds share items, so they are not "
-    "independent points), and its interval is a prediction interval with models - 2 degrees of freedom. "
-    "From three tiny rungs to a model hundreds of times larger it is an extrapolation: when the interval "
-    "leaves the range the metric can gain, or the target is over 10x past the largest rung on a fit of "
-    "R² < 0.9, only its direction and that direction's probability are given.",
+    "independent points). Its prediction interval has two parts: the line refitted on every resample of the "
+    "gains (how well each rung's gain is known), and the rungs' scatter about the line beyond that noise, "
+    "with models - 2 degrees of freedom; it is never narrower than the first alone, and R² decides nothing "
+    "(three noisy points can line up by chance). From three tiny rungs to a model hundreds of times larger it "
+    "is an extrapolation: when the interval leaves the range the metric can gain, or the target is over 10x "
+    "past the largest rung and the scatter beyond noise more than doubles the interval, only its direction "
+    "and that direction's probability are given.",
 ]
 
 
