@@ -47,7 +47,8 @@ def cmd_ladder(args) -> int:
     root = Path(args.home) if args.home else None
     if args.action == "build":
         console.print(f"building the offline ladder (seed {spec.seed}) in {ladder.ladder_dir(spec, root)}")
-        reports = ladder.build_ladder(spec, root, force=args.force)
+        reports = ladder.build_ladder(spec, root, force=args.force, threads=args.threads,
+                                      portable=not args.native_kernels)
     else:
         reports = ladder.load_table(spec, root)
         if not reports:
@@ -432,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     ladder_p.add_argument("--force", action="store_true", help="rebuild even if cached")
     ladder_p.add_argument("--home", help="cache root (default: $ALIGN_PROXY_HOME or ~/.cache/align-proxy)")
     ladder_p.add_argument("--no-eval", action="store_true", help="skip the held-out task accuracy column")
+    # For checking how much a study depends on its base models (README, "What may differ between machines"):
+    # another summation order pretrains other rungs, as another processor's kernels would. Use another --home.
+    ladder_p.add_argument("--threads", type=int, default=1,
+                          help="pretraining threads (default 1: the same weights on any core count)")
+    ladder_p.add_argument("--native-kernels", action="store_true",
+                          help="pretrain on this processor's own vectorized kernels, not the portable ones that "
+                               "build the same weights on any x86-64 processor (for robustness checks)")
     ladder_p.set_defaults(func=cmd_ladder)
 
     convert_p = sub.add_parser("convert", help="convert a Megatron-LM checkpoint to Hugging Face format, or back")

@@ -92,3 +92,34 @@ def test_table_reads_rung_metadata_with_fields_it_no_longer_knows(tmp_path):
     data["extra"] = {}  # as written by an earlier version
     open(meta, "w").write(json.dumps(data))
     assert ladder.load_table(spec, tmp_path)[0].parameters == built[0].parameters
+
+
+def test_the_build_runs_on_portable_kernels_whatever_the_calling_process_runs(tmp_path, monkeypatch):
+    # Another processor is emulated by the settings that pick kernels by instruction set: ATen's vectorized kernels
+    # capped at AVX2 or at none, oneMKL and oneDNN capped at SSE4.2. A native build depends on them (that is how
+    # another processor once pretrained other rungs); the default build's child process fixes its own.
+    spec = tiny_spec(steps=10)
+    builds = {}
+    for name, env in {"as-is": {}, "capped": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                                              "ONEDNN_MAX_CPU_ISA": "SSE41"}}.items():
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            builds[name] = ladder.build_ladder(spec, root=tmp_path / name, progress=False, only=("tiny-b",))[0]
+    first, second = weights(builds["as-is"].path), weights(builds["capped"].path)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    meta = json.loads(open(os.path.join(builds["as-is"].path, "rung.json")).read())
+    assert meta["build"] == {"threads": 1, "kernels": "portable", "torch": torch.__version__}
+
+
+def test_a_native_build_on_other_threads_pretrains_other_rungs_and_says_so(tmp_path):
+    # What `align-proxy ladder build --threads 2 --native-kernels` gives a robustness check: other summation orders.
+    spec = tiny_spec(steps=10)
+    portable = ladder.build_ladder(spec, root=tmp_path / "portable", progress=False, only=("tiny-b",))[0]
+    native = ladder.build_ladder(spec, root=tmp_path / "native", progress=False, only=("tiny-b",), threads=2,
+                                 portable=False)[0]
+    first, second = weights(portable.path), weights(native.path)
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+    assert max(float((first[k] - second[k]).abs().max()) for k in first) < 1e-2  # the same recipe, other roundings
+    meta = json.loads(open(os.path.join(native.path, "rung.json")).read())
+    assert meta["build"]["threads"] == 2 and meta["build"]["kernels"] != "portable"

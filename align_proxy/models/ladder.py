@@ -7,6 +7,11 @@ and see the same tokens in the same order, as in Pythia-style suites, so any dif
 them is one of scale. A build is deterministic for a seed and cached under a fingerprint of its
 spec; a rung is written to a temporary directory and renamed, so a killed build leaves nothing
 half-written.
+
+A build is also the same on every x86-64 processor: pretraining runs in a child process on one thread with
+ATen's portable (non-vectorized) kernels and oneMKL's conditional numerical reproducibility
+(`PORTABLE_KERNELS`). Left to themselves, ATen picks AVX2 or AVX-512 kernels and oneMKL its own code path per
+processor, their sums run in another order, and another processor pretrained other base models.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +39,17 @@ from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 
 # Bump when a change to this file changes the weights a spec produces: old caches then rebuild.
 # 2: pretraining runs on one CPU thread (version 1 used every core, so the weights depended on the core count).
-LADDER_VERSION = 2
+# 3: pretraining runs on the portable kernels (version 2's weights depended on the processor's instruction set).
+LADDER_VERSION = 3
+
+# The environment of the child process that pretrains: kernels whose results do not depend on the processor.
+# ATEN_CPU_CAPABILITY=default takes ATen's scalar kernels instead of its AVX2 / AVX-512 ones (read once, when
+# torch loads); MKL_CBWR=COMPATIBLE makes oneMKL's matrix products run one code path on any x86-64 processor,
+# Intel's or AMD's (oneMKL's "conditional numerical reproducibility", which also needs a fixed thread count).
+# Measured on a 2-core AMD EPYC (AVX2), 120 steps of ladder-s: each setting alone changes the weights, both
+# together cost about 2.4x the time, and capping oneMKL's or oneDNN's instruction set
+# (MKL_ENABLE_INSTRUCTIONS=SSE4_2, ONEDNN_MAX_CPU_ISA=SSE41) then leaves them bit for bit the same.
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +177,7 @@ def heldout_loss(model: LlamaForCausalLM, rows: torch.Tensor, batch_size: int = 
 
 
 def pretrain_rung(rung: Rung, spec: LadderSpec, train_rows: torch.Tensor, heldout_rows: torch.Tensor, out_dir: Path,
-                  progress: bool = True) -> RungReport:
+                  progress: bool = True, build: dict | None = None) -> RungReport:
     """Pretrain one rung from scratch with a plain AdamW loop and save it in Hugging Face format."""
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(rung.config(len(build_tokenizer()), spec.max_positions))
@@ -198,56 +215,92 @@ def pretrain_rung(rung: Rung, spec: LadderSpec, train_rows: torch.Tensor, heldou
         tokens=spec.steps * spec.batch_size * spec.seq_len,
         seconds=round(seconds, 1),
     )
-    _save_atomically(model, report, spec, out_dir)
+    _save_atomically(model, report, spec, out_dir, build or {})
     return report
 
 
-def _save_atomically(model: LlamaForCausalLM, report: RungReport, spec: LadderSpec, out_dir: Path) -> None:
+def _save_atomically(model: LlamaForCausalLM, report: RungReport, spec: LadderSpec, out_dir: Path,
+                     build: dict) -> None:
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.generation_config.pad_token_id = PAD_ID
     model.save_pretrained(tmp)
     build_tokenizer().save_pretrained(tmp)
-    (tmp / "rung.json").write_text(json.dumps({**dataclasses.asdict(report), "spec": dataclasses.asdict(spec)}, indent=2))
+    (tmp / "rung.json").write_text(json.dumps({**dataclasses.asdict(report), "spec": dataclasses.asdict(spec),
+                                                "build": build}, indent=2))
     os.replace(tmp, out_dir)
 
 
 def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, force: bool = False,
-                 progress: bool = True, only: tuple[str, ...] | None = None) -> list[RungReport]:
+                 progress: bool = True, only: tuple[str, ...] | None = None, threads: int = 1,
+                 portable: bool = True) -> list[RungReport]:
     """Build every missing rung of `spec` (all of them with `force`; just `only` if given) and
     return the table of the rungs built so far.
 
     Rungs are independent (same data, own initialisation), so building one alone gives the same
     weights as building the whole ladder. Safe to call from several processes at once (e.g. every
     rank under `accelerate launch`): one builds while the others wait on a file lock.
+
+    The default (one thread, portable kernels) builds the same weights on any x86-64 processor. `threads`
+    and `portable=False` exist to check how much a study's answer depends on its base models: another
+    thread count or the processor's own kernels add in another order and pretrain other rungs, as
+    another processor once did (`rung.json` records which build made a rung).
     """
     directory = ladder_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
     wanted = [r for r in spec.rungs if only is None or r.name in only]
     with FileLock(str(directory / ".lock")):
         missing = [r for r in wanted if force or not (directory / r.name / "rung.json").exists()]
-        if missing:
-            train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
-            heldout = _token_rows(spec, "test", spec.heldout_rows)
-            with _one_thread():
-                for rung in missing:
-                    shutil.rmtree(directory / rung.name, ignore_errors=True)
-                    pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress)
+        if missing and portable and not _kernels_are_portable():
+            _pretrain_in_portable_process(spec, directory, [r.name for r in missing], threads, progress)
+        elif missing:
+            _pretrain(spec, directory, missing, threads, progress, portable)
         return load_table(spec, root)
 
 
+def _kernels_are_portable() -> bool:
+    return (torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+            and all(os.environ.get(k) == v for k, v in PORTABLE_KERNELS.items()))
+
+
+def _pretrain(spec: LadderSpec, directory: Path, rungs: list[Rung], threads: int, progress: bool,
+              portable: bool) -> None:
+    train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
+    heldout = _token_rows(spec, "test", spec.heldout_rows)
+    build = {"threads": threads, "kernels": "portable" if portable else torch.backends.cpu.get_cpu_capability(),
+             "torch": torch.__version__}
+    with _threads(threads):
+        for rung in rungs:
+            shutil.rmtree(directory / rung.name, ignore_errors=True)
+            pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress, build=build)
+
+
+def _pretrain_in_portable_process(spec: LadderSpec, directory: Path, names: list[str], threads: int,
+                                  progress: bool) -> None:
+    """Pretrain `names` in a child process started with `PORTABLE_KERNELS` (ATen and oneMKL read them once, at
+    start-up, so this process cannot switch). The caller holds the ladder's lock; the child writes each rung
+    atomically, so a killed child leaves nothing half-written."""
+    env = {**os.environ, **PORTABLE_KERNELS, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "align_proxy.models.ladder", json.dumps(dataclasses.asdict(spec)),
+               str(directory), str(threads), "1" if progress else "0", *names]
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"pretraining the ladder's rungs {', '.join(names)} failed (exit {result.returncode}) "
+                           f"in its child process; its error is printed above")
+
+
 @contextmanager
-def _one_thread():
-    """Pretrain on one CPU thread. How many threads split a matrix product changes the order its sums are
-    added in, so a 2-core and a 4-core machine would pretrain different rungs from one seed (and a study's
-    base models, hence its verdicts, would depend on the core count); one thread also never stalls when
-    other processes share the cores, which a multi-threaded step does badly at these sizes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(count: int):
+    """Pretrain on `count` CPU threads (one by default). How many threads split a matrix product changes the order
+    its sums are added in, so a 2-core and a 4-core machine would pretrain different rungs from one seed; one
+    thread also never stalls when other processes share the cores, which a multi-threaded step does badly at
+    these sizes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def load_table(spec: LadderSpec = LadderSpec(), root: Path | None = None) -> list[RungReport]:
@@ -276,3 +329,17 @@ def rung_path(name: str, spec: LadderSpec = LadderSpec(), root: Path | None = No
         print(f"[align-proxy] {name} is not cached: pretraining it now (once) into {path}", flush=True)
         build_ladder(spec, root, only=(name,))
     return path
+
+
+def _spec_from_json(blob: str) -> LadderSpec:
+    data = json.loads(blob)
+    return LadderSpec(**{**data, "rungs": tuple(Rung(**r) for r in data["rungs"])})
+
+
+if __name__ == "__main__":
+    # The child of `_pretrain_in_portable_process`: spec JSON, ladder directory, threads, progress, rung names.
+    _spec = _spec_from_json(sys.argv[1])
+    if not _kernels_are_portable():
+        sys.exit(f"the ladder's pretraining child started without portable kernels ({PORTABLE_KERNELS})")
+    _pretrain(_spec, Path(sys.argv[2]), [_spec.rung(n) for n in sys.argv[5:]], int(sys.argv[3]), sys.argv[4] == "1",
+              portable=True)
