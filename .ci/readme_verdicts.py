@@ -283,7 +283,7 @@ def main(argv: list[str]) -> int:
     print(f"  band: this study's interval widened x{WIDEN:.2f} about its estimate; the README's estimate must lie "
           "in it")
     print(f"  move: this study minus the README; z: the move in combined SEs, sqrt(sdR^2 + sdF^2), sd = half-width "
-          f"/ {Z95}")
+          f"/ {Z95:.2f}")
     print(table(["recipe", "model", "README", "this study", "band", "move", "z", "outcome"], figures))
     print(table(["recipe", "transfers: README", "this study", "outcome"], transfers))
     ladder = ladder_problems()
@@ -292,9 +292,10 @@ def main(argv: list[str]) -> int:
         print(f"FAIL: the default study does not say what the README says ({len(problems)} "
               f"problem{'s' * (len(problems) > 1)}):\n  " + "\n  ".join(problems))
         if failures:
-            print("Each figure is held at about 95%: one figure just past its band (|z| near 2) can be chance; "
-                  "several, or |z| well past 3, mean a recipe's effect changed. Rerun the study, or update the "
-                  "README's output block from a fresh `align-proxy study` if the change is meant.")
+            print(f"The bands hold all {FIGURES} figures at once at about 95%: a run consistent with the README "
+                  "fails one about 1 time in 20; several figures out, or |z| well past 3, mean a recipe's effect "
+                  "changed. Rerun the study, or update the README's output block from a fresh `align-proxy study` "
+                  "if the change is meant.")
         return 1
     moved_words = sum(row[-1].startswith("word moved") for row in figures + transfers)
     print(f"the study agrees with the README: {len(figures)} figures within their bands, every wide-margin verdict "

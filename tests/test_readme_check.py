@@ -200,3 +200,23 @@ def test_a_real_default_study_agrees_with_the_readme(report, monkeypatch, capsys
     monkeypatch.setattr(check, "ladder_problems", lambda: [])  # the ladder was that run's machine's, not ours
     code = check.main([str(report)])
     assert code == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("report", REAL_REPORTS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no real report.json in tests/data/readme_check/"))], ids=lambda p: p.name if p else "none")
+def test_a_planted_change_of_one_recipes_effect_in_a_real_study_fails(report, tmp_path, monkeypatch, capsys):
+    # The same real study with SFT's effect gone at every rung (its intervals moved with it, its verdicts unclear):
+    # a changed effect, not noise. Smaller changes than about two interval half-widths pass: the band is that wide.
+    data = json.loads(report.read_text())
+    for entry in data["headline"]:
+        if entry["recipe"] == "sft":
+            for scale in entry["scales"]:
+                shift = -scale["gain"]["estimate"]
+                scale["gain"] = {k: v + shift for k, v in scale["gain"].items()}
+                scale["verdict"] = "unclear"
+    planted = tmp_path / "planted.json"
+    planted.write_text(json.dumps(data))
+    monkeypatch.setattr(check, "ladder_problems", lambda: [])
+    assert check.main([str(planted)]) == 1
+    out = capsys.readouterr()
+    assert "sft at ladder-" in out.out + out.err and "moved -0.1" in out.out + out.err
