@@ -41,7 +41,9 @@ def tiny_ladder(tmp_path_factory):
     from align_proxy.models.ladder import build_ladder
 
     root = tmp_path_factory.mktemp("tiny-ladder")
-    return build_ladder(tiny_spec(), root=root, progress=False)
+    # On this processor's own kernels, in this process: no test compares its weights with another machine's, and
+    # the portable build (a child process, 2.4x slower) has tests of its own in test_ladder.py.
+    return build_ladder(tiny_spec(), root=root, progress=False, portable=False)
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ def weights(path):
 
 def test_same_seed_gives_identical_weights_and_other_seed_differs(tmp_path):
     spec = tiny_spec(steps=20)
-    first = ladder.build_ladder(spec, root=tmp_path / "a", progress=False)
-    second = ladder.build_ladder(spec, root=tmp_path / "b", progress=False)
-    other = ladder.build_ladder(tiny_spec(seed=1, steps=20), root=tmp_path / "c", progress=False)
+    first = ladder.build_ladder(spec, root=tmp_path / "a", progress=False, portable=False)
+    second = ladder.build_ladder(spec, root=tmp_path / "b", progress=False, portable=False)
+    other = ladder.build_ladder(tiny_spec(seed=1, steps=20), root=tmp_path / "c", progress=False, portable=False)
     for a, b, c in zip(first, second, other):
         wa, wb, wc = weights(a.path), weights(b.path), weights(c.path)
         assert wa.keys() == wb.keys()
@@ -77,8 +77,8 @@ def test_unknown_rung_names_the_known_ones():
 
 def test_one_rung_built_alone_equals_the_same_rung_of_a_full_build(tmp_path):
     spec = tiny_spec(steps=10)
-    alone = ladder.build_ladder(spec, root=tmp_path / "one", progress=False, only=("tiny-b",))
-    full = ladder.build_ladder(spec, root=tmp_path / "all", progress=False)
+    alone = ladder.build_ladder(spec, root=tmp_path / "one", progress=False, only=("tiny-b",), portable=False)
+    full = ladder.build_ladder(spec, root=tmp_path / "all", progress=False, portable=False)
     assert [r.name for r in alone] == ["tiny-b"]
     wa, wb = weights(alone[0].path), weights(full[1].path)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -86,7 +86,7 @@ def test_one_rung_built_alone_equals_the_same_rung_of_a_full_build(tmp_path):
 
 def test_table_reads_rung_metadata_with_fields_it_no_longer_knows(tmp_path):
     spec = tiny_spec(steps=5)
-    built = ladder.build_ladder(spec, root=tmp_path, progress=False, only=("tiny-a",))
+    built = ladder.build_ladder(spec, root=tmp_path, progress=False, only=("tiny-a",), portable=False)
     meta = os.path.join(built[0].path, "rung.json")
     data = json.loads(open(meta).read())
     data["extra"] = {}  # as written by an earlier version

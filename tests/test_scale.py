@@ -105,9 +105,9 @@ def test_the_prediction_at_the_target_covers_the_truth_in_the_studys_design(gain
     # the same true gain at every rung (so at climb-350m too). With 3 rungs the lack of fit has 1 degree of freedom,
     # so most studies give a direction only (measured: a number in 15-25% of them); those that give a number must
     # cover the truth, and none may be sure of a sign the truth contradicts.
-    result = prediction_coverage(LadderDesign(gain=gain, seed_sd=seed_sd, n_variants=1), studies=300,
+    result = prediction_coverage(LadderDesign(gain=gain, seed_sd=seed_sd, n_variants=1), studies=200,
                                  n_resamples=400)
     message = f"{result['covered']}/{result['stated']} stated cover, {result['wrong_sign']} sure wrong signs"
-    assert result["stated"] >= 20, message  # the check is not vacuous
+    assert result["stated"] >= 15, message  # the check is not vacuous
     assert result["coverage"] >= 0.90, message
     assert result["wrong_sign"] <= 0.02 * result["studies"], message
