@@ -33,7 +33,7 @@ def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
 def _task_accuracies(reports, spec) -> dict[str, float]:
     from align_proxy.data.tasks import get_task
     from align_proxy.models.tokenizer import build_tokenizer
-    from evals.suite import EvalSet, evaluate_policy
+    from align_proxy.evals.suite import EvalSet, evaluate_policy
 
     task = get_task(spec.task)
     evalset = EvalSet(task=task, task_prompts=task.evaluation(300, seed=spec.seed))
@@ -306,7 +306,7 @@ def cmd_overoptimization(args) -> int:
     from align_proxy.studies.formatting import format_trend
     from align_proxy.studies.overoptimization import size_trends
     from align_proxy.studies.records import OveroptimizationCurve, to_json
-    from evals import overoptimization
+    from align_proxy.evals import overoptimization
 
     if not args.reward_model and not args.rl_run:
         console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "

@@ -18,7 +18,7 @@ from align_proxy.data.formats import (CONVERSATIONAL_LM, IMPLICIT_PREFERENCE, LA
 
 RECIPE_ARGUMENTS = "align_proxy.recipe:RecipeArguments"
 RL_ARGUMENTS = "align_proxy.rl:RLArguments"
-POLICY_EVALUATION = "evals.suite:PolicyEvaluation"
+POLICY_EVALUATION = "align_proxy.evals.suite:PolicyEvaluation"
 
 
 def load_object(path: str):
@@ -103,10 +103,10 @@ for _kind in (
     # A reward model is another model than the base policy (a fresh score head): its own evaluation.
     RecipeKind("reward", "trl.trainer.reward_config:RewardConfig", "trl.trainer.reward_trainer:RewardTrainer",
                (PREFERENCE, IMPLICIT_PREFERENCE), "preference", "preference_accuracy",
-               "evals.suite:RewardModelEvaluation", row="pair", policy=False),
+               "align_proxy.evals.suite:RewardModelEvaluation", row="pair", policy=False),
     RecipeKind("grpo", "trl.trainer.grpo_config:GRPOConfig", "trl.trainer.grpo_trainer:GRPOTrainer",
-               (PROMPT_ONLY,), "rl", "task_accuracy", "evals.rl:RLEvaluation", row="rollout", arguments=RL_ARGUMENTS),
+               (PROMPT_ONLY,), "rl", "task_accuracy", "align_proxy.evals.rl:RLEvaluation", row="rollout", arguments=RL_ARGUMENTS),
     RecipeKind("rloo", "trl.trainer.rloo_config:RLOOConfig", "trl.trainer.rloo_trainer:RLOOTrainer",
-               (PROMPT_ONLY,), "rl", "task_accuracy", "evals.rl:RLEvaluation", row="rollout", arguments=RL_ARGUMENTS),
+               (PROMPT_ONLY,), "rl", "task_accuracy", "align_proxy.evals.rl:RLEvaluation", row="rollout", arguments=RL_ARGUMENTS),
 ):
     register(_kind)

@@ -247,7 +247,7 @@ class HeldOut:
 
     def evalset(self):
         from align_proxy.data.loading import load_recipe_data
-        from evals.suite import EvalSet
+        from align_proxy.evals.suite import EvalSet
 
         data = load_recipe_data(self.dataset, self.recipe, self.dataset_config, test_split=self.test_split,
                                 builtin_train_size=1, builtin_test_size=self.builtin_test_size, eval_seed=self.eval_seed)
@@ -256,7 +256,7 @@ class HeldOut:
 
 @dataclass
 class ProxyTuningScores:
-    """Each model's `evals.suite.EvalResult` on the same held-out items: the large base, the proxy-tuned large
+    """Each model's `align_proxy.evals.suite.EvalResult` on the same held-out items: the large base, the proxy-tuned large
     model, the small tuned model (the expert) and, when given, the large model tuned directly."""
 
     base: object
@@ -269,7 +269,7 @@ def score_proxy_tuning(models: ProxyModels, held_out: HeldOut, tuned: str | None
     """Score the base, proxy-tuned, expert (and tuned) models; every check runs before any model generates."""
     from align_proxy.models import registry
     from align_proxy.recipe import load_tokenizer
-    from evals.suite import score_policy
+    from align_proxy.evals.suite import score_policy
 
     evalset = held_out.evalset()
     tuned_path = None

@@ -184,7 +184,7 @@ class RecipeRun:
     data: RecipeData
     speed: SpeedPlan | None = None  # the proxy-speed defaults this run got
     divergence: DivergenceWatch | None = None  # set by prepare_run; the trainer calls it at every logged loss
-    reward_curve: object | None = None  # an RL run's `evals.rl.RewardCurve` (--curve_every), set by track_reward_curve
+    reward_curve: object | None = None  # an RL run's `align_proxy.evals.rl.RewardCurve` (--curve_every), set by track_reward_curve
 
     @property
     def kind(self) -> RecipeKind:
@@ -201,7 +201,7 @@ class RecipeRun:
     @functools.cached_property
     def evalset(self):
         """Held-out items scored before and after training: the test split plus the task's sets."""
-        from evals.suite import EvalSet
+        from align_proxy.evals.suite import EvalSet
 
         return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.script_args.eval_seed)
 
@@ -209,8 +209,8 @@ class RecipeRun:
         """The recipe kind's evaluation of this run (`kind.evaluation`), with the run's lm-eval tasks beside it when
         it asks for some: call it on a model directory; `options` are what the kind's evaluation takes beyond the
         run (DPO's `beta`, the RL recipes' `rewards`)."""
-        from evals.lm_harness import LmEvalEvaluation, LmEvalSettings
-        from evals.suite import Evaluations
+        from align_proxy.evals.lm_harness import LmEvalEvaluation, LmEvalSettings
+        from align_proxy.evals.suite import Evaluations
 
         evaluation = self.kind.evaluation_class.for_run(self, **options)
         settings = LmEvalSettings.from_args(self.script_args)
@@ -218,7 +218,7 @@ class RecipeRun:
 
     def track_reward_curve(self, rewards) -> None:
         """RL runs: score the policy every --curve_every steps (proxy and gold reward, KL), kept in metrics.json."""
-        from evals.rl import RewardCurve
+        from align_proxy.evals.rl import RewardCurve
 
         self.reward_curve = RewardCurve.for_run(self, rewards)
 
@@ -240,7 +240,7 @@ class RecipeRun:
     def evaluate_base(self, evaluation):
         """Score the base model on the main process while the other ranks wait; None on the others, or when
         `--eval_before false`."""
-        from evals.suite import EvalResult, Evaluations
+        from align_proxy.evals.suite import EvalResult, Evaluations
 
         base = None
         if self.script_args.eval_before and self.is_main:
@@ -274,7 +274,7 @@ class RecipeRun:
         study wait for one evaluation."""
         from filelock import FileLock
 
-        from evals.suite import EvalResult
+        from align_proxy.evals.suite import EvalResult
 
         key = self.base_cache_key(evaluation)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -409,14 +409,14 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
 
 def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None:
     """lm-eval tasks, their data included, are checked before any model loads or trains: an unknown name or a Hub
-    dataset out of reach fails here, naming the task and the fix (`evals.lm_harness.load_tasks`)."""
+    dataset out of reach fails here, naming the task and the fix (`align_proxy.evals.lm_harness.load_tasks`)."""
     if not script_args.lm_eval_tasks:
         return
     if not kind.policy:
         policies = ", ".join(k.name for k in KINDS.values() if k.policy)
         raise ValueError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
                          f"flag, or set it on a recipe that does ({policies})")
-    from evals.lm_harness import load_tasks
+    from align_proxy.evals.lm_harness import load_tasks
 
     if PartialState().is_main_process:  # the main process evaluates; it alone reads the data
         load_tasks(script_args.lm_eval_tasks)

@@ -1,6 +1,6 @@
 """What the RL recipes (`recipes/grpo.py`, `recipes/rloo.py`) share: their arguments, the rollout
 backend (vLLM through TRL, or a faster Hugging Face `generate`), and their rewards (their evaluation is
-`evals.rl.RLEvaluation`).
+`align_proxy.evals.rl.RLEvaluation`).
 
 Rollout, reward and update stay separate: rollouts are TRL's generation backends, configured here;
 rewards come from `rewards/` and know nothing of the trainer; the update is TRL's own loss.
@@ -15,7 +15,7 @@ from accelerate import PartialState
 from trl.import_utils import is_vllm_available
 
 from align_proxy.recipe import RecipeArguments
-from rewards import RewardSet, load_rewards
+from align_proxy.rewards import RewardSet, load_rewards
 
 VLLM_MODES = ("colocate", "server")
 

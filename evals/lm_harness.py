@@ -246,11 +246,11 @@ def per_item_scores(task: str, samples: list[dict], multiple_choice: bool) -> di
 
 
 def evaluate_lm_eval(model_path: str, tokenizer, settings: LmEvalSettings):
-    """lm-eval's scores of the causal LM in `model_path`, per item (`evals.suite.EvalResult`)."""
+    """lm-eval's scores of the causal LM in `model_path`, per item (`align_proxy.evals.suite.EvalResult`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from evals.suite import EvalResult, _load
+    from align_proxy.evals.suite import EvalResult, _load
 
     try:
         import lm_eval
@@ -277,7 +277,7 @@ def evaluate_lm_eval(model_path: str, tokenizer, settings: LmEvalSettings):
 
 @dataclass
 class LmEvalEvaluation:
-    """The run's lm-eval tasks as an evaluation beside its recipe kind's (`evals.suite.Evaluations`). Its kind is
+    """The run's lm-eval tasks as an evaluation beside its recipe kind's (`align_proxy.evals.suite.Evaluations`). Its kind is
     "lm_eval": every recipe that trains a policy scores the base model on them the same way, so a study evaluates
     each base model once for all of them."""
 

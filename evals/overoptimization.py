@@ -5,7 +5,7 @@ Best-of-n: a fixed policy samples `N` completions per held-out prompt once; ever
 reward score the same pool, so curves of reward models of different sizes differ only by the reward model. For
 each n <= N the expected gold and proxy reward of best-of-n follow exactly from the pool
 (`align_proxy.studies.overoptimization.best_of_n`), with d = sqrt(KL_bon) from the formula. RL: a GRPO or RLOO
-run with `--curve_every` records proxy and gold reward and KL per prompt as it trains (`evals.rl.RewardCurve`);
+run with `--curve_every` records proxy and gold reward and KL per prompt as it trains (`align_proxy.evals.rl.RewardCurve`);
 its d is the measured sqrt(KL). Each curve is fitted with its form (R_bon = d (alpha - beta d),
 R_RL = d (alpha - beta log d)) on the gold reward's gain, with intervals from resampling the prompts. Prompts are
 the built-in task's own evaluation prompts, rendered and rewarded as GRPO and RLOO do in training.
@@ -19,8 +19,8 @@ import numpy as np
 from transformers import AutoModelForCausalLM
 
 from align_proxy.studies.overoptimization import BestOfN, Curve, best_of_n
-from evals.rl import Sampling, prompt_token_ids, sample_completions, sequence_logprobs
-from evals.suite import _load
+from align_proxy.evals.rl import Sampling, prompt_token_ids, sample_completions, sequence_logprobs
+from align_proxy.evals.suite import _load
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def rl_curve(run_dir: str, confidence: float = 0.95, n_resamples: int = 2000) ->
 
 def learned(path: str):
     """A proxy reward model directory as a reward function (scored on the CPU or the run's device)."""
-    from rewards.learned import LearnedReward
+    from align_proxy.rewards.learned import LearnedReward
 
     return LearnedReward(path)
 
@@ -122,7 +122,7 @@ def run(policy: str, reward_models: list[str], gold: str = DEFAULT_GOLD, n: int 
     from align_proxy.data.tasks import get_task
     from align_proxy.models.registry import parameter_count, resolve
     from align_proxy.models.tokenizer import build_tokenizer
-    from rewards import get_reward  # the gold: a registered reward, `module:function` or a reward-model directory
+    from align_proxy.rewards import get_reward  # the gold: a registered reward, `module:function` or a reward-model directory
 
     if n < 2:
         raise ValueError(f"--n must be at least 2 to draw a curve (got {n})")

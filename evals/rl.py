@@ -22,8 +22,8 @@ from trl.data_utils import is_conversational
 from align_proxy.data.tasks import ArithmeticTask
 from align_proxy.files import files_stamp
 from align_proxy.scoring import pad_rows, span_logprob_sums
-from evals.suite import EvalResult, EvalSet, _load, evaluate_policy
-from rewards import RewardSet, arith
+from align_proxy.evals.suite import EvalResult, EvalSet, _load, evaluate_policy
+from align_proxy.rewards import RewardSet, arith
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Evaluations are data: `EvalSet` holds the held-out items, and the generic runners below score a
 policy or a reward model on whatever items are present. Each item is scored by the rules of
 `align_proxy.metrics`, and every total is derived from those per-item scores there.
-`PolicyEvaluation` and `RewardModelEvaluation` (and `evals.rl.RLEvaluation`) are what a recipe kind
+`PolicyEvaluation` and `RewardModelEvaluation` (and `align_proxy.evals.rl.RLEvaluation`) are what a recipe kind
 evaluates with (`align_proxy.kinds`): built from a run, called on a model directory, each knows its
 kind, which names the base-evaluation cache it shares, and what else that cache's key holds. A run that
-asks for lm-eval tasks adds `evals.lm_harness.LmEvalEvaluation` beside it (`Evaluations`).
+asks for lm-eval tasks adds `align_proxy.evals.lm_harness.LmEvalEvaluation` beside it (`Evaluations`).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class RewardModelEvaluation:
 
 @dataclass
 class Evaluations:
-    """A run's evaluations together: its recipe kind's, and the lm-eval tasks it asks for (`evals.lm_harness`).
+    """A run's evaluations together: its recipe kind's, and the lm-eval tasks it asks for (`align_proxy.evals.lm_harness`).
     Called, they score one model and their results merge; a base evaluation is cached part by part
     (`RecipeRun.evaluate_base`), so runs of different recipes share what they have in common."""
 

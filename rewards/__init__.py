@@ -4,7 +4,7 @@ Name a reward in a config (`reward_funcs`) by:
 
 - a registered name: `arith_exact_match`, `arith_digit_overlap` (the built-in tasks' gold rewards),
   `answer_format` (format) or `overlong_penalty` (length; follows the run's `max_completion_length`);
-- a dotted path: `rewards.arith:exact_match`, `my_package.my_module:my_reward`;
+- a dotted path: `align_proxy.rewards.arith:exact_match`, `my_package.my_module:my_reward`;
 - a directory written by `recipes/reward.py`: its reward model, as a learned reward.
 
 `load_rewards` turns a config's list into a `RewardSet`: every reward checked on every call (one
@@ -13,12 +13,14 @@ finite number per completion, or an error naming it) and weighted by TRL's `rewa
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
 from typing import Callable
 
-from rewards import arith, shaping
-from rewards.combine import CheckedReward, RewardError, RewardSet, check_signature
-from rewards.learned import LearnedReward, is_reward_model_dir
+from align_proxy.rewards import arith, shaping
+from align_proxy.rewards.combine import CheckedReward, RewardError, RewardSet, check_signature
+from align_proxy.rewards.learned import LearnedReward, is_reward_model_dir
 
 REWARDS: dict[str, Callable] = {
     "arith_exact_match": arith.exact_match,
@@ -38,7 +40,9 @@ def get_reward(name: str, config=None) -> Callable:
 
     >>> get_reward("arith_exact_match") is arith.exact_match
     True
-    >>> get_reward("rewards.arith:digit_overlap") is arith.digit_overlap
+    >>> get_reward("align_proxy.rewards.arith:digit_overlap") is arith.digit_overlap
+    True
+    >>> get_reward("rewards.arith:digit_overlap") is arith.digit_overlap  # the spelling before one namespace
     True
     """
     if name in REWARDS:
@@ -52,15 +56,34 @@ def get_reward(name: str, config=None) -> Callable:
     module_name, sep, attr = name.partition(":")
     if not sep:
         raise KeyError(f"unknown reward {name!r}: registered rewards are {', '.join([*REWARDS, *FACTORIES])}; "
-                       "or give a dotted path such as 'rewards.arith:exact_match', or the output directory of "
+                       "or give a dotted path such as 'align_proxy.rewards.arith:exact_match', or the output directory of "
                        "recipes/reward.py for a learned reward (none exists at that path)")
+    module_name = _own_module(module_name)
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
         raise KeyError(f"cannot import reward {name!r}: {err}") from err
+    if not hasattr(module, attr):
+        near = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=1)
+        hint = f" (did you mean {module_name}:{near[0]}?)" if near else ""
+        raise KeyError(f"cannot import reward {name!r}: module {module_name} has no {attr!r}{hint}")
+    fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"reward {name!r} is not callable")
     return fn
+
+
+def _own_module(module_name: str) -> str:
+    """`rewards.arith` (configs written when the project's rewards installed as a top-level package) is
+    `align_proxy.rewards.arith`; any other module path is itself."""
+    top = module_name.partition(".")[0]
+    if top in ("rewards", "evals") and importlib.util.find_spec(f"align_proxy.{top}") is not None:
+        try:
+            if importlib.util.find_spec(f"align_proxy.{module_name}") is not None:
+                return f"align_proxy.{module_name}"
+        except ModuleNotFoundError:
+            pass
+    return module_name
 
 
 def _display_name(spec: str, fn: Callable) -> str:

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from align_proxy.scoring import reward_scores
-from rewards.arith import _prompt_text, _text
+from align_proxy.rewards.arith import _prompt_text, _text
 
 
 def is_reward_model_dir(path: str | Path) -> bool:

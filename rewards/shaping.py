@@ -10,7 +10,7 @@ import re
 
 from trl.rewards import get_soft_overlong_punishment
 
-from rewards.arith import _text
+from align_proxy.rewards.arith import _text
 
 _BARE_INTEGER = re.compile(r"\s*-?\d+\s*")
 

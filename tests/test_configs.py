@@ -39,7 +39,7 @@ def test_the_required_accelerate_configs_ship():
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.split("_")[0] in ("grpo", "rloo")], ids=lambda p: p.name)
 def test_rl_config_names_rewards_that_resolve(path: Path):
-    from rewards import get_reward
+    from align_proxy.rewards import get_reward
 
     script_args, training_args, _ = recipe_parser(path.name.split("_")[0]).parse_args_and_config(
         ["--config", str(path), "--bf16", "false", "--use_cpu", "true"])

@@ -10,9 +10,9 @@ from align_proxy.data.tasks import get_task
 from align_proxy.metrics import METRICS, aggregate, preference_win
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.scoring import completion_logprobs
-from evals.metrics import NAMES, load_metric
+from align_proxy.evals.metrics import NAMES, load_metric
 from align_proxy.run_metrics import gains
-from evals.suite import EvalSet, evaluate_policy, evaluate_reward_model
+from align_proxy.evals.suite import EvalSet, evaluate_policy, evaluate_reward_model
 
 
 @pytest.mark.parametrize("name", NAMES)

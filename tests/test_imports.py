@@ -12,16 +12,17 @@ import pytest
 
 from conftest import REPO
 
-PACKAGES = ("align_proxy", "evals", "rewards")
+# The checkout's folders and the package each installs as (pyproject.toml's package-dir).
+FOLDERS = {"align_proxy": "align_proxy", "evals": "align_proxy.evals", "rewards": "align_proxy.rewards"}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+def _module_name(folder: str, path: Path) -> str:
+    parts = [FOLDERS[folder], *path.relative_to(REPO / folder).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")
+    return {_module_name(folder, p): p for folder in FOLDERS for p in (REPO / folder).rglob("*.py")
             if "metrics" not in p.relative_to(REPO).parts}  # shipped `evaluate` scripts load by path
 
 
@@ -93,8 +94,9 @@ def test_no_module_imports_itself_through_others():
 
 def test_scoring_sits_below_both_evals_and_rewards():
     graph = import_graph()
-    assert not any(t.startswith(("evals", "rewards")) for t in graph["align_proxy.scoring"])
-    assert not any(t.startswith("evals") for m, targets in graph.items() if m.startswith("rewards") for t in targets)
+    assert not any(t.startswith(("align_proxy.evals", "align_proxy.rewards")) for t in graph["align_proxy.scoring"])
+    assert not any(t.startswith("align_proxy.evals") for m, targets in graph.items()
+                   if m.startswith("align_proxy.rewards") for t in targets)
 
 
 @pytest.mark.parametrize("module", ["align_proxy.metrics", "align_proxy.kinds", "align_proxy.run_metrics",

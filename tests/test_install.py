@@ -9,6 +9,7 @@ import site
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ SOURCES = ["align_proxy", "recipes", "rewards", "evals", "pyproject.toml", "READ
 
 
 def test_every_package_folder_is_in_the_wheels_package_list():
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(REPO).parts) for top in ("align_proxy", "rewards", "evals")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"align_proxy": "align_proxy", **{v: k for k, v in setuptools["package-dir"].items()}}
+    found = {".".join([folders[top], *p.parent.relative_to(REPO / top).parts]) for top in folders
              for p in (REPO / top).rglob("__init__.py")}
-    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert found <= set(setuptools["packages"]), f"add {sorted(found - set(setuptools['packages']))} to [tool.setuptools] packages"
 
 
 def test_checkout_relative_config_paths_name_the_shipped_files():
@@ -79,7 +81,21 @@ def installed(tmp_path_factory):
     see_running_environment(python, env)  # after: pip never sees, let alone replaces, this environment's install
     empty = tmp / "empty"
     empty.mkdir()
-    return {"python": python, "cli": venv / "bin" / "align-proxy", "env": env, "cwd": empty, "venv": venv}
+    return {"python": python, "cli": venv / "bin" / "align-proxy", "env": env, "cwd": empty, "venv": venv,
+            "wheel": wheel}
+
+
+@pytest.mark.slow  # builds and installs a wheel, ~10 s
+def test_the_wheel_installs_one_top_level_package(installed):
+    """`evals` and `rewards` are names taken on PyPI: they install inside align_proxy, never beside it."""
+    wheel = zipfile.ZipFile(installed["wheel"])
+    tops = {name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"align_proxy"}, tops
+    assert wheel.read(next(n for n in wheel.namelist() if n.endswith("top_level.txt"))).decode().split() == ["align_proxy"]
+    out = run([installed["python"], "-c", "import align_proxy.evals.suite as e, align_proxy.rewards as r; "
+               "print(e.__file__); print(r.get_reward('rewards.arith:exact_match').__module__)"],
+              installed["cwd"], installed["env"]).stdout.split()
+    assert out[0].startswith(str(installed["venv"])) and out[1] == "align_proxy.rewards.arith", out
 
 
 @pytest.mark.slow  # builds and installs a wheel, ~10 s
@@ -88,7 +104,7 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
               "print(i.__file__)\nprint(i.recipes_dir())\n"
               "specs = (None, s.DEFAULT_SPEC.with_name('rlhf.yaml'))  # the shipped specs\n"
               "print([p.config for f in specs for p in s.load_spec(f).recipes])\n"
-              "import evals.lm_harness as h  # the shipped lm-eval task and its data, read where the wheel put them\n"
+              "import align_proxy.evals.lm_harness as h  # the shipped lm-eval task and its data, read where the wheel put them\n"
               "print(h.SHIPPED_TASKS)\nprint(h.task_names('arith_mc'))\n"
               "import sys  # what of this environment's editable install made it in: its finder, or the checkout\n"
               f"print(sorted(m for m in sys.modules if m.startswith('__editable__')), {str(REPO)!r} in sys.path)")

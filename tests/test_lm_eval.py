@@ -14,8 +14,8 @@ from test_analysis import MODELS, everywhere, gain_of, headline, planted_cells
 from test_study_runner import write_spec
 
 from align_proxy.studies.spec import StudySpecError, load_spec
-from evals import lm_harness
-from evals.lm_eval_tasks import arith_mc
+from align_proxy.evals import lm_harness
+from align_proxy.evals.lm_eval_tasks import arith_mc
 
 TASK = "lm_eval:arith_mc"
 SCORES = ("acc", "acc_norm", "logprob", "logprob_per_byte")

@@ -13,8 +13,8 @@ from transformers import AutoModelForSequenceClassification
 from align_proxy.cli import main
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.studies.records import OveroptimizationCurve
-from evals import overoptimization as best_of_n
-from rewards import get_reward
+from align_proxy.evals import overoptimization as best_of_n
+from align_proxy.rewards import get_reward
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import GRPOConfig
 
-import rewards
+from align_proxy import rewards
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.scoring import reward_scores
-from rewards import RewardError, arith, combine, get_reward, learned, load_rewards, shaping
-from rewards.combine import CheckedReward
-from rewards.learned import LearnedReward
+from align_proxy.rewards import RewardError, arith, combine, get_reward, learned, load_rewards, shaping
+from align_proxy.rewards.combine import CheckedReward
+from align_proxy.rewards.learned import LearnedReward
 
 
 @pytest.mark.parametrize("module", [rewards, arith, combine, shaping], ids=lambda m: m.__name__)
@@ -25,7 +25,7 @@ def test_reward_doctests_hold(module):
 
 def test_every_form_of_name_resolves(tmp_path):
     assert get_reward("arith_exact_match") is arith.exact_match
-    assert get_reward("rewards.shaping:answer_format") is shaping.answer_format
+    assert get_reward("align_proxy.rewards.shaping:answer_format") is shaping.answer_format
     penalty = get_reward("overlong_penalty", GRPOConfig(output_dir=str(tmp_path), max_completion_length=8,
                                                         use_cpu=True, bf16=False))
     assert penalty(["1+1="], ["2222222"], completion_ids=[[5] * 7]) == [-0.5]  # follows max_completion_length
@@ -109,7 +109,7 @@ def test_no_reward_is_an_error_saying_how_to_name_one():
 
 
 def test_repeated_rewards_get_unique_names():
-    assert load_rewards(["arith_exact_match", "rewards.arith:exact_match"]).names == ["arith_exact_match",
+    assert load_rewards(["arith_exact_match", "align_proxy.rewards.arith:exact_match"]).names == ["arith_exact_match",
                                                                                       "exact_match"]
     assert load_rewards(["answer_format", "answer_format"]).names == ["answer_format", "answer_format_2"]
 

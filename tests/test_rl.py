@@ -10,7 +10,7 @@ from trl.import_utils import is_vllm_available
 
 import align_proxy.rl
 from align_proxy.data.validation import DatasetFormatError
-from rewards import RewardError
+from align_proxy.rewards import RewardError
 from tests.conftest import load_recipe, recipe_parser
 from tests.recipe_runs import changed
 
@@ -67,7 +67,7 @@ def test_grpo_on_conversational_prompts_renders_them_with_the_chat_template(tiny
     must render them the same way and hand the rewards conversational completions, as TRL does."""
     from transformers import AutoTokenizer
 
-    from evals.rl import prompt_token_ids
+    from align_proxy.evals.rl import prompt_token_ids
 
     chat_model = tmp_path / "chat-model"
     shutil.copytree(tiny_model, chat_model)
@@ -126,7 +126,7 @@ def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model,
     assert all({"proxy_reward", "gold_reward", "kl_to_reference", "sqrt_kl", "items"} <= set(p) for p in curve)
     assert all(len(p["items"]["gold_reward"]) == 4 for p in curve)  # per prompt, for resampling prompts
     assert curve[-1]["kl_to_reference"] != 0.0
-    from evals.overoptimization import rl_curve
+    from align_proxy.evals.overoptimization import rl_curve
 
     measured = rl_curve(str(tmp_path), n_resamples=100)  # what `align-proxy overoptimization --rl-run` fits
     assert measured.form == "rl" and measured.reward_model == tiny_reward_model and measured.d[0] == 0.0

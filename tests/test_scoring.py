@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from align_proxy import scoring
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-from evals.rl import sequence_logprobs
+from align_proxy.evals.rl import sequence_logprobs
 
 PROMPTS = ["12+35=", "1+1=", "7+8=", "40+2=", "3+3=", "9+10="]
 COMPLETIONS = ["47", "2", "15", "42", "6", "19"]

@@ -3,8 +3,8 @@
 import pytest
 
 from align_proxy.data.tasks import FORMATS, ArithmeticTask, Problem, get_task, parse_answer, parse_prompt
-from rewards import get_reward
-from rewards.arith import digit_overlap, exact_match
+from align_proxy.rewards import get_reward
+from align_proxy.rewards.arith import digit_overlap, exact_match
 
 TASK = get_task("builtin:arith")
 
@@ -68,7 +68,7 @@ def test_partial_credit_reward_is_between_zero_and_one():
 
 def test_rewards_resolve_by_name_and_dotted_path():
     assert get_reward("arith_exact_match") is exact_match
-    assert get_reward("rewards.arith:digit_overlap") is digit_overlap
+    assert get_reward("align_proxy.rewards.arith:digit_overlap") is digit_overlap
     with pytest.raises(KeyError, match="registered rewards"):
         get_reward("no_such_reward")
 

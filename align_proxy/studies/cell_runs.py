@@ -48,7 +48,7 @@ def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
 
 
 def best_of_n_cell_argv(cell: Cell, output_dir: Path, policy: Path | None, reward_model: Path) -> list[str]:
-    """A best-of-n cell's command line (`evals.overoptimization.run_cell`): the policy is the start cell's model
+    """A best-of-n cell's command line (`align_proxy.evals.overoptimization.run_cell`): the policy is the start cell's model
     or the model the spec names."""
     settings = cell.best_of_n
     argv = ["--policy", str(policy) if policy else settings["policy"], "--reward-model", str(reward_model),

@@ -75,7 +75,7 @@ def slurm_minutes(time: str | int) -> int:
 class BestOfNPlan:
     """A reward recipe's best-of-n cells (the spec's `best_of_n:`): `policy` samples `n` completions per held-out
     prompt (`prompts` of them, the task's own), and each of the recipe's reward models picks the best of every n <= N
-    (`evals.overoptimization`); `gold` scores them: a reward name, `module:function` or a reward-model directory
+    (`align_proxy.evals.overoptimization`); `gold` scores them: a reward name, `module:function` or a reward-model directory
     (None: the built-in task's exact match). `policy` is {"recipe", "variant", "model"}, a cell of an earlier recipe,
     or {"model"}, a model as `models` names them."""
 
@@ -318,7 +318,7 @@ def _check_lm_eval_tasks(tasks, path: Path) -> list[str]:
         return []
     if not isinstance(tasks, (str, list)):
         _fail(path, f"evaluation.lm_eval_tasks must be task names or YAML paths (a list or comma-separated), got {tasks!r}")
-    from evals.lm_harness import task_names
+    from align_proxy.evals.lm_harness import task_names
 
     try:
         return task_names(tasks)
@@ -410,7 +410,7 @@ def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -
     if not isinstance(alpha, list) or not alpha or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
                                                             for a in alpha):
         _fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
-    if proxy_tune and kind.evaluation != "evals.suite:PolicyEvaluation" and kind.task_format != "rl":
+    if proxy_tune and kind.evaluation != "align_proxy.evals.suite:PolicyEvaluation" and kind.task_format != "rl":
         _fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
                     "(reward models are out of scope)")
     if proxy_tune and starts:
@@ -506,7 +506,7 @@ def _check_best_of_n(raw, kind, earlier: list[RecipePlan], path: Path, where: st
     if "temperature" in values and not (isinstance(values["temperature"], (int, float)) and values["temperature"] > 0):
         _fail(path, f"{where}.temperature must be a number above 0, got {values['temperature']!r}")
     if values.get("gold") is not None:
-        from rewards import get_reward
+        from align_proxy.rewards import get_reward
 
         try:
             get_reward(str(values["gold"]))
