@@ -305,7 +305,8 @@ def cmd_overoptimization(args) -> int:
     from align_proxy.files import atomic_write
     from align_proxy.studies.formatting import format_trend
     from align_proxy.studies.overoptimization import size_trends
-    from align_proxy.studies.records import OveroptimizationCurve, to_json
+    from align_proxy.studies.analysis import OveroptimizationCurve
+    from align_proxy.studies.record import to_json
     from align_proxy.evals import overoptimization
 
     if not args.reward_model and not args.rl_run:

@@ -8,8 +8,10 @@ Evaluators (`evals/`) score each held-out item with the rules below and derive e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+UNIT = (0.0, 1.0)  # a share of items: an accuracy
 MEAN = "mean"  # the mean of the per-item scores
 PER_TOKEN = "per_token"  # summed over items, divided by their summed token counts
 
@@ -22,6 +24,9 @@ class Metric:
     # policy, not the goal).
     higher_is_better: bool | None
     aggregation: str = MEAN
+    # (lowest, highest) a total can take, None when unbounded or unknown: a gain can then be at most their
+    # difference, which the analysis holds a prediction at the target size to (an accuracy gains at most 1).
+    bounds: tuple[float, float] | None = None
 
     def judge(self, gain: float) -> str:
         """How a change reads: "better", "worse", "same", or "change" for a metric with no direction.
@@ -39,11 +44,11 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("task_accuracy", "task accuracy (greedy, held-out)", True),
-    Metric("completion_nll", "completion NLL (nats/token)", False, PER_TOKEN),
-    Metric("preference_accuracy", "preference accuracy (held-out)", True),
+    Metric("task_accuracy", "task accuracy (greedy, held-out)", True, bounds=UNIT),
+    Metric("completion_nll", "completion NLL (nats/token)", False, PER_TOKEN, bounds=(0.0, math.inf)),
+    Metric("preference_accuracy", "preference accuracy (held-out)", True, bounds=UNIT),
     Metric("preference_margin", "preference margin", True),
-    Metric("implicit_reward_accuracy", "implicit-reward accuracy (vs base)", True),
+    Metric("implicit_reward_accuracy", "implicit-reward accuracy (vs base)", True, bounds=UNIT),
     Metric("implicit_reward_margin", "implicit-reward margin", True),
     # RL evaluation (evals/rl.py), on completions sampled as in training; per item: the mean over a prompt's samples.
     Metric("reward", "reward (weighted, as trained)", True),
@@ -124,10 +129,11 @@ def _did_you_mean(name: str, options) -> str:
 
 def metric(name: str) -> Metric:
     """The table's entry, an lm-eval score's (named as `lm_eval_metric_name` names it), or for a metric neither
-    knows (a reward reported under its own name) a mean where higher is better.
+    knows (a reward reported under its own name) a mean where higher is better, bounded as a share of items when
+    its name says it is an accuracy.
 
     >>> metric("arith_exact_match")
-    Metric(name='arith_exact_match', label='arith_exact_match', higher_is_better=True, aggregation='mean')
+    Metric(name='arith_exact_match', label='arith_exact_match', higher_is_better=True, aggregation='mean', bounds=None)
     >>> metric("lm_eval:arc_easy/acc_norm").label
     'arc_easy/acc_norm (lm-eval)'
     """
@@ -136,8 +142,12 @@ def metric(name: str) -> Metric:
     parsed = parse_lm_eval_metric(name)
     if parsed is not None and parsed[1] in LM_EVAL_METRICS:
         # Labelled by lm-eval's own names (acc_norm), which its users know and which fit a table's column.
+        # No bounds: lm-eval's scores include unbounded log-probs, and its accuracies (acc, not *_accuracy) have
+        # never held a prediction to a range; giving them one would change studies' existing predictions.
         return Metric(name, f"{name.removeprefix(LM_EVAL_PREFIX)} (lm-eval)", LM_EVAL_METRICS[parsed[1]][1])
-    return Metric(name, name, True)
+    # A metric of our own naming scheme that the table lacks: an accuracy by its name, as the analysis has always
+    # read such a name.
+    return Metric(name, name, True, bounds=UNIT if name.endswith("_accuracy") else None)
 
 
 # --- per-item rules ---------------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def gap_closed_records(scores: ProxyTuningScores, recipe: str, variant: str, sma
     """One `records.GapClosed` per metric the three models share (`stats.gap_closed` on per-item differences)."""
     import numpy as np
 
-    from align_proxy.studies.records import GapClosed
+    from align_proxy.studies.analysis import GapClosed
     from align_proxy.studies.stats import CrossedResampler, gap_closed
 
     if scores.tuned is None:

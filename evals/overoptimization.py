@@ -190,7 +190,7 @@ def plot(curves_: list[Curve]) -> bytes:
     from matplotlib.figure import Figure
 
     from align_proxy.studies.plots import draw_overoptimization
-    from align_proxy.studies.records import OveroptimizationCurve
+    from align_proxy.studies.analysis import OveroptimizationCurve
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     draw_overoptimization([OveroptimizationCurve.of(c) for c in curves_], figure)

@@ -35,6 +35,12 @@ def _resolve(name: str, known: set[str]) -> str | None:
     return None
 
 
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Nodes under `if TYPE_CHECKING:`: imports for annotations, which never run, so they point nowhere."""
+    guarded = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+    return {id(inner) for n in guarded for stmt in n.body for inner in ast.walk(stmt)}
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports anywhere in its body (a package's `__init__` excluded as a
     target when the import names a submodule: `from a.b import c` imports `a.b.c` if that is a module)."""
@@ -44,7 +50,11 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         targets = set()
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        annotations_only = _type_checking_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in annotations_only:
+                continue
             if isinstance(node, ast.Import):
                 found = [_resolve(alias.name, known) for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

@@ -10,18 +10,13 @@ import math
 import numpy as np
 import pytest
 
+from align_proxy.studies import best_of_n as best_of_n_module
 from align_proxy.studies import overoptimization, stats
-from align_proxy.studies.overoptimization import (
-    best_of_n,
-    fit_overoptimization,
-    kl_best_of_n,
-    peak,
-    reward_curve,
-    selection_probabilities,
-)
+from align_proxy.studies.best_of_n import best_of_n, kl_best_of_n, kl_best_of_n_on_support, selection_probabilities
+from align_proxy.studies.overoptimization import fit_overoptimization, peak, reward_curve
 
 
-@pytest.mark.parametrize("module", [overoptimization, stats], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [best_of_n_module, overoptimization, stats], ids=lambda m: m.__name__)
 def test_doctests_hold(module):
     failed, attempted = doctest.testmod(module)
     assert attempted > 0 and failed == 0
@@ -263,13 +258,13 @@ def test_kl_on_the_policys_own_probabilities_equals_enumerating_every_draw():
             for i in tied:
                 chosen[i] += weight / len(tied)
         brute = float(np.sum(chosen[chosen > 0] * np.log(chosen[chosen > 0] / probability[chosen > 0])))
-        exact = overoptimization.kl_best_of_n_on_support(proxy, np.log(probability), n)
+        exact = kl_best_of_n_on_support(proxy, np.log(probability), n)
         assert exact == pytest.approx(brute, abs=1e-12)
 
 
 def test_kl_on_the_policys_probabilities_is_below_the_formula_and_small_when_the_policy_concentrates():
     rng = np.random.default_rng(3)
     for n in (2, 4, 16, 64):
-        spread = overoptimization.kl_best_of_n_on_support(rng.normal(size=50), rng.normal(size=50), n)
-        peaked = overoptimization.kl_best_of_n_on_support(rng.normal(size=50), np.r_[0.0, np.full(49, -8.0)], n)
+        spread = kl_best_of_n_on_support(rng.normal(size=50), rng.normal(size=50), n)
+        peaked = kl_best_of_n_on_support(rng.normal(size=50), np.r_[0.0, np.full(49, -8.0)], n)
         assert peaked < spread <= kl_best_of_n(n) + 1e-12

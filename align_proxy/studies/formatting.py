@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from align_proxy.studies.records import Headline
 from align_proxy.studies.stats import Interval
+
+if TYPE_CHECKING:  # verdicts' prose formats with this module, and the analysis calls that prose
+    from align_proxy.studies.analysis import Headline
 
 
 def format_number(x, signed: bool = False, digits: int = 3) -> str:

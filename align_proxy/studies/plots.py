@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from align_proxy.studies.formatting import format_number, format_parameters
-from align_proxy.studies.records import BaseScore, Fit, ModelSize, StudyAnalysis
+from align_proxy.studies.analysis import BaseScore, Fit, ModelSize, StudyAnalysis
 from align_proxy.studies.stats import Interval
 from align_proxy.studies.store import CellResult
 

@@ -15,7 +15,7 @@ from align_proxy.files import atomic_write
 from align_proxy.studies.formatting import (format_interval, format_number, format_parameters, format_share,
                                             format_trend, overoptimization_rows, peak_shift_text, recipe_label)
 from align_proxy.studies.plots import draw_plots
-from align_proxy.studies.records import (
+from align_proxy.studies.analysis import (
     Headline,
     Prediction,
     Scale,

@@ -35,7 +35,7 @@ from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
 if TYPE_CHECKING:  # the analysis (scipy) loads only when a report is written
-    from align_proxy.studies.records import StudyAnalysis
+    from align_proxy.studies.analysis import StudyAnalysis
 
 # Told to every cell on a GPU: how many cells may share that GPU at once, so each sizes its micro-batch to its share
 # of the memory (align_proxy.speed) instead of all of them to the same free memory.

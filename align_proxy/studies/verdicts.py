@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from align_proxy.metrics import metric
-from align_proxy.studies.records import Headline, Prediction, Scale
 from align_proxy.studies.stats import Interval, Power
+
+if TYPE_CHECKING:  # the analysis imports this module: its records are annotations here only
+    from align_proxy.studies.analysis import Headline, Prediction, Scale
 
 # A variant is called the winner at a scale when it is best in at least this share of the replicates;
 # a winner "changes" across scales only when it is resolved at both.
@@ -197,11 +200,11 @@ def prediction_note(prediction: Prediction) -> str:
 
 
 def decoding_time_clause(gaps: list, training_transfers: str | None) -> str:
-    """Whether decoding-time transfer (proxy-tuning the largest model by each smaller model's tuning, records.GapClosed
+    """Whether decoding-time transfer (proxy-tuning the largest model by each smaller model's tuning, analysis.GapClosed
     on the headline's metric) works where training transfer does: 'works' when the gap-closed interval lies above
     zero, 'hurts' below, else 'unclear'.
 
-    >>> from align_proxy.studies.records import GapClosed
+    >>> from align_proxy.studies.analysis import GapClosed
     >>> g = GapClosed("sft", "default", "task_accuracy", "s", "l", 1, 4, 1.0, 3, 0.3, 0.4, 0.5, 0.2,
     ...               Interval(0.5, 0.2, 0.8))
     >>> decoding_time_clause([g], "yes")
