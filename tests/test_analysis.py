@@ -132,6 +132,28 @@ def test_a_log_linear_trend_is_fitted_and_predicted_at_the_target():
     assert headline(analysis, "sft").prediction.gain == fit.prediction
 
 
+def _fit_predicting(gain: Interval):
+    from align_proxy.studies.analysis import Fit
+
+    return Fit(recipe="sft", variant="a", metric="m", points=[], slope=0.0, slope_interval=gain, intercept=0.0,
+               r_squared=1.0, n_points=3, degrees_of_freedom=1, lack_of_fit=0.0, target="big",
+               target_parameters=1e9, extrapolation_factor=2.0, prediction=gain, measurement=gain,
+               probability_positive=0.9, prediction_trusted=None)
+
+
+@pytest.mark.parametrize("metric, bounded", [("task_accuracy", True), ("preference_accuracy", True),
+                                             ("completion_nll", False), ("lm_eval:arith_mc/acc", False),
+                                             ("my_reward", False), ("my_accuracy", True)])
+def test_a_prediction_is_held_to_the_gains_its_metrics_bounds_allow(metric, bounded):
+    """The bounds come from the metric table (`metrics.Metric.bounds`): an accuracy gains at most 1; an NLL, an
+    lm-eval score and an unknown metric are not held to a range (a name the table lacks that says accuracy is)."""
+    from align_proxy.studies.analysis.fits import prediction
+
+    said = prediction(_fit_predicting(Interval(0.5, -0.2, 1.4)), metric)
+    assert (said.trusted, said.beyond_range) == (not bounded, bounded)
+    assert prediction(_fit_predicting(Interval(0.5, -0.2, 0.9)), metric).trusted
+
+
 def test_fits_are_reported_without_a_prediction_when_no_target_is_named():
     analysis = analyse(planted_cells("sft", {"a": everywhere(0.1)}), MODELS, PRIMARY, target=None)
     assert analysis.fits and all(f.prediction is None and f.slope is not None for f in analysis.fits)
@@ -343,3 +365,12 @@ def test_a_prediction_beyond_the_metrics_range_is_given_as_a_direction_with_its_
     assert "range an accuracy can gain" in p.untrusted_because
     assert f"the trend says helps with probability {p.direction_probability:.2f}" in h.conclusion
     assert "predicted +" not in h.conclusion
+
+
+def test_records_json_form_doctest_holds():
+    import doctest
+
+    from align_proxy.studies import record
+
+    failed, attempted = doctest.testmod(record)
+    assert attempted > 0 and failed == 0
