@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from align_proxy.studies import best_of_n as best_of_n_module
-from align_proxy.studies import overoptimization, stats
+from align_proxy.studies import overoptimization
+from align_proxy.studies.stats import intervals, power, rankings, resampling
 from align_proxy.studies.best_of_n import best_of_n, kl_best_of_n, kl_best_of_n_on_support, selection_probabilities
 from align_proxy.studies.overoptimization import fit_overoptimization, peak, reward_curve
 
 
-@pytest.mark.parametrize("module", [best_of_n_module, overoptimization, stats], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [best_of_n_module, overoptimization, intervals, power, rankings, resampling],
+                         ids=lambda m: m.__name__)
 def test_doctests_hold(module):
     failed, attempted = doctest.testmod(module)
     assert attempted > 0 and failed == 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from align_proxy.studies.stats import Interval, _check_confidence, percentile_interval
+from align_proxy.studies.stats.intervals import Interval, check_confidence, percentile_interval
 
 
 # The lack-of-fit draws' own seed: the same data give the same interval in every process.
@@ -67,7 +67,7 @@ def fit_line_across_sizes(parameters: list[float], values: list[float], replicat
     >>> round(f.prediction.estimate, 3), f.prediction.low < -0.15, f.prediction.high > 0.0
     (-0.068, True, True)
     """
-    _check_confidence(confidence)
+    check_confidence(confidence)
     params, y = np.asarray(parameters, dtype=float), np.asarray(values, dtype=float)
     reps = np.asarray(replicates, dtype=float)
     if params.shape != y.shape or params.ndim != 1:

@@ -1,6 +1,6 @@
-"""Statistics of a transfer study: how sure is a recipe's gain, and does it carry from small models to large.
+"""Replicates of a transfer study's quantities, drawn as the study's data were made, and the intervals built on them.
 
-Pure functions over arrays (numpy and scipy, no torch). The data come from a crossed design, and every
+Pure functions over arrays (numpy, no torch). The data come from a crossed design, and every
 interval here is built for it:
 
 - every seed of every cell is scored on the *same* held-out items (they follow `eval_seed`), and the
@@ -30,86 +30,13 @@ the full sweep.
 
 from __future__ import annotations
 
-import itertools
 import math
-import warnings
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
 
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a two-sided interval; nan everywhere when the quantity is undefined."""
-
-    estimate: float
-    low: float
-    high: float
-
-    def covers(self, value: float) -> bool:
-        """Whether `value` lies in [low, high]; never true for an undefined (nan) interval."""
-        return bool(self.low <= value <= self.high)
-
-    def excludes_zero(self) -> bool:
-        return bool(self.low > 0 or self.high < 0)
-
-    def to_json(self) -> dict[str, float]:
-        return asdict(self)
-
-
-NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
-
-
-def _check_confidence(confidence: float) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
-
-
-def percentile_interval(estimate: float, replicates: np.ndarray, confidence: float = 0.95) -> Interval:
-    """`estimate` with the central `confidence` range of its replicates (nan replicates make it undefined)."""
-    _check_confidence(confidence)
-    replicates = np.asarray(replicates, dtype=float)
-    if replicates.size == 0 or not np.all(np.isfinite(replicates)) or not math.isfinite(estimate):
-        return Interval(float(estimate), math.nan, math.nan)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(replicates, [alpha / 2, 1.0 - alpha / 2])
-    return Interval(float(estimate), float(low), float(high))
-
-
-def censored_interval(estimate: float, replicates: np.ndarray, upper_replicates: np.ndarray | None = None,
-                      confidence: float = 0.95) -> Interval:
-    """`percentile_interval` for replicates censored at the edge of the data: +inf for one known only to lie past
-    the largest value the data can show (a curve's peak beyond its last point), -inf for one below the smallest.
-    A bound whose quantile reaches into the censored share is infinite: the data do not bound that side.
-    `upper_replicates`, when given, is read for the upper bound and `replicates` for the lower: a difference of
-    two censored values is unknown in sign, -inf for the one and +inf for the other. nan replicates, or a
-    non-finite estimate, leave the interval undefined.
-
-    >>> censored_interval(0.0, np.r_[np.zeros(90), np.full(10, np.inf)])  # 10% past the data: no upper bound
-    Interval(estimate=0.0, low=0.0, high=inf)
-    >>> censored_interval(0.5, np.r_[np.linspace(0.0, 1.0, 999), np.inf]).high < 1.0  # 0.1%: bounded as usual
-    True
-    """
-    _check_confidence(confidence)
-    lower = np.asarray(replicates, dtype=float)
-    upper = lower if upper_replicates is None else np.asarray(upper_replicates, dtype=float)
-    if lower.size == 0 or np.isnan(lower).any() or np.isnan(upper).any() or not math.isfinite(estimate):
-        return Interval(float(estimate), math.nan, math.nan)
-    alpha = 1.0 - confidence
-    return Interval(float(estimate), _quantile_past_the_data(lower, alpha / 2),
-                    _quantile_past_the_data(upper, 1.0 - alpha / 2))
-
-
-def _quantile_past_the_data(values: np.ndarray, q: float) -> float:
-    """np.quantile's (linear) quantile of values that may hold +-inf: infinite where it interpolates into them."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float(np.quantile(values, q, method="nearest"))
-    beyond = 2.0 * max(1.0, float(np.abs(finite).max()))  # stands in for +-inf, so the interpolation stays finite
-    value = float(np.quantile(np.clip(values, -beyond, beyond), q))
-    return math.inf if value > finite.max() else -math.inf if value < finite.min() else value
+from align_proxy.studies.stats.intervals import Interval, percentile_interval, ratio_interval
 
 
 # --- one quantity's scores -------------------------------------------------------------------------
@@ -267,24 +194,6 @@ def mean_interval(seeds: list, confidence: float = 0.95, n_resamples: int = 2000
 gain_interval = mean_interval
 
 
-def ratio_interval(small: np.ndarray, large: np.ndarray, confidence: float = 0.95) -> Interval:
-    """Ratio of two quantities' replicates (large / small), undefined (all nan) when the small one's
-    central replicates reach zero: the ratio would jump through infinity.
-
-    `small` and `large` are arrays of [estimate, replicate_1, ..., replicate_R].
-    """
-    small, large = np.asarray(small, dtype=float), np.asarray(large, dtype=float)
-    alpha = 1.0 - confidence
-    lo, hi = np.quantile(small[1:], [alpha / 4, 1 - alpha / 4])
-    if small[0] == 0.0 or lo <= 0.0 <= hi:
-        return NAN_INTERVAL
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = large[1:] / small[1:]
-    # A replicate of exactly 0 lies in the small one's outer tail (its central range excludes 0): its ratio is an
-    # infinite tail value, which the central quantiles do not reach; a nan (a failed replicate, or 0/0) is undefined.
-    return censored_interval(float(large[0] / small[0]), ratios, confidence=confidence)
-
-
 def gap_closed(proxy_gain: list, tuned_gain: list, resampler: CrossedResampler | None = None,
                groups: tuple[tuple, tuple] = (("proxy",), ("tuned",)), confidence: float = 0.95) -> Interval:
     """Share of the base-to-tuned gap that proxy-tuning closes (Liu et al. 2024):
@@ -297,6 +206,7 @@ def gap_closed(proxy_gain: list, tuned_gain: list, resampler: CrossedResampler |
     expert and the tuned model came from). The interval is undefined (nan bounds, the estimate kept) when the
     tuned gain's interval reaches zero: a gap that may not exist has no share to bound (`ratio_interval`).
 
+    >>> import math, numpy as np
     >>> tuned = np.r_[np.ones(100), np.zeros(100)]          # tuning fixes 100 of 200 items
     >>> proxy = np.r_[np.ones(40), np.zeros(160)]           # proxy-tuning 40 of them
     >>> iv = gap_closed([proxy], [tuned])
@@ -328,131 +238,3 @@ def probability_greater(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
-
-# --- power ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Power:
-    """What would resolve an effect of the observed size at the measured noise (95% interval, 80% power).
-
-    `seeds`: seeds needed at the current item count (None: more than `max_seeds`); `items`: items needed at
-    the current seed count (None: no item count suffices, the seed spread alone is too large, or more than
-    `max_items`); `detectable`: the smallest effect the current design resolves with 80% power;
-    `together`: when neither alone suffices, the (seeds, items) design of fewest seed-item evaluations that
-    does (None: none within `max_seeds` and `max_items`).
-    """
-
-    effect: float
-    seeds: int | None
-    items: int | None
-    detectable: float
-    together: tuple[int, int] | None = None
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def required_design(parts: VarianceParts, effect: float, confidence: float = 0.95, power: float = 0.8,
-                    max_seeds: int = 200, max_items: int = 100_000) -> Power:
-    """How many seeds (items fixed) or items (seeds fixed) make an effect of size `effect` resolved with
-    probability `power`: |effect| >= (t_crit + z_power) * standard error of that design.
-
-    >>> p = VarianceParts(0.02, 3, 200, item_var=0.02, seed_var=0.00005, residual_var=0.01)
-    >>> r = required_design(p, 0.02)
-    >>> r.seeds, r.items, round(r.detectable, 3)
-    (None, 723, 0.031)
-    """
-    z_power = float(stats.norm.ppf(power))
-    size = abs(effect)
-
-    def needed_se(df: float) -> float:
-        # stats.t.ppf is special.stdtrit behind ~50 us of argument checks; this search calls it thousands of times.
-        return size / (float(special.stdtrit(max(df, 1.0), 0.5 + confidence / 2)) + z_power)
-
-    def df_at(s: int, n: int) -> float:
-        scaled = VarianceParts(parts.mean, s, n, parts.item_var - parts.residual_var / parts.n_seeds +
-                               parts.residual_var / s, parts.seed_var, parts.residual_var)
-        return scaled.degrees_of_freedom()
-
-    def enough(s: int, n: int) -> bool:
-        return size > 0 and parts.standard_error_at(s, n) <= needed_se(df_at(s, n))
-
-    def fewest_items(s: int) -> int | None:
-        n = parts.n_items
-        while n <= max_items:
-            if enough(s, n):
-                return n
-            n = max(n + 1, int(n * 1.05))
-        return None
-
-    seeds = next((s for s in range(2, max_seeds + 1) if enough(s, parts.n_items)), None)
-    items = fewest_items(parts.n_seeds) if parts.n_items > 1 else None
-    together = None
-    if seeds is None and items is None and parts.n_items > 1 and size > 0:
-        designs = [(s, n) for s in range(parts.n_seeds + 1, min(max_seeds, 50) + 1) if (n := fewest_items(s))]
-        together = min(designs, key=lambda d: (d[0] * d[1], d[0]), default=None)
-    df = parts.degrees_of_freedom()
-    t_crit = float(stats.t.ppf(0.5 + confidence / 2, max(df, 1.0)))
-    return Power(float(effect), seeds, items, (t_crit + z_power) * parts.standard_error, together)
-
-
-# --- orderings ------------------------------------------------------------------------------------
-
-def decision_accuracy(small: np.ndarray, large: np.ndarray) -> np.ndarray:
-    """DataDecide's pairwise agreement of two orderings, along the last axis (a tie at either scale is a
-    coin flip, so it scores half). Works on one vector of variants or on (replicates x variants).
-
-    >>> float(decision_accuracy(np.array([0.1, 0.2, 0.3]), np.array([1.0, 3.0, 2.0])))
-    0.6666666666666666
-    """
-    small, large = np.asarray(small, dtype=float), np.asarray(large, dtype=float)
-    pairs = list(itertools.combinations(range(small.shape[-1]), 2))
-    if not pairs:
-        return np.full(small.shape[:-1], math.nan)
-    scores = []
-    for i, j in pairs:
-        s, g = np.sign(small[..., i] - small[..., j]), np.sign(large[..., i] - large[..., j])
-        scores.append(np.where((s == 0) | (g == 0), 0.5, (s == g).astype(float)))
-    return np.mean(scores, axis=0)
-
-
-def rank_correlations(small: np.ndarray, large: np.ndarray) -> tuple[float, float]:
-    """(Spearman, Kendall) of two orderings; nan when either is constant (no warning)."""
-    if len(small) < 2:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        # Constant gains at one scale leave the correlation undefined: scipy warns and gives nan,
-        # and nan is the answer we want, not a warning that -W error would turn into a failure.
-        warnings.simplefilter("ignore")
-        return float(stats.spearmanr(small, large).statistic), float(stats.kendalltau(small, large).statistic)
-
-
-def sign_agreement(small: dict[str, float], large: dict[str, float]) -> float:
-    """Share of shared variants whose gain has the same sign at both scales (zero is its own sign).
-
-    >>> sign_agreement({"a": 0.1, "b": -0.2, "c": 0.0}, {"a": 0.3, "b": 0.1, "c": 0.0, "d": 1.0})
-    0.6666666666666666
-    """
-    shared = sorted(small.keys() & large.keys())
-    if not shared:
-        return math.nan
-    return float(np.mean([np.sign(small[k]) == np.sign(large[k]) for k in shared]))
-
-
-def rank_agreement(small: dict[str, float], large: dict[str, float]) -> dict[str, float | int]:
-    """How well the small scale orders the shared variants by gain as the large scale does.
-
-    >>> r = rank_agreement({"a": 0.1, "b": 0.2, "c": 0.3}, {"a": 1.0, "b": 3.0, "c": 2.0})
-    >>> round(r["kendall"], 3), round(r["decision_accuracy"], 3), r["n_variants"]
-    (0.333, 0.667, 3)
-    """
-    shared = sorted(small.keys() & large.keys())
-    result: dict[str, float | int] = {"spearman": math.nan, "kendall": math.nan,
-                                      "decision_accuracy": math.nan, "n_variants": len(shared)}
-    if len(shared) < 2:
-        return result
-    x = np.array([small[k] for k in shared], dtype=float)
-    y = np.array([large[k] for k in shared], dtype=float)
-    result["spearman"], result["kendall"] = rank_correlations(x, y)
-    result["decision_accuracy"] = float(decision_accuracy(x, y))
-    return result
