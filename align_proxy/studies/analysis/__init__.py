@@ -9,7 +9,7 @@ draw over the whole study: items shared by every cell scored on them, seeds per 
 
 One module per section, each with its own records: `gains` (and base scores), `orderings`, `transfer`, `trust`,
 `fits`, `gap_closed`, `overoptimization`, `completeness`, `headline`; `study` holds what they share. `analyse`
-below runs them in order; every record is importable from here.
+below runs them in order; every record is importable from here, and so is their JSON form (`studies.record`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from align_proxy.studies.analysis.overoptimization import (
 from align_proxy.studies.analysis.study import METRIC_ORDER, Study, order_index, ordered
 from align_proxy.studies.analysis.transfer import RankAgreement, RankIntervals, Transfer, transfer_section
 from align_proxy.studies.analysis.trust import MetricTrust, TrustCandidate, metric_trust_section
-from align_proxy.studies.record import Record
+from align_proxy.studies.record import Record, to_json
 from align_proxy.studies.stats import CrossedResampler
 from align_proxy.studies.store import CellResult
 from align_proxy.studies.verdicts import RESOLVED, higher_is_better, metric_label
@@ -52,7 +52,7 @@ __all__ = [
     "Completeness", "DivergedSeeds", "Fit", "Gain", "GapClosed", "Headline", "MetricTrust", "MissingCell",
     "Ordering", "OveroptimizationCurve", "OveroptimizationSummary", "PeakShift", "Prediction", "RankAgreement",
     "RankIntervals", "Scale", "Start", "Transfer", "TransferSummary", "TrustCandidate", "Variance",
-    "VariantAtScale",
+    "VariantAtScale", "Record", "to_json",
 ]
 
 

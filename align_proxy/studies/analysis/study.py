@@ -4,6 +4,7 @@ replicates (`Quantity`), and the study they sit in (`Study`: models in size orde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from align_proxy.run_metrics import Divergence
 from align_proxy.studies.stats import as_matrix
 from align_proxy.studies.store import CellResult
 from align_proxy.studies.verdicts import higher_is_better
+
+if TYPE_CHECKING:  # the gain section fills a Study with its records
+    from align_proxy.studies.analysis.gains import Gain
 
 METRIC_ORDER = list(METRICS)
 
@@ -65,7 +69,7 @@ def divergence(cell: CellResult) -> Divergence | None:
     return raw if isinstance(raw, Divergence) or raw is None else Divergence.from_json(raw)
 
 
-def improvement_replicates(record, quantity: Quantity | None, n: int) -> np.ndarray:
+def improvement_replicates(record: Gain, quantity: Quantity | None, n: int) -> np.ndarray:
     """[estimate, replicates...] of a `gains.Gain`'s improvement (larger is better); a diverging variant is worst
     in all."""
     if record.verdict == "diverges" or quantity is None:
@@ -98,7 +102,7 @@ class Study:
     confidence: float
     n_resamples: int
     quantities: dict[tuple, Quantity] = field(default_factory=dict)
-    gains: dict[tuple, object] = field(default_factory=dict)  # (recipe, variant, model, metric) -> gains.Gain
+    gains: dict[tuple, Gain] = field(default_factory=dict)  # (recipe, variant, model, metric) -> its record
 
     def improvements(self, recipe: str, metric: str, model: str) -> dict[str, np.ndarray]:
         """Per variant: [estimate, replicates...] of its improvement (larger is better) at one model."""
