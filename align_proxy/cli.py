@@ -341,7 +341,7 @@ def cmd_overoptimization(args) -> int:
 
 
 def _overoptimization_table(curves) -> Table:
-    """Overoptimization curves (`records.OveroptimizationCurve`) as a console table."""
+    """Overoptimization curves (`analysis.OveroptimizationCurve`) as a console table."""
     from align_proxy.studies.formatting import overoptimization_rows
 
     table = Table(title="gold reward against d = sqrt(KL) per proxy reward model: Gao et al.'s fit, peak d* and the "

@@ -290,7 +290,7 @@ def score_proxy_tuning(models: ProxyModels, held_out: HeldOut, tuned: str | None
 
 def gap_closed_records(scores: ProxyTuningScores, recipe: str, variant: str, small: str, large: str,
                        small_parameters: int, large_parameters: int, alpha: float, confidence: float = 0.95):
-    """One `records.GapClosed` per metric the three models share (`stats.gap_closed` on per-item differences)."""
+    """One `analysis.GapClosed` per metric the three models share (`stats.gap_closed` on per-item differences)."""
     import numpy as np
 
     from align_proxy.studies.analysis import GapClosed

@@ -73,7 +73,7 @@ OVEROPTIMIZATION_COLUMNS = ("form", "reward model", "seed", "points", "proxy gai
 
 
 def overoptimization_rows(curves: list) -> tuple[list[str], list[list[str]]]:
-    """The table of overoptimization curves (`records.OveroptimizationCurve`), for the report and the CLI alike:
+    """The table of overoptimization curves (`analysis.OveroptimizationCurve`), for the report and the CLI alike:
     what each reaches, and Gao et al.'s fit with its peak. Best-of-n's KL at the largest n three ways: the formula
     (its d), the pool's sample frequencies (repeats merged) and the policy's own probabilities on the pool's
     completions; RL's is the run's measured KL."""
@@ -112,7 +112,7 @@ def format_peak(iv: Interval, d_max: float | None = None) -> str:
 
 
 def peak_shift_text(shift) -> str:
-    """Whether a smaller reward model overoptimises sooner, in words (`records.PeakShift`), and what would tell."""
+    """Whether a smaller reward model overoptimises sooner, in words (`analysis.PeakShift`), and what would tell."""
     from align_proxy.studies.overoptimization import form_label
 
     what = (f"{form_label(shift.form)} ({shift.recipe}, {shift.variant}, seed {shift.seed}): peak d* "

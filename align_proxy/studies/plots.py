@@ -167,7 +167,7 @@ def _gap_closed(analysis: StudyAnalysis, figure: Figure) -> bool:
 def draw_overoptimization(curves: list, figure: Figure) -> bool:
     """Gold and proxy reward gain against d = sqrt(KL), one colour per reward-model size (best-of-n: circles,
     solid; RL: triangles, dashed), each fitted gold curve dotted: the look of Gao et al.'s Figure 1. `curves`:
-    records.OveroptimizationCurve (the study report and `align-proxy overoptimization` alike)."""
+    analysis.OveroptimizationCurve (the study report and `align-proxy overoptimization` alike)."""
     from matplotlib import colormaps
 
     if not curves:
