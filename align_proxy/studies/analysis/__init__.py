@@ -14,7 +14,6 @@ below runs them in order; every record is importable from here, and so is their 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from align_proxy.studies.analysis.completeness import CellCount, Completeness, MissingCell, completeness_section
@@ -123,12 +122,9 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     models = {**{c.model: c.parameters for c in results}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
     study = Study(models, order, confidence, n_resamples)
-    groups = defaultdict(list)
-    for cell in sorted(trained, key=lambda c: (c.recipe, c.variant, models[c.model], c.seed)):
-        groups[(cell.recipe, cell.variant, cell.model)].append(cell)
     # One draw for the whole study, in this order: the gain section's quantities, then the proxy-tuned gains.
     resampler = CrossedResampler(n_resamples, seed=0)
-    gain_section(study, groups, resampler)
+    gain_section(study, trained, resampler)
     gaps = gap_closed_section(study, proxy_cells, resampler)
     orderings = ordering_section(study)
     transfer = transfer_section(study)

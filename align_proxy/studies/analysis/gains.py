@@ -102,9 +102,12 @@ class BaseScore(Record):
     base: Interval
 
 
-def gain_section(study: Study, groups: dict, resampler: CrossedResampler) -> None:
-    """Fill the study's quantities (with their replicates) and gain records, per (recipe, variant, model) group of
-    cells and metric."""
+def gain_section(study: Study, trained: list[CellResult], resampler: CrossedResampler) -> None:
+    """Fill the study's quantities (with their replicates) and gain records, per recipe variant, model and metric,
+    over the recipes' own cells (diverged ones included)."""
+    groups = defaultdict(list)
+    for cell in sorted(trained, key=lambda c: (c.recipe, c.variant, study.models[c.model], c.seed)):
+        groups[(cell.recipe, cell.variant, cell.model)].append(cell)
     for (recipe, variant, model), cells in groups.items():
         finished = [c for c in cells if not divergence(c)]
         diverged = DivergedSeeds.of_cells(cells)
