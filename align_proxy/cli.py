@@ -173,7 +173,7 @@ def cmd_study(args) -> int:
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
                   f"{len(cells) - proxy} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}, in {spec.output_dir}")
     if args.executor == "slurm":
-        from align_proxy.studies.slurm import shared_filesystem_warning
+        from align_proxy.studies.execute.slurm import shared_filesystem_warning
 
         warning = shared_filesystem_warning(Path(spec.output_dir))
         if warning:
@@ -186,7 +186,7 @@ def cmd_study(args) -> int:
         console.print(f"[red]error:[/red] {err}")
         return 2
     except KeyboardInterrupt as interrupt:
-        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (align_proxy.studies.slurm.StudyInterrupted)
+        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (execute.scheduler.StudyInterrupted)
         console.print("interrupted: " + (f"{jobs} Slurm job(s) " + (
             "cancelled, their cells failed (--retry-failed submits them again)" if interrupt.cancelled else
             "left queued or running; rerun the same command to follow them (or scancel them)") if jobs else
@@ -241,7 +241,7 @@ def _print_study_status(study_dir: Path) -> int:
     jobs = [c for c in cells if c["job_id"] or c["job_state"]]
     states = {}
     if jobs:  # a study run with --executor slurm: each cell's job and its state, live from squeue where it can be
-        from align_proxy.studies.slurm import slurm_job_states
+        from align_proxy.studies.execute.slurm import slurm_job_states
 
         states = slurm_job_states([{**c, "state": c["job_state"]} for c in jobs])
     table = Table(title=f"cells of {study_dir}")

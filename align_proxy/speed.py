@@ -29,6 +29,10 @@ from transformers import TrainerCallback
 
 from align_proxy import padding_free
 from align_proxy.kinds import RecipeKind, recipe_kind
+
+# Set by a study's local executor on each cell on a GPU: how many cells may share that GPU at once, so each sizes its
+# micro-batch to its share of the memory instead of all of them to the same free memory.
+CELLS_PER_GPU = "ALIGN_PROXY_CELLS_PER_GPU"
 # transformers 5 renamed gradient checkpointing; the old name is an alias kept equal to the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
 USER_SET = "set in the config or on the command line"
@@ -64,8 +68,6 @@ class Device:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.is_available() and not use_cpu:
             from transformers.utils import is_liger_kernel_available
-
-            from align_proxy.studies.runner import CELLS_PER_GPU
 
             free, total = torch.cuda.mem_get_info()
             if torch.distributed.is_available() and torch.distributed.is_initialized():

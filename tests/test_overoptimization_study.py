@@ -91,7 +91,7 @@ def test_best_of_n_needs_a_built_in_task(tmp_path):
 
 
 def test_cells_wait_for_and_are_stranded_by_the_reward_cell_they_need():
-    from align_proxy.studies.cell_runs import startable, stranded
+    from align_proxy.studies.execute.scheduler import startable, stranded
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/overoptimization.yaml").cells()
@@ -109,7 +109,8 @@ def test_cells_wait_for_and_are_stranded_by_the_reward_cell_they_need():
 
 
 def test_the_command_lines_name_the_policy_and_the_reward_cells_model(tmp_path):
-    from align_proxy.studies.cell_runs import cell_command, needed_dirs
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/overoptimization.yaml").cells()
@@ -237,7 +238,8 @@ def test_a_study_of_real_cells_draws_best_of_n_and_rl_curves_per_reward_model(ti
 
 
 def test_a_best_of_n_policy_can_be_a_model_of_the_study_rather_than_a_cell(tmp_path):
-    from align_proxy.studies.cell_runs import cell_command, needed_dirs
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs
 
     best_of_n = {"policy": "ladder-s", "n": 16, "gold": "arith_exact_match"}
     spec = _spec(tmp_path, [{"recipe": "reward", "best_of_n": best_of_n}], models=["ladder-s", "ladder-m"])
