@@ -19,8 +19,7 @@ from filelock import FileLock, Timeout
 from align_proxy.kinds import recipe_kind
 from align_proxy.studies.execute.cells import read_metrics
 from align_proxy.studies.execute.local import LocalExecutor, start_forkserver, visible_gpus
-# StudyRunError is imported here too, where the command line has always found it.
-from align_proxy.studies.execute.scheduler import StudyRunError, run_cells  # noqa: F401
+from align_proxy.studies.execute.scheduler import StudyRunError, run_cells
 from align_proxy.studies.spec import Cell, StudySpec
 from align_proxy.studies.store import ResultStore
 
@@ -112,7 +111,8 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
         configs = {plan.recipe: plan.config for plan in spec.recipes}
         # The cell server's imports overlap with resolving models (and building the ladder) here.
-        context = start_forkserver([recipe_kind(plan.recipe) for plan in spec.recipes]) if executor == "local" else None
+        kinds = [recipe_kind(plan.recipe) for plan in spec.recipes]
+        context = start_forkserver(kinds) if executor == "local" else None
         store = ResultStore(paths.db)
         cells = spec.cells()
         _register(store, spec, cells)
