@@ -3,7 +3,8 @@
 settles each ended cell into the store, shows a progress bar, and handles Ctrl-C.
 
 What runs a cell is an executor shaped like submitit's: `submit(cells) -> {config_hash: job}`, `poll(running)` for
-the jobs that ended, `settle(job)` into the store, `cancel(jobs)`. This machine's processes (`local.LocalExecutor`)
+the jobs that ended, `settle(job)` into the store, `cancel(jobs)`; before the loop, `resume` takes over what an
+earlier run left and `concurrency` says how many cells run at once. This machine's processes (`local.LocalExecutor`)
 die with the study; Slurm jobs (`slurm.SlurmExecutor`) outlive it, so a Ctrl-C asks before it cancels them.
 """
 
@@ -45,6 +46,14 @@ class Executor(Protocol):
     store: ResultStore
     label: str  # the progress bar's description
     outlives_study: bool  # whether its jobs run on when the study's process stops (Slurm's do; processes do not)
+
+    def resume(self, wanted: set[str], retry_failed: bool) -> tuple[dict[str, Job], int]:
+        """Take over what an earlier run of the study left: the jobs still running (to follow), how many cells
+        ended meanwhile (settled here); the rest of its running cells, and its failed ones when `retry_failed`,
+        go back to pending."""
+
+    def concurrency(self, pending: list[Cell], jobs: int | None) -> int | None:
+        """How many cells may be unfinished at once (None: no limit), `jobs` when given."""
 
     def batches(self, ready: list[Cell]) -> list[list[Cell]]:
         """The ready cells in the groups `submit` takes them in, in queue order."""
