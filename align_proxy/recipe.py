@@ -36,8 +36,8 @@ from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.outputs import check_writable, save_final_model
-from align_proxy.run_metrics import RunMetrics, Scores, Training, format_comparison, plot_loss_curve
 from align_proxy.recipe_arguments import EXPLICIT_KEYS, RecipeArguments, RecipeParser, make_parser
+from align_proxy.run_metrics import RunMetrics, Scores, Training, format_comparison, plot_loss_curve
 from align_proxy.speed import SpeedPlan, plan_proxy_speed
 
 # Recipes, kinds.py ("align_proxy.recipe:RecipeArguments") and tests name the arguments here.
