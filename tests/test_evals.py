@@ -6,11 +6,26 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from align_proxy.data.tasks import get_task
-from align_proxy.metrics import METRICS
+from align_proxy.evals.metrics import load_metric
+from align_proxy.metrics import METRICS, aggregate, preference_win
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.scoring import completion_logprobs
 from align_proxy.run_metrics import gains
 from align_proxy.evals.suite import EvalSet, evaluate_policy, evaluate_reward_model
+
+
+@pytest.mark.parametrize("name", ["task_accuracy", "preference_accuracy", "completion_nll", "reward"])
+def test_the_evaluate_form_of_the_metric_table_totals_by_the_tables_rule(name):
+    """One rule per metric: `evaluate`'s total is the evaluators' (`aggregate`), a tie's half and the per-token
+    weighting included; loaded from the shipped module, never the Hub."""
+    loaded = load_metric(name)
+    assert type(loaded).__module__.rsplit(".", 1)[-1] == "align_proxy_metric"
+    if name == "completion_nll":
+        scored = loaded.compute(sums=[2.0, 4.0], num_tokens=[1, 4])
+        assert scored == {name: aggregate(name, [], tokens=[1, 4], sums=[2.0, 4.0])} == {name: 1.2}
+    else:
+        items = [preference_win(m) for m in (1.0, 0.0, -2.0, 3.0)]  # 1, 0.5, 0, 1
+        assert loaded.compute(scores=items) == {name: aggregate(name, items)} == {name: 0.625}
 
 
 def test_completion_logprobs_score_only_completion_tokens_and_eos(tiny_model):
