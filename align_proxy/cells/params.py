@@ -32,8 +32,8 @@ class ProxyTuneParams:
 class BestOfNPlan:
     """A reward recipe's best-of-n cells (the spec's `best_of_n:`): `policy` samples `n` completions per held-out
     prompt (`prompts` of them, the task's own), and each of the recipe's reward models picks the best of every n <= N
-    (`align_proxy.evals.overoptimization`); `gold` scores them: a reward name, `module:function` or a reward-model directory
-    (None: the built-in task's exact match). `policy` is {"recipe", "variant", "model"}, a cell of an earlier recipe,
+    (`align_proxy.cells.best_of_n`); `gold` scores them: a reward name, `module:function` or a reward-model
+    directory (None: the built-in task's exact match). `policy` is {"recipe", "variant", "model"}, a cell of an earlier recipe,
     or {"model"}, a model as `models` names them."""
 
     policy: dict
