@@ -1,5 +1,5 @@
-"""Reward-model overoptimization, measured (Gao et al. 2022): gold and proxy reward against d = sqrt(KL) for
-best-of-n and for RL, per proxy reward model, with Gao et al.'s forms fitted.
+"""Reward-model overoptimization, measured (Gao et al. 2022): the samples and scores that gold and proxy reward
+against d = sqrt(KL) are drawn from, for best-of-n and for RL, per proxy reward model.
 
 This module samples and scores (what a best-of-n cell and the `align-proxy overoptimization` command measure);
 the curves, their fits and their plot are the analysis's (`align_proxy.studies.overoptimization_run`).
@@ -8,10 +8,11 @@ Best-of-n: a fixed policy samples `N` completions per held-out prompt once; ever
 reward score the same pool, so curves of reward models of different sizes differ only by the reward model. For
 each n <= N the expected gold and proxy reward of best-of-n follow exactly from the pool
 (`align_proxy.studies.overoptimization.best_of_n`), with d = sqrt(KL_bon) from the formula. RL: a GRPO or RLOO
-run with `--curve_every` records proxy and gold reward and KL per prompt as it trains (`align_proxy.evals.rl.RewardCurve`);
-its d is the measured sqrt(KL). Each curve is fitted with its form (R_bon = d (alpha - beta d),
-R_RL = d (alpha - beta log d)) on the gold reward's gain, with intervals from resampling the prompts. Prompts are
-the built-in task's own evaluation prompts, rendered and rewarded as GRPO and RLOO do in training.
+run with `--curve_every` records proxy and gold reward and KL per prompt as it trains
+(`align_proxy.evals.rl.RewardCurve`); its d is the measured sqrt(KL). Each curve is fitted with its form
+(R_bon = d (alpha - beta d), R_RL = d (alpha - beta log d)) on the gold reward's gain, with intervals from
+resampling the prompts. Prompts are the built-in task's own evaluation prompts, rendered and rewarded as GRPO and
+RLOO do in training.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def run(policy: str, reward_models: list[str], gold: str = DEFAULT_GOLD, n: int 
     from align_proxy.data.tasks import get_task
     from align_proxy.models.registry import parameter_count, resolve
     from align_proxy.models.tokenizer import build_tokenizer
-    from align_proxy.rewards import get_reward  # the gold: a registered reward, `module:function` or a reward-model directory
+    # The gold: a registered reward, `module:function` or a reward-model directory.
+    from align_proxy.rewards import get_reward
 
     if n < 2:
         raise ValueError(f"--n must be at least 2 to draw a curve (got {n})")
