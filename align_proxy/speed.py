@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 
 from align_proxy import padding_free
 from align_proxy.kinds import RecipeKind, recipe_kind
+from align_proxy.lifetime import CELLS_PER_GPU
 # transformers 5 renamed gradient checkpointing; the old name is an alias kept equal to the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
 USER_SET = "set in the config or on the command line"
@@ -66,8 +67,6 @@ class Device:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.is_available() and not use_cpu:
             from transformers.utils import is_liger_kernel_available
-
-            from align_proxy.studies.runner import CELLS_PER_GPU
 
             free, total = torch.cuda.mem_get_info()
             if torch.distributed.is_available() and torch.distributed.is_initialized():
