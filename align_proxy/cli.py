@@ -168,10 +168,12 @@ def cmd_study(args) -> int:
             console.print(f"[red]error:[/red] {err}")
             return 2
     cells = spec.cells()
-    proxy = sum(bool(c.proxy) for c in cells)
+    proxy = sum(c.kind == "proxy-tuning" for c in cells)
+    best = sum(c.kind == "best-of-n" for c in cells)
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
-                  f"{len(cells) - proxy} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}, in {spec.output_dir}")
+                  f"{len(cells) - proxy - best} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}"
+                  f"{f' + {best} best-of-n cells' if best else ''}, in {spec.output_dir}")
     if args.executor == "slurm":
         from align_proxy.studies.execute.slurm import shared_filesystem_warning
 
@@ -306,7 +308,7 @@ def cmd_overoptimization(args) -> int:
     from align_proxy.studies.formatting import format_trend
     from align_proxy.studies.overoptimization import size_trends
     from align_proxy.studies.records import OveroptimizationCurve, to_json
-    from align_proxy.evals import overoptimization
+    from align_proxy.studies import overoptimization_run as overoptimization
 
     if not args.reward_model and not args.rl_run:
         console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "
@@ -367,8 +369,8 @@ def cmd_report(args) -> int:
 
 def cmd_proxy_tune(args) -> int:
     from align_proxy.models import registry
-    from align_proxy.proxy_tuning import (HeldOut, ProxyModels, VocabularyMismatchError, gap_closed_records,
-                                          score_proxy_tuning, trained_from)
+    from align_proxy.proxy_tuning import HeldOut, ProxyModels, VocabularyMismatchError, score_proxy_tuning, trained_from
+    from align_proxy.studies.proxy_gap import gap_closed_records
     from align_proxy.metrics import metric
     from align_proxy.studies.formatting import format_share
 

@@ -509,9 +509,10 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     an RL recipe -> the reward recipe whose models its cells trained against (their curves are overoptimization's).
     """
     every_cell = results
-    proxy_cells = [c for c in results if getattr(c, "proxy", None)]  # proxy-tuning cells have their own section
-    best_of_n_cells = [c for c in results if getattr(c, "best_of_n", None)]  # and so have best-of-n cells
-    results = [c for c in results if not getattr(c, "proxy", None) and not getattr(c, "best_of_n", None)]
+    kind = lambda c: getattr(c, "kind", "train")  # noqa: E731
+    proxy_cells = [c for c in results if kind(c) == "proxy-tuning"]  # proxy-tuning cells have their own section
+    best_of_n_cells = [c for c in results if kind(c) == "best-of-n"]  # and so have best-of-n cells
+    results = [c for c in results if kind(c) == "train"]
     models = {**{c.model: c.parameters for c in every_cell}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
     study = _Study(models, order, confidence, n_resamples)
@@ -583,8 +584,8 @@ def _gap_closed_section(study: _Study, proxy_cells: list[CellResult], resampler:
     quantity, and both share its item draw; the proxy-tuned gain's seeds are the small cells' training runs."""
     groups = defaultdict(list)
     for cell in proxy_cells:
-        p = cell.proxy
-        groups[(p["recipe"], p["variant"], p["small"], cell.model, p["alpha"])].append(cell)
+        p = cell.params
+        groups[(p.recipe, p.variant, p.small, cell.model, p.alpha)].append(cell)
     records = []
     for (recipe, variant, small, large, alpha), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
         small_name = _model_name(small, study.models)

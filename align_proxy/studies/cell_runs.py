@@ -1,16 +1,17 @@
 """What runs one study cell, whoever runs it (a process on this machine or a Slurm job, `studies.execute`): its
-recipe's command line, or the proxy-tuning or best-of-n cell's."""
+command line, by its kind (`align_proxy.kinds.CellKind`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from align_proxy.kinds import cell_kind
 from align_proxy.studies.spec import Cell
 
 
 def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start_model: Path | None = None,
               reward_model: Path | None = None) -> list[str]:
-    """The recipe's command line for a cell: its config file, then every override as a flag; a cell that
+    """A train cell's command line, its recipe script's: its config file, then every override as a flag; a cell that
     starts from another cell's model (`start_from`) gets that cell's directory as its model, and one trained against
     another cell's reward model (`reward_from`) that directory as its only reward."""
     argv = ["--config", config, "--output_dir", str(output_dir), "--base_eval_cache", str(base_evals)]
@@ -22,36 +23,30 @@ def cell_argv(cell: Cell, config: str, output_dir: Path, base_evals: Path, start
     return argv
 
 
-# A proxy-tuning cell trains nothing: this module's __main__ steers the cell's large base with the small cell's model.
-PROXY_CELL_SCRIPT = Path(__file__).resolve().parents[1] / "proxy_tuning.py"
-# Nor does a best-of-n cell: evals/overoptimization.py's __main__ ranks the policy's samples by the cell's reward model.
-BEST_OF_N_CELL_SCRIPT = Path(__file__).resolve().parents[2] / "evals" / "overoptimization.py"
+def proxy_cell_argv(cell: Cell, config: str | None, output_dir: Path, base_evals: Path | None, expert: Path,
+                    reward_model: Path | None = None) -> list[str]:
+    """A proxy-tuning cell's command line (`align_proxy.cells.proxy_tune`): the expert is the start cell's model."""
+    params = cell.params
+    return ["--base", cell.model, "--expert", str(expert), "--small", params.small, "--recipe", params.recipe,
+            "--variant", params.variant, "--alpha", str(params.alpha), "--output_dir", str(output_dir)]
 
 
-def proxy_cell_argv(cell: Cell, output_dir: Path, expert: Path) -> list[str]:
-    """A proxy-tuning cell's command line (`align_proxy.proxy_tuning.run_cell`)."""
-    proxy = cell.proxy
-    return ["--base", cell.model, "--expert", str(expert), "--small", proxy["small"], "--recipe", proxy["recipe"],
-            "--variant", proxy["variant"], "--alpha", str(proxy["alpha"]), "--output_dir", str(output_dir)]
-
-
-def best_of_n_cell_argv(cell: Cell, output_dir: Path, policy: Path | None, reward_model: Path) -> list[str]:
-    """A best-of-n cell's command line (`align_proxy.evals.overoptimization.run_cell`): the policy is the start cell's model
-    or the model the spec names."""
-    settings = cell.best_of_n
-    argv = ["--policy", str(policy) if policy else settings["policy"], "--reward-model", str(reward_model),
-            "--n", str(settings["n"]), "--prompts", str(settings["prompts"]), "--seed", str(cell.seed),
-            "--temperature", str(settings["temperature"]), "--max-new-tokens", str(settings["max_new_tokens"]),
-            "--task", settings["task"], "--output-dir", str(output_dir)]
-    return argv + (["--gold", settings["gold"]] if settings.get("gold") else [])
+def best_of_n_cell_argv(cell: Cell, config: str | None, output_dir: Path, base_evals: Path | None,
+                        policy: Path | None, reward_model: Path) -> list[str]:
+    """A best-of-n cell's command line (`align_proxy.cells.best_of_n`): the policy is the start cell's model or the
+    model the spec names."""
+    params = cell.params
+    argv = ["--policy", str(policy) if policy else params.policy, "--reward_model", str(reward_model),
+            "--recipe", params.recipe, "--n", str(params.n), "--prompts", str(params.prompts), "--seed", str(cell.seed),
+            "--temperature", str(params.temperature), "--max_new_tokens", str(params.max_new_tokens),
+            "--task", params.task, "--output_dir", str(output_dir)]
+    return argv + (["--gold", params.gold] if params.gold else [])
 
 
 def cell_command(cell: Cell, script: Path, config: str, cell_dir: Path, base_evals: Path,
                  start_model: Path | None, reward_model: Path | None = None) -> tuple[str, list[str]]:
-    """What runs a cell, whoever runs it (this machine or a Slurm job): its recipe's script and arguments, or the
-    proxy-tuning or best-of-n cell's."""
-    if cell.proxy:
-        return str(PROXY_CELL_SCRIPT), proxy_cell_argv(cell, cell_dir, start_model)
-    if cell.best_of_n:
-        return str(BEST_OF_N_CELL_SCRIPT), best_of_n_cell_argv(cell, cell_dir, start_model, reward_model)
-    return str(script), cell_argv(cell, config, cell_dir, base_evals, start_model, reward_model)
+    """What runs a cell, whoever runs it (this machine or a Slurm job): its kind's entry module, or for a train cell
+    its recipe's script, and the kind's command line."""
+    kind = cell_kind(cell.kind)
+    program = kind.entry_path or script
+    return str(program), kind.argv(cell, config, cell_dir, base_evals, start_model, reward_model)

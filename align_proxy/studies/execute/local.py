@@ -21,8 +21,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from align_proxy.checkpoints import clear_for_attempt
-from align_proxy.lifetime import CELL_PID, die_with_parent
-from align_proxy.speed import CELLS_PER_GPU  # what a cell's micro-batch sizing reads: how many share its GPU
+from align_proxy.lifetime import CELL_PID, CELLS_PER_GPU, die_with_parent
 from align_proxy.studies.cell_runs import cell_command
 from align_proxy.studies.execute.cells import launch_flags, needed_dirs, settle_cell
 from align_proxy.studies.execute.scheduler import StudyRunError
