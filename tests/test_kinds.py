@@ -32,7 +32,8 @@ class Built(Exception):
 
 @pytest.mark.parametrize("name", list(KINDS))
 def test_each_shipped_kind_is_its_script_plus_its_entry(name, monkeypatch, tmp_path):
-    """The kind's script, run with what its parser reads, prepares a run of this kind and trains the kind's trainer."""
+    """The kind's script, run with what its parser reads, prepares a run of this kind, applies (and so shows) its
+    speed plan, and only then builds the kind's trainer."""
     from align_proxy.recipe import make_parser
 
     kind = recipe_kind(name)
@@ -41,14 +42,16 @@ def test_each_shipped_kind_is_its_script_plus_its_entry(name, monkeypatch, tmp_p
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", kind.script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)  # not as __main__: nothing runs yet
-    prepared, built = [], []
+    prepared, built, steps = [], [], []
 
     class Run:  # what prepare_run returns, without loading a model or data
         evaluation = evaluate_base = track_reward_curve = lambda self, *a, **k: None
         trainer_kwargs = lambda self: {}  # noqa: E731
+        apply_speed_plan = lambda self: steps.append("speed plan")  # noqa: E731
 
     def trainer(*args, **kwargs):
         built.append(kwargs)
+        steps.append("trainer")
         raise Built
 
     monkeypatch.setattr(script, "prepare_run", lambda recipe, *a: prepared.append(recipe) or Run())
@@ -60,7 +63,7 @@ def test_each_shipped_kind_is_its_script_plus_its_entry(name, monkeypatch, tmp_p
             monkeypatch.setattr(script, helper, lambda *a: type("Rewards", (), {"funcs": []})())
     with pytest.raises(Built):
         script.main(*parsed)
-    assert prepared == [name] and len(built) == 1
+    assert prepared == [name] and len(built) == 1 and steps == ["speed plan", "trainer"]
 
 
 def test_an_unknown_kind_names_the_known_ones():
