@@ -88,7 +88,7 @@ def check_deepspeed_files(checkpoint: Path) -> None:
     """Refuse a checkpoint whose DeepSpeed files name code beyond `DEEPSPEED_GLOBALS` (or cannot be scanned):
     DeepSpeed would import and call it while loading them."""
     # Imported here, not above: the scanner imports torch, which a Slurm job clearing its cell directory
-    # (align_proxy.studies.slurm) would otherwise pay seconds for before its recipe even starts.
+    # (align_proxy.studies.execute.slurm) would otherwise pay seconds for before its recipe even starts.
     from align_proxy.models.safe_load import UnsafeCheckpointError, unsafe_globals
 
     for file in sorted(Path(checkpoint).glob("global_step*/*.pt")):

@@ -168,12 +168,14 @@ def cmd_study(args) -> int:
             console.print(f"[red]error:[/red] {err}")
             return 2
     cells = spec.cells()
-    proxy = sum(bool(c.proxy) for c in cells)
+    proxy = sum(c.kind == "proxy-tuning" for c in cells)
+    best = sum(c.kind == "best-of-n" for c in cells)
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
-                  f"{len(cells) - proxy} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}, in {spec.output_dir}")
+                  f"{len(cells) - proxy - best} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}"
+                  f"{f' + {best} best-of-n cells' if best else ''}, in {spec.output_dir}")
     if args.executor == "slurm":
-        from align_proxy.studies.slurm import shared_filesystem_warning
+        from align_proxy.studies.execute.slurm import shared_filesystem_warning
 
         warning = shared_filesystem_warning(Path(spec.output_dir))
         if warning:
@@ -186,7 +188,7 @@ def cmd_study(args) -> int:
         console.print(f"[red]error:[/red] {err}")
         return 2
     except KeyboardInterrupt as interrupt:
-        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (align_proxy.studies.slurm.StudyInterrupted)
+        jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (execute.scheduler.StudyInterrupted)
         console.print("interrupted: " + (f"{jobs} Slurm job(s) " + (
             "cancelled, their cells failed (--retry-failed submits them again)" if interrupt.cancelled else
             "left queued or running; rerun the same command to follow them (or scancel them)") if jobs else
@@ -241,7 +243,7 @@ def _print_study_status(study_dir: Path) -> int:
     jobs = [c for c in cells if c["job_id"] or c["job_state"]]
     states = {}
     if jobs:  # a study run with --executor slurm: each cell's job and its state, live from squeue where it can be
-        from align_proxy.studies.slurm import slurm_job_states
+        from align_proxy.studies.execute.slurm import slurm_job_states
 
         states = slurm_job_states([{**c, "state": c["job_state"]} for c in jobs])
     table = Table(title=f"cells of {study_dir}")
@@ -305,9 +307,8 @@ def cmd_overoptimization(args) -> int:
     from align_proxy.files import atomic_write
     from align_proxy.studies.formatting import format_trend
     from align_proxy.studies.overoptimization import size_trends
-    from align_proxy.studies.analysis import OveroptimizationCurve
-    from align_proxy.studies.record import to_json
-    from align_proxy.evals import overoptimization
+    from align_proxy.studies.analysis import OveroptimizationCurve, to_json
+    from align_proxy.studies import overoptimization_run as overoptimization
 
     if not args.reward_model and not args.rl_run:
         console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "
@@ -368,8 +369,8 @@ def cmd_report(args) -> int:
 
 def cmd_proxy_tune(args) -> int:
     from align_proxy.models import registry
-    from align_proxy.proxy_tuning import (HeldOut, ProxyModels, VocabularyMismatchError, gap_closed_records,
-                                          score_proxy_tuning, trained_from)
+    from align_proxy.proxy_tuning import HeldOut, ProxyModels, VocabularyMismatchError, score_proxy_tuning, trained_from
+    from align_proxy.studies.proxy_gap import gap_closed_records
     from align_proxy.metrics import metric
     from align_proxy.studies.formatting import format_share
 

@@ -14,6 +14,9 @@ import signal
 import sys
 
 CELL_PID = "ALIGN_PROXY_CELL_PID"  # the pid of the study cell that launched this process
+# How many study cells share this process's GPU (set by the study's local executor; the speed plan sizes the
+# micro-batch to its share of the free memory).
+CELLS_PER_GPU = "ALIGN_PROXY_CELLS_PER_GPU"
 _PR_SET_PDEATHSIG = 1
 
 

@@ -4,7 +4,8 @@ whole or not at all.
 The final model is saved into a staging folder inside the output directory, then renamed into place
 file by file with `config.json` last: `from_pretrained` needs that file, so a run killed while saving
 leaves a directory that does not load as a model, never one that loads half-written weights. (The
-run's own completion mark is `metrics.json`, written after.)
+run's own completion mark is `metrics.json`, written after.) A LoRA run saves its adapter beside the merged
+model (`save_final_model`).
 """
 
 from __future__ import annotations
@@ -61,3 +62,28 @@ def publish_model(output_dir: Path) -> None:
             shutil.rmtree(target)  # a folder (LoRA's adapter/) cannot be renamed over a non-empty one
         os.replace(entry, target)
     staging.rmdir()
+
+
+def save_final_model(trainer, tokenizer, output_dir: Path) -> None:
+    """Save the trained model in Hugging Face format, staged then published (every rank takes part); a LoRA run
+    saves the adapter in `adapter/` and the merged model at the top, so the output loads with `from_pretrained`
+    either way."""
+    from accelerate import PartialState
+    from peft import PeftModel
+
+    is_main = PartialState().is_main_process
+    if is_main:
+        reset_staging(output_dir)
+    PartialState().wait_for_everyone()
+    staging = staging_dir(output_dir)
+    trainer.save_model(str(staging))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel) and is_main:
+        model.save_pretrained(str(staging / "adapter"))
+        model.merge_and_unload().save_pretrained(str(staging))
+        for leftover in ("adapter_model.safetensors", "adapter_config.json"):
+            (staging / leftover).unlink(missing_ok=True)
+    if is_main:
+        tokenizer.save_pretrained(str(staging))
+        publish_model(output_dir)
+    PartialState().wait_for_everyone()

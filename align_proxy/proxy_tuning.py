@@ -16,11 +16,7 @@ paper's.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,60 +282,3 @@ def score_proxy_tuning(models: ProxyModels, held_out: HeldOut, tuned: str | None
         del model
         scores.tuned = score(AutoModelForCausalLM.from_pretrained(tuned_path, dtype=torch.float32).to(device).eval())
     return scores
-
-
-def gap_closed_records(scores: ProxyTuningScores, recipe: str, variant: str, small: str, large: str,
-                       small_parameters: int, large_parameters: int, alpha: float, confidence: float = 0.95):
-    """One `analysis.GapClosed` per metric the three models share (`stats.gap_closed` on per-item differences)."""
-    import numpy as np
-
-    from align_proxy.studies.analysis import GapClosed
-    from align_proxy.studies.stats import CrossedResampler, gap_closed
-
-    if scores.tuned is None:
-        return []
-    resampler = CrossedResampler()
-    records = []
-    for metric in scores.base.items:
-        if metric not in scores.proxy.items or metric not in scores.tuned.items:
-            continue
-        base = np.asarray(scores.base.items[metric])
-        proxy_gain = np.asarray(scores.proxy.items[metric]) - base
-        tuned_gain = np.asarray(scores.tuned.items[metric]) - base
-        interval = gap_closed([proxy_gain], [tuned_gain], resampler, confidence=confidence)
-        records.append(GapClosed(recipe, variant, metric, small, large, small_parameters, large_parameters, alpha, 1,
-                                 scores.base.metrics[metric], scores.proxy.metrics[metric],
-                                 scores.tuned.metrics[metric], scores.expert.metrics.get(metric), interval))
-    return records
-
-
-# --- a study's proxy-tuning cell --------------------------------------------------------------------------
-
-def run_cell(argv: list[str] | None = None) -> None:
-    """A study's proxy-tuning cell (`studies.spec.StudySpec._proxy_cells`, run by the study runner like a recipe
-    script): score the large base and the large base steered by the small cell's model on the recipe's held-out
-    items, and write metrics.json (base = the large base, trained = proxy-tuned) atomically, last."""
-    from align_proxy.files import atomic_write
-    from align_proxy.models import registry
-    from align_proxy.run_metrics import ProxyTuning, RunMetrics, Scores, Training
-    from align_proxy.studies.spec import proxy_recipe
-
-    parser = argparse.ArgumentParser(description=run_cell.__doc__.splitlines()[0])
-    for flag in ("--base", "--expert", "--small", "--recipe", "--variant", "--output_dir"):
-        parser.add_argument(flag, required=True)
-    parser.add_argument("--alpha", type=float, required=True)
-    args = parser.parse_args(argv)
-    held_out = HeldOut.of_run(args.expert)
-    print(f"[align-proxy] proxy-tuning {args.base} by {args.expert} - {args.small} (alpha {args.alpha:g})", flush=True)
-    scores = score_proxy_tuning(ProxyModels(args.base, args.expert, args.small, args.alpha), held_out)
-    record = RunMetrics(proxy_recipe(args.recipe), dataclasses.asdict(registry.resolve(args.base)),
-                        held_out.dataset, None, Training(),
-                        Scores(scores.base.metrics, scores.proxy.metrics, scores.base.items, scores.proxy.items),
-                        proxy=ProxyTuning(args.recipe, args.variant, args.small, args.alpha, args.expert))
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
-
-
-if __name__ == "__main__":
-    run_cell(sys.argv[1:])

@@ -1,139 +1,48 @@
-"""What every recipe script shares: arguments and their parser, preparing a run, and finishing it.
+"""One recipe run, from its parsed arguments to its results: what every recipe script shares.
 
 A recipe (`recipes/dpo.py`, ...) reads top to bottom: `prepare_run` resolves the model, loads and validates
-the data before any weights are read and applies the proxy-speed plan; `run.evaluation()` is the recipe
-kind's evaluation (`align_proxy.kinds`), which scores the base model (`run.evaluate_base`) and later the
-trained one; the script builds its TRL trainer and trains; `run.finish` saves the model, evaluates it the same
-way and writes `run_config.yaml`, `loss_curve.png` and, last, `metrics.json` (`align_proxy.run_metrics`).
-A run whose loss diverges (`align_proxy.divergence`) stops early and finishes with its divergence recorded.
+the data before any weights are read and plans the proxy-speed defaults; `run.apply_speed_plan()` sets them,
+printing each changed setting (before -> after, and why), and writes `run_config.yaml`; `run.evaluation()` is
+the recipe kind's evaluation (`align_proxy.kinds`), which scores the base model (`run.evaluate_base`,
+`align_proxy.base_eval`) and later the trained one; the script builds its TRL trainer and trains; `run.finish`
+saves the model (`align_proxy.outputs`), evaluates it the same way and writes `loss_curve.png` and, last,
+`metrics.json` (`align_proxy.run_metrics`). A run whose loss diverges (`align_proxy.divergence`) stops early and
+finishes with its divergence recorded. The arguments and their parser are `align_proxy.recipe_arguments`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import PartialState
 from transformers import AutoTokenizer
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 
+from align_proxy import base_eval
 from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
-from align_proxy.files import atomic_write, files_stamp
+from align_proxy.files import atomic_write
 from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
-from align_proxy.outputs import check_writable, publish_model, reset_staging, staging_dir
+from align_proxy.outputs import check_writable, save_final_model
+from align_proxy.recipe_arguments import EXPLICIT_KEYS, RecipeArguments, RecipeParser, make_parser
 from align_proxy.run_metrics import RunMetrics, Scores, Training, format_comparison, plot_loss_curve
-from align_proxy.speed import ALIASES, SpeedPlan, plan_proxy_speed
+from align_proxy.speed import SpeedPlan, plan_proxy_speed
 
-EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, on the script arguments
-logger = logging.getLogger("align_proxy")
-
-
-@dataclass
-class RecipeArguments(ScriptArguments):
-    """TRL's script arguments plus what align-proxy adds: tokenizer, built-in task sizes, evaluation."""
-
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer to use when the model directory has none (e.g. the Llama-2 "
-                                        "tokenizer for converted CLIMB proxies). Defaults to the model's own."})
-    builtin_train_size: int = field(default=2000, metadata={"help": "Training examples drawn from a built-in task."})
-    builtin_test_size: int = field(default=200, metadata={"help": "Held-out examples drawn from a built-in task."})
-    eval_size: int = field(default=200, metadata={"help": "Held-out items per metric for before/after evaluation."})
-    eval_before: bool = field(default=True, metadata={"help": "Evaluate the base model before training, so the "
-                                                                "gain is explicit."})
-    eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy."})
-    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out items, kept apart from --seed so runs "
-                                                         "with different training seeds are scored on the same items "
-                                                         "(paired comparisons, one base evaluation for all)."})
-    base_eval_cache: str | None = field(default=None, metadata={"help": "Directory of base-model evaluations shared "
-                                                                        "between runs (a transfer study sets it): a base "
-                                                                        "model is scored once per evaluation setup."})
-    proxy_speed: bool = field(default=True, metadata={"help": (
-        "Proxy-aware speed defaults (align_proxy/speed.py): no gradient checkpointing for models that fit; on a GPU "
-        "also padding-free batches with varlen attention, SFT packing, compiled decoder layers, precomputed DPO "
-        "reference log-probs, a micro-batch sized to free memory and data-loader workers. Never overrides a key you "
-        "set; false keeps TRL's defaults.")})
-    lm_eval_tasks: list[str] | None = field(default=None, metadata={"help": (
-        "lm-evaluation-harness tasks scored on the base and the trained model beside the built-in metrics "
-        "(`pip install -e '.[lm-eval]'`): task names, comma-separated (piqa,arc_easy,hellaswag), or task YAML paths; "
-        "arith_mc is shipped and runs offline. Recorded per item as lm_eval:TASK/METRIC (acc, acc_norm, and for "
-        "multiple choice logprob, logprob_per_byte). Checked, data included, before any model is read.")})
-    lm_eval_limit: int | None = field(default=None, metadata={"help": "Items per lm-eval task (its first N); "
-                                                                       "default: all."})
-    lm_eval_num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per lm-eval prompt; "
-                                                                             "default: each task's own (0 for most)."})
-    lm_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of lm-eval's scoring."})
-    divergence_threshold: float = field(default=1e4, metadata={"help": (
-        "A logged training loss larger than this in size stops the run as diverged (also any loss or gradient "
-        "norm that is NaN or infinite, whatever this is): metrics.json records the step and loss, the model is "
-        "neither saved nor evaluated, and a study marks the cell diverged. Checked every logging_steps; inf turns "
-        "the size check off.")})
-
-
-class RecipeParser(TrlParser):
-    """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
-    command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values. Speed
-    planning reads them, so it never replaces a value the user chose."""
-
-    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
-                              separate_remaining_strings=False):
-        args = list(args) if args is not None else sys.argv[1:]
-        explicit = self.explicit_keys(args)
-        outputs = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
-                                                separate_remaining_strings)
-        setattr(outputs[0], EXPLICIT_KEYS, explicit)
-        return outputs
-
-    def explicit_keys(self, args: list[str]) -> frozenset[str]:
-        args, keys = list(args), set()
-        if "--config" in args:
-            at = args.index("--config")
-            try:
-                with open(args[at + 1]) as handle:
-                    config = yaml.safe_load(handle)
-                keys |= set(config) - {"env"} if isinstance(config, dict) else set()
-            except (IndexError, OSError, yaml.YAMLError):
-                pass  # TrlParser reports a missing or broken config itself
-            del args[at:at + 2]
-        # Parse the flags with every default suppressed: what lands in the namespace is what the user typed.
-        saved = [(action, action.default, action.required) for action in self._actions]
-        try:
-            for action in self._actions:
-                action.default, action.required = argparse.SUPPRESS, False
-            namespace, _ = argparse.ArgumentParser.parse_known_args(self, args)
-        finally:
-            for action, default, required in saved:
-                action.default, action.required = default, required
-        keys |= set(vars(namespace))
-        return frozenset(keys | {ALIASES[k] for k in keys if k in ALIASES})
-
-
-def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
-    """`--config FILE.yaml` plus command-line overrides, the TRL way, over the recipe kind's arguments class,
-    its TRL config and `trl.ModelConfig` (`align_proxy.kinds`).
-
-    Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
-    refuses on a CPU-only machine); a config file or flag still wins.
-    """
-    kind = recipe_kind(recipe)
-    parser = RecipeParser((kind.arguments_class, kind.config_class, ModelConfig), prog=prog)
-    if not torch.cuda.is_available():
-        parser.set_defaults(use_cpu=True, bf16=False)
-    return parser
+# Recipes, kinds.py ("align_proxy.recipe:RecipeArguments") and tests name the arguments here.
+__all__ = ["EXPLICIT_KEYS", "RecipeArguments", "RecipeParser", "RecipeRun", "load_tokenizer", "make_parser",
+           "prepare_run"]
 
 
 def _is_ladder_rung(name: str) -> bool:
@@ -182,9 +91,11 @@ class RecipeRun:
     model: registry.ResolvedModel
     tokenizer: object
     data: RecipeData
-    speed: SpeedPlan | None = None  # the proxy-speed defaults this run got
+    speed: SpeedPlan | None = None  # the proxy-speed defaults planned for this run (set by `apply_speed_plan`)
     divergence: DivergenceWatch | None = None  # set by prepare_run; the trainer calls it at every logged loss
-    reward_curve: object | None = None  # an RL run's `align_proxy.evals.rl.RewardCurve` (--curve_every), set by track_reward_curve
+    # An RL run's `align_proxy.evals.rl.RewardCurve` (--curve_every), set by track_reward_curve.
+    reward_curve: object | None = None
+    settled: bool = False  # True once `apply_speed_plan` made the configs what the trainer gets
 
     @property
     def kind(self) -> RecipeKind:
@@ -203,7 +114,8 @@ class RecipeRun:
         """Held-out items scored before and after training: the test split plus the task's sets."""
         from align_proxy.evals.suite import EvalSet
 
-        return EvalSet.for_recipe(self.data.test, self.data.task, self.script_args.eval_size, self.script_args.eval_seed)
+        args = self.script_args
+        return EvalSet.for_recipe(self.data.test, self.data.task, args.eval_size, args.eval_seed)
 
     def evaluation(self, **options):
         """The recipe kind's evaluation of this run (`kind.evaluation`), with the run's lm-eval tasks beside it when
@@ -222,10 +134,33 @@ class RecipeRun:
 
         self.reward_curve = RewardCurve.for_run(self, rewards)
 
+    def apply_speed_plan(self) -> SpeedPlan | None:
+        """Set the proxy-speed plan's values in `training_args` and `model_args` (`align_proxy.speed`; nothing with
+        --proxy_speed false), print each changed setting as `setting: before -> after (why)`, and write the final
+        configs to run_config.yaml, the changes under `speed_plan`. Before this the configs are the user's; after it,
+        what the trainer gets."""
+        if self.speed:
+            self.speed.apply(self.training_args, self.model_args)
+            if self.is_main:
+                print(f"[align-proxy] {self.speed.diff()}", flush=True)
+        # After the plan: it may choose the attention implementation the model is loaded with.
+        self.training_args.model_init_kwargs = {
+            "revision": self.model_args.model_revision,
+            "attn_implementation": self.model_args.attn_implementation,
+            "dtype": self.model_args.dtype,
+            **(self.training_args.model_init_kwargs or {}),
+        }
+        self.settled = True
+        self.write_config()
+        return self.speed
+
     def trainer_kwargs(self) -> dict:
         """What every TRL trainer takes from the run: the model path (TRL loads it, and DPO its
         reference, from there), the config, the checked data, the tokenizer, LoRA if asked, and the
         callbacks (speed, divergence)."""
+        if not self.settled:
+            raise RuntimeError("the trainer would get the configs before the proxy-speed plan: call "
+                               "run.apply_speed_plan() after prepare_run (see recipes/sft.py)")
         return {
             "model": self.model.path,
             "args": self.training_args,
@@ -233,83 +168,15 @@ class RecipeRun:
             "eval_dataset": self.data.test if self.training_args.eval_strategy != "no" else None,
             "processing_class": self.tokenizer,
             "peft_config": get_peft_config(self.model_args),
-            "callbacks": [*(self.speed.callbacks() if self.speed else []), *([self.divergence] if self.divergence else []),
+            "callbacks": [*(self.speed.callbacks() if self.speed else []),
+                          *([self.divergence] if self.divergence else []),
                           *([self.reward_curve.callback] if self.reward_curve else [])],
         }
 
     def evaluate_base(self, evaluation):
-        """Score the base model on the main process while the other ranks wait; None on the others, or when
-        `--eval_before false`."""
-        from align_proxy.evals.suite import EvalResult, Evaluations
-
-        base = None
-        if self.script_args.eval_before and self.is_main:
-            cache = self.script_args.base_eval_cache
-            # Cached part by part: an SFT and a GRPO run of one model share its lm-eval scores.
-            base = EvalResult.merged([self._base_from_cache(Path(cache), part) if cache else
-                                      self._evaluate_base_now(part) for part in Evaluations.parts_of(evaluation)])
-        PartialState().wait_for_everyone()
-        return base
-
-    def _evaluate_base_now(self, evaluation):
-        print(f"[align-proxy] evaluating base model {self.model.name} ...", flush=True)
-        return evaluation(self.model.path)
-
-    def base_cache_key(self, evaluation) -> dict:
-        """Everything a base score depends on. Training seed and hyperparameters are not in it (held-out items
-        follow `eval_seed`, and DPO's implicit reward of the base against itself is 0 whatever beta); nor is the
-        recipe, beyond the evaluation's own key: its kind (SFT and DPO score a policy on the same items in the
-        same way, so they share "policy"; a reward model is another model; an RL evaluation samples) and what
-        else it depends on."""
-        args = self.script_args
-        return {"model": self.model.path, "weights": files_stamp(self.model.path),
-                "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
-                "dataset_files": files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
-                "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
-                "eval_size": args.eval_size, "eval_seed": args.eval_seed,
-                "eval_max_new_tokens": args.eval_max_new_tokens, **evaluation.cache_key()}
-
-    def _base_from_cache(self, cache: Path, evaluation):
-        """The base evaluation shared by every run with the same key; the lock makes concurrent runs of one
-        study wait for one evaluation."""
-        from filelock import FileLock
-
-        from align_proxy.evals.suite import EvalResult
-
-        key = self.base_cache_key(evaluation)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = cache / f"{key['evaluation']}-{self.model.name.replace('/', '--')}-{digest}.json"
-        cache.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                print(f"[align-proxy] base model {self.model.name}: evaluation reused from {path}", flush=True)
-                cached = json.loads(path.read_text())
-                return EvalResult(cached["metrics"], cached["items"])
-            result = self._evaluate_base_now(evaluation)
-            atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
-            return result
-
-    def save_model(self, trainer) -> None:
-        """Save the final model in Hugging Face format; a LoRA run saves the adapter in `adapter/`
-        and the merged model at the top, so the output loads with `from_pretrained` either way."""
-        from peft import PeftModel
-
-        # Saved into a staging folder, then renamed into place (align_proxy/outputs.py): never half a model.
-        if self.is_main:
-            reset_staging(self.output_dir)
-        PartialState().wait_for_everyone()
-        staging = staging_dir(self.output_dir)
-        trainer.save_model(str(staging))
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if isinstance(model, PeftModel) and self.is_main:
-            model.save_pretrained(str(staging / "adapter"))
-            model.merge_and_unload().save_pretrained(str(staging))
-            for leftover in ("adapter_model.safetensors", "adapter_config.json"):
-                (staging / leftover).unlink(missing_ok=True)
-        if self.is_main:
-            self.tokenizer.save_pretrained(str(staging))
-            publish_model(self.output_dir)
-        PartialState().wait_for_everyone()
+        """Score the base model (`align_proxy.base_eval`: once per evaluation setup with --base_eval_cache) on the
+        main process while the other ranks wait; None on the others, or when `--eval_before false`."""
+        return base_eval.evaluate_base(self, evaluation)
 
     def finish(self, trainer, evaluation, base) -> RunMetrics | None:
         """Save, evaluate the trained model, and write the loss curve and, last, `metrics.json` (atomically: its
@@ -318,7 +185,7 @@ class RecipeRun:
         the run's metrics on the main process, None on the others."""
         diverged = self.divergence.found if self.divergence else None
         if diverged is None:
-            self.save_model(trainer)
+            save_final_model(trainer, self.tokenizer, self.output_dir)  # staged; LoRA merged
         record = None
         summary = _distributed_summary(trainer)
         _release_training_memory(trainer)
@@ -355,15 +222,16 @@ class RecipeRun:
             "script_args": _jsonable(self.script_args),
             "model_args": _jsonable(self.model_args),
             "training_args": _jsonable(self.training_args.to_dict()),
-            "speed": self.speed.record() if self.speed else None,
+            "speed_plan": self.speed.config_section() if self.speed else None,
         }
         if self.is_main:
             atomic_write(self.output_dir / "run_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
 def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_args: ModelConfig) -> RecipeRun:
-    """Everything before the base evaluation: data checked first, then the model resolved (building the
-    offline ladder on first use), the proxy-speed plan applied and the resolved config written."""
+    """Everything before the speed plan is applied: data checked first, then the model resolved (building the
+    offline ladder on first use) and the proxy-speed plan decided, not yet applied: the recipe calls
+    `run.apply_speed_plan()` next, where its changes show."""
     die_with_study_cell()  # a worker of a study cell's `accelerate launch` must not outlive the study
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     kind = recipe_kind(recipe)
@@ -392,19 +260,8 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     model_args.model_name_or_path = model.path
     speed = plan_proxy_speed(kind, script_args, training_args, model_args, model.parameters,
                              getattr(script_args, EXPLICIT_KEYS, None))
-    speed.apply(training_args, model_args)
-    if PartialState().is_main_process:
-        print(f"[align-proxy] {speed.summary()}", flush=True)
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
-    run = RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, speed,
-                    DivergenceWatch(script_args.divergence_threshold))
-    run.write_config()
-    return run
+    return RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, speed,
+                     DivergenceWatch(script_args.divergence_threshold))
 
 
 def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None:

@@ -1,12 +1,13 @@
-"""What one recipe run writes to `metrics.json`, as a typed record both its writer (`align_proxy.recipe`) and its
-readers (the study's store and runner) use, plus the console table and loss plot a run ends with. Torch-free.
+"""What one recipe run or study cell writes to `metrics.json`: the one schema its writers (`align_proxy.recipe`,
+the cell entry modules in `align_proxy.cells`) and its readers (the study's store and runner) use, plus the
+console table and loss plot a run ends with. Torch-free.
 
 The layout of metrics.json:
 
-    {"recipe", "model": {name, path, parameters, source}, "dataset", "speed",
-     "train": {"distributed", "global_step", "log_history", "final"},
+    {"recipe", "kind", "model": {name, path, parameters, source}, "dataset", "speed",
+     "train": {"distributed", "global_step", "log_history", "final"[, "curve"]},
      "eval": {"base", "trained", "gain", "items": {"base", "trained"}},
-     "diverged": null | {"step", "loss"}}
+     "diverged": null | {"step", "loss"}[, "params": the cell kind's parameters]}
 
 A diverged run (`align_proxy.divergence`) has its base evaluation and its log, and no trained scores.
 """
@@ -17,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from align_proxy.kinds import TRAIN, cell_kind
 from align_proxy.metrics import metric
 
 
@@ -84,54 +86,45 @@ class Training:
 
 
 @dataclass(frozen=True)
-class ProxyTuning:
-    """What a proxy-tuning cell steered its large base with: the small model `small` tuned by `recipe`'s
-    `variant` (the expert, saved in `expert`; `small` itself is the anti-expert), at strength `alpha`."""
-
-    recipe: str
-    variant: str
-    small: str
-    alpha: float
-    expert: str
-
-    def to_json(self) -> dict:
-        return {"recipe": self.recipe, "variant": self.variant, "small": self.small, "alpha": self.alpha,
-                "expert": self.expert}
-
-    @classmethod
-    def from_json(cls, raw: dict | None) -> ProxyTuning | None:
-        return cls(raw["recipe"], raw["variant"], raw["small"], float(raw["alpha"]), raw["expert"]) if raw else None
-
-
-@dataclass(frozen=True)
 class RunMetrics:
-    """One run's metrics.json."""
+    """One run's metrics.json: a recipe run's (kind "train"), or a cell's of another kind with its typed parameters
+    (`align_proxy.kinds.CellKind.params`: `align_proxy.cells.params`)."""
 
-    recipe: str
+    recipe: str  # the recipe whose models the run trained or evaluated ("sft", also for its proxy-tuning cells)
     model: dict  # the resolved model: name, path, parameters, source
     dataset: str
     speed: dict | None
     train: Training
     scores: Scores
     diverged: Divergence | None = None
-    proxy: ProxyTuning | None = None  # set by a proxy-tuning cell only
-    # Set by a best-of-n cell only: its policy, reward model, gold reward, pool (n, prompts) and sampling; the curve
-    # itself is train.curve, in the layout an RL run's has (one point per n).
-    best_of_n: dict | None = None
+    kind: str = TRAIN
+    # A best-of-n cell's curve is train.curve, in the layout an RL run's has (one point per n); its parameters name
+    # its policy, reward model, gold reward, pool (n, prompts) and sampling.
+    params: object | None = None
 
     def to_json(self) -> dict:
-        raw = {"recipe": self.recipe, "model": self.model, "dataset": self.dataset, "speed": self.speed,
-               "train": self.train.to_json(), "eval": self.scores.to_json(),
-               "diverged": self.diverged.to_json() if self.diverged else None}
-        return {**raw, **({"proxy": self.proxy.to_json()} if self.proxy else {}),
-                **({"best_of_n": self.best_of_n} if self.best_of_n else {})}
+        return {"recipe": self.recipe, "kind": self.kind, "model": self.model, "dataset": self.dataset,
+                "speed": self.speed, "train": self.train.to_json(), "eval": self.scores.to_json(),
+                "diverged": self.diverged.to_json() if self.diverged else None,
+                **({"params": self.params.to_json()} if self.params is not None else {})}
 
     @classmethod
     def from_json(cls, raw: dict) -> RunMetrics:
+        kind, params = _kind_and_params(raw)
         return cls(raw.get("recipe", ""), raw.get("model", {}), raw.get("dataset", ""), raw.get("speed"),
                    Training.from_json(raw.get("train", {})), Scores.from_json(raw.get("eval", {})),
-                   Divergence.from_json(raw.get("diverged")), ProxyTuning.from_json(raw.get("proxy")),
-                   raw.get("best_of_n"))
+                   Divergence.from_json(raw.get("diverged")), kind, cell_kind(kind).read_params(params))
+
+
+# Files written before cells had kinds marked a proxy-tuning cell by a "proxy" key and a best-of-n cell by a
+# "best_of_n" key (and a recipe name "sft (proxy-tuned)" or "best-of-n"); they read as the kinds they were.
+_OLD_LAYOUT = {"proxy": "proxy-tuning", "best_of_n": "best-of-n"}
+
+
+def _kind_and_params(raw: dict) -> tuple[str, dict | None]:
+    if "kind" in raw:
+        return raw["kind"], raw.get("params")
+    return next(((kind, raw[key]) for key, kind in _OLD_LAYOUT.items() if raw.get(key)), (TRAIN, None))
 
 
 def format_comparison(recipe: str, model_name: str, base: dict, trained: dict) -> str:

@@ -2,15 +2,17 @@
 
 TRL's defaults suit 7B models: gradient checkpointing, padded batches, a reference model run beside the policy.
 On a proxy they leave an H100 mostly idle (shared/bench/README.md). `plan_proxy_speed` decides, without writing
-anything, better defaults for the machine the run is on, and `SpeedPlan.apply` (called by `prepare_run`) sets
-them; never a key the user set in the `--config` YAML or on the command line (`align_proxy.recipe.RecipeParser`
+anything, better defaults for the machine the run is on, and `SpeedPlan.apply` (called by the recipe's
+`run.apply_speed_plan()`, which prints `SpeedPlan.diff`: each setting, before -> after, and why) sets them; never a
+key the user set in the `--config` YAML or on the command line (`align_proxy.recipe_arguments.RecipeParser`
 records those), and never one that changes the loss a batch gets (tests/test_speed.py holds the fast and plain
 paths to the same loss on the same batch). One exception, said in the log and the record (`overridden`): a
 config's SFT packing on a GPU without a varlen attention kernel, which would run rows of max_length tokens under a
 dense mask. SFT packing changes what a step holds (rows of max_length tokens, not that many examples), and says
 so; when no batch size is set, the micro-batch is sized to this run's share of GPU memory with the accumulation
 that keeps the global batch. It returns a `SpeedPlan`: what
-it applied, what was already so, what it skipped and why, written to run_config.yaml and metrics.json.
+it applied, what was already so, what it skipped and why, written to metrics.json (`speed`) and, with each change
+as a before/after pair, to run_config.yaml (`speed_plan`).
 `--proxy_speed false` runs TRL's defaults.
 
 On CPU only gradient checkpointing is touched (off when the model fits: the same numbers, faster); every other
@@ -29,6 +31,7 @@ from transformers import TrainerCallback
 
 from align_proxy import padding_free
 from align_proxy.kinds import RecipeKind, recipe_kind
+from align_proxy.lifetime import CELLS_PER_GPU
 # transformers 5 renamed gradient checkpointing; the old name is an alias kept equal to the new one.
 ALIASES = {"gradient_checkpointing": "activation_checkpointing", "activation_checkpointing": "gradient_checkpointing"}
 USER_SET = "set in the config or on the command line"
@@ -64,8 +67,6 @@ class Device:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if torch.cuda.is_available() and not use_cpu:
             from transformers.utils import is_liger_kernel_available
-
-            from align_proxy.studies.runner import CELLS_PER_GPU
 
             free, total = torch.cuda.mem_get_info()
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -121,7 +122,8 @@ class ModelShape:
 
 @dataclass
 class SpeedPlan:
-    """The defaults one run got, as written to run_config.yaml and metrics.json under `speed`."""
+    """The defaults one run got, as written to metrics.json under `speed` (`record`) and to run_config.yaml under
+    `speed_plan` (`config_section`)."""
 
     enabled: bool
     device: str = ""
@@ -153,14 +155,33 @@ class SpeedPlan:
         wanted = self.padding_free_batches or self.compiled_layers
         return [ModelSpeedCallback(self.padding_free_batches, self.compiled_layers)] if wanted else []
 
-    def summary(self) -> str:
+    def changes(self) -> dict:
+        """Each setting this plan changes, as plain values: {setting: {"before", "after", "why"}}. A mechanism
+        (padding-free batches, compiled layers) is not a config field: it goes from off (False) to on."""
+        changes = {key: {"before": change.get("was", False), "after": change["value"], "why": change["why"]}
+                   for key, change in self.applied.items()}
+        return json.loads(json.dumps(changes, default=str))  # enums and dtypes as text, as in `record`
+
+    def diff(self) -> str:
+        """What the run's log shows when it starts: one line per changed setting, `setting: before -> after
+        (why)`, then the settings it left alone because the user set them."""
         if not self.enabled:
             return f"proxy speed: off ({self.note or '--proxy_speed false'})"
-        applied = ", ".join(k if k in MECHANISMS else f"{k}={v['value']}" for k, v in self.applied.items()) or "nothing"
+        changes = self.changes()
+        lines = [f"proxy speed on {self.device}: {len(changes)} setting(s) changed (--proxy_speed false keeps "
+                 f"the config as written)"]
+        for key, change in changes.items():
+            undid = ", UNDID yours" if key in self.overridden else ""
+            lines.append(f"  {key}: {change['before']} -> {change['after']}{undid} ({change['why']})")
         kept = ", ".join(k for k, why in self.skipped.items() if why == USER_SET)
-        undone = "; ".join(f"{k} ({why})" for k, why in self.overridden.items())
-        return (f"proxy speed on {self.device}: {applied}" + (f"; kept yours: {kept}" if kept else "")
-                + (f"; UNDID yours: {undone}" if undone else ""))
+        if kept:
+            lines.append(f"  kept yours: {kept}")
+        return "\n".join(lines)
+
+    def config_section(self) -> dict:
+        """run_config.yaml's `speed_plan`: the changes as before/after pairs, and what else the plan decided."""
+        rest = {k: v for k, v in self.record().items() if k != "applied"}
+        return {**rest, "changed": self.changes()} if self.enabled else rest
 
 
 class ModelSpeedCallback(TrainerCallback):

@@ -14,8 +14,9 @@ autocast, fused AdamW, `torch.compile` on a GPU), the hardware-bound reference e
 (`x_raw`: 431k tokens/s for the 62M shape at 64 x 1024 on an H100, shared/bench/README.md).
 
 Each is built exactly as `recipes/<recipe>.py` builds it: the recipe's parser over the flags a user would type,
-`prepare_run` (data checked, speed defaults applied, run_config.yaml written; no evaluation), then
-`Trainer(**run.trainer_kwargs())`; `--steps` optimizer steps are timed after `--warmup` (compilation, allocator).
+`prepare_run` (data checked, speed defaults planned) and `run.apply_speed_plan()` (applied, run_config.yaml
+written; no evaluation), then `Trainer(**run.trainer_kwargs())`; `--steps` optimizer steps are timed after
+`--warmup` (compilation, allocator).
 Data: random tokens (`t4 t17 ...`, a word-level tokenizer over the whole vocabulary) with a log-normal length
 spread (median max_length/4, as shared/bench/anchor_trl.py).
 
@@ -199,6 +200,7 @@ def run_variant(recipe: str, variant: str, shape: str, model_dir: Path, data: Pa
     precompute: list[float] = []
     start = time.perf_counter()
     run = prepare_run(recipe, script_args, training_args, model_args)
+    run.apply_speed_plan()
     clock = StepClock(a.warmup)
     kwargs = run.trainer_kwargs()
     kwargs["callbacks"] = [*kwargs["callbacks"], clock]

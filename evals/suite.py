@@ -202,7 +202,7 @@ class PolicyEvaluation:
         return cls(run.tokenizer, run.evalset, run.model.path, beta, run.script_args.eval_max_new_tokens)
 
     def cache_key(self) -> dict:
-        """What a base evaluation depends on beyond the held-out items (`RecipeRun.base_cache_key`)."""
+        """What a base evaluation depends on beyond the held-out items (`align_proxy.base_eval.base_cache_key`)."""
         return {"evaluation": self.kind}
 
     def __call__(self, model_path: str) -> EvalResult:

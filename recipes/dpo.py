@@ -28,6 +28,9 @@ from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
 
 def main(script_args: RecipeArguments, training_args: DPOConfig, model_args):
     run = prepare_run("dpo", script_args, training_args, model_args)
+    # Proxy-speed defaults may change training_args and model_args here (micro-batch split, checkpointing,
+    # padding-free batches, compiled layers): each change printed as `setting: before -> after (why)`.
+    run.apply_speed_plan()  # --proxy_speed false keeps the config as written
     evaluation = run.evaluation(beta=training_args.beta)  # the implicit reward against the base model needs beta
     base = run.evaluate_base(evaluation)
     trainer = DPOTrainer(**run.trainer_kwargs())

@@ -36,6 +36,9 @@ def main(script_args: RLArguments, training_args: GRPOConfig, model_args):
     check_rollout_backend(training_args)  # a missing vLLM fails here, not after the base evaluation
     rewards = reward_set(script_args, training_args)
     run = prepare_run("grpo", script_args, training_args, model_args)
+    # Proxy-speed defaults may change training_args and model_args here (micro-batch split, checkpointing,
+    # padding-free batches, compiled layers): each change printed as `setting: before -> after (why)`.
+    run.apply_speed_plan()  # --proxy_speed false keeps the config as written
     evaluation = run.evaluation(rewards=rewards)  # sampled as in training, scored by the same rewards
     base = run.evaluate_base(evaluation)
     run.track_reward_curve(rewards)  # --curve_every: gold and proxy reward against KL during training

@@ -26,6 +26,9 @@ def main(script_args: RecipeArguments, training_args: RewardConfig, model_args):
         # A reward model is a sequence classifier: LoRA must also train and save its score head.
         model_args.lora_task_type = "SEQ_CLS"
     run = prepare_run("reward", script_args, training_args, model_args)
+    # Proxy-speed defaults may change training_args and model_args here (micro-batch split, checkpointing,
+    # padding-free batches, compiled layers): each change printed as `setting: before -> after (why)`.
+    run.apply_speed_plan()  # --proxy_speed false keeps the config as written
     evaluation = run.evaluation()  # the base: the model with a freshly initialised (seeded) score head
     base = run.evaluate_base(evaluation)
     trainer = RewardTrainer(**run.trainer_kwargs())

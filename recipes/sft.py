@@ -23,6 +23,9 @@ from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
 
 def main(script_args: RecipeArguments, training_args: SFTConfig, model_args):
     run = prepare_run("sft", script_args, training_args, model_args)
+    # Proxy-speed defaults may change training_args and model_args here (micro-batch split, checkpointing,
+    # padding-free batches, compiled layers): each change printed as `setting: before -> after (why)`.
+    run.apply_speed_plan()  # --proxy_speed false keeps the config as written
     # Scored against the base model as reference: the very evaluation a DPO run of it makes, so a transfer
     # study scores each base model once for both recipes.
     evaluation = run.evaluation()

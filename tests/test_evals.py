@@ -1,50 +1,31 @@
-"""Evaluation: shipped `evaluate` metrics load by path offline and score what they claim."""
-
-import math
+"""Evaluation: the evaluators score completions, preferences and reward models by the metric table's rules, on
+held-out items every recipe shares."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from align_proxy.data.tasks import get_task
+from align_proxy.evals.metrics import load_metric
 from align_proxy.metrics import METRICS, aggregate, preference_win
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.scoring import completion_logprobs
-from align_proxy.evals.metrics import NAMES, load_metric
 from align_proxy.run_metrics import gains
 from align_proxy.evals.suite import EvalSet, evaluate_policy, evaluate_reward_model
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_metrics_load_from_the_repo_offline(name):
-    assert type(load_metric(name)).__module__.rsplit(".", 1)[-1] == name  # the shipped script, not a Hub one
-
-
-def test_shipped_metrics_follow_the_metric_table():
-    """The `evaluate` modules and the evaluators share one rule per metric (align_proxy.metrics)."""
-    chosen, rejected = [1.0, 0.0, 2.0, 5.0], [0.0, 0.0, 3.0, 1.0]
-    margins = [c - r for c, r in zip(chosen, rejected)]
-    scored = load_metric("preference_accuracy").compute(chosen_scores=chosen, rejected_scores=rejected)
-    assert scored["accuracy"] == aggregate("preference_accuracy", [preference_win(m) for m in margins]) == 0.625
-
-
-def test_a_huge_nll_is_infinite_perplexity_not_an_overflow():
-    scored = load_metric("completion_nll").compute(sum_logprobs=[-1e5], num_tokens=[2])
-    assert scored == {"nll": 5e4, "perplexity": math.inf}
-
-
-def test_metric_values():
-    assert load_metric("task_accuracy").compute(predictions=["1", "", "3"], references=["1", "2", "4"]) == \
-        {"accuracy": 1 / 3, "correct": 1}
-    scored = load_metric("preference_accuracy").compute(chosen_scores=[1.0, 0.0, 2.0], rejected_scores=[0.0, 0.0, 3.0])
-    assert scored == {"accuracy": 0.5, "mean_margin": 0.0}  # a tie counts half
-    nll = load_metric("completion_nll").compute(sum_logprobs=[-2.0, -4.0], num_tokens=[2, 4])
-    assert nll["nll"] == 1.0 and nll["perplexity"] == pytest.approx(math.e)
-
-
-def test_unknown_metric_is_refused():
-    with pytest.raises(KeyError, match="shipped metrics"):
-        load_metric("accuracy")
+@pytest.mark.parametrize("name", ["task_accuracy", "preference_accuracy", "completion_nll", "reward"])
+def test_the_evaluate_form_of_the_metric_table_totals_by_the_tables_rule(name):
+    """One rule per metric: `evaluate`'s total is the evaluators' (`aggregate`), a tie's half and the per-token
+    weighting included; loaded from the shipped module, never the Hub."""
+    loaded = load_metric(name)
+    assert type(loaded).__module__.rsplit(".", 1)[-1] == "align_proxy_metric"
+    if name == "completion_nll":
+        scored = loaded.compute(sums=[2.0, 4.0], num_tokens=[1, 4])
+        assert scored == {name: aggregate(name, [], tokens=[1, 4], sums=[2.0, 4.0])} == {name: 1.2}
+    else:
+        items = [preference_win(m) for m in (1.0, 0.0, -2.0, 3.0)]  # 1, 0.5, 0, 1
+        assert loaded.compute(scores=items) == {name: aggregate(name, items)} == {name: 0.625}
 
 
 def test_completion_logprobs_score_only_completion_tokens_and_eos(tiny_model):

@@ -70,6 +70,7 @@ def test_grpo_steps_decode_compiled_with_one_kept_cache(random_model, tmp_path):
         "arith_digit_overlap", "--max_steps", "3", "--steps_per_generation", "1", "--save_strategy", "no")
     rewards = reward_set(script_args, training_args)
     run = prepare_run("grpo", script_args, training_args, model_args)
+    run.apply_speed_plan()
     trainer = run.kind.trainer_class(**run.trainer_kwargs(), reward_funcs=rewards.funcs)
     assert "compiled decoding (CUDA graphs)" in configure_rollouts(trainer, script_args)
     generate = trainer.accelerator.unwrap_model(trainer.model).generate

@@ -1,5 +1,7 @@
-"""Imports point down: no module of the package reaches, directly or through others, back to itself,
-function-level imports included; and the torch-free modules stay torch-free."""
+"""The house rules, checked on the code as it stands: imports point down (no module reaches, directly or
+through others, back to itself, function-level imports included); data flows one way, so nothing outside
+`align_proxy.studies` imports it but the CLI and the cell entry points; the torch-free modules stay torch-free;
+and no file grows past what a reader holds in the head."""
 
 from __future__ import annotations
 
@@ -115,3 +117,31 @@ def test_tables_and_records_import_without_torch(module):
     code = f"import sys, {module}; bad = {{'torch', 'trl', 'transformers'}} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# What may import the study pipeline from outside it: the command line, which drives it, and the entry modules a
+# study cell runs (they are the study's own processes).
+STUDY_IMPORTERS = ("align_proxy.cli", "align_proxy.cells")
+# A file past this many lines is usually two ideas (../STYLE.md's ~400, with room for docstrings).
+MAX_LINES = 450
+
+
+def test_only_the_cli_and_the_cell_entry_points_import_the_studies():
+    reaching_back = {module: sorted(t for t in targets if t.startswith("align_proxy.studies"))
+                     for module, targets in import_graph().items()
+                     if not module.startswith(("align_proxy.studies", *STUDY_IMPORTERS))}
+    assert {m: t for m, t in reaching_back.items() if t} == {}
+
+
+def test_the_rule_sees_a_producer_importing_the_analysis():
+    graph = {"align_proxy.proxy_tuning": {"align_proxy.studies.analysis"}, "align_proxy.cli": {"align_proxy.studies"}}
+    offenders = [m for m, targets in graph.items() if not m.startswith(("align_proxy.studies", *STUDY_IMPORTERS))
+                 and any(t.startswith("align_proxy.studies") for t in targets)]
+    assert offenders == ["align_proxy.proxy_tuning"]
+
+
+def test_no_file_is_longer_than_a_reader_holds_at_once():
+    folders = ("align_proxy", "evals", "rewards", "recipes", "benchmarks", "tests", ".ci")
+    lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for folder in folders
+               for p in (REPO / folder).rglob("*.py")}
+    assert {path: n for path, n in lengths.items() if n > MAX_LINES} == {}

@@ -1,10 +1,13 @@
 """The recipe kinds are one table: every shipped recipe is one entry, and a new kind registered there is accepted
-by the spec check, data loading and validation, and the CLI (the runner: tests/test_study_runner.py runs one)."""
+by the spec check, data loading and validation, and the CLI (the runner: tests/test_study_runner.py runs one).
+The cell kinds are another: a new one registered there expands, runs and is stored with its typed parameters."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,8 +15,7 @@ from datasets import Dataset
 
 from align_proxy import kinds
 from align_proxy.data.formats import PROMPT_ONLY
-from align_proxy.kinds import KINDS, recipe_kind
-from conftest import REPO
+from align_proxy.kinds import CELL_KINDS, KINDS, CellKind, recipe_kind
 
 
 @pytest.fixture
@@ -24,18 +26,44 @@ def toy(monkeypatch):
     return kind
 
 
+class Built(Exception):
+    """Raised by a stand-in trainer class: the script got as far as building its trainer."""
+
+
 @pytest.mark.parametrize("name", list(KINDS))
-def test_each_shipped_kind_is_its_script_plus_its_entry(name):
-    kind = recipe_kind(name)
-    script = kind.script_path.read_text()
-    assert kind.script_path == REPO / "recipes" / f"{name}.py"
-    trainer = kind.trainer.rpartition(":")[2]
-    assert f"{trainer}(**run.trainer_kwargs()" in script and f'prepare_run("{name}"' in script
-    assert f'make_parser("{name}")' in script
+def test_each_shipped_kind_is_its_script_plus_its_entry(name, monkeypatch, tmp_path):
+    """The kind's script, run with what its parser reads, prepares a run of this kind, applies (and so shows) its
+    speed plan, and only then builds the kind's trainer."""
     from align_proxy.recipe import make_parser
 
-    parsed = make_parser(name).parse_args_and_config(["--output_dir", "/tmp/x"])
+    kind = recipe_kind(name)
+    parsed = make_parser(name).parse_args_and_config(["--output_dir", str(tmp_path)])
     assert (type(parsed[0]), type(parsed[1])) == (kind.arguments_class, kind.config_class)
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", kind.script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # not as __main__: nothing runs yet
+    prepared, built, steps = [], [], []
+
+    class Run:  # what prepare_run returns, without loading a model or data
+        evaluation = evaluate_base = track_reward_curve = lambda self, *a, **k: None
+        trainer_kwargs = lambda self: {}  # noqa: E731
+        apply_speed_plan = lambda self: steps.append("speed plan")  # noqa: E731
+
+    def trainer(*args, **kwargs):
+        built.append(kwargs)
+        steps.append("trainer")
+        raise Built
+
+    monkeypatch.setattr(script, "prepare_run", lambda recipe, *a: prepared.append(recipe) or Run())
+    for attribute, value in vars(script).items():
+        if value is kind.trainer_class:
+            monkeypatch.setattr(script, attribute, trainer)
+    for helper in ("check_rollout_backend", "reward_set"):  # an RL script's checks of vLLM and its rewards
+        if hasattr(script, helper):
+            monkeypatch.setattr(script, helper, lambda *a: type("Rewards", (), {"funcs": []})())
+    with pytest.raises(Built):
+        script.main(*parsed)
+    assert prepared == [name] and len(built) == 1 and steps == ["speed plan", "trainer"]
 
 
 def test_an_unknown_kind_names_the_known_ones():
@@ -73,3 +101,68 @@ def test_a_registered_kind_is_accepted_by_the_cli(toy, tmp_path, capsys):
     data.write_text("".join(json.dumps({"prompt": f"{i}+1="}) + "\n" for i in range(20)))
     assert main(["data", "check", str(data), "--recipe", "toy"]) == 0
     assert "prompt-only" in capsys.readouterr().out
+
+
+# --- cell kinds ---------------------------------------------------------------------------------------------------
+
+def echo_cells(spec, cells: list) -> list:
+    """The toy kind's expansion: one cell per train cell, evaluating its model."""
+    from align_proxy.studies.spec import Cell
+    from echo_cell import EchoParams
+
+    return [Cell(c.model, CELL_KINDS["echo"].display(c.recipe), c.variant, c.seed, {}, f"echo{c.config_hash}",
+                 start_from=c.config_hash, kind="echo", params=EchoParams(c.recipe, f"of {c.model}"))
+            for c in cells if c.kind == "train"]
+
+
+def echo_argv(cell, config, cell_dir, base_evals, start_model, reward_model) -> list[str]:
+    return ["--note", cell.params.note, "--model", str(start_model), "--recipe", cell.params.recipe,
+            "--output_dir", str(cell_dir)]
+
+
+def test_a_new_cell_kind_is_one_entry_from_spec_to_store(monkeypatch, tmp_path):
+    """Registered as one entry, a kind expands from the spec, builds its command, runs its entry module, and its
+    typed parameters come back through metrics.json and the store."""
+    import subprocess
+    import sys
+
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs, read_metrics
+    from align_proxy.studies.spec import load_spec
+    from align_proxy.studies.store import ResultStore
+
+    monkeypatch.setitem(kinds.CELL_KINDS, "echo", CellKind(
+        "echo", "{recipe} (echoed)", "test_kinds:echo_cells", "test_kinds:echo_argv", entry="echo_cell",
+        params="echo_cell:EchoParams"))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "models": ["ladder-s", "ladder-m"], "recipes": [{"recipe": "sft"}]}))
+    spec = load_spec(path)
+    echoes = [c for c in spec.cells() if c.kind == "echo"]
+    assert [(c.recipe, c.params.note) for c in echoes] == [("sft (echoed)", "of ladder-s"),
+                                                           ("sft (echoed)", "of ladder-m")]
+    assert spec.slurm_resources()["sft (echoed)"] == spec.recipes[0].slurm  # its recipe's resources
+    echo, cell_dir = echoes[0], tmp_path / echoes[0].config_hash
+    script, argv = cell_command(echo, spec.recipes[0].config, "unused.yaml", cell_dir, tmp_path / "base",
+                                *needed_dirs(echo, lambda h: tmp_path / h))
+    assert Path(script).name == "echo_cell.py" and argv[argv.index("--model") + 1] == str(tmp_path / echo.start_from)
+    subprocess.run([sys.executable, script, *argv], check=True)
+    metrics = read_metrics(cell_dir / "metrics.json")
+    assert (metrics.kind, metrics.params) == ("echo", echo.params)
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.add_cells(echoes)
+    assert store.record_result(echo.config_hash, metrics, 1.0) == "done"
+    (result,) = store.results()
+    assert (result.recipe, result.kind, result.params) == ("sft (echoed)", "echo", echo.params)
+
+
+def test_the_shipped_cell_kinds_name_their_store_recipes_as_studies_always_have():
+    assert [kind.display("sft") for kind in CELL_KINDS.values()] == ["sft", "sft (proxy-tuned)", "sft (best-of-n)"]
+    assert [kind.entry for kind in CELL_KINDS.values()] == [None, "align_proxy.cells.proxy_tune",
+                                                            "align_proxy.cells.best_of_n"]
+    assert all(kind.entry_path.is_file() for kind in CELL_KINDS.values() if kind.entry)
+
+
+def test_an_rl_recipe_is_said_once_by_its_family():
+    assert {k.name: (k.family, k.policy, k.generates) for k in KINDS.values()} == {
+        "sft": ("policy", True, False), "dpo": ("policy", True, False), "reward": ("reward", False, False),
+        "grpo": ("rl", True, True), "rloo": ("rl", True, True)}

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from align_proxy.cli import main
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.studies.analysis import OveroptimizationCurve
-from align_proxy.evals import overoptimization as best_of_n
+from align_proxy.studies import overoptimization_run as best_of_n
 from align_proxy.rewards import get_reward
 
 

@@ -34,13 +34,13 @@ def test_the_shipped_study_optimises_one_policy_against_each_rungs_reward_model(
     by_hash = {c.config_hash: c for c in cells}
     policy = next(c for c in cells if (c.recipe, c.model) == ("sft", "ladder-m"))
     rl = [c for c in cells if c.recipe == "rloo"]
-    best = [c for c in cells if c.best_of_n]
+    best = [c for c in cells if c.kind == "best-of-n"]
     assert len(rl) == len(best) == 3 and len(cells) == 12
     for cell in rl + best:  # the one policy, and the reward model of the cell's own rung and seed
         reward = by_hash[cell.reward_from]
         assert cell.start_from == policy.config_hash and cell.needs == (policy.config_hash, reward.config_hash)
         assert (reward.recipe, reward.model, reward.seed) == ("reward", cell.model, cell.seed)
-    assert {c.best_of_n["n"] for c in best} == {64} and {c.recipe for c in best} == {"reward (best-of-n)"}
+    assert {c.params.n for c in best} == {64} and {c.recipe for c in best} == {"reward (best-of-n)"}
     assert len({c.config_hash for c in cells}) == len(cells)
 
 
@@ -91,7 +91,7 @@ def test_best_of_n_needs_a_built_in_task(tmp_path):
 
 
 def test_cells_wait_for_and_are_stranded_by_the_reward_cell_they_need():
-    from align_proxy.studies.cell_runs import startable, stranded
+    from align_proxy.studies.execute.scheduler import startable, stranded
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/overoptimization.yaml").cells()
@@ -109,7 +109,8 @@ def test_cells_wait_for_and_are_stranded_by_the_reward_cell_they_need():
 
 
 def test_the_command_lines_name_the_policy_and_the_reward_cells_model(tmp_path):
-    from align_proxy.studies.cell_runs import cell_command, needed_dirs
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/overoptimization.yaml").cells()
@@ -118,9 +119,9 @@ def test_the_command_lines_name_the_policy_and_the_reward_cells_model(tmp_path):
         script, argv = cell_command(cell, REPO / "recipes/rloo.py", "rloo.yaml", tmp_path / cell.config_hash,
                                     tmp_path / "base", *needed_dirs(cell, cell_dir))
         policy, reward = str(cell_dir(cell.start_from)), str(cell_dir(cell.reward_from))
-        if cell.best_of_n:
-            assert script.endswith("evals/overoptimization.py")
-            assert argv[argv.index("--policy") + 1] == policy and argv[argv.index("--reward-model") + 1] == reward
+        if cell.kind == "best-of-n":
+            assert script.endswith("align_proxy/cells/best_of_n.py")  # `python -m align_proxy.cells.best_of_n`
+            assert argv[argv.index("--policy") + 1] == policy and argv[argv.index("--reward_model") + 1] == reward
             assert argv[argv.index("--n") + 1] == "64" and argv[argv.index("--seed") + 1] == str(cell.seed)
         else:
             assert argv[argv.index("--model_name_or_path") + 1] == policy
@@ -130,6 +131,7 @@ def test_the_command_lines_name_the_policy_and_the_reward_cells_model(tmp_path):
 # --- the report's section, from curves planted in cell results -------------------------------------------------
 
 def _curve_cell(model: str, parameters: int, alpha: float, beta: float, seed: int = 0, prompts: int = 60):
+    from align_proxy.cells.params import BestOfNParams
     from align_proxy.studies.overoptimization import Curve, kl_best_of_n, reward_curve
     from align_proxy.studies.store import CellResult
 
@@ -141,7 +143,7 @@ def _curve_cell(model: str, parameters: int, alpha: float, beta: float, seed: in
     points = Curve("best_of_n", model, parameters, ns, d, gold, proxy, d ** 2, None).points()
     return CellResult(f"h{parameters}{seed}", model, parameters, "reward (best-of-n)", "default", seed,
                       {"gold_reward": 0.2}, {"gold_reward": float(gold[:, -1].mean())}, curve=points,
-                      best_of_n={"n": 64})
+                      kind="best-of-n", params=BestOfNParams(64, 60, None, 1.0, 8, "arith"))
 
 
 def test_the_report_fits_each_curve_and_says_whether_smaller_reward_models_overoptimise_sooner(tmp_path):
@@ -237,11 +239,12 @@ def test_a_study_of_real_cells_draws_best_of_n_and_rl_curves_per_reward_model(ti
 
 
 def test_a_best_of_n_policy_can_be_a_model_of_the_study_rather_than_a_cell(tmp_path):
-    from align_proxy.studies.cell_runs import cell_command, needed_dirs
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs
 
     best_of_n = {"policy": "ladder-s", "n": 16, "gold": "arith_exact_match"}
     spec = _spec(tmp_path, [{"recipe": "reward", "best_of_n": best_of_n}], models=["ladder-s", "ladder-m"])
-    best = [c for c in spec.cells() if c.best_of_n]
+    best = [c for c in spec.cells() if c.kind == "best-of-n"]
     assert len(best) == 4 and all(c.start_from is None and c.needs == (c.reward_from,) for c in best)
     _, argv = cell_command(best[0], None, None, tmp_path / "cell", tmp_path / "base",
                            *needed_dirs(best[0], lambda h: tmp_path / h))

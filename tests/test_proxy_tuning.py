@@ -133,12 +133,12 @@ def test_proxy_tune_adds_one_cell_per_pair_variant_seed_and_alpha(trio, tmp_path
     spec = _spec(tmp_path, [trio["small"], trio["expert"], trio["large"]],
                  {"recipe": "dpo", "grid": {"beta": [0.1, 0.3]}, "proxy_tune": True, "alpha": [0.5, 1.0]}, seeds=(0, 1))
     cells = spec.cells()
-    proxy = [c for c in cells if c.proxy]
+    proxy = [c for c in cells if c.kind == "proxy-tuning"]
     assert len(cells) - len(proxy) == 3 * 2 * 2 and len(proxy) == 3 * 2 * 2 * 2  # 3 pairs x variants x seeds x alphas
     by_hash = {c.config_hash: c for c in cells}
     for cell in proxy:  # each steers the larger model by the smaller model's own cell, same variant and seed
         expert = by_hash[cell.start_from]
-        assert (expert.model, expert.variant, expert.seed) == (cell.proxy["small"], cell.proxy["variant"], cell.seed)
+        assert (expert.model, expert.variant, expert.seed) == (cell.params.small, cell.params.variant, cell.seed)
         assert spec.models.index(expert.model) < spec.models.index(cell.model)
     assert len({c.config_hash for c in cells}) == len(cells)
 
@@ -148,9 +148,9 @@ def test_the_shipped_proxy_tuning_study_steers_each_larger_rung_by_each_smaller_
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/proxy_tuning.yaml").cells()
-    proxy = [c for c in cells if c.proxy]
+    proxy = [c for c in cells if c.kind == "proxy-tuning"]
     assert len(cells) - len(proxy) == 12 and len(proxy) == 12  # 2 recipes x 3 pairs x 2 seeds
-    assert {(c.proxy["small"], c.model) for c in proxy} == {("ladder-s", "ladder-m"), ("ladder-s", "ladder-l"),
+    assert {(c.params.small, c.model) for c in proxy} == {("ladder-s", "ladder-m"), ("ladder-s", "ladder-l"),
                                                             ("ladder-m", "ladder-l")}
 
 

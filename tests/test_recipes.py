@@ -22,13 +22,16 @@ def assert_run_outputs(out, base_path):
     assert (out / "loss_curve.png").stat().st_size > 1000
     resolved = yaml.safe_load((out / "run_config.yaml").read_text())
     assert resolved["model"]["path"] == base_path and resolved["training_args"]["output_dir"] == str(out)
+    assert "speed_plan" in resolved  # what the proxy-speed plan changed, before -> after (align_proxy/speed.py)
     return metrics
 
 
 @pytest.mark.slow
-def test_sft_recipe_trains_and_saves_a_loadable_model(tiny_model, tmp_path):
+def test_sft_recipe_trains_and_saves_a_loadable_model(tiny_model, tmp_path, capsys):
     run = ("--max_steps", "6", "--builtin_train_size", "256", "--eval_size", "40")
     run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "run", tiny_model, *run)
+    # The speed plan's diff opens the log: the config sets checkpointing, the one setting a CPU plan would change.
+    assert "proxy speed on cpu: 0 setting(s) changed" in capsys.readouterr().out
     metrics = assert_run_outputs(tmp_path / "run", tiny_model)
     assert_losses_match_plain_trl(losses(metrics), plain_trl_losses("sft", "sft_ladder_cpu.yaml", tmp_path / "plain",
                                                                     tiny_model, *run))

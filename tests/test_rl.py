@@ -126,7 +126,7 @@ def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model,
     assert all({"proxy_reward", "gold_reward", "kl_to_reference", "sqrt_kl", "items"} <= set(p) for p in curve)
     assert all(len(p["items"]["gold_reward"]) == 4 for p in curve)  # per prompt, for resampling prompts
     assert curve[-1]["kl_to_reference"] != 0.0
-    from align_proxy.evals.overoptimization import rl_curve
+    from align_proxy.studies.overoptimization_run import rl_curve
 
     measured = rl_curve(str(tmp_path), n_resamples=100)  # what `align-proxy overoptimization --rl-run` fits
     assert measured.form == "rl" and measured.reward_model == tiny_reward_model and measured.d[0] == 0.0

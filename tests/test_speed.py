@@ -15,8 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from align_proxy import padding_free
 from align_proxy.models.registry import CLIMB
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-from align_proxy.recipe import prepare_run
-from align_proxy.recipe import EXPLICIT_KEYS
+from align_proxy.recipe import EXPLICIT_KEYS, prepare_run
 from align_proxy.speed import MECHANISMS, USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
 from conftest import REPO, load_recipe, recipe_parser
 
@@ -127,10 +126,10 @@ NO_VARLEN = Device(True, "old GPU", 16 * 2**30, 15 * 2**30, bf16=True)
 
 def test_config_packing_is_undone_without_a_varlen_kernel(random_model):
     """sft_climb_62m.yaml asks for packing: on a GPU without varlen attention its rows of max_length tokens would
-    run under a dense block-diagonal mask. The plan undoes it, and says so in the summary and the record."""
+    run under a dense block-diagonal mask. The plan undoes it, and says so in the log's diff and the record."""
     plan, args, model_args = gpu_plan("sft", random_model, device=NO_VARLEN)
     assert args.packing is False and model_args.attn_implementation is None
-    assert "no varlen attention" in plan.overridden["packing"] and "UNDID yours: packing" in plan.summary()
+    assert "no varlen attention" in plan.overridden["packing"] and "packing: True -> False, UNDID yours" in plan.diff()
     assert plan.record()["applied"]["packing"]["was"] is True and "packing" not in plan.skipped
     # bf16 off: the kernel cannot run, and each packed example would go through a Python loop
     for recipe in ("sft", "dpo"):
@@ -260,6 +259,7 @@ def build_trainer(recipe: str, model: str, tmp_path, *flags: str):
                  "--model_name_or_path", model, "--output_dir", str(tmp_path / "-".join(flags or ["plain"])),
                  "--builtin_train_size", "48", "--builtin_test_size", "8", "--eval_before", "false", *flags)
     run = prepare_run(recipe, *args)
+    run.apply_speed_plan()
     return run.kind.trainer_class(**run.trainer_kwargs()), run
 
 
@@ -372,17 +372,46 @@ def test_packing_leaves_what_it_cannot_pack_to_the_original_forward():
 
 # --- the recipes record it, the benchmark runs --------------------------------------------------------------
 
-def test_recipe_records_which_speed_settings_it_applied(random_model, tmp_path):
+def test_recipe_records_which_speed_settings_it_applied(random_model, tmp_path, capsys):
     module = load_recipe("sft")
     args = parse("sft", "--config", str(REPO / "recipes" / "configs" / "sft_ladder_cpu.yaml"), "--model_name_or_path",
                  random_model, "--output_dir", str(tmp_path), "--builtin_train_size", "32", "--eval_size", "8",
                  "--max_steps", "2", "--no_gradient_checkpointing", "--dataloader_num_workers", "0")
     module.main(*args)
-    for record in (yaml.safe_load((tmp_path / "run_config.yaml").read_text())["speed"],
-                   json.loads((tmp_path / "metrics.json").read_text())["speed"]):
+    speed_plan = yaml.safe_load((tmp_path / "run_config.yaml").read_text())["speed_plan"]
+    for record in (speed_plan, json.loads((tmp_path / "metrics.json").read_text())["speed"]):
         assert record["enabled"] and record["device"] == "cpu"
         assert record["skipped"]["gradient_checkpointing"] == USER_SET
         assert record["skipped"]["compiled_layers"] == "not on a GPU"
+    assert speed_plan["changed"] == {}  # on CPU, with checkpointing the user's, nothing else is the plan's to change
+    assert "proxy speed on cpu: 0 setting(s) changed" in capsys.readouterr().out
+
+
+def test_the_plan_shows_each_change_as_before_and_after(random_model):
+    """What the run's log prints when it starts and run_config.yaml keeps under `speed_plan`."""
+    plan, args, _ = gpu_plan("dpo", random_model)
+    changes = plan.changes()
+    assert set(changes) == set(plan.applied)
+    assert changes["dataloader_num_workers"] == {"before": 0, "after": 4,
+                                                 "why": plan.applied["dataloader_num_workers"]["why"]}
+    assert changes["compiled_layers"]["before"] is False and changes["compiled_layers"]["after"] is True
+    assert "optim" not in changes and plan.unchanged["optim"] == "already adamw_torch_fused"
+    lines = plan.diff().splitlines()
+    assert lines[0].startswith(f"proxy speed on {plan.device}: {len(changes)} setting(s) changed")
+    assert f"  dataloader_num_workers: 0 -> 4 ({changes['dataloader_num_workers']['why']})" in lines
+    assert "precompute_ref_log_probs" in lines[-1] and lines[-1].startswith("  kept yours: ")
+    assert plan.config_section()["changed"] == changes and "applied" not in plan.config_section()
+
+
+def test_a_run_refuses_to_build_its_trainer_before_the_plan_is_applied(random_model, tmp_path):
+    args = parse("sft", "--config", str(REPO / "recipes" / "configs" / "sft_ladder_cpu.yaml"), "--model_name_or_path",
+                 random_model, "--output_dir", str(tmp_path), "--builtin_train_size", "16", "--eval_before", "false")
+    run = prepare_run("sft", *args)
+    assert not (tmp_path / "run_config.yaml").exists()
+    with pytest.raises(RuntimeError, match="apply_speed_plan"):
+        run.trainer_kwargs()
+    run.apply_speed_plan()
+    assert run.trainer_kwargs()["args"] is args[1] and (tmp_path / "run_config.yaml").exists()
 
 
 def run_throughput(tmp_path, *args: str) -> dict:

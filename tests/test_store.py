@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from contextlib import closing
@@ -105,3 +106,32 @@ def test_a_submission_is_recorded_before_its_job_ids_and_a_running_job_stays_run
     store.mark_submitting(["b"], "batch-2", "/study/slurm/%j")
     store.record_job_ids("batch-2", ["8"])
     assert store.submissions() == 3 and {j["config_hash"]: j["job_id"] for j in store.jobs()} == {"a": "7_0", "b": "8"}
+
+
+def test_results_of_old_proxy_and_best_of_n_cells_read_as_their_kinds(tmp_path):
+    """Metrics stored before cells had kinds marked them by a "proxy" or "best_of_n" key and a recipe suffix."""
+    from align_proxy.cells.params import BestOfNParams, ProxyTuneParams
+
+    proxy = {"recipe": "sft (proxy-tuned)", "eval": {"base": {"task_accuracy": 0.2}, "trained": {"task_accuracy": 0.3}},
+             "proxy": {"recipe": "sft", "variant": "default", "small": "ladder-s", "alpha": 1.0, "expert": "/x"}}
+    best = {"recipe": "best-of-n", "train": {"curve": [{"n": 1}]},
+            "best_of_n": {"policy": "ladder-s", "reward_model": "/rm", "gold": "arith_exact_match", "task": "arith",
+                          "n": 8, "prompts": 4, "temperature": 1.0, "max_new_tokens": 8, "distinct_per_prompt": 3.5}}
+    path = tmp_path / "results.sqlite"
+    store = ResultStore(path)
+    with closing(sqlite3.connect(path)) as db:  # rows as an old study wrote them, not as record_result does now
+        db.execute("INSERT INTO cells (config_hash, model, recipe, variant, seed, overrides, status) VALUES "
+                   "('p', 'ladder-m', 'sft (proxy-tuned)', 'default, from ladder-s, alpha=1', 0, '{}', 'done'), "
+                   "('b', 'ladder-s', 'reward (best-of-n)', 'default', 0, '{}', 'done'), "
+                   "('t', 'ladder-s', 'sft', 'default', 0, '{}', 'done')")
+        db.executemany("INSERT INTO results VALUES (?, 1.0, ?)", [
+            ("p", json.dumps(proxy)), ("b", json.dumps(best)), ("t", '{"eval": {"base": {"task_accuracy": 0.1}}}')])
+        db.commit()
+    results = {r.config_hash: r for r in store.results()}
+    assert (results["p"].kind, results["p"].recipe) == ("proxy-tuning", "sft (proxy-tuned)")
+    assert results["p"].params == ProxyTuneParams("sft", "default", "ladder-s", 1.0, "/x")
+    assert (results["b"].kind, results["b"].recipe) == ("best-of-n", "reward (best-of-n)")
+    assert results["b"].curve == [{"n": 1}]
+    assert results["b"].params == BestOfNParams(8, 4, "arith_exact_match", 1.0, 8, "arith", "ladder-s",
+                                                reward_model="/rm", distinct_per_prompt=3.5)
+    assert (results["t"].kind, results["t"].params) == ("train", None)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from align_proxy.studies import runner
-from align_proxy.studies.runner import GpuSlots, StudyRunError, default_jobs, visible_gpus
+from align_proxy.studies.execute import local
+from align_proxy.studies.execute.local import GpuSlots, cells_per_gpu, default_jobs, visible_gpus
+from align_proxy.studies.execute.scheduler import StudyRunError
 from conftest import REPO
 
 
@@ -62,7 +63,7 @@ def test_no_cuda_means_no_gpus_whatever_the_environment_says(monkeypatch):
 
 
 def test_default_jobs_is_one_cell_per_gpu_else_per_core(monkeypatch):
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 6)
     assert default_jobs(["0", "1", "2", "3"]) == 4
     assert default_jobs([]) == 6
     # Cells of two processes each (`launch`): as many as fit side by side, never fewer than one.
@@ -136,6 +137,6 @@ def _alive(pid: int) -> bool:
 def test_cells_are_told_how_many_may_share_their_gpu():
     """Each cell sizes its micro-batch to its share of the GPU (align_proxy.speed): the most cells that least-busy
     placement can put on one GPU at once."""
-    assert runner.cells_per_gpu(["0", "1"], jobs=8) == 4 and runner.cells_per_gpu(["0"], jobs=1) == 1
-    assert runner.cells_per_gpu(["0", "1", "2"], jobs=2, processes=2) == 2  # 4 processes over 3 GPUs
-    assert runner.cells_per_gpu([], jobs=4) == 1
+    assert cells_per_gpu(["0", "1"], jobs=8) == 4 and cells_per_gpu(["0"], jobs=1) == 1
+    assert cells_per_gpu(["0", "1", "2"], jobs=2, processes=2) == 2  # 4 processes over 3 GPUs
+    assert cells_per_gpu([], jobs=4) == 1

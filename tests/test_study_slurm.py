@@ -110,15 +110,30 @@ def test_a_bad_slurm_key_is_refused_naming_it(tmp_path, slurm, words):
     assert words in str(error.value)
 
 
-def test_a_cells_resources_become_its_sbatch_lines(tmp_path):
-    from submitit.slurm.slurm import _make_sbatch_string
+def sbatch_script(tmp_path: Path, monkeypatch, parameters: dict) -> str:
+    """The script submitit's public executor hands sbatch for a job of these parameters (a fake sbatch on PATH
+    takes it, so no Slurm is needed)."""
+    import submitit
 
-    from align_proxy.studies.slurm import job_parameters
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.SlurmExecutor(folder=tmp_path / "slurm" / "%j", max_num_timeout=0)
+    executor.update_parameters(**parameters)
+    job = executor.submit(print, "a cell")
+    assert job.job_id == "4242"
+    return job.paths.submission_file.read_text()
+
+
+def test_a_cells_resources_become_its_sbatch_lines(tmp_path, monkeypatch):
+    from align_proxy.studies.execute.slurm import job_parameters
     from align_proxy.studies.spec import Cell, SlurmResources
 
     launched = Cell("m", "dpo", "default", 0, {}, "h", {"config_file": "x.yaml", "num_processes": 8, "num_machines": 2})
     resources = SlurmResources(time="2:00:00", partition="gpu", account="proj", sbatch={"exclude": "node7"})
-    sbatch = _make_sbatch_string(command="run", folder=tmp_path, **job_parameters(resources, launched, "s:dpo", "b1"))
+    sbatch = sbatch_script(tmp_path, monkeypatch, job_parameters(resources, launched, "s:dpo", "b1"))
     for line in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=8", "--mem=64G",
                  "--time=120", "--partition=gpu", "--account=proj", "--exclude=node7", "--comment=b1", "--job-name=s:dpo"):
         assert f"#SBATCH {line}" in sbatch
@@ -130,7 +145,7 @@ def test_a_cells_resources_become_its_sbatch_lines(tmp_path):
 def test_a_multinode_launch_takes_its_rendezvous_from_slurms_environment(monkeypatch):
     from submitit.slurm.slurm import SlurmJobEnvironment
 
-    from align_proxy.studies.slurm import job_launch_flags
+    from align_proxy.studies.execute.slurm import job_launch_flags
 
     launch = {"config_file": "zero2.yaml", "num_processes": 16, "num_machines": 2}
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[03-04]")
@@ -148,7 +163,7 @@ def test_a_multinode_launch_takes_its_rendezvous_from_slurms_environment(monkeyp
 
 
 def test_slurms_words_in_a_jobs_log_name_why_it_ended(tmp_path):
-    from align_proxy.studies.slurm import TrackedJob, ended_reason
+    from align_proxy.studies.execute.slurm import TrackedJob, ended_reason
 
     job = TrackedJob("h", "77", str(tmp_path / "%j"), 0.0)
     (tmp_path / "77").mkdir()
@@ -161,7 +176,7 @@ def test_slurms_words_in_a_jobs_log_name_why_it_ended(tmp_path):
 
 
 def test_a_study_directory_the_other_nodes_cannot_see_is_warned_about(tmp_path, monkeypatch):
-    from align_proxy.studies import slurm
+    from align_proxy.studies.execute import slurm
 
     for nodes, fstype, warned in ((["n1", "n2"], "tmpfs", True), (["n1", "n2"], "nfs4", False),
                                   (["n1"], "tmpfs", False)):
@@ -292,7 +307,10 @@ def test_a_scancelled_job_fails_its_cell_with_the_reason_and_retry_failed_reruns
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ids = wait_for(lambda: [r[1] for r in job_rows(db) if r[1]] if len(job_rows(db)) == 2 else None, "job ids")
-        subprocess.run(["scancel", *ids], check=True, timeout=60)
+        # The submission's array as one: scancel of its tasks one by one leaves a moment in which squeue lists
+        # neither the cancelled task nor the array (a pending array's cancelled task is listed only once the whole
+        # array has ended), and a poll then sees a job that vanished rather than one cancelled.
+        subprocess.run(["scancel", *sorted({job_id.split("_")[0] for job_id in ids})], check=True, timeout=60)
         out, _ = held.communicate(timeout=120)
     finally:
         held.kill()
@@ -332,7 +350,7 @@ def test_jobs_a_coordinator_submitted_but_never_recorded_are_found_by_their_subm
                                                                                               monkeypatch):
     """Killed between sbatch and recording the ids: the rerun finds the jobs by the name written before sbatch."""
     from align_proxy.studies.runner import study_paths
-    from align_proxy.studies.slurm import SlurmCells
+    from align_proxy.studies.execute.slurm import SlurmExecutor
     from align_proxy.studies.spec import load_spec
     from align_proxy.studies.store import ResultStore
 
@@ -341,7 +359,7 @@ def test_jobs_a_coordinator_submitted_but_never_recorded_are_found_by_their_subm
     store = ResultStore(paths.db)
     cells = spec.cells()
     store.add_cells(cells)
-    slurm = SlurmCells(store, paths, {"fake": Path(fake_kind.script)}, {"fake": spec.recipes[0].config},
+    slurm = SlurmExecutor(store, paths, {"fake": Path(fake_kind.script)}, {"fake": spec.recipes[0].config},
                        {"fake": spec.recipes[0].slurm}, spec.name)
 
     def killed(*args):
@@ -352,7 +370,8 @@ def test_jobs_a_coordinator_submitted_but_never_recorded_are_found_by_their_subm
         slurm.submit(cells[:2])
     monkeypatch.undo()
     assert [row[0] for row in rows(paths.db, "SELECT job_id FROM jobs")] == [None, None]
-    tracked, settled = SlurmCells(ResultStore(paths.db), paths, {}, {}, {}, spec.name).reattach({c.config_hash for c in cells})
+    tracked, settled = SlurmExecutor(ResultStore(paths.db), paths, {}, {}, {}, spec.name).reattach(
+        {c.config_hash for c in cells})
     try:
         submitted = slurm_jobs_named(f"{spec.name}:fake")
         assert settled == [] and sorted(job.job_id for job in tracked.values()) == sorted(submitted)

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from align_proxy import PROJECT_ROOT
+from align_proxy.cells.params import BestOfNPlan
 from align_proxy.install import shipped_file
-from align_proxy.kinds import KINDS, RECIPE_ARGUMENTS, load_object
+from align_proxy.kinds import CELL_KINDS, KINDS, RECIPE_ARGUMENTS, TRAIN, load_object
 from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 from align_proxy.models import registry
+from align_proxy.studies.slurm_resources import SlurmResources, slurm_minutes
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
@@ -28,68 +28,6 @@ TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", 
 
 class StudySpecError(ValueError):
     """A malformed study spec; the message names the file, the key and what is allowed."""
-
-
-@dataclass(frozen=True)
-class SlurmResources:
-    """A recipe's Slurm job per cell (the spec's `slurm:`). Defaults suit a CLIMB proxy cell on one GPU: a 350M
-    DPO or SFT run takes hours on one card, so 12 h leaves room; 8 cores feed its data loading and evaluation."""
-
-    gpus_per_cell: int | None = None  # None: the cell's processes (a `launch:` cell's num_processes), else 1
-    cpus: int = 8  # per node of the cell
-    mem: str | None = "64G"  # per node, as sbatch --mem takes it; None: the partition's default
-    time: str = "12:00:00"  # as sbatch --time takes it: minutes, H:MM:SS or D-HH:MM:SS
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    sbatch: dict = field(default_factory=dict)  # any other sbatch option: {exclude: node7, requeue: true}
-
-    def gpus(self, processes: int) -> int:
-        return processes if self.gpus_per_cell is None else self.gpus_per_cell
-
-    @property
-    def minutes(self) -> int:
-        return slurm_minutes(self.time)
-
-
-def slurm_minutes(time: str | int) -> int:
-    """sbatch's --time in minutes: `90`, `1:30:00`, `2-00:00:00` (also `MM:SS`, `D-HH`, `D-HH:MM`).
-
-    >>> slurm_minutes("1-02:30:00"), slurm_minutes("45"), slurm_minutes("1:30:00")
-    (1590, 45, 90)
-    """
-    text = str(time).strip()
-    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
-    parts = [int(p) for p in clock.split(":")]  # ValueError on anything else: the spec check reports it
-    if days != "0" or "-" in text:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-    else:
-        hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}.get(len(parts), (None,) * 3)
-    if hours is None or len(parts) > 3 or min(parts) < 0:
-        raise ValueError(f"not a Slurm time: {time!r}")
-    return int(days) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-@dataclass(frozen=True)
-class BestOfNPlan:
-    """A reward recipe's best-of-n cells (the spec's `best_of_n:`): `policy` samples `n` completions per held-out
-    prompt (`prompts` of them, the task's own), and each of the recipe's reward models picks the best of every n <= N
-    (`align_proxy.evals.overoptimization`); `gold` scores them: a reward name, `module:function` or a reward-model directory
-    (None: the built-in task's exact match). `policy` is {"recipe", "variant", "model"}, a cell of an earlier recipe,
-    or {"model"}, a model as `models` names them."""
-
-    policy: dict
-    n: int = 64
-    prompts: int = 128
-    gold: str | None = None
-    temperature: float = 1.0
-    max_new_tokens: int = 8
-
-    def settings(self) -> dict:
-        """What a cell's result depends on besides its two models (part of its hash and its command line)."""
-        return {"n": self.n, "prompts": self.prompts, "gold": self.gold, "temperature": self.temperature,
-                "max_new_tokens": self.max_new_tokens}
 
 
 @dataclass(frozen=True)
@@ -135,13 +73,13 @@ class Cell:
     config_hash: str
     launch: dict = field(default_factory=dict)  # the recipe plan's `launch`, config_file resolved
     start_from: str | None = None  # config_hash of the cell whose trained model this cell starts from
-    # A proxy-tuning cell (no training): {"recipe", "variant", "small", "alpha"}; `model` is the large base it
-    # steers and `start_from` the small cell whose trained model is the expert.
-    proxy: dict = field(default_factory=dict)
     reward_from: str | None = None  # config_hash of the reward cell whose model this cell's rewards come from
-    # A best-of-n cell (no training): BestOfNPlan.settings() plus "policy" when the policy is a model, not a cell
-    # (`start_from`); `model` is its reward model's, `reward_from` the reward cell.
-    best_of_n: dict = field(default_factory=dict)
+    # Which kind of cell (`align_proxy.kinds.CELL_KINDS`) and its typed parameters (`CellKind.params`). A
+    # proxy-tuning cell's `model` is the large base it steers and `start_from` the small cell whose model is the
+    # expert; a best-of-n cell's `model` is its reward model's, `reward_from` the reward cell and `start_from` the
+    # policy's cell, unless its parameters name a policy model. `recipe` is the store's name, the kind's label.
+    kind: str = TRAIN
+    params: object | None = None
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -169,88 +107,17 @@ class StudySpec:
     target: str | float | None = None  # a registry name or a parameter count to predict gains at
 
     def slurm_resources(self) -> dict[str, SlurmResources]:
-        """The Slurm job of each recipe name the store uses: a recipe's own, shared by its proxy-tuning and
-        best-of-n cells (evaluations of that recipe's models)."""
-        return {name: plan.slurm for plan in self.recipes
-                for name in (plan.recipe, proxy_recipe(plan.recipe), best_of_n_recipe(plan.recipe))}
+        """The Slurm job of each recipe name the store uses: a recipe's own, shared by the cells of every other kind
+        of it (its proxy-tuning and best-of-n cells evaluate that recipe's models)."""
+        return {kind.display(plan.recipe): plan.slurm for plan in self.recipes for kind in CELL_KINDS.values()}
 
     def cells(self) -> list[Cell]:
+        """Every cell, kind by kind (`align_proxy.studies.cell_kinds`): train cells first, then the kinds that
+        evaluate their models."""
         cells: list[Cell] = []
-        for plan in self.recipes:
-            config_text = Path(plan.config).read_text()
-            for model, (variant, grid_values), seed in itertools.product(self.models, plan.variants(), self.seeds):
-                overrides = {"model_name_or_path": model, "dataset_name": self.dataset, "seed": seed,
-                             **self.evaluation, **grid_values}
-                described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
-                if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
-                    described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}
-                start = _find_cell(cells, plan.start_from, model, seed)  # its hash names all its model came from
-                reward = _find_cell(cells, plan.reward_from, model, seed)
-                described |= {k: v for k, v in (("start_from", start), ("reward_from", reward)) if v is not None}
-                blob = json.dumps(described, sort_keys=True, default=str)
-                digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-                cells.append(Cell(model, plan.recipe, variant, seed, overrides, digest, plan.launch, start,
-                                  reward_from=reward))
-        return cells + self._proxy_cells(cells) + self._best_of_n_cells(cells)
-
-    def _best_of_n_cells(self, cells: list[Cell]) -> list[Cell]:
-        """One cell per reward cell of a recipe with `best_of_n`: the policy's samples ranked by that cell's reward
-        model. Stored under `best_of_n_recipe(recipe)`, with the reward cell's model, variant and seed."""
-        out = []
-        for plan in (p for p in self.recipes if p.best_of_n):
-            policy = plan.best_of_n.policy
-            for rm in [c for c in cells if c.recipe == plan.recipe]:
-                start = _find_cell(cells, policy, rm.model, rm.seed) if "recipe" in policy else None
-                settings = {**plan.best_of_n.settings(), "task": self.dataset.removeprefix("builtin:"),
-                            **({} if start else {"policy": policy["model"]})}
-                described = {"best_of_n": settings, "policy_cell": start, "reward_cell": rm.config_hash,
-                             "seed": rm.seed}
-                digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-                out.append(Cell(rm.model, best_of_n_recipe(plan.recipe), rm.variant, rm.seed, {"seed": rm.seed},
-                                digest, start_from=start, reward_from=rm.config_hash, best_of_n=settings))
-        return out
-
-    def _proxy_cells(self, cells: list[Cell]) -> list[Cell]:
-        """One cell per recipe with `proxy_tune`, pair of models small < large, variant, seed and alpha: the large
-        base steered by the small cell's model. Stored under `proxy_recipe(recipe)` and a variant naming the
-        small model and alpha, so each is a cell of its own in the store and the completeness table."""
-        proxy_cells = []
-        by_key = {(c.recipe, c.variant, c.model, c.seed): c for c in cells}
-        for plan in (p for p in self.recipes if p.proxy_tune):
-            for (i, small), (j, large) in itertools.combinations(enumerate(self.models), 2):
-                for (variant, _), seed, alpha in itertools.product(plan.variants(), self.seeds, plan.alpha):
-                    expert = by_key[(plan.recipe, variant, small, seed)]
-                    described = {"proxy_tune": {"base": large, "expert_cell": expert.config_hash, "alpha": alpha}}
-                    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-                    proxy = {"recipe": plan.recipe, "variant": variant, "small": small, "alpha": float(alpha)}
-                    proxy_cells.append(Cell(large, proxy_recipe(plan.recipe), proxy_variant(variant, small, alpha),
-                                            seed, {"alpha": float(alpha)}, digest, start_from=expert.config_hash,
-                                            proxy=proxy))
-        return proxy_cells
-
-
-def _find_cell(cells: list[Cell], ref: dict, model: str, seed: int) -> str | None:
-    """The hash of the cell a `start_from`/`reward_from` reference names for a cell of `model` and `seed`: the
-    referenced recipe's variant, on the reference's own "model" if it names one, else on `model`."""
-    if not ref:
-        return None
-    key = (ref.get("model", model), ref["recipe"], ref["variant"], seed)
-    return next(c.config_hash for c in cells if (c.model, c.recipe, c.variant, c.seed) == key)
-
-
-def best_of_n_recipe(recipe: str) -> str:
-    """The store's recipe name of a reward recipe's best-of-n cells: `reward (best-of-n)`."""
-    return f"{recipe} (best-of-n)"
-
-
-def proxy_recipe(recipe: str) -> str:
-    """The store's recipe name of a recipe's proxy-tuning cells: `sft (proxy-tuned)`."""
-    return f"{recipe} (proxy-tuned)"
-
-
-def proxy_variant(variant: str, small: str, alpha: float) -> str:
-    """The store's variant name of a proxy-tuning cell: the expert's variant, from which model, at which alpha."""
-    return f"{variant}, from {Path(small).name}, alpha={float(alpha):g}"
+        for kind in CELL_KINDS.values():
+            cells += kind.expand_cells(self, cells)
+        return cells
 
 
 def load_spec(path: str | Path | None = None) -> StudySpec:
@@ -410,7 +277,7 @@ def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -
     if not isinstance(alpha, list) or not alpha or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
                                                             for a in alpha):
         _fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
-    if proxy_tune and kind.evaluation != "align_proxy.evals.suite:PolicyEvaluation" and kind.task_format != "rl":
+    if proxy_tune and not kind.policy:
         _fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
                     "(reward models are out of scope)")
     if proxy_tune and starts:
@@ -463,7 +330,7 @@ def _check_reward_from(ref, kind, earlier: list[RecipePlan], path: Path, where: 
     model, same seed), in place of its config's `reward_funcs`."""
     if ref is None:
         return {}
-    if kind.task_format != "rl":
+    if kind.family != "rl":
         _fail(path, f"{where}: only RL recipes (grpo, rloo) train against a reward; {kind.name} does not")
     reference = _check_reference(ref, earlier, path, where, "train against")
     if KINDS[reference["recipe"]].policy:

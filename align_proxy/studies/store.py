@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS results (
 @dataclass(frozen=True)
 class CellResult:
     """One finished cell, as the statistics and the report read it. A diverged cell has its base scores, its
-    log and `diverged` (step and loss), and no trained scores."""
+    log and `diverged` (step and loss), and no trained scores. `recipe` is the store's name for the cell's recipe,
+    its kind's label (`CellKind.display`: "sft (proxy-tuned)"), as every store since the first has it."""
 
     config_hash: str
     model: str
@@ -69,10 +70,12 @@ class CellResult:
     log_history: list[dict] = field(default_factory=list)  # the trainer's log (loss curve)
     duration_s: float = 0.0
     diverged: dict | None = None  # {"step", "loss"} when training diverged (Divergence.to_json()): no trained scores
-    proxy: dict | None = None  # a proxy-tuning cell's ProxyTuning.to_json(): base = the large base, trained = steered
     # A reward curve (metrics.json's train.curve): an RL run's with --curve_every, or a best-of-n cell's.
     curve: list[dict] = field(default_factory=list)
-    best_of_n: dict | None = None  # a best-of-n cell's settings (RunMetrics.best_of_n)
+    # The cell's kind and typed parameters (metrics.json's, old layouts read as their kinds: RunMetrics.from_json).
+    # A proxy-tuning cell's base scores are the large base's and its trained scores the steered model's.
+    kind: str = "train"
+    params: object | None = None
 
     @classmethod
     def from_metrics(cls, row: sqlite3.Row, parameters: int, metrics: RunMetrics | dict,
@@ -81,8 +84,8 @@ class CellResult:
         scores = metrics.scores
         return cls(row["config_hash"], row["model"], parameters, row["recipe"], row["variant"], row["seed"],
                    scores.base, scores.trained, scores.items_base, scores.items_trained, metrics.train.log_history,
-                   duration_s, metrics.diverged.to_json() if metrics.diverged else None,
-                   metrics.proxy.to_json() if metrics.proxy else None, metrics.train.curve, metrics.best_of_n)
+                   duration_s, metrics.diverged.to_json() if metrics.diverged else None, metrics.train.curve,
+                   metrics.kind, metrics.params)
 
 
 class ResultStore:

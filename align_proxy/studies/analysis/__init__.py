@@ -99,9 +99,10 @@ class StudyAnalysis(Record):
 def by_kind(results: list[CellResult]) -> tuple[list[CellResult], list[CellResult], list[CellResult]]:
     """(trained, proxy-tuning, best-of-n) cells: the one place the analysis tells a cell's kind. Trained cells are
     a recipe's runs (the gain section's); the other two have sections of their own."""
-    proxy = [c for c in results if getattr(c, "proxy", None)]
-    best_of_n = [c for c in results if getattr(c, "best_of_n", None)]
-    trained = [c for c in results if not getattr(c, "proxy", None) and not getattr(c, "best_of_n", None)]
+    kind = lambda c: getattr(c, "kind", "train")  # noqa: E731
+    proxy = [c for c in results if kind(c) == "proxy-tuning"]
+    best_of_n = [c for c in results if kind(c) == "best-of-n"]
+    trained = [c for c in results if kind(c) == "train"]
     return trained, proxy, best_of_n
 
 

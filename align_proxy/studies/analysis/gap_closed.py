@@ -47,8 +47,8 @@ def gap_closed_section(study: Study, proxy_cells: list[CellResult], resampler: C
     quantity, and both share its item draw; the proxy-tuned gain's seeds are the small cells' training runs."""
     groups = defaultdict(list)
     for cell in proxy_cells:
-        p = cell.proxy
-        groups[(p["recipe"], p["variant"], p["small"], cell.model, p["alpha"])].append(cell)
+        p = cell.params
+        groups[(p.recipe, p.variant, p.small, cell.model, p.alpha)].append(cell)
     records = []
     for (recipe, variant, small, large, alpha), cells in sorted(groups.items(), key=lambda kv: str(kv[0])):
         small_name = _model_name(small, study.models)

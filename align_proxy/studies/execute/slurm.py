@@ -1,9 +1,9 @@
-"""Study cells as Slurm jobs (`align-proxy study --executor slurm`), submitted through submitit.
+"""The Slurm executor: study cells as Slurm jobs (`align-proxy study --executor slurm`), submitted through submitit.
 
 The `align-proxy study` process stays the coordinator and the only writer of results.sqlite (SQLite's WAL mode is
 not safe across hosts on a network filesystem): a job writes only its cell directory (model, metrics.json,
-cell.log, job.json) and submitit's folder under `slurm/`, and the coordinator settles cells as the local runner
-does. Cells of one recipe that are ready together go in one job array (they share the recipe's resources). Every
+cell.log, job.json) and submitit's folder under `slurm/`, and the coordinator settles cells as it does the local
+executor's. Cells of one recipe that are ready together go in one job array (they share the recipe's resources). Every
 submission is recorded in the store before sbatch runs, under a name that is also the jobs' Slurm comment, so a
 rerun reattaches to its jobs, even to those whose ids a killed coordinator never heard, and never submits a cell
 twice. Job states come from squeue (`-t all` keeps an ended job's final state for MinJobAge seconds); with
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,10 +23,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from submitit.helpers import Checkpointable
 
 from align_proxy.checkpoints import clear_for_attempt, last_complete
+from align_proxy.studies.execute.cells import launch_flags, needed_dirs, settle_cell
+
+if TYPE_CHECKING:  # the spec imports the model registry (torch), which a job on its node never needs
+    from align_proxy.studies.spec import Cell
 
 JOB_RECORD = "job.json"  # in the cell directory: the job that ran the cell and the recipe's exit code
 # States in which a job may still run (or requeue and run again): the coordinator waits on these.
@@ -77,7 +81,8 @@ def shared_filesystem_warning(study_dir: Path) -> str | None:
         return None
     return (f"the study directory {study_dir} is on a {fstype} filesystem, which is usually local to this machine, "
             f"and the cluster has {len(set(nodes))} nodes: jobs on other nodes will not see it. Put output_dir "
-            "(or --output-dir) on a filesystem every node mounts (your home or project directory, usually NFS or Lustre)")
+            "(or --output-dir) on a filesystem every node mounts (your home or project directory, usually NFS or "
+            "Lustre)")
 
 
 def _filesystem_type(path: Path) -> str | None:
@@ -90,7 +95,8 @@ def _filesystem_type(path: Path) -> str | None:
         return None
     for line in mounts:
         fields = line.split()
-        if len(fields) > 2 and (path == Path(fields[1]) or Path(fields[1]) in path.parents) and len(fields[1]) > len(best):
+        mount = Path(fields[1]) if len(fields) > 2 else None
+        if mount is not None and (path == mount or mount in path.parents) and len(fields[1]) > len(best):
             best, fstype = fields[1], fields[2]
     return fstype
 
@@ -140,8 +146,6 @@ def job_launch_flags(launch: dict, hostnames: list[str], node: int, job_id: str)
     free port); on several, accelerate's rendezvous from Slurm's environment: this node's SLURM_NODEID as
     machine_rank, the job's first host as the main address, a port derived from the job id (the same on every
     node, and different for jobs sharing a node)."""
-    from align_proxy.studies.cell_runs import launch_flags
-
     machines = int(launch.get("num_machines", 1)) if launch else 1
     if machines <= 1:
         return launch_flags(launch)
@@ -176,6 +180,7 @@ class TrackedJob:
     job_id: str | None
     folder: str
     started: float
+    state: str | None = None  # as squeue last listed it (None: not listed)
 
     def submitit_job(self):
         from submitit import SlurmJob
@@ -265,8 +270,12 @@ def _state_in_log(job: TrackedJob) -> str | None:
     return None
 
 
-class SlurmCells:
-    """Submitting, following, settling and cancelling a study's cells as Slurm jobs."""
+class SlurmExecutor:
+    """Submitting, following, settling and cancelling a study's cells as Slurm jobs: cells of one recipe that are
+    ready together go in one submission (a job array), and the jobs outlive the coordinator."""
+
+    label = "study cells (Slurm jobs)"
+    outlives_study = True
 
     def __init__(self, store, paths, scripts: dict[str, Path], configs: dict[str, str], resources: dict,
                  name: str, poll_s: float = 5.0):
@@ -277,16 +286,31 @@ class SlurmCells:
     def folder(self) -> Path:
         return self.paths.root / "slurm" / "%j"  # submitit's files (sbatch script, logs, pickles) per job
 
-    def submit(self, cells: list) -> dict[str, TrackedJob]:
+    def resume(self, wanted: set[str], retry_failed: bool) -> tuple[dict[str, TrackedJob], int]:
+        """Reattach to the jobs an earlier coordinator left (`reattach`), and put the rest of its running cells,
+        the failed ones too when `retry_failed`, back in the queue. The jobs still queued or running, and how
+        many cells ended meanwhile and were settled here."""
+        running, settled = self.reattach(wanted)
+        self.store.requeue(failed=retry_failed, keep=set(running))
+        return running, len(settled)
+
+    def concurrency(self, pending: list[Cell], jobs: int | None) -> int | None:
+        """At most `jobs` cells queued or running at once; None: all of them (Slurm queues what waits)."""
+        return jobs
+
+    def batches(self, ready: list[Cell]) -> list[list[Cell]]:
+        return [[c for c in ready if c.recipe == recipe] for recipe in dict.fromkeys(c.recipe for c in ready)]
+
+    def submit(self, cells: list[Cell]) -> dict[str, TrackedJob]:
         """One sbatch for these cells (all of one recipe): a job, or a job array in this order."""
-        from submitit import SlurmExecutor
+        import submitit
         from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-        from align_proxy.studies.cell_runs import cell_command, needed_dirs
+        from align_proxy.studies.cell_runs import cell_command
 
         first = cells[0]
         batch = f"align-proxy-{uuid.uuid4().hex[:12]}"
-        executor = SlurmExecutor(folder=self.folder, max_num_timeout=0)
+        executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0)
         executor.update_parameters(**job_parameters(self.resources[first.recipe], first,
                                                     f"{self.name}:{first.recipe}", batch))
         calls = []
@@ -335,21 +359,31 @@ class SlurmCells:
         for row in rows:
             if row["job_id"] is None:
                 continue  # never submitted: the store's requeue puts it back to pending
-            job = TrackedJob(row["config_hash"], row["job_id"], row["folder"], row["submitted_at"])
-            if states.of(job.job_id) in ACTIVE:
+            job = TrackedJob(row["config_hash"], row["job_id"], row["folder"], row["submitted_at"],
+                             states.of(row["job_id"]))
+            if job.state in ACTIVE:
                 tracked[job.config_hash] = job
             else:
-                settled.append((job.config_hash, self.settle(job, states.of(job.job_id))))
+                settled.append((job.config_hash, self.settle(job)))
         return tracked, settled
 
-    def settle(self, job: TrackedJob, state: str | None) -> str:
-        """Record how a cell's job ended: its result when it wrote metrics.json, else failed with the reason."""
-        from align_proxy.studies.cell_runs import settle_cell
+    def poll(self, running: dict[str, TrackedJob], stop: threading.Event) -> list[TrackedJob]:
+        """The jobs squeue no longer lists as queued or running; when none, a wait of `poll_s` first (the
+        coordinator's own pace of asking squeue; a Ctrl-C ends the wait). A failed squeue ends no job."""
+        states = squeue_states()
+        ended = [] if states is None else [job for job in running.values() if states.of(job.job_id) not in ACTIVE]
+        for job in ended:
+            job.state = states.of(job.job_id)
+        if not ended:
+            stop.wait(self.poll_s)
+        return ended
 
+    def settle(self, job: TrackedJob) -> str:
+        """Record how a cell's job ended: its result when it wrote metrics.json, else failed with the reason."""
         cell_dir = self.paths.cell(job.config_hash)
-        if state:
-            self.store.record_job_state(job.config_hash, state)
-        failure = None if (cell_dir / "metrics.json").exists() else ended_reason(job, state, cell_dir)
+        if job.state:
+            self.store.record_job_state(job.config_hash, job.state)
+        failure = None if (cell_dir / "metrics.json").exists() else ended_reason(job, job.state, cell_dir)
         return settle_cell(self.store, cell_dir, time.time() - job.started, failure)
 
     def cancel(self, jobs: list[TrackedJob]) -> None:
@@ -362,80 +396,8 @@ class SlurmCells:
             self.store.record_failure(job.config_hash, f"Slurm job {job.job_id} cancelled when the study was "
                                                        "interrupted (Ctrl-C); rerun with --retry-failed")
 
-
-def run_slurm_cells(slurm: SlurmCells, pending: list, running: dict[str, TrackedJob], limit: int | None, bar,
-                    cancel_on_interrupt, ask) -> int:
-    """Submit the pending cells as jobs (each once the cell it starts from is done; at most `limit` unfinished at
-    once when given), follow them and the reattached `running` ones through squeue, and settle each as it
-    ends. On Ctrl-C, cancel the jobs if `cancel_on_interrupt` (None: `ask(count)` decides; no ask: keep them)."""
-    from align_proxy.studies.cell_runs import StudyRunError, fail_stranded, startable
-
-    store = slurm.store
-    status = store.statuses()
-    queue, finished = list(pending), 0
-
-    def settled(config_hash: str, outcome: str) -> None:
-        nonlocal finished
-        status[config_hash] = outcome
-        finished += 1
-        bar.update(1)
-        bar.set_postfix_str(f"{len(running)} jobs queued or running", refresh=True)
-
-    # Ctrl-C sets a flag the loop reads between steps, rather than raising wherever the coordinator happens to be
-    # (inside sbatch, squeue, a store write or the progress bar's lock, any of which an exception can leave half
-    # done or hung); a second Ctrl-C stops at once.
-    stop = threading.Event()
-
-    def on_interrupt(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main else None
-    try:
-        while (queue or running) and not stop.is_set():
-            fail_stranded(queue, status, store, settled)
-            ready = startable(queue, status)
-            room = len(ready) if limit is None else max(0, limit - len(running))
-            for recipe in dict.fromkeys(c.recipe for c in ready[:room]):
-                group = [c for c in ready[:room] if c.recipe == recipe]
-                for cell in group:
-                    queue.remove(cell)
-                running.update(slurm.submit(group))
-                bar.set_postfix_str(f"{len(running)} jobs queued or running", refresh=True)
-            if not running:
-                if queue:
-                    raise StudyRunError(f"{len(queue)} cell(s) wait on cells that never run: {queue[0].config_hash}")
-                break
-            states = squeue_states()
-            ended = [] if states is None else [job for job in running.values() if states.of(job.job_id) not in ACTIVE]
-            for job in ended:
-                del running[job.config_hash]
-                settled(job.config_hash, slurm.settle(job, states.of(job.job_id)))
-            if not ended:
-                stop.wait(slurm.poll_s)  # the coordinator's own pace of asking squeue (a Ctrl-C ends the wait)
-        if stop.is_set():
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        cancel = cancel_on_interrupt if cancel_on_interrupt is not None else (ask(len(running)) if ask and running
-                                                                             else False)
-        if cancel and running:
-            slurm.cancel(list(running.values()))
-        raise StudyInterrupted(len(running), bool(cancel)) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    return finished
-
-
-class StudyInterrupted(KeyboardInterrupt):
-    """Ctrl-C on a Slurm study's coordinator: how many jobs were still queued or running, and whether they were
-    cancelled (if not, they run on, and a rerun reattaches to them)."""
-
-    def __init__(self, jobs: int, cancelled: bool):
-        super().__init__(jobs, cancelled)
-        self.jobs, self.cancelled = jobs, cancelled
+    def note(self, running: dict[str, TrackedJob], started: list[Cell] | None = None) -> str:
+        return f"{len(running)} jobs queued or running"
 
 
 def slurm_job_states(jobs: list[dict]) -> dict[str, str]:

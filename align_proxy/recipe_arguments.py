@@ -1,0 +1,114 @@
+"""A recipe's command line: the arguments align-proxy adds to TRL's, and the parser that reads them.
+
+`make_parser(recipe)` is TRL's `--config FILE.yaml` plus flags over the recipe kind's dataclasses
+(`align_proxy.kinds`); `RecipeParser` also records which keys the user set, so the proxy-speed plan
+(`align_proxy.speed`) never replaces a value the user chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from align_proxy.kinds import recipe_kind
+from align_proxy.speed import ALIASES
+
+EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, on the script arguments
+
+
+@dataclass
+class RecipeArguments(ScriptArguments):
+    """TRL's script arguments plus what align-proxy adds: tokenizer, built-in task sizes, evaluation."""
+
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when the model directory has none (e.g. the Llama-2 "
+                                        "tokenizer for converted CLIMB proxies). Defaults to the model's own."})
+    builtin_train_size: int = field(default=2000, metadata={"help": "Training examples drawn from a built-in task."})
+    builtin_test_size: int = field(default=200, metadata={"help": "Held-out examples drawn from a built-in task."})
+    eval_size: int = field(default=200, metadata={"help": "Held-out items per metric for before/after evaluation."})
+    eval_before: bool = field(default=True, metadata={"help": "Evaluate the base model before training, so the "
+                                                                "gain is explicit."})
+    eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out items, kept apart from --seed so runs "
+                                                         "with different training seeds are scored on the same items "
+                                                         "(paired comparisons, one base evaluation for all)."})
+    base_eval_cache: str | None = field(default=None, metadata={"help": (
+        "Directory of base-model evaluations shared between runs (a transfer study sets it): a base model is "
+        "scored once per evaluation setup.")})
+    proxy_speed: bool = field(default=True, metadata={"help": (
+        "Proxy-aware speed defaults (align_proxy/speed.py): no gradient checkpointing for models that fit; on a GPU "
+        "also padding-free batches with varlen attention, SFT packing, compiled decoder layers, precomputed DPO "
+        "reference log-probs, a micro-batch sized to free memory and data-loader workers. Never overrides a key you "
+        "set; false keeps TRL's defaults.")})
+    lm_eval_tasks: list[str] | None = field(default=None, metadata={"help": (
+        "lm-evaluation-harness tasks scored on the base and the trained model beside the built-in metrics "
+        "(`pip install -e '.[lm-eval]'`): task names, comma-separated (piqa,arc_easy,hellaswag), or task YAML paths; "
+        "arith_mc is shipped and runs offline. Recorded per item as lm_eval:TASK/METRIC (acc, acc_norm, and for "
+        "multiple choice logprob, logprob_per_byte). Checked, data included, before any model is read.")})
+    lm_eval_limit: int | None = field(default=None, metadata={"help": "Items per lm-eval task (its first N); "
+                                                                       "default: all."})
+    lm_eval_num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per lm-eval prompt; "
+                                                                             "default: each task's own (0 for most)."})
+    lm_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of lm-eval's scoring."})
+    divergence_threshold: float = field(default=1e4, metadata={"help": (
+        "A logged training loss larger than this in size stops the run as diverged (also any loss or gradient "
+        "norm that is NaN or infinite, whatever this is): metrics.json records the step and loss, the model is "
+        "neither saved nor evaluated, and a study marks the cell diverged. Checked every logging_steps; inf turns "
+        "the size check off.")})
+
+
+class RecipeParser(TrlParser):
+    """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
+    command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values. Speed
+    planning reads them, so it never replaces a value the user chose."""
+
+    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True,
+                              separate_remaining_strings=False):
+        args = list(args) if args is not None else sys.argv[1:]
+        explicit = self.explicit_keys(args)
+        outputs = super().parse_args_and_config(args, return_remaining_strings, fail_with_unknown_args,
+                                                separate_remaining_strings)
+        setattr(outputs[0], EXPLICIT_KEYS, explicit)
+        return outputs
+
+    def explicit_keys(self, args: list[str]) -> frozenset[str]:
+        args, keys = list(args), set()
+        if "--config" in args:
+            at = args.index("--config")
+            try:
+                with open(args[at + 1]) as handle:
+                    config = yaml.safe_load(handle)
+                keys |= set(config) - {"env"} if isinstance(config, dict) else set()
+            except (IndexError, OSError, yaml.YAMLError):
+                pass  # TrlParser reports a missing or broken config itself
+            del args[at:at + 2]
+        # Parse the flags with every default suppressed: what lands in the namespace is what the user typed.
+        saved = [(action, action.default, action.required) for action in self._actions]
+        try:
+            for action in self._actions:
+                action.default, action.required = argparse.SUPPRESS, False
+            namespace, _ = argparse.ArgumentParser.parse_known_args(self, args)
+        finally:
+            for action, default, required in saved:
+                action.default, action.required = default, required
+        keys |= set(vars(namespace))
+        return frozenset(keys | {ALIASES[k] for k in keys if k in ALIASES})
+
+
+def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
+    """`--config FILE.yaml` plus command-line overrides, the TRL way, over the recipe kind's arguments class,
+    its TRL config and `trl.ModelConfig` (`align_proxy.kinds`).
+
+    Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
+    refuses on a CPU-only machine); a config file or flag still wins.
+    """
+    kind = recipe_kind(recipe)
+    parser = RecipeParser((kind.arguments_class, kind.config_class, ModelConfig), prog=prog)
+    if not torch.cuda.is_available():
+        parser.set_defaults(use_cpu=True, bf16=False)
+    return parser

@@ -1,0 +1,55 @@
+"""What every executor does with one cell, whoever runs it (a process on this machine or a Slurm job): find the
+directories of the cells it needs, give a launched cell its `accelerate launch` flags, and record how it ended."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from align_proxy.checkpoints import remove_checkpoints
+from align_proxy.run_metrics import RunMetrics
+from align_proxy.studies.store import ResultStore
+
+if TYPE_CHECKING:  # the spec imports the model registry (torch): a Slurm job on its node never needs it
+    from align_proxy.studies.spec import Cell
+
+LOG_TAIL_CHARS = 2000
+
+
+def read_metrics(path: Path) -> RunMetrics:
+    return RunMetrics.from_json(json.loads(path.read_text()))
+
+
+def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
+    """Record how a cell ended, whatever ran it; returns its status: "done", "diverged" or "failed". `failure`:
+    None when its process or job ended well (then metrics.json is its result), else why it did not."""
+    metrics_path = cell_dir / "metrics.json"
+    if failure is None and metrics_path.exists():
+        status = store.record_result(cell_dir.name, read_metrics(metrics_path), duration_s)
+        remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
+        return status
+    reason = failure or "the recipe exited without writing metrics.json"
+    log = cell_dir / "cell.log"
+    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
+    store.record_failure(cell_dir.name, f"{reason}; log: {log}\n{tail}")
+    return "failed"
+
+
+def launch_flags(launch: dict) -> list[str]:
+    """The `accelerate launch` flags of a cell of several processes; [] for a plain cell. Each launch gets a
+    free port for its processes' rendezvous, so concurrent cells never meet."""
+    if not launch:
+        return []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ["--config_file", launch["config_file"], "--num_processes", str(launch["num_processes"]),
+            "--main_process_port", str(port)]
+
+
+def needed_dirs(cell: Cell, cell_dir) -> tuple[Path | None, Path | None]:
+    """The directories of the cells a cell starts from and takes its reward model from (`cell_dir(hash)`)."""
+    return (cell_dir(cell.start_from) if cell.start_from else None,
+            cell_dir(cell.reward_from) if cell.reward_from else None)
