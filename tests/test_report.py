@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from align_proxy.studies.analysis import analyse
-from align_proxy.studies.report import write_report
+from align_proxy.studies.report import report_json, write_report
 from tests.test_analysis import MODELS, PRIMARY, TARGET, everywhere, planted_cells
 
 TITLE = "Transfer study: planted effects"
@@ -48,7 +48,7 @@ def test_report_writes_html_markdown_json_and_plots_with_no_temporary_files_left
                      "transfer_curves.png"]
     assert sorted(p.name for p in (study_dir / "plots").iterdir()) == plots
     assert sorted(p.name for p in study_dir.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
-    assert json.loads(files["json"].read_text()) == analysis.to_json()
+    assert json.loads(files["json"].read_text()) == report_json(analysis)
 
 
 def test_rewriting_a_report_replaces_it_in_place(tmp_path):
@@ -170,6 +170,8 @@ def test_a_diverged_variant_is_reported_as_such_and_every_plot_still_draws(tmp_p
 
 def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_report_json(tmp_path):
     from align_proxy import cli
+    from align_proxy.studies.report.console import print_report
+    from align_proxy.studies.report.prose import recipe_verdicts
     from align_proxy.studies.runner import WrittenReport
 
     cells = study_cells()
@@ -177,10 +179,10 @@ def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_rep
     files = write_report(tmp_path, analysis, cells, TITLE)
     files["json"].unlink()  # nothing on disk to re-read
     with cli.console.capture() as captured:
-        cli._print_report(WrittenReport(analysis, files))
+        print_report(cli.console, WrittenReport(analysis, files))
     printed = captured.get()
-    for entry in analysis.headline:
-        assert f"{entry.recipe}: {entry.conclusion}" in printed.replace("\n", " ") or entry.conclusion[:60] in printed
+    for words in recipe_verdicts(analysis):
+        assert f"{words.label}: {words.conclusion}" in printed.replace("\n", " ") or words.conclusion[:60] in printed
     assert "ladder-l (1.79M)" in printed and f"report: {files['html']}" in printed
 
 

@@ -4,7 +4,7 @@ models to large, which small-scale metric predicts the large model's ranking, a 
 what more data would resolve what is still unclear.
 
 Finished cells in, one typed `records.StudyAnalysis` out (`to_json()` is report.json); the report only
-draws what is here, and `verdicts` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
+draws what is here, and `report/prose.py` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
 draw over the whole study: items shared by every cell scored on them, seeds per training run.
 """
 
@@ -441,12 +441,10 @@ def _headline(recipe: str, metric: str, study: _Study, orderings: dict[tuple, Or
               for model in study.order if any(g.model == model for g in mine)]
     recommended = scales[-1].best_variant if scales else None
     fit = next((f for f in fits if (f.recipe, f.variant, f.metric) == (recipe, recommended, metric)), None)
-    entry = Headline(recipe=recipe, metric=metric, metric_label=metric_label(metric),
-                     higher_is_better=higher_is_better(metric), scales=scales, recommended_variant=recommended,
-                     transfer=_transfer_summary(scales, transfer, recipe, metric),
-                     prediction=_prediction(fit, metric) if fit and target else None, starts_from=start)
-    entry = replace(entry, confidence=verdicts.confidence(entry))
-    return replace(entry, conclusion=verdicts.conclusion(entry))
+    return Headline(recipe=recipe, metric=metric, metric_label=metric_label(metric),
+                    higher_is_better=higher_is_better(metric), scales=scales, recommended_variant=recommended,
+                    transfer=_transfer_summary(scales, transfer, recipe, metric),
+                    prediction=_prediction(fit, metric) if fit and target else None, starts_from=start)
 
 
 def _scale_entry(model: str, rows: list[Gain], ordering: Ordering) -> Scale:
@@ -529,7 +527,6 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
     headline = [_headline(r, primary[r], study, orderings, transfer, fits, target,
                           _start((starts or {}).get(r), (rewards_from or {}).get(r))) for r in recipes]
-    headline = [_with_decoding_time(h, gaps, order) for h in headline]
     metrics = _ordered({g.metric for g in gains}, METRIC_ORDER)
     return StudyAnalysis(
         schema=SCHEMA_VERSION, confidence=confidence, n_resamples=n_resamples, resolved_threshold=RESOLVED,
@@ -610,20 +607,6 @@ def _gap_closed_section(study: _Study, proxy_cells: list[CellResult], resampler:
 def _model_name(model: str, models: dict[str, int]) -> str:
     """The study's name for a model a proxy cell names as the spec did (a registry name or a directory)."""
     return model if model in models else next((m for m in models if m.rstrip("/").endswith(model.rstrip("/"))), model)
-
-
-def _with_decoding_time(entry: Headline, gaps: list[GapClosed], order: list[str]) -> Headline:
-    """The headline's conclusion, with whether decoding-time transfer works (to the largest model, on the headline's
-    metric and recommended variant, at alpha 1 or the first alpha) where training transfer does."""
-    mine = [g for g in gaps if (g.recipe, g.metric) == (entry.recipe, entry.metric) and g.large == order[-1]]
-    if not mine:
-        return entry
-    variant = entry.recommended_variant if any(g.variant == entry.recommended_variant for g in mine) else mine[0].variant
-    alphas = sorted({g.alpha for g in mine if g.variant == variant})
-    alpha = 1.0 if 1.0 in alphas else alphas[0]
-    chosen = [g for g in mine if (g.variant, g.alpha) == (variant, alpha)]
-    clause = verdicts.decoding_time_clause(chosen, entry.transfer.transfers if entry.transfer else None)
-    return replace(entry, conclusion=f"{entry.conclusion}; {clause}")
 
 
 def _base_records(results: list[CellResult], models: dict[str, int], confidence: float,

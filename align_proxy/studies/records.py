@@ -392,8 +392,9 @@ class OveroptimizationSummary(Record):
 
 @dataclass(frozen=True)
 class Headline(Record):
-    """A recipe's answer: its verdict per scale, whether it transfers, the prediction, and the conclusion in
-    words (`verdicts.conclusion`) with its confidence."""
+    """A recipe's answer: its verdict per scale, whether it transfers, and the prediction. Its confidence and
+    conclusion in words are the report's (`report/prose.py`), written when it renders; report.json adds them
+    as each entry's last two keys."""
 
     recipe: str
     metric: str
@@ -404,8 +405,6 @@ class Headline(Record):
     transfer: TransferSummary | None
     prediction: Prediction | None
     starts_from: Start | None = None
-    confidence: str = ""
-    conclusion: str = ""
 
 
 # --- the study ----------------------------------------------------------------------------------------------

@@ -1,0 +1,32 @@
+"""The report of `align-proxy overoptimization`: curves measured outside a study (best-of-n pools and RL runs),
+fitted, their trends against reward-model size, printed and written as overoptimization.json and .png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from align_proxy.files import atomic_write
+from align_proxy.studies.overoptimization import Curve, size_trends
+from align_proxy.studies.records import OveroptimizationCurve, to_json
+from align_proxy.studies.report.console import overoptimization_table
+from align_proxy.studies.report.formatting import format_trend
+
+
+def write_curves(console: Console, curves: list[Curve], document: dict, out: Path) -> dict[str, Path]:
+    """Print the curves' table and size trends, and write `document` (what was measured) with the curves and
+    trends into `out`/overoptimization.json, and their plot into `out`/overoptimization.png."""
+    from align_proxy.evals.overoptimization import plot
+
+    records = [OveroptimizationCurve.of(c) for c in curves]
+    console.print(overoptimization_table(records))
+    trends = size_trends(curves)
+    for trend in trends:
+        console.print(format_trend(trend))
+    document = {**document, "curves": [c.to_json() for c in records], "trend": [to_json(t) for t in trends]}
+    written = {"json": atomic_write(out / "overoptimization.json", json.dumps(document, indent=1, allow_nan=False)),
+               "png": atomic_write(out / "overoptimization.png", plot(curves))}
+    console.print(f"written: {out / 'overoptimization.json'}, {out / 'overoptimization.png'}")
+    return written
