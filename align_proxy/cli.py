@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from align_proxy.kinds import KINDS
 
@@ -19,29 +18,9 @@ from align_proxy.kinds import KINDS
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
-def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
-    table = Table(title="offline ladder (held-out = problems never seen in pretraining)")
-    for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "pretrain s"):
-        table.add_column(column, justify="left" if column == "rung" else "right", no_wrap=True)
-    for r in reports:
-        accuracy = f"{accuracies[r.name]:.3f}" if accuracies and r.name in accuracies else "-"
-        table.add_row(r.name, f"{r.parameters:,}", str(r.num_hidden_layers), str(r.hidden_size),
-                      f"{r.heldout_loss:.4f}", accuracy, f"{r.seconds:.0f}")
-    return table
-
-
-def _task_accuracies(reports, spec) -> dict[str, float]:
-    from align_proxy.data.tasks import get_task
-    from align_proxy.models.tokenizer import build_tokenizer
-    from align_proxy.evals.suite import EvalSet, evaluate_policy
-
-    task = get_task(spec.task)
-    evalset = EvalSet(task=task, task_prompts=task.evaluation(300, seed=spec.seed))
-    return {r.name: evaluate_policy(r.path, build_tokenizer(), evalset).metrics["task_accuracy"] for r in reports}
-
-
 def cmd_ladder(args) -> int:
     from align_proxy.models import ladder
+    from align_proxy.models.tables import ladder_table, task_accuracies
 
     spec = ladder.LadderSpec(seed=args.seed)
     root = Path(args.home) if args.home else None
@@ -54,7 +33,7 @@ def cmd_ladder(args) -> int:
         if not reports:
             console.print("no rung is built yet: run `align-proxy ladder build`")
             return 1
-    console.print(_ladder_table(reports, None if args.no_eval else _task_accuracies(reports, spec)))
+    console.print(ladder_table(reports, None if args.no_eval else task_accuracies(reports, spec)))
     console.print(f"rungs saved in {ladder.ladder_dir(spec, root)}")
     losses = [r.heldout_loss for r in reports]
     if len(reports) == len(spec.rungs) and losses != sorted(losses, reverse=True):
@@ -63,22 +42,9 @@ def cmd_ladder(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from align_proxy.models import ladder, registry
+    from align_proxy.models.tables import registry_table
 
-    table = Table(title="model registry (also: any local Hugging Face directory or Hub id)")
-    for column in ("name", "parameters", "source", "status"):
-        table.add_column(column)
-    built = {r.name: r for r in ladder.load_table()}
-    for rung in ladder.LadderSpec().rungs:
-        report = built.get(rung.name)
-        params = f"{report.parameters:,}" if report else "-"
-        table.add_row(rung.name, params, "offline ladder", report.path if report else "built on first use")
-    for variant in registry.CLIMB.values():
-        cached = registry.climb_cache_dir(variant)
-        status = str(cached) if (cached / "config.json").exists() else f"convert into {cached}"
-        table.add_row(variant.name, f"{registry.parameters_from_config(variant.config()):,}",
-                      f"{registry.CLIMB_REPO} (Megatron-LM)", status)
-    console.print(table)
+    console.print(registry_table())
     return 0
 
 
