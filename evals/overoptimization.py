@@ -183,22 +183,6 @@ def run_cell(argv: list[str] | None = None) -> None:
     atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
 
 
-def plot(curves_: list[Curve]) -> bytes:
-    """The curves drawn as the study report draws them (`studies.plots.draw_overoptimization`), as PNG bytes."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    from align_proxy.studies.plots import draw_overoptimization
-    from align_proxy.studies.records import OveroptimizationCurve
-
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    draw_overoptimization([OveroptimizationCurve.of(c) for c in curves_], figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 if __name__ == "__main__":
     import sys
 
