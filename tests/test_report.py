@@ -94,6 +94,60 @@ def test_markdown_has_each_recipe_and_links_the_plots_it_wrote(report):
             assert f"](plots/{path.name})" in text
 
 
+def test_each_section_has_one_title_and_one_place_in_the_html_and_the_markdown(report):
+    import html
+
+    from align_proxy.studies.report.sections import sections
+
+    files, analysis = report
+    page, text = files["html"].read_text(), files["markdown"].read_text()
+    shown = sections(analysis)
+    html_at = [page.index(f"<h2>{html.escape(s.title)}</h2>") for s in shown]
+    assert html_at == sorted(html_at)  # the declared order
+    in_markdown = [s for s in shown if s.summary]
+    markdown_at = [text.index(f"{'###' if s.detail else '##'} {s.title}\n") for s in in_markdown]
+    assert markdown_at == sorted(markdown_at)
+    assert not [s for s in shown if not s.summary and f"# {s.title}" in text]  # the full tables stay in the HTML
+
+
+def test_report_json_words_each_headline_in_its_last_two_keys(report):
+    from align_proxy.studies.report.prose import conclusion, confidence
+
+    files, analysis = report
+    written = json.loads(files["json"].read_text())["headline"]
+    assert "conclusion" not in analysis.headline[0].to_json()  # the analysis holds no prose
+    for entry, h in zip(written, analysis.headline):
+        assert list(entry)[-2:] == ["confidence", "conclusion"]
+        assert (entry["confidence"], entry["conclusion"]) == (confidence(h), conclusion(h, analysis))
+
+
+def test_a_conclusion_says_whether_decoding_time_transfer_works_to_the_largest_model(report):
+    from align_proxy.studies.records import GapClosed
+    from align_proxy.studies.report.prose import conclusion
+    from align_proxy.studies.stats import Interval
+
+    _, analysis = report
+    sft = next(h for h in analysis.headline if h.recipe == "sft")
+    gap = GapClosed("sft", sft.recommended_variant, sft.metric, "ladder-s", "ladder-l", 1, 4, 1.0, 3, 0.3, 0.4, 0.5,
+                    0.2, Interval(0.5, 0.2, 0.8))
+    with_gap = dataclasses.replace(analysis, gap_closed=[gap])
+    assert conclusion(sft, with_gap) == (f"{conclusion(sft, analysis)}; decoding-time transfer (ladder-l proxy-tuned "
+                                         "by the smaller model, alpha 1): works from ladder-s, closing 50% [20%, 80%] "
+                                         "of the gap to ladder-l tuned directly; training transfer: yes")
+    to_a_smaller_model = dataclasses.replace(analysis, gap_closed=[dataclasses.replace(gap, large="ladder-m")])
+    assert conclusion(sft, to_a_smaller_model) == conclusion(sft, analysis)
+
+
+@pytest.mark.parametrize("module", ["align_proxy.studies.report.prose", "align_proxy.studies.report.formatting",
+                                    "align_proxy.studies.verdicts"])
+def test_the_report_modules_doctests_hold(module):
+    import doctest
+    import importlib
+
+    failed, attempted = doctest.testmod(importlib.import_module(module))
+    assert attempted > 0 and failed == 0
+
+
 def test_a_partial_study_report_says_what_is_missing(tmp_path):
     cells = study_cells(drop_largest_seed=True)
     files = write_report(tmp_path, analyse(cells, MODELS, PRIMARY, target=TARGET), cells, TITLE)
