@@ -30,8 +30,8 @@ def print_report(console: Console, report) -> None:
             console.print(headline_table(analysis, verdicts))
             for words in verdicts:
                 console.print(f"[bold]{words.label}[/bold]: {words.conclusion}")
-        elif section.id == "overoptimization":
-            console.print(overoptimization_table(analysis.overoptimization.curves))
+        elif section.id in TABLES:
+            console.print(TABLES[section.id](analysis))
         for line in section.lines(analysis) if section.lines else ():
             console.print(f"- {line}", highlight=False)
     console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
@@ -72,6 +72,11 @@ def overoptimization_table(curves) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+# A console section's table, by section id: the report's rows under a title that says, on a terminal without the
+# report's prose, what the intervals cover. The headline's is `headline_table`, compact, printed with its verdicts.
+TABLES = {"overoptimization": lambda analysis: overoptimization_table(analysis.overoptimization.curves)}
 
 
 def study_status_table(study_dir: Path) -> Table | None:
