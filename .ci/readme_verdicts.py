@@ -133,7 +133,7 @@ def readme_headline(text: str, source: Path | str = README) -> Headline:
 
 
 def recipe_label(entry: dict) -> str:
-    """As `align_proxy.studies.formatting.recipe_label` writes a headline entry's recipe, from report.json."""
+    """As `align_proxy.studies.report.formatting.recipe_label` writes a headline entry's recipe, from report.json."""
     start = entry.get("starts_from")
     if not start:
         return entry["recipe"]

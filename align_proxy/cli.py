@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from align_proxy.kinds import KINDS
 
@@ -19,29 +18,9 @@ from align_proxy.kinds import KINDS
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
-def _ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
-    table = Table(title="offline ladder (held-out = problems never seen in pretraining)")
-    for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "pretrain s"):
-        table.add_column(column, justify="left" if column == "rung" else "right", no_wrap=True)
-    for r in reports:
-        accuracy = f"{accuracies[r.name]:.3f}" if accuracies and r.name in accuracies else "-"
-        table.add_row(r.name, f"{r.parameters:,}", str(r.num_hidden_layers), str(r.hidden_size),
-                      f"{r.heldout_loss:.4f}", accuracy, f"{r.seconds:.0f}")
-    return table
-
-
-def _task_accuracies(reports, spec) -> dict[str, float]:
-    from align_proxy.data.tasks import get_task
-    from align_proxy.models.tokenizer import build_tokenizer
-    from align_proxy.evals.suite import EvalSet, evaluate_policy
-
-    task = get_task(spec.task)
-    evalset = EvalSet(task=task, task_prompts=task.evaluation(300, seed=spec.seed))
-    return {r.name: evaluate_policy(r.path, build_tokenizer(), evalset).metrics["task_accuracy"] for r in reports}
-
-
 def cmd_ladder(args) -> int:
     from align_proxy.models import ladder
+    from align_proxy.models.tables import ladder_table, task_accuracies
 
     spec = ladder.LadderSpec(seed=args.seed)
     root = Path(args.home) if args.home else None
@@ -54,7 +33,7 @@ def cmd_ladder(args) -> int:
         if not reports:
             console.print("no rung is built yet: run `align-proxy ladder build`")
             return 1
-    console.print(_ladder_table(reports, None if args.no_eval else _task_accuracies(reports, spec)))
+    console.print(ladder_table(reports, None if args.no_eval else task_accuracies(reports, spec)))
     console.print(f"rungs saved in {ladder.ladder_dir(spec, root)}")
     losses = [r.heldout_loss for r in reports]
     if len(reports) == len(spec.rungs) and losses != sorted(losses, reverse=True):
@@ -63,22 +42,9 @@ def cmd_ladder(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from align_proxy.models import ladder, registry
+    from align_proxy.models.tables import registry_table
 
-    table = Table(title="model registry (also: any local Hugging Face directory or Hub id)")
-    for column in ("name", "parameters", "source", "status"):
-        table.add_column(column)
-    built = {r.name: r for r in ladder.load_table()}
-    for rung in ladder.LadderSpec().rungs:
-        report = built.get(rung.name)
-        params = f"{report.parameters:,}" if report else "-"
-        table.add_row(rung.name, params, "offline ladder", report.path if report else "built on first use")
-    for variant in registry.CLIMB.values():
-        cached = registry.climb_cache_dir(variant)
-        status = str(cached) if (cached / "config.json").exists() else f"convert into {cached}"
-        table.add_row(variant.name, f"{registry.parameters_from_config(variant.config()):,}",
-                      f"{registry.CLIMB_REPO} (Megatron-LM)", status)
-    console.print(table)
+    console.print(registry_table())
     return 0
 
 
@@ -143,6 +109,7 @@ def cmd_study(args) -> int:
     from dataclasses import replace
 
     from align_proxy.models.registry import ModelUnavailableError
+    from align_proxy.studies.report.console import print_report
     from align_proxy.studies.runner import StudyRunError, run_study, study_paths
     from align_proxy.studies.spec import StudySpecError, load_spec
 
@@ -195,12 +162,12 @@ def cmd_study(args) -> int:
             "rerun the same command to go on (finished cells are kept)"))
         return 130
     diverged = f", {outcome.diverged} diverged (a result: see --status)" if outcome.diverged else ""
-    console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), {outcome.failed} failed{diverged}; "
-                  f"results in {study_paths(outcome.study_dir).db}")
+    console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), "
+                  f"{outcome.failed} failed{diverged}; results in {study_paths(outcome.study_dir).db}")
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
                       "rerun them with --retry-failed")
-    _print_report(outcome.report)
+    print_report(console, outcome.report)
     return 1 if outcome.failed else 0
 
 
@@ -223,6 +190,17 @@ def _with_slurm_overrides(spec, pairs: list[str]):
                                   for plan in spec.recipes])
 
 
+def _print_study_status(study_dir: Path) -> int:
+    from align_proxy.studies.report.console import study_status_table
+
+    table = study_status_table(study_dir)
+    if table is None:
+        console.print(f"no study has run in {study_dir} yet")
+        return 1
+    console.print(table)
+    return 0
+
+
 def _ask_cancel(jobs: int) -> bool:
     from rich.prompt import Confirm
 
@@ -230,85 +208,11 @@ def _ask_cancel(jobs: int) -> bool:
                        "the study follows them)", default=False, console=console)
 
 
-def _print_study_status(study_dir: Path) -> int:
-    from align_proxy.studies.runner import study_paths
-    from align_proxy.studies.store import ResultStore
-
-    db = study_paths(study_dir).db
-    if not db.exists():
-        console.print(f"no study has run in {study_dir} yet")
-        return 1
-    store = ResultStore(db)
-    cells = store.cells()
-    jobs = [c for c in cells if c["job_id"] or c["job_state"]]
-    states = {}
-    if jobs:  # a study run with --executor slurm: each cell's job and its state, live from squeue where it can be
-        from align_proxy.studies.execute.slurm import slurm_job_states
-
-        states = slurm_job_states([{**c, "state": c["job_state"]} for c in jobs])
-    table = Table(title=f"cells of {study_dir}")
-    for column in ("cell", "recipe", "variant", "model", "seed", "status", "attempts",
-                   *(("slurm job", "slurm state") if jobs else ()), "error"):
-        table.add_column(column)
-    for cell in cells:
-        error = (cell["error"] or "").splitlines()[0] if cell["error"] else ""
-        job = (cell["job_id"] or "-", states.get(cell["config_hash"], "-")) if jobs else ()
-        table.add_row(cell["config_hash"], cell["recipe"], cell["variant"], cell["model"], str(cell["seed"]),
-                      cell["status"], str(cell["attempts"]), *job, error)
-    console.print(table)
-    return 0
-
-
-def _print_report(report) -> None:
-    """The report's headline, as a table, from the analysis just computed, and where the full report is."""
-    if report is None:
-        return
-    from align_proxy.studies.formatting import format_parameters, recipe_label
-
-    analysis, files = report.analysis, report.files
-    table = Table(title="does each recipe's gain transfer? (gain of the best variant, 95% interval)")
-    table.add_column("recipe", no_wrap=True)
-    table.add_column("judged on", no_wrap=True)
-    for model in analysis.models:
-        table.add_column(f"{model.name} ({format_parameters(model.parameters)})", no_wrap=True)
-    for column in ("transfers", "confidence"):
-        table.add_column(column, no_wrap=True)
-    for entry in analysis.headline:
-        by_model = {scale.model: scale for scale in entry.scales}
-        cells = [_verdict_text(by_model.get(m.name)) for m in analysis.models]
-        transfers = entry.transfer.transfers if entry.transfer else "-"
-        table.add_row(recipe_label(entry), entry.metric, *cells, transfers, entry.confidence)
-    console.print(table)
-    for entry in analysis.headline:
-        console.print(f"[bold]{recipe_label(entry)}[/bold]: {entry.conclusion}")
-    if analysis.overoptimization:
-        from align_proxy.studies.report import overoptimization_lines
-
-        console.print(_overoptimization_table(analysis.overoptimization.curves))
-        for line in overoptimization_lines(analysis):
-            console.print(f"- {line}", highlight=False)
-    console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
-
-
-def _verdict_text(scale) -> str:
-    from align_proxy.studies.formatting import format_interval
-
-    if scale is None:
-        return "-"
-    colour = {"helps": "green", "hurts": "red", "diverges": "magenta"}.get(scale.verdict, "yellow")
-    return f"[{colour}]{scale.verdict}[/{colour}] {format_interval(scale.gain)}"
-
-
 def cmd_overoptimization(args) -> int:
-    import json
-
     import numpy as np
 
-    from align_proxy.files import atomic_write
-    from align_proxy.studies.formatting import format_trend
-    from align_proxy.studies.overoptimization import size_trends
-    from align_proxy.studies.analysis import OveroptimizationCurve, to_json
     from align_proxy.studies import overoptimization_run as overoptimization
+    from align_proxy.studies.report.overoptimization import write_curves
 
     if not args.reward_model and not args.rl_run:
         console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "
@@ -328,34 +232,12 @@ def cmd_overoptimization(args) -> int:
                       f"({distinct:.1f} distinct per prompt); gold = {args.gold}")
         document.update(policy=args.policy, prompts=len(pool.prompts), pool_size=pool.size)
         curves = bon + curves
-    records = [OveroptimizationCurve.of(c) for c in curves]
-    console.print(_overoptimization_table(records))
-    trends = size_trends(curves)
-    for trend in trends:
-        console.print(format_trend(trend))
-    out = Path(args.output_dir)
-    document.update(curves=[c.to_json() for c in records], trend=[to_json(t) for t in trends])
-    atomic_write(out / "overoptimization.json", json.dumps(document, indent=1, allow_nan=False))
-    atomic_write(out / "overoptimization.png", overoptimization.plot(curves))
-    console.print(f"written: {out / 'overoptimization.json'}, {out / 'overoptimization.png'}")
+    write_curves(console, curves, document, Path(args.output_dir))
     return 0
 
 
-def _overoptimization_table(curves) -> Table:
-    """Overoptimization curves (`analysis.OveroptimizationCurve`) as a console table."""
-    from align_proxy.studies.formatting import overoptimization_rows
-
-    table = Table(title="gold reward against d = sqrt(KL) per proxy reward model: Gao et al.'s fit, peak d* and the "
-                        "gold gain there (95% intervals over prompts)")
-    headers, rows = overoptimization_rows(curves)
-    for column in headers:
-        table.add_column(column)  # intervals wrap rather than being cut at the console's width
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
 def cmd_report(args) -> int:
+    from align_proxy.studies.report.console import print_report
     from align_proxy.studies.runner import study_paths, write_study_report
 
     study_dir = Path(args.study_dir)
@@ -363,7 +245,7 @@ def cmd_report(args) -> int:
         console.print(f"[red]error:[/red] {study_dir} holds no results.sqlite: pass the output directory of a "
                       "study (`align-proxy study` writes one)")
         return 2
-    _print_report(write_study_report(study_dir))
+    print_report(console, write_study_report(study_dir))
     return 0
 
 
@@ -371,8 +253,7 @@ def cmd_proxy_tune(args) -> int:
     from align_proxy.models import registry
     from align_proxy.proxy_tuning import HeldOut, ProxyModels, VocabularyMismatchError, score_proxy_tuning, trained_from
     from align_proxy.studies.proxy_gap import gap_closed_records
-    from align_proxy.metrics import metric
-    from align_proxy.studies.formatting import format_share
+    from align_proxy.studies.report.console import proxy_tuning_table
 
     try:
         anti_expert = args.anti_expert or trained_from(args.expert)
@@ -388,16 +269,7 @@ def cmd_proxy_tune(args) -> int:
     small, large = registry.resolve(models.anti_expert), registry.resolve(models.base)
     gaps = {g.metric: g for g in gap_closed_records(scores, held_out.recipe, "", small.name, large.name,
                                                      small.parameters, large.parameters, models.alpha)}
-    table = Table(title="proxy-tuning: gap closed = (proxy-tuned - base) / (tuned - base), 95% interval over items")
-    for column in ("metric", f"base {large.name}", f"expert ({small.name} tuned)", "proxy-tuned",
-                   f"tuned {large.name}", "gap closed"):
-        table.add_column(column, no_wrap=True)
-    for name, value in scores.base.metrics.items():
-        tuned = f"{scores.tuned.metrics[name]:.4f}" if scores.tuned else "-"
-        gap = format_share(gaps[name].gap_closed) if name in gaps else "-"
-        table.add_row(metric(name).label, f"{value:.4f}", f"{scores.expert.metrics[name]:.4f}",
-                      f"{scores.proxy.metrics[name]:.4f}", tuned, gap)
-    console.print(table)
+    console.print(proxy_tuning_table(scores, gaps, small.name, large.name))
     if not scores.tuned:
         console.print("pass --tuned DIR (the large model tuned directly) for the gap closed")
     return 0
@@ -457,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     study_p = sub.add_parser("study", help="run a transfer study (the embedded default without a spec) and report it")
     study_p.add_argument("spec", nargs="?", help="study spec YAML (default: the embedded ladder study)")
-    study_p.add_argument("--jobs", type=int, help="cells run at once (default: one per GPU, else one per CPU core); cells go to the least busy GPU")
+    study_p.add_argument("--jobs", type=int, help="cells run at once (default: one per GPU, else one per CPU core); "
+                                                  "cells go to the least busy GPU")
     study_p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     study_p.add_argument("--output-dir", help="study directory (default: the spec's output_dir)")
     study_p.add_argument("--status", action="store_true", help="list the cells and their status, run nothing")
@@ -504,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("study_dir", help="the study's output directory")
     report_p.set_defaults(func=cmd_report)
 
-    over_p = sub.add_parser("overoptimization", help="gold vs proxy reward against sqrt(KL) per proxy reward model, for "
-                                                     "best-of-n and RL, with Gao et al.'s fits")
+    over_p = sub.add_parser("overoptimization", help="gold vs proxy reward against sqrt(KL) per proxy reward model, "
+                                                     "for best-of-n and RL, with Gao et al.'s fits")
     over_p.add_argument("--policy", help="best-of-n: the fixed policy that samples the pool (name or directory)")
     over_p.add_argument("--reward-model", nargs="+", default=[],
                         help="best-of-n: proxy reward model directories (recipes/reward.py outputs), e.g. one per rung")

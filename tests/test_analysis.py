@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from align_proxy.studies.analysis import analyse
+from align_proxy.studies.report.prose import conclusion, confidence
 from align_proxy.studies.stats import Interval
 from align_proxy.studies.store import CellResult
 
@@ -67,10 +68,10 @@ def test_a_gain_at_every_scale_helps_everywhere_and_transfers():
     assert [s.best_variant for s in h.scales] == ["lr=high"] * 3
     assert h.transfer.transfers == "yes"
     assert h.transfer.rank_agreement.decision_accuracy == 1.0
-    assert h.confidence == "high"
+    assert confidence(h) == "high"
     assert h.prediction.gain.estimate == pytest.approx(0.2, abs=1e-9)
-    assert h.conclusion.startswith("worth a large run: helps at every scale; lr=high best at both ends (P 1.00")
-    assert "climb-350m" in h.conclusion
+    assert conclusion(h).startswith("worth a large run: helps at every scale; lr=high best at both ends (P 1.00")
+    assert "climb-350m" in conclusion(h)
 
 
 def test_zero_gain_is_unclear_and_its_interval_covers_zero():
@@ -80,8 +81,8 @@ def test_zero_gain_is_unclear_and_its_interval_covers_zero():
         assert g.verdict == "unclear"
         assert g.gain.low < 0 < g.gain.high
     h = headline(analysis, "dpo")
-    assert h.transfer.transfers == "unclear" and h.confidence == "low"
-    assert h.conclusion.startswith("no evidence yet to justify a large run: no clear effect at every scale")
+    assert h.transfer.transfers == "unclear" and confidence(h) == "low"
+    assert conclusion(h).startswith("no evidence yet to justify a large run: no clear effect at every scale")
 
 
 def test_gain_interval_is_the_mean_over_seeds_with_a_two_level_interval():
@@ -113,7 +114,7 @@ def test_reversed_variant_ordering_has_decision_accuracy_zero_and_names_both_bes
     assert h.recommended_variant == "a"
     assert h.transfer.ordering == "changes"
     assert ("best variant changes: c at ladder-s (P 0.99), a at ladder-l (P 1.00); decision accuracy 0.00"
-            in h.conclusion)
+            in conclusion(h))
     assert h.transfer.rank_intervals.decision_accuracy == Interval(0.0, 0.0, 0.0)
 
 
@@ -200,7 +201,7 @@ def test_a_drop_in_a_lower_is_better_metric_helps():
     assert (g.direction, g.verdict, g.improvement) == ("better", "helps", pytest.approx(0.3))
     assert gain_of(analysis, "dpo", "b", "ladder-s", "completion_nll").verdict == "hurts"
     assert analysis.metrics["completion_nll"].higher_is_better is False
-    assert headline(analysis, "dpo").conclusion.startswith("do not spend a large run on it: hurts at every scale")
+    assert conclusion(headline(analysis, "dpo")).startswith("do not spend a large run on it: hurts at every scale")
 
 
 def test_the_best_variant_of_a_lower_is_better_metric_is_the_largest_drop():
@@ -252,7 +253,7 @@ def test_every_number_dumps_as_strict_json_with_undefined_values_as_null():
                         and t["small"] == "ladder-s")
     assert sft_transfer["ratios"]["a"] == {"estimate": None, "low": None, "high": None}
     assert headline(analysis, "reward").transfer is None
-    assert "only ladder-s has results" in headline(analysis, "reward").conclusion
+    assert "only ladder-s has results" in conclusion(headline(analysis, "reward"))
 
 
 def test_models_are_ordered_by_parameters():
@@ -269,8 +270,8 @@ def test_variants_inside_the_noise_are_not_called_a_change_of_winner():
     gains = {"a": everywhere(0.10), "b": everywhere(0.10)}
     h = headline(analyse(planted_cells("sft", gains, noise=0.3), MODELS, PRIMARY), "sft")
     assert h.transfer.ordering == "not resolved"
-    assert "best variant changes" not in h.conclusion
-    assert "variants not distinguishable at ladder-s" in h.conclusion
+    assert "best variant changes" not in conclusion(h)
+    assert "variants not distinguishable at ladder-s" in conclusion(h)
     assert all(0.05 < s.p_best < 0.95 for s in h.scales)
 
 
@@ -289,7 +290,7 @@ def test_an_unclear_gain_says_how_many_seeds_or_items_would_resolve_it():
     power = g.power
     assert power.items is not None and power.items > 60
     assert power.detectable > abs(g.gain.estimate)
-    assert "needs about" in headline(analysis, "dpo").conclusion
+    assert "needs about" in conclusion(headline(analysis, "dpo"))
 
 
 def diverging(cells: list[CellResult], variant: str, model: str, seeds=SEEDS) -> list[CellResult]:
@@ -313,7 +314,7 @@ def test_a_variant_diverging_at_the_largest_rung_is_a_result_not_a_gap():
     largest = h.scales[-1]
     assert largest.best_variant == "lr=low" and largest.verdict == "helps"
     assert largest.p_best == 1.0  # a diverging variant loses every resample
-    assert "lr=high diverges at ladder-l (3/3 seeds; loss 1.5e+05 at step 7)" in h.conclusion
+    assert "lr=high diverges at ladder-l (3/3 seeds; loss 1.5e+05 at step 7)" in conclusion(h)
     assert h.transfer.ordering == "changes"
     assert analysis.completeness.complete
     json.dumps(analysis.to_json(), allow_nan=False)
@@ -324,7 +325,7 @@ def test_a_recipe_whose_every_variant_diverges_at_a_rung_diverges_there():
     h = headline(analyse(cells, MODELS, PRIMARY), "sft")
     assert [s.verdict for s in h.scales] == ["helps", "helps", "diverges"]
     assert h.transfer.transfers == "no"
-    assert h.conclusion.startswith("do not spend a large run on it: helps at ladder-s, ladder-m; diverges at ladder-l")
+    assert conclusion(h).startswith("do not spend a large run on it: helps at ladder-s, ladder-m; diverges at ladder-l")
 
 
 def test_one_diverged_seed_marks_the_variant_and_keeps_the_other_seeds_gain():
@@ -363,8 +364,8 @@ def test_a_prediction_beyond_the_metrics_range_is_given_as_a_direction_with_its_
     p = h.prediction
     assert not p.trusted and p.direction == "helps" and 0.5 < p.direction_probability <= 1.0
     assert "range an accuracy can gain" in p.untrusted_because
-    assert f"the trend says helps with probability {p.direction_probability:.2f}" in h.conclusion
-    assert "predicted +" not in h.conclusion
+    assert f"the trend says helps with probability {p.direction_probability:.2f}" in conclusion(h)
+    assert "predicted +" not in conclusion(h)
 
 
 def test_records_json_form_doctest_holds():
@@ -374,3 +375,5 @@ def test_records_json_form_doctest_holds():
 
     failed, attempted = doctest.testmod(record)
     assert attempted > 0 and failed == 0
+
+

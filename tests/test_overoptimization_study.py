@@ -177,8 +177,8 @@ def test_a_peak_past_the_data_in_some_resamples_is_reported_open_on_that_side_no
     its prompts still rise at the last point. Its interval is open above, in the table (`>1.78`) and in
     report.json (null, with the share of such resamples), and the shift, unresolved, says what would bound it."""
     from align_proxy.studies.analysis import analyse
-    from align_proxy.studies.formatting import overoptimization_rows, peak_shift_text
     from align_proxy.studies.record import to_json
+    from align_proxy.studies.report.formatting import overoptimization_rows, peak_shift_text
 
     sizes = {"rm-s": 200_000, "rm-m": 800_000, "rm-l": 1_800_000}
     planted = {"rm-s": (0.9, 0.3), "rm-m": (0.95, 0.3), "rm-l": (1.0, 0.3)}  # d* = 1.5, 1.58, 1.67

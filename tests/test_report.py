@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from align_proxy.studies.analysis import analyse
-from align_proxy.studies.report import write_report
+from align_proxy.studies.report import report_json, write_report
 from tests.test_analysis import MODELS, PRIMARY, TARGET, everywhere, planted_cells
 
 TITLE = "Transfer study: planted effects"
@@ -48,7 +48,7 @@ def test_report_writes_html_markdown_json_and_plots_with_no_temporary_files_left
                      "transfer_curves.png"]
     assert sorted(p.name for p in (study_dir / "plots").iterdir()) == plots
     assert sorted(p.name for p in study_dir.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
-    assert json.loads(files["json"].read_text()) == analysis.to_json()
+    assert json.loads(files["json"].read_text()) == report_json(analysis)
 
 
 def test_rewriting_a_report_replaces_it_in_place(tmp_path):
@@ -92,6 +92,60 @@ def test_markdown_has_each_recipe_and_links_the_plots_it_wrote(report):
     for key, path in files.items():
         if key.startswith("plot_"):
             assert f"](plots/{path.name})" in text
+
+
+def test_each_section_has_one_title_and_one_place_in_the_html_and_the_markdown(report):
+    import html
+
+    from align_proxy.studies.report.sections import sections
+
+    files, analysis = report
+    page, text = files["html"].read_text(), files["markdown"].read_text()
+    shown = sections(analysis)
+    html_at = [page.index(f"<h2>{html.escape(s.title)}</h2>") for s in shown]
+    assert html_at == sorted(html_at)  # the declared order
+    in_markdown = [s for s in shown if s.summary]
+    markdown_at = [text.index(f"{'###' if s.detail else '##'} {s.title}\n") for s in in_markdown]
+    assert markdown_at == sorted(markdown_at)
+    assert not [s for s in shown if not s.summary and f"# {s.title}" in text]  # the full tables stay in the HTML
+
+
+def test_report_json_words_each_headline_in_its_last_two_keys(report):
+    from align_proxy.studies.report.prose import conclusion, confidence
+
+    files, analysis = report
+    written = json.loads(files["json"].read_text())["headline"]
+    assert "conclusion" not in analysis.headline[0].to_json()  # the analysis holds no prose
+    for entry, h in zip(written, analysis.headline):
+        assert list(entry)[-2:] == ["confidence", "conclusion"]
+        assert (entry["confidence"], entry["conclusion"]) == (confidence(h), conclusion(h, analysis))
+
+
+def test_a_conclusion_says_whether_decoding_time_transfer_works_to_the_largest_model(report):
+    from align_proxy.studies.analysis import GapClosed
+    from align_proxy.studies.report.prose import conclusion
+    from align_proxy.studies.stats import Interval
+
+    _, analysis = report
+    sft = next(h for h in analysis.headline if h.recipe == "sft")
+    gap = GapClosed("sft", sft.recommended_variant, sft.metric, "ladder-s", "ladder-l", 1, 4, 1.0, 3, 0.3, 0.4, 0.5,
+                    0.2, Interval(0.5, 0.2, 0.8))
+    with_gap = dataclasses.replace(analysis, gap_closed=[gap])
+    assert conclusion(sft, with_gap) == (f"{conclusion(sft, analysis)}; decoding-time transfer (ladder-l proxy-tuned "
+                                         "by the smaller model, alpha 1): works from ladder-s, closing 50% [20%, 80%] "
+                                         "of the gap to ladder-l tuned directly; training transfer: yes")
+    to_a_smaller_model = dataclasses.replace(analysis, gap_closed=[dataclasses.replace(gap, large="ladder-m")])
+    assert conclusion(sft, to_a_smaller_model) == conclusion(sft, analysis)
+
+
+@pytest.mark.parametrize("module", ["align_proxy.studies.report.prose", "align_proxy.studies.report.formatting",
+                                    "align_proxy.studies.verdicts"])
+def test_the_report_modules_doctests_hold(module):
+    import doctest
+    import importlib
+
+    failed, attempted = doctest.testmod(importlib.import_module(module))
+    assert attempted > 0 and failed == 0
 
 
 def test_a_partial_study_report_says_what_is_missing(tmp_path):
@@ -170,6 +224,8 @@ def test_a_diverged_variant_is_reported_as_such_and_every_plot_still_draws(tmp_p
 
 def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_report_json(tmp_path):
     from align_proxy import cli
+    from align_proxy.studies.report.console import print_report
+    from align_proxy.studies.report.prose import recipe_verdicts
     from align_proxy.studies.runner import WrittenReport
 
     cells = study_cells()
@@ -177,10 +233,10 @@ def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_rep
     files = write_report(tmp_path, analysis, cells, TITLE)
     files["json"].unlink()  # nothing on disk to re-read
     with cli.console.capture() as captured:
-        cli._print_report(WrittenReport(analysis, files))
+        print_report(cli.console, WrittenReport(analysis, files))
     printed = captured.get()
-    for entry in analysis.headline:
-        assert f"{entry.recipe}: {entry.conclusion}" in printed.replace("\n", " ") or entry.conclusion[:60] in printed
+    for words in recipe_verdicts(analysis):
+        assert f"{words.label}: {words.conclusion}" in printed.replace("\n", " ") or words.conclusion[:60] in printed
     assert "ladder-l (1.79M)" in printed and f"report: {files['html']}" in printed
 
 

@@ -74,18 +74,3 @@ def run(policy: str, reward_models: list[str], gold: str = DEFAULT_GOLD, n: int 
     ns = sorted({1, *[k for k in (2, 4, 8, 16, 32, 64, 128, 256) if k <= n], n})
     return best_of_n_curves(pool, pool.score(gold_reward), proxies, ns, n_resamples=n_resamples), pool
 
-
-def plot(curves_: list[Curve]) -> bytes:
-    """The curves drawn as the study report draws them (`studies.plots.draw_overoptimization`), as PNG bytes."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    from align_proxy.studies.plots import draw_overoptimization
-    from align_proxy.studies.analysis import OveroptimizationCurve
-
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    draw_overoptimization([OveroptimizationCurve.of(c) for c in curves_], figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    return buffer.getvalue()

@@ -3,9 +3,10 @@ design, which variant wins at each scale and how sure that is, how gains and ord
 models to large, which small-scale metric predicts the large model's ranking, a fit against scale, and
 what more data would resolve what is still unclear.
 
-Finished cells in, one typed `StudyAnalysis` out (`to_json()` is report.json); the report only draws what is
-here, and `verdicts` words it. Every interval, probability and ordering comes from one `stats.CrossedResampler`
-draw over the whole study: items shared by every cell scored on them, seeds per training run.
+Finished cells in, one typed `StudyAnalysis` out; the report only draws what is here and words it as it renders
+(`report/prose.py`; report.json is `to_json()` plus each headline's words). Every interval, probability and
+ordering comes from one `stats.CrossedResampler` draw over the whole study: items shared by every cell scored on
+them, seeds per training run.
 
 One module per section, each with its own records: `gains` (and base scores), `orderings`, `transfer`, `trust`,
 `fits`, `gap_closed`, `overoptimization`, `completeness`, `headline`; `study` holds what they share. `analyse`
@@ -27,7 +28,6 @@ from align_proxy.studies.analysis.headline import (
     TransferSummary,
     VariantAtScale,
     headline,
-    with_decoding_time,
 )
 from align_proxy.studies.analysis.orderings import Ordering, ordering_section
 from align_proxy.studies.analysis.overoptimization import (
@@ -133,9 +133,8 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     recipes = ordered({c.recipe for c in trained}, list(primary_metrics))
     gains = sorted(study.gains.values(), key=lambda g: (g.recipe, g.variant, models[g.model], order_index(g.metric)))
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
-    headlines = [with_decoding_time(headline(r, primary[r], study, orderings, transfer, fits, target,
-                                             Start.of((starts or {}).get(r), (rewards_from or {}).get(r))), gaps, order)
-                 for r in recipes]
+    headlines = [headline(r, primary[r], study, orderings, transfer, fits, target,
+                          Start.of((starts or {}).get(r), (rewards_from or {}).get(r))) for r in recipes]
     rl_against_reward_models = [c for c in trained if c.recipe in (rewards_from or {})]
     return StudyAnalysis(
         schema=SCHEMA_VERSION, confidence=confidence, n_resamples=n_resamples, resolved_threshold=RESOLVED,

@@ -1,17 +1,15 @@
 """The headline section: per recipe, its verdict at each scale (judged by its best variant that never diverged),
-whether it transfers from the smallest model to the largest, the prediction at the target size, and the
-conclusion in words. The only section that calls `verdicts`' prose (`confidence`, `conclusion`,
-`decoding_time_clause`)."""
+whether it transfers from the smallest model to the largest, and the prediction at the target size. It decides;
+the report words it (`report/prose.py`: the confidence and the conclusion, written when the report renders)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from align_proxy.studies import verdicts
 from align_proxy.studies.analysis.fits import Fit, Prediction, prediction
 from align_proxy.studies.analysis.gains import DivergedSeeds, Gain
-from align_proxy.studies.analysis.gap_closed import GapClosed
 from align_proxy.studies.analysis.orderings import Ordering
 from align_proxy.studies.analysis.study import Study
 from align_proxy.studies.analysis.transfer import RankAgreement, RankIntervals, Transfer
@@ -81,8 +79,8 @@ class Start(Record):
 
 @dataclass(frozen=True)
 class Headline(Record):
-    """A recipe's answer: its verdict per scale, whether it transfers, the prediction, and the conclusion in
-    words (`verdicts.conclusion`) with its confidence."""
+    """A recipe's answer: its verdict per scale, whether it transfers, and the prediction (in words:
+    `report/prose.py`'s `conclusion` and `confidence`)."""
 
     recipe: str
     metric: str
@@ -93,8 +91,6 @@ class Headline(Record):
     transfer: TransferSummary | None
     prediction: Prediction | None
     starts_from: Start | None = None
-    confidence: str = ""
-    conclusion: str = ""
 
 
 def headline(recipe: str, metric: str, study: Study, orderings: dict[tuple, Ordering], transfer: list[Transfer],
@@ -104,12 +100,10 @@ def headline(recipe: str, metric: str, study: Study, orderings: dict[tuple, Orde
               for model in study.order if any(g.model == model for g in mine)]
     recommended = scales[-1].best_variant if scales else None
     fit = next((f for f in fits if (f.recipe, f.variant, f.metric) == (recipe, recommended, metric)), None)
-    entry = Headline(recipe=recipe, metric=metric, metric_label=verdicts.metric_label(metric),
-                     higher_is_better=verdicts.higher_is_better(metric), scales=scales,
-                     recommended_variant=recommended, transfer=_transfer_summary(scales, transfer, recipe, metric),
-                     prediction=prediction(fit, metric) if fit and target else None, starts_from=start)
-    entry = replace(entry, confidence=verdicts.confidence(entry))
-    return replace(entry, conclusion=verdicts.conclusion(entry))
+    return Headline(recipe=recipe, metric=metric, metric_label=verdicts.metric_label(metric),
+                    higher_is_better=verdicts.higher_is_better(metric), scales=scales,
+                    recommended_variant=recommended, transfer=_transfer_summary(scales, transfer, recipe, metric),
+                    prediction=prediction(fit, metric) if fit and target else None, starts_from=start)
 
 
 def _scale_entry(model: str, rows: list[Gain], ordering: Ordering) -> Scale:
@@ -155,17 +149,3 @@ def _as_outcome(word: str) -> str:
     # A recipe whose every variant diverges at a scale is, for transfer, a recipe that hurts there.
     return "hurts" if word == "diverges" else word
 
-
-def with_decoding_time(entry: Headline, gaps: list[GapClosed], order: list[str]) -> Headline:
-    """The headline's conclusion, with whether decoding-time transfer works (to the largest model, on the headline's
-    metric and recommended variant, at alpha 1 or the first alpha) where training transfer does."""
-    mine = [g for g in gaps if (g.recipe, g.metric) == (entry.recipe, entry.metric) and g.large == order[-1]]
-    if not mine:
-        return entry
-    recommended_measured = any(g.variant == entry.recommended_variant for g in mine)
-    variant = entry.recommended_variant if recommended_measured else mine[0].variant
-    alphas = sorted({g.alpha for g in mine if g.variant == variant})
-    alpha = 1.0 if 1.0 in alphas else alphas[0]
-    chosen = [g for g in mine if (g.variant, g.alpha) == (variant, alpha)]
-    clause = verdicts.decoding_time_clause(chosen, entry.transfer.transfers if entry.transfer else None)
-    return replace(entry, conclusion=f"{entry.conclusion}; {clause}")

@@ -1,4 +1,5 @@
-"""How the study report, its plots and the CLI write numbers, so all three read the same."""
+"""How the study report, its plots and the console write numbers, so all three read the same; and the one
+overoptimization table (`overoptimization_rows`) the report and `align-proxy overoptimization` both show."""
 
 from __future__ import annotations
 

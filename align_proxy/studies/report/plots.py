@@ -10,8 +10,8 @@ from collections import defaultdict
 import numpy as np
 from matplotlib.figure import Figure
 
-from align_proxy.studies.formatting import format_number, format_parameters
 from align_proxy.studies.analysis import BaseScore, Fit, ModelSize, StudyAnalysis
+from align_proxy.studies.report.formatting import format_number, format_parameters
 from align_proxy.studies.stats import Interval
 from align_proxy.studies.store import CellResult
 
