@@ -146,8 +146,8 @@ class CellKind:
     # Its typed parameters (a dataclass with `to_json`/`from_json`), carried by the cell, its metrics file and its
     # stored result; None: a cell of this kind is described by its recipe and overrides alone.
     params: str | None = None
-    analysis: str = ""  # the analysis section that reads its results
-    report: str = ""  # the report section that draws them
+    analysis: str = ""  # the analysis section (`module:function`) that reads its results
+    report: str = ""  # the id of the report section that draws them (`studies/report/sections.py`)
 
     def display(self, recipe: str) -> str:
         """The store's recipe name of this kind's cells of `recipe` ('sft (proxy-tuned)')."""
@@ -197,18 +197,18 @@ def cell_kind(name: str) -> CellKind:
     raise ValueError(f"unknown cell kind {name!r}; available: {', '.join(CELL_KINDS)}")
 
 
-_EXPAND, _COMMAND, _ANALYSIS = "align_proxy.studies.cell_kinds", "align_proxy.studies.cell_runs", \
-    "align_proxy.studies.analysis"
+_EXPAND, _COMMAND, _ANALYSIS = ("align_proxy.studies.cell_kinds", "align_proxy.studies.cell_runs",
+                                "align_proxy.studies.analysis")
 for _cell_kind in (
     CellKind(TRAIN, "{recipe}", f"{_EXPAND}:train_cells", f"{_COMMAND}:cell_argv",
-             analysis=f"{_ANALYSIS}:_gain_section", report="align_proxy.studies.report:_gain_table"),
+             analysis=f"{_ANALYSIS}.gains:gain_section", report="gains"),
     # A proxy-tuning cell trains nothing: it steers a large base by a small train cell's model at decoding time.
     CellKind("proxy-tuning", "{recipe} (proxy-tuned)", f"{_EXPAND}:proxy_cells", f"{_COMMAND}:proxy_cell_argv",
              "align_proxy.cells.proxy_tune", "align_proxy.cells.params:ProxyTuneParams",
-             f"{_ANALYSIS}:_gap_closed_section", "align_proxy.studies.report:_gap_closed_table"),
+             f"{_ANALYSIS}.gap_closed:gap_closed_section", "gap_closed"),
     # Nor does a best-of-n cell: it ranks a fixed policy's samples by a reward cell's model.
     CellKind("best-of-n", "{recipe} (best-of-n)", f"{_EXPAND}:best_of_n_cells", f"{_COMMAND}:best_of_n_cell_argv",
              "align_proxy.cells.best_of_n", "align_proxy.cells.params:BestOfNParams",
-             f"{_ANALYSIS}:_overoptimization_section", "align_proxy.studies.report:_overoptimization_table"),
+             f"{_ANALYSIS}.overoptimization:overoptimization_section", "overoptimization"),
 ):
     register_cell_kind(_cell_kind)

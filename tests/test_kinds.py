@@ -166,3 +166,25 @@ def test_an_rl_recipe_is_said_once_by_its_family():
     assert {k.name: (k.family, k.policy, k.generates) for k in KINDS.values()} == {
         "sft": ("policy", True, False), "dpo": ("policy", True, False), "reward": ("reward", False, False),
         "grpo": ("rl", True, True), "rloo": ("rl", True, True)}
+
+
+@pytest.mark.parametrize("name", list(CELL_KINDS))
+def test_each_cell_kind_names_its_analysis_section_and_its_report_section(name):
+    """A kind owns where its results are read: an analysis section that loads, and a declared report section."""
+    from align_proxy.studies.report.sections import SECTIONS
+
+    kind = CELL_KINDS[name]
+    assert callable(kinds.load_object(kind.analysis))
+    assert kind.report in {section.id for section in SECTIONS}
+
+
+def test_the_analysis_groups_results_by_every_registered_cell_kind(monkeypatch):
+    from types import SimpleNamespace
+
+    from align_proxy.studies.analysis import by_kind
+
+    monkeypatch.setitem(CELL_KINDS, "echo", replace(CELL_KINDS["train"], name="echo"))
+    cells = [SimpleNamespace(kind=k) for k in ("train", "echo", "proxy-tuning", "train")]
+    groups = by_kind(cells)
+    assert set(groups) >= {"train", "proxy-tuning", "best-of-n", "echo"}
+    assert [len(groups[k]) for k in ("train", "echo", "proxy-tuning", "best-of-n")] == [2, 1, 1, 0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from align_proxy.kinds import CELL_KINDS, TRAIN
 from align_proxy.studies.analysis.completeness import CellCount, Completeness, MissingCell, completeness_section
 from align_proxy.studies.analysis.fits import Fit, Prediction, fit_section
 from align_proxy.studies.analysis.gains import BaseScore, DivergedSeeds, Gain, Variance, base_section, gain_section
@@ -96,14 +97,13 @@ class StudyAnalysis(Record):
         return {h.recipe: h.metric for h in self.headline}
 
 
-def by_kind(results: list[CellResult]) -> tuple[list[CellResult], list[CellResult], list[CellResult]]:
-    """(trained, proxy-tuning, best-of-n) cells: the one place the analysis tells a cell's kind. Trained cells are
-    a recipe's runs (the gain section's); the other two have sections of their own."""
-    kind = lambda c: getattr(c, "kind", "train")  # noqa: E731
-    proxy = [c for c in results if kind(c) == "proxy-tuning"]
-    best_of_n = [c for c in results if kind(c) == "best-of-n"]
-    trained = [c for c in results if kind(c) == "train"]
-    return trained, proxy, best_of_n
+def by_kind(results: list[CellResult]) -> dict[str, list[CellResult]]:
+    """Each registered cell kind's results (`kinds.CELL_KINDS`, whose entries name the section that reads them):
+    the one place the analysis tells a cell's kind."""
+    groups: dict[str, list[CellResult]] = {name: [] for name in CELL_KINDS}
+    for cell in results:
+        groups.setdefault(cell.kind, []).append(cell)
+    return groups
 
 
 def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
@@ -119,7 +119,8 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     {"recipe", "variant"[, "model"]} its cells started from (their gains are over that model); `rewards_from` maps
     an RL recipe -> the reward recipe whose models its cells trained against (their curves are overoptimization's).
     """
-    trained, proxy_cells, best_of_n_cells = by_kind(results)
+    groups = by_kind(results)
+    trained, proxy_cells, best_of_n_cells = groups[TRAIN], groups["proxy-tuning"], groups["best-of-n"]
     models = {**{c.model: c.parameters for c in results}, **models}
     order = sorted(models, key=lambda m: (models[m], m))
     study = Study(models, order, confidence, n_resamples)
