@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny ladder the tests build themselves, isolated from the user's cache."""
+"""Shared fixtures (a tiny ladder the tests build themselves) and the test environment, isolated from the user's
+cache. Builders that are plain functions live in support.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
@@ -17,22 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
 
-from align_proxy import PROJECT_ROOT as REPO  # noqa: E402 - after the environment above is set
-
-
-def tiny_spec(seed: int = 0, steps: int = 600):
-    """A two-rung ladder small enough to pretrain in seconds, same code path as the real one."""
-    from align_proxy.models.ladder import LadderSpec, Rung
-
-    return LadderSpec(
-        rungs=(
-            Rung("tiny-a", hidden_size=32, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
-                 num_hidden_layers=2),
-            Rung("tiny-b", hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=2),
-        ),
-        seed=seed, steps=steps, batch_size=16, seq_len=64, warmup_steps=20, heldout_rows=16,
-    )
+from support import REPO, tiny_spec  # noqa: E402 - after the environment above is set
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +48,3 @@ def fake_kind(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     return FAKE
 
-
-def load_recipe(name: str):
-    """Import `recipes/<name>.py` as a module, as `python recipes/<name>.py` would run it."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def recipe_parser(name: str):
-    """The parser `python recipes/<name>.py` builds: its kind's script arguments, TRL config and ModelConfig."""
-    from align_proxy.recipe import make_parser
-
-    return make_parser(name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import REPO
+from support import REPO
 from test_speed import build_trainer, random_model, step_away_from_reference  # noqa: F401 - a fixture among them
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 # The checkout's folders and the package each installs as (pyproject.toml's package-dir).
 FOLDERS = {"align_proxy": "align_proxy", "evals": "align_proxy.evals", "rewards": "align_proxy.rewards"}

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from tests.recipe_runs import assert_losses_match_plain_trl, losses, plain_trl_losses, run_recipe
+from support import assert_losses_match_plain_trl, losses, plain_trl_losses, run_recipe
 from test_analysis import MODELS, everywhere, gain_of, headline, planted_cells
 from test_study_runner import write_spec
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from test_study_runner import fake_models
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from support import REPO
 
 MODELS = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
 METRICS = {"sft": "task_accuracy", "dpo": "preference_margin", "reward": "preference_accuracy"}

@@ -11,8 +11,7 @@ from trl.import_utils import is_vllm_available
 import align_proxy.rl
 from align_proxy.data.validation import DatasetFormatError
 from align_proxy.rewards import RewardError
-from tests.conftest import load_recipe, recipe_parser
-from tests.recipe_runs import changed
+from support import changed, load_recipe, recipe_parser
 
 pytestmark = pytest.mark.slow  # trains real models
 

@@ -17,7 +17,7 @@ from align_proxy.models.registry import CLIMB
 from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from align_proxy.recipe import EXPLICIT_KEYS, prepare_run
 from align_proxy.speed import MECHANISMS, USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
-from conftest import REPO, load_recipe, recipe_parser
+from support import REPO, load_recipe, recipe_parser
 
 H100 = Device(True, "NVIDIA H100", 80 * 2**30, 79 * 2**30, bf16=True, liger=True,
               varlen_attention=padding_free.VARLEN_ATTENTION, cpus=16)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from transformers import LlamaConfig
 
-from conftest import REPO
+from support import REPO
 from fake_recipe import FAKE
 
 FAKE_STUDY = [sys.executable, str(REPO / "tests" / "fake_study.py")]

@@ -1,4 +1,9 @@
-"""Recipe runs in a test, and the plain TRL run each is held to: the same TRL trainer built directly on the same
+"""Builders the test files share, in one module every test file imports the same way (`from support import ...`;
+pytest puts tests/ on sys.path): no test file imports another. Fixtures stay in conftest.py, which also sets the
+test environment before anything here is imported. Heavy libraries (torch, transformers, TRL) are imported where
+they are used, so a test that needs none of them does not load them.
+
+Recipe runs in a test, and the plain TRL run each is held to: the same TRL trainer built directly on the same
 model path, config, data and seed, with none of align-proxy's run around it (speed plan, tokenizer loading, base
 evaluation, callbacks, saving).
 
@@ -11,18 +16,49 @@ machine built, so what is compared is only what the recipe adds to TRL.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 
 import pytest
-import torch
-from safetensors.torch import load_file
-from transformers import TrainerCallback
-from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
-from align_proxy.data.loading import load_recipe_data
-from tests.conftest import REPO, load_recipe, recipe_parser
+from align_proxy import PROJECT_ROOT as REPO
 
-TRL_TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "reward": RewardTrainer}
+# --- the tiny ladder and the recipe scripts ------------------------------------------------------------------
+
+
+def tiny_spec(seed: int = 0, steps: int = 600):
+    """A two-rung ladder small enough to pretrain in seconds, same code path as the real one."""
+    from align_proxy.models.ladder import LadderSpec, Rung
+
+    return LadderSpec(
+        rungs=(
+            Rung("tiny-a", hidden_size=32, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
+                 num_hidden_layers=2),
+            Rung("tiny-b", hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=2),
+        ),
+        seed=seed, steps=steps, batch_size=16, seq_len=64, warmup_steps=20, heldout_rows=16,
+    )
+
+
+def load_recipe(name: str):
+    """Import `recipes/<name>.py` as a module, as `python recipes/<name>.py` would run it."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe_parser(name: str):
+    """The parser `python recipes/<name>.py` builds: its kind's script arguments, TRL config and ModelConfig."""
+    from align_proxy.recipe import make_parser
+
+    return make_parser(name)
+
+
+# --- recipe runs held to plain TRL ---------------------------------------------------------------------------
+
+TRL_TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "reward": "RewardTrainer"}  # TRL's class for each recipe
 # How close a recipe's logged losses must be to the plain TRL run's, relative. On CPU the speed plan changes nothing
 # that reaches a loss (align_proxy/speed.py), and both runs execute the same kernels on the same batches in one
 # process, so they agree to the bit (measured on a 2-core AMD EPYC: 0 difference for sft, dpo and reward, and for sft
@@ -38,6 +74,8 @@ LOSS_RTOL = 1e-5
 def one_thread():
     """One thread, as a study cell on a 2-core machine runs, for a recipe and its reference alike: how many threads
     split a matrix product changes the order its sums are added in, so the two must use the same number."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -59,16 +97,17 @@ def run_recipe(name: str, config: str, output_dir, model: str, *overrides: str):
         return recipe.main(*args)
 
 
-class StopAfter(TrainerCallback):
-    """Ends training after `steps` optimizer steps without touching the schedule (it still spans the whole run), so
-    the first logged losses of a long run are had at a fraction of its cost."""
+def stop_after(steps: int):
+    """A callback that ends training after `steps` optimizer steps without touching the schedule (it still spans
+    the whole run), so the first logged losses of a long run are had at a fraction of its cost."""
+    from transformers import TrainerCallback
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    class StopAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= steps:
+                control.should_training_stop = True
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.steps:
-            control.should_training_stop = True
+    return StopAfter()
 
 
 def plain_trl_losses(name: str, config: str, output_dir, model: str, *overrides: str,
@@ -77,14 +116,18 @@ def plain_trl_losses(name: str, config: str, output_dir, model: str, *overrides:
     config as TRL's parser reads it (no speed plan applied), the model by path (TRL loads it, seeds a reward head
     and builds the DPO reference itself), TRL's own tokenizer loading, and the recipe's training split. `steps`
     stops it early, schedule unchanged."""
+    import trl
+
+    from align_proxy.data.loading import load_recipe_data
+
     script_args, training_args, _ = recipe_parser(name).parse_args_and_config(
         recipe_argv(config, model, output_dir, *overrides))
     data = load_recipe_data(script_args.dataset_name, name, script_args.dataset_config,
                             script_args.dataset_train_split, script_args.dataset_test_split,
                             script_args.builtin_train_size, script_args.builtin_test_size, seed=training_args.seed,
                             eval_seed=script_args.eval_seed)
-    trainer = TRL_TRAINERS[name](model=model, args=training_args, train_dataset=data.train,
-                                 callbacks=[StopAfter(steps)] if steps else None)
+    trainer = getattr(trl, TRL_TRAINERS[name])(model=model, args=training_args, train_dataset=data.train,
+                                               callbacks=[stop_after(steps)] if steps else None)
     with one_thread():
         trainer.train()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -109,6 +152,9 @@ def assert_losses_match_plain_trl(found: list[float], reference: list[float]) ->
 
 def changed(out, base_path) -> bool:
     """Whether training moved any weight the saved model shares with its base."""
+    import torch
+    from safetensors.torch import load_file
+
     trained, base = load_file(str(out / "model.safetensors")), load_file(f"{base_path}/model.safetensors")
     shared = [k for k in base if k in trained]
     return bool(shared) and any(not torch.equal(trained[k], base[k]) for k in shared)
