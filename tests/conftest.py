@@ -37,6 +37,27 @@ def tiny_model(tiny_ladder) -> str:
     return tiny_ladder[-1].path
 
 
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> str:
+    """A small random Llama with the ladder's tokenizer (no pretraining needed for loss equality). A large
+    initialisation makes attention matter, so attending across examples visibly changes the loss."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.2, pad_token_id=PAD_ID,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def fake_kind(monkeypatch):
     """The fake recipe kind (tests/fake_recipe.py) registered in this process, for a runner run in-process;

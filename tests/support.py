@@ -18,10 +18,18 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import sqlite3
+import sys
+import zlib
+from contextlib import closing
+from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from align_proxy import PROJECT_ROOT as REPO
+from align_proxy.studies.store import CellResult
 
 # --- the tiny ladder and the recipe scripts ------------------------------------------------------------------
 
@@ -158,3 +166,129 @@ def changed(out, base_path) -> bool:
     trained, base = load_file(str(out / "model.safetensors")), load_file(f"{base_path}/model.safetensors")
     shared = [k for k in base if k in trained]
     return bool(shared) and any(not torch.equal(trained[k], base[k]) for k in shared)
+
+
+# --- planted studies: synthetic cells with known effects ----------------------------------------------------
+
+MODELS = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
+TARGET = ("climb-350m", 345_300_000.0)
+PRIMARY = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy"}
+SEEDS = (0, 1, 2)
+# Seed-level offsets that sum to zero: each model's mean gain is exactly the planted one, yet seeds differ.
+SEED_OFFSETS = {0: -0.01, 1: 0.0, 2: 0.01}
+
+
+def planted_cells(recipe: str, gains: dict[str, dict[str, float]], metric: str = "task_accuracy",
+                  seeds=SEEDS, n_items: int = 60, noise: float = 0.05, base_level: float = 0.5) -> list[CellResult]:
+    """Cells whose per-item gains average exactly gains[variant][model] over seeds (centred item noise)."""
+    cells = []
+    for variant, per_model in gains.items():
+        for model, gain in per_model.items():
+            base = np.random.default_rng(MODELS[model]).normal(base_level, 0.1, n_items)  # shared base eval
+            for seed in seeds:
+                rng = np.random.default_rng(zlib.crc32(f"{recipe}/{variant}/{model}/{seed}".encode()))
+                item_noise = rng.normal(0, noise, n_items)
+                trained = base + gain + SEED_OFFSETS.get(seed, 0.0) + item_noise - item_noise.mean()
+                cells.append(CellResult(
+                    f"{recipe}-{variant}-{model}-{seed}", model, MODELS[model], recipe, variant, seed,
+                    {metric: float(base.mean())}, {metric: float(trained.mean())},
+                    {metric: base.tolist()}, {metric: trained.tolist()},
+                    [{"step": s, "loss": 2.0 / (s + 1) + 0.01 * seed} for s in range(1, 11)], 1.0))
+    return cells
+
+
+def everywhere(gain: float) -> dict[str, float]:
+    return {model: gain for model in MODELS}
+
+
+def headline(analysis: dict, recipe: str) -> dict:
+    return next(h for h in analysis.headline if h.recipe == recipe)
+
+
+def gain_of(analysis: dict, recipe: str, variant: str, model: str, metric: str = "task_accuracy") -> dict:
+    return next(g for g in analysis.gains if (g.recipe, g.variant, g.model, g.metric) ==
+                (recipe, variant, model, metric))
+
+
+def diverging(cells: list[CellResult], variant: str, model: str, seeds=SEEDS) -> list[CellResult]:
+    """The cells of `variant` on `model` (those seeds) as a diverged run leaves them: base scores only."""
+    out = []
+    for c in cells:
+        if (c.variant, c.model) == (variant, model) and c.seed in seeds:
+            c = CellResult(c.config_hash, c.model, c.parameters, c.recipe, c.variant, c.seed, c.base, {},
+                           c.items_base, {}, c.log_history, c.duration_s, {"step": 7, "loss": 1.5e5})
+        out.append(c)
+    return out
+
+
+# --- fake studies: cells of the fake recipe kind (tests/fake_recipe.py), run by tests/fake_study.py ----------
+
+FAKE_STUDY = [sys.executable, str(REPO / "tests" / "fake_study.py")]
+
+
+def fake_models(tmp_path: Path) -> list[str]:
+    """Two model directories the registry resolves (a config.json, no weights: fake cells never load them)."""
+    from transformers import LlamaConfig
+
+    models = []
+    for name, width in (("fake-s", 16), ("fake-l", 32)):
+        path = tmp_path / name
+        LlamaConfig(vocab_size=32, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1).save_pretrained(path)
+        models.append(str(path))
+    return models
+
+
+def write_spec(tmp_path: Path, name: str, grid: dict, seeds: list[int], recipes: list[dict] | None = None,
+               seconds: float = 0.0, recipe: str = "fake", config: dict | None = None, models=None) -> Path:
+    config_path = tmp_path / f"{name}-{recipe}.yaml"
+    config_path.write_text(yaml.safe_dump(config if config is not None else {"seconds": seconds}))
+    spec = {"name": name, "output_dir": str(tmp_path / name), "models": models or fake_models(tmp_path),
+            "seeds": seeds, "recipes": [{"recipe": recipe, "config": str(config_path), "grid": grid}, *(recipes or [])]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple]:
+    with closing(sqlite3.connect(db, timeout=timeout)) as conn:  # sqlite3's own context manager commits but never closes
+        return conn.execute(sql).fetchall()
+
+
+# --- recipe trainers on the speed plan's paths ----------------------------------------------------------------
+
+def parse(recipe: str, *argv: str):
+    return recipe_parser(recipe).parse_args_and_config(list(argv))
+
+
+def build_trainer(recipe: str, model: str, tmp_path, *flags: str):
+    """The trainer `recipes/<recipe>.py` builds, on a few built-in examples, without evaluation."""
+    from align_proxy.recipe import prepare_run
+
+    args = parse(recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_ladder_cpu.yaml"),
+                 "--model_name_or_path", model, "--output_dir", str(tmp_path / "-".join(flags or ["plain"])),
+                 "--builtin_train_size", "48", "--builtin_test_size", "8", "--eval_before", "false", *flags)
+    run = prepare_run(recipe, *args)
+    run.apply_speed_plan()
+    return run.kind.trainer_class(**run.trainer_kwargs()), run
+
+
+def step_away_from_reference(model, scale: float = 0.05) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+class Payload:
+    """Unpickles to `function(argument)`: what a malicious checkpoint carries in its `args`."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
