@@ -31,7 +31,7 @@ import yaml
 from align_proxy import PROJECT_ROOT as REPO
 from align_proxy.studies.store import CellResult
 
-# --- the tiny ladder and the recipe scripts ------------------------------------------------------------------
+# --- the tiny ladder and the recipe scripts ------------------------------------------------------------------------
 
 
 def tiny_spec(seed: int = 0, steps: int = 600):
@@ -64,7 +64,7 @@ def recipe_parser(name: str):
     return make_parser(name)
 
 
-# --- recipe runs held to plain TRL ---------------------------------------------------------------------------
+# --- recipe runs held to plain TRL ---------------------------------------------------------------------------------
 
 TRL_TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "reward": "RewardTrainer"}  # TRL's class for each recipe
 # How close a recipe's logged losses must be to the plain TRL run's, relative. On CPU the speed plan changes nothing
@@ -168,7 +168,7 @@ def changed(out, base_path) -> bool:
     return bool(shared) and any(not torch.equal(trained[k], base[k]) for k in shared)
 
 
-# --- planted studies: synthetic cells with known effects ----------------------------------------------------
+# --- planted studies: synthetic cells with known effects -----------------------------------------------------------
 
 MODELS = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
 TARGET = ("climb-350m", 345_300_000.0)
@@ -221,7 +221,7 @@ def diverging(cells: list[CellResult], variant: str, model: str, seeds=SEEDS) ->
     return out
 
 
-# --- fake studies: cells of the fake recipe kind (tests/fake_recipe.py), run by tests/fake_study.py ----------
+# --- fake studies: cells of the fake recipe kind (tests/fake_recipe.py), run by tests/fake_study.py ----------------
 
 FAKE_STUDY = [sys.executable, str(REPO / "tests" / "fake_study.py")]
 
@@ -255,7 +255,7 @@ def rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-# --- recipe trainers on the speed plan's paths ----------------------------------------------------------------
+# --- recipe trainers on the speed plan's paths ---------------------------------------------------------------------
 
 def parse(recipe: str, *argv: str):
     return recipe_parser(recipe).parse_args_and_config(list(argv))
@@ -282,7 +282,14 @@ def step_away_from_reference(model, scale: float = 0.05) -> None:
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
-# --- checkpoints -----------------------------------------------------------------------------------------------
+# --- rewards that break their contract -----------------------------------------------------------------------------
+
+def gives_nan(prompts, completions, **kwargs):
+    """A reward function returning nan for every completion (loaded by name too: `support:gives_nan`)."""
+    return [math.nan] * len(completions)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
 
 class Payload:
     """Unpickles to `function(argument)`: what a malicious checkpoint carries in its `args`."""

@@ -144,7 +144,7 @@ def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model,
 def test_a_reward_that_breaks_its_contract_stops_training_naming_it(tiny_model, tmp_path):
     with pytest.raises(RewardError, match="reward 'gives_nan' returned nan"):
         run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs",
-               "tests.test_rewards:gives_nan", "--eval_before", "false")
+               "support:gives_nan", "--eval_before", "false")
 
 
 @pytest.mark.parametrize("recipe", ["grpo", "rloo"])
