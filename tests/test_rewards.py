@@ -87,7 +87,7 @@ def no_kwargs(prompts, completions):
 
 def test_a_reward_that_cannot_take_trls_arguments_is_refused_at_load():
     with pytest.raises(RewardError, match="reward 'no_kwargs' .* add \\*\\*kwargs"):
-        load_rewards(["tests.test_rewards:no_kwargs"])
+        load_rewards(["test_rewards:no_kwargs"])
 
 
 def test_weights_must_match_rewards_and_combine_as_trl_sums_them():

@@ -83,7 +83,7 @@ def test_grpo_on_conversational_prompts_renders_them_with_the_chat_template(tiny
 
     metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", str(chat_model), "--dataset_name", str(data),
                      "--reward_funcs", "arith_exact_match", "arith_digit_overlap",
-                     "tests.test_rl:conversational_shape", "--reward_weights", "1.0", "0.5", "0.0")
+                     "test_rl:conversational_shape", "--reward_weights", "1.0", "0.5", "0.0")
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     assert {"reward", "arith_exact_match", "arith_digit_overlap", "kl_to_reference", "response_length"} <= set(trained)
     assert base["conversational_shape"] == trained["conversational_shape"] == 1.0  # in evaluation, as in training:
