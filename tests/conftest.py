@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny ladder the tests build themselves, isolated from the user's cache."""
+"""Shared fixtures (a tiny ladder the tests build themselves) and the test environment, isolated from the user's
+cache. Builders that are plain functions live in support.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
@@ -17,22 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
 
-from align_proxy import PROJECT_ROOT as REPO  # noqa: E402 - after the environment above is set
-
-
-def tiny_spec(seed: int = 0, steps: int = 600):
-    """A two-rung ladder small enough to pretrain in seconds, same code path as the real one."""
-    from align_proxy.models.ladder import LadderSpec, Rung
-
-    return LadderSpec(
-        rungs=(
-            Rung("tiny-a", hidden_size=32, intermediate_size=96, num_attention_heads=2, num_key_value_heads=1,
-                 num_hidden_layers=2),
-            Rung("tiny-b", hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=2),
-        ),
-        seed=seed, steps=steps, batch_size=16, seq_len=64, warmup_steps=20, heldout_rows=16,
-    )
+from support import REPO, tiny_spec  # noqa: E402 - after the environment above is set
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +37,27 @@ def tiny_model(tiny_ladder) -> str:
     return tiny_ladder[-1].path
 
 
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> str:
+    """A small random Llama with the ladder's tokenizer (no pretraining needed for loss equality). A large
+    initialisation makes attention matter, so attending across examples visibly changes the loss."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.2, pad_token_id=PAD_ID,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def fake_kind(monkeypatch):
     """The fake recipe kind (tests/fake_recipe.py) registered in this process, for a runner run in-process;
@@ -63,17 +69,3 @@ def fake_kind(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     return FAKE
 
-
-def load_recipe(name: str):
-    """Import `recipes/<name>.py` as a module, as `python recipes/<name>.py` would run it."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def recipe_parser(name: str):
-    """The parser `python recipes/<name>.py` builds: its kind's script arguments, TRL config and ModelConfig."""
-    from align_proxy.recipe import make_parser
-
-    return make_parser(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -14,46 +13,7 @@ from align_proxy.studies.analysis import analyse
 from align_proxy.studies.report.prose import conclusion, confidence
 from align_proxy.studies.stats import Interval
 from align_proxy.studies.store import CellResult
-
-MODELS = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
-TARGET = ("climb-350m", 345_300_000.0)
-PRIMARY = {"sft": "task_accuracy", "dpo": "task_accuracy", "reward": "preference_accuracy"}
-SEEDS = (0, 1, 2)
-# Seed-level offsets that sum to zero: each model's mean gain is exactly the planted one, yet seeds differ.
-SEED_OFFSETS = {0: -0.01, 1: 0.0, 2: 0.01}
-
-
-def planted_cells(recipe: str, gains: dict[str, dict[str, float]], metric: str = "task_accuracy",
-                  seeds=SEEDS, n_items: int = 60, noise: float = 0.05, base_level: float = 0.5) -> list[CellResult]:
-    """Cells whose per-item gains average exactly gains[variant][model] over seeds (centred item noise)."""
-    cells = []
-    for variant, per_model in gains.items():
-        for model, gain in per_model.items():
-            base = np.random.default_rng(MODELS[model]).normal(base_level, 0.1, n_items)  # shared base eval
-            for seed in seeds:
-                rng = np.random.default_rng(zlib.crc32(f"{recipe}/{variant}/{model}/{seed}".encode()))
-                item_noise = rng.normal(0, noise, n_items)
-                trained = base + gain + SEED_OFFSETS.get(seed, 0.0) + item_noise - item_noise.mean()
-                cells.append(CellResult(
-                    f"{recipe}-{variant}-{model}-{seed}", model, MODELS[model], recipe, variant, seed,
-                    {metric: float(base.mean())}, {metric: float(trained.mean())},
-                    {metric: base.tolist()}, {metric: trained.tolist()},
-                    [{"step": s, "loss": 2.0 / (s + 1) + 0.01 * seed} for s in range(1, 11)], 1.0))
-    return cells
-
-
-def everywhere(gain: float) -> dict[str, float]:
-    return {model: gain for model in MODELS}
-
-
-def headline(analysis: dict, recipe: str) -> dict:
-    return next(h for h in analysis.headline if h.recipe == recipe)
-
-
-def gain_of(analysis: dict, recipe: str, variant: str, model: str, metric: str = "task_accuracy") -> dict:
-    return next(g for g in analysis.gains if (g.recipe, g.variant, g.model, g.metric) ==
-                (recipe, variant, model, metric))
-
+from support import MODELS, PRIMARY, TARGET, diverging, everywhere, gain_of, headline, planted_cells
 
 def transfer_of(analysis: dict, recipe: str, small: str, large: str, metric: str = "task_accuracy") -> dict:
     return next(t for t in analysis.transfer if (t.recipe, t.metric, t.small, t.large) ==
@@ -291,17 +251,6 @@ def test_an_unclear_gain_says_how_many_seeds_or_items_would_resolve_it():
     assert power.items is not None and power.items > 60
     assert power.detectable > abs(g.gain.estimate)
     assert "needs about" in conclusion(headline(analysis, "dpo"))
-
-
-def diverging(cells: list[CellResult], variant: str, model: str, seeds=SEEDS) -> list[CellResult]:
-    """The cells of `variant` on `model` (those seeds) as a diverged run leaves them: base scores only."""
-    out = []
-    for c in cells:
-        if (c.variant, c.model) == (variant, model) and c.seed in seeds:
-            c = CellResult(c.config_hash, c.model, c.parameters, c.recipe, c.variant, c.seed, c.base, {},
-                           c.items_base, {}, c.log_history, c.duration_s, {"step": 7, "loss": 1.5e5})
-        out.append(c)
-    return out
 
 
 def test_a_variant_diverging_at_the_largest_rung_is_a_result_not_a_gap():

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from support import REPO
 
 
 def run_benchmark(script: str, *args: str, tmp_path) -> dict:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, recipe_parser
+from support import REPO, recipe_parser
 
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
 ACCELERATE = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))

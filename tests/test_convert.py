@@ -18,7 +18,7 @@ from align_proxy.models.convert import (
 )
 from align_proxy.models.megatron import ConversionError, load_checkpoint, save_checkpoint
 from align_proxy.models.tokenizer import build_tokenizer
-from tests.conftest import load_recipe, recipe_parser
+from support import load_recipe, recipe_parser
 
 pytest.importorskip("megatron.core", reason="parity needs megatron-core==0.16.1 (the [test] extra)")
 from align_proxy.models.megatron_reference import build_gpt_model, cpu_megatron, megatron_logits  # noqa: E402

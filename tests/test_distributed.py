@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from support import REPO
 
 pytestmark = pytest.mark.slow  # trains real models
 

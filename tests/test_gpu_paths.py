@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import REPO
-from test_speed import build_trainer, random_model, step_away_from_reference  # noqa: F401 - a fixture among them
+from support import REPO, build_trainer, parse, step_away_from_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the packed, compiled bf16 paths run on a CUDA GPU; the CPU suite checks "
@@ -34,7 +33,7 @@ def step(trainer, examples) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("recipe", ["sft", "dpo", "reward"])
-def test_fast_path_trains_like_the_plain_path_and_compiles_once(recipe, random_model, tmp_path):  # noqa: F811
+def test_fast_path_trains_like_the_plain_path_and_compiles_once(recipe, random_model, tmp_path):
     gpu = ("--use_cpu", "false", "--bf16", "true")
     plain, _ = build_trainer(recipe, random_model, tmp_path, "--proxy_speed", "false", *gpu)
     torch._dynamo.reset()
@@ -58,10 +57,9 @@ def test_fast_path_trains_like_the_plain_path_and_compiles_once(recipe, random_m
     assert graphs[0] > 0 and graphs[-1] == graphs[0], f"graphs compiled per step: {graphs}"
 
 
-def test_grpo_steps_decode_compiled_with_one_kept_cache(random_model, tmp_path):  # noqa: F811
+def test_grpo_steps_decode_compiled_with_one_kept_cache(random_model, tmp_path):
     from align_proxy.rl import StaticCacheReuse, configure_rollouts, reward_set
     from align_proxy.recipe import prepare_run
-    from test_speed import parse
 
     script_args, training_args, model_args = parse(
         "grpo", "--config", str(REPO / "recipes" / "configs" / "grpo_ladder_cpu.yaml"), "--model_name_or_path",

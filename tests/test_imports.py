@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 # The checkout's folders and the package each installs as (pyproject.toml's package-dir).
 FOLDERS = {"align_proxy": "align_proxy", "evals": "align_proxy.evals", "rewards": "align_proxy.rewards"}
@@ -145,3 +145,28 @@ def test_no_file_is_longer_than_a_reader_holds_at_once():
     lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for folder in folders
                for p in (REPO / folder).rglob("*.py")}
     assert {path: n for path, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def imported_test_modules(tree: ast.Module) -> list[str]:
+    """The test modules a file imports (`test_x`, `tests.test_x` or `from tests import test_x`, anywhere in it)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += ([f"tests.{alias.name}" for alias in node.names] if node.module in ("tests", None)
+                      else [node.module])
+    return sorted(n for n in names if n.removeprefix("tests.").split(".")[0].startswith("test_"))
+
+
+def test_no_test_file_imports_another():
+    """Shared builders live in tests/support.py and fixtures in conftest.py: a test file that imports another
+    runs that file's module again (under a second name when the import styles differ) and ties the two together."""
+    importing = {p.name: imported_test_modules(ast.parse(p.read_text())) for p in sorted((REPO / "tests").glob("*.py"))}
+    assert {name: found for name, found in importing.items() if found} == {}
+
+
+def test_the_rule_sees_a_test_file_importing_another():
+    tree = ast.parse("import support\nfrom support import REPO\nfrom test_speed import parse\n"
+                     "def f():\n    import tests.test_analysis\n    from tests import test_safe_load\n")
+    assert imported_test_modules(tree) == ["test_speed", "tests.test_analysis", "tests.test_safe_load"]

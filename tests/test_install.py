@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from align_proxy.install import recipes_dir, resolve_config_flags, shipped_file
-from tests.conftest import REPO
+from support import REPO
 
 SOURCES = ["align_proxy", "recipes", "rewards", "evals", "pyproject.toml", "README.md"]
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from align_proxy.models import ladder
-from tests.conftest import tiny_spec
+from support import tiny_spec
 
 
 def weights(path):

@@ -9,9 +9,8 @@ import re
 import pytest
 import yaml
 
-from tests.recipe_runs import assert_losses_match_plain_trl, losses, plain_trl_losses, run_recipe
-from test_analysis import MODELS, everywhere, gain_of, headline, planted_cells
-from test_study_runner import write_spec
+from support import (MODELS, assert_losses_match_plain_trl, everywhere, gain_of, headline, losses, plain_trl_losses,
+                     planted_cells, run_recipe, write_spec)
 
 from align_proxy.studies.spec import StudySpecError, load_spec
 from align_proxy.evals import lm_harness

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from align_proxy.models import registry
 from align_proxy.outputs import OutputDirError, publish_model, reset_staging, staging_dir
-from tests.conftest import load_recipe, recipe_parser
+from support import load_recipe, recipe_parser
 
 
 def test_an_unwritable_output_dir_fails_before_any_model_loads(tmp_path, monkeypatch):

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
-from test_study_runner import fake_models
+from support import REPO, fake_models
 
 
 def _spec(tmp_path, recipes: list[dict], models=None, dataset: str = "builtin:arith"):

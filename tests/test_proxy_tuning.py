@@ -144,7 +144,7 @@ def test_proxy_tune_adds_one_cell_per_pair_variant_seed_and_alpha(trio, tmp_path
 
 
 def test_the_shipped_proxy_tuning_study_steers_each_larger_rung_by_each_smaller_ones_cells():
-    from conftest import REPO
+    from support import REPO
     from align_proxy.studies.spec import load_spec
 
     cells = load_spec(REPO / "align_proxy/studies/proxy_tuning.yaml").cells()
@@ -172,7 +172,7 @@ def test_a_study_with_proxy_tune_reports_the_gap_closed(tiny_ladder, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from support import REPO
 
     config = dict(yaml.safe_load((REPO / "recipes/configs/sft_ladder_cpu.yaml").read_text()),
                   builtin_train_size=128, builtin_test_size=24, eval_size=24, max_steps=4, logging_steps=1)

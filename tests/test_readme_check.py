@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from support import REPO
 
 MODELS = {"ladder-s": 202_272, "ladder-m": 797_760, "ladder-l": 1_786_464}
 METRICS = {"sft": "task_accuracy", "dpo": "preference_margin", "reward": "preference_accuracy"}
@@ -119,7 +119,7 @@ def test_a_readme_cell_without_numbers_reads_as_its_word_alone():
 
 def test_the_report_reader_finds_the_gain_where_the_analysis_writes_it():
     from align_proxy.studies.analysis import analyse
-    from tests.test_analysis import MODELS as PLANTED_MODELS, PRIMARY, TARGET, everywhere, planted_cells
+    from support import MODELS as PLANTED_MODELS, PRIMARY, TARGET, everywhere, planted_cells
 
     analysis = analyse(planted_cells("sft", {"a": everywhere(0.2)}), PLANTED_MODELS, PRIMARY, target=TARGET)
     found = check.report_headline(json.loads(json.dumps(analysis.to_json())))

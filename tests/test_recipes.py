@@ -9,8 +9,8 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tests.conftest import recipe_parser
-from tests.recipe_runs import assert_losses_match_plain_trl, changed, losses, plain_trl_losses, run_recipe
+from support import (assert_losses_match_plain_trl, changed, losses, plain_trl_losses, recipe_parser,
+                     run_recipe)
 
 def assert_run_outputs(out, base_path):
     metrics = json.loads((out / "metrics.json").read_text())

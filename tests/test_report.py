@@ -13,7 +13,7 @@ import pytest
 
 from align_proxy.studies.analysis import analyse
 from align_proxy.studies.report import report_json, write_report
-from tests.test_analysis import MODELS, PRIMARY, TARGET, everywhere, planted_cells
+from support import MODELS, PRIMARY, TARGET, diverging, everywhere, planted_cells
 
 TITLE = "Transfer study: planted effects"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -210,8 +210,6 @@ def test_the_html_report_renders_in_headless_chromium_with_every_image(report, b
 
 
 def test_a_diverged_variant_is_reported_as_such_and_every_plot_still_draws(tmp_path):
-    from tests.test_analysis import diverging
-
     cells = diverging(study_cells(), "lr=high", "ladder-l")
     cells = [dataclasses.replace(c, log_history=[{"step": 1, "loss": 2.0}, {"step": 7, "loss": 1.5e5}])
              if c.diverged else c for c in cells]

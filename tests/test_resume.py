@@ -18,8 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from align_proxy.checkpoints import CheckpointError, checkpoints, clear_for_attempt, is_complete, resume_point
-from tests.conftest import REPO
-from tests.test_safe_load import Payload
+from support import REPO, Payload
 
 # Eight steps an epoch, 24 steps: the killed run stops inside the first epoch and the resumed one must replay
 # the rest of that epoch's order and the next two shuffles exactly.

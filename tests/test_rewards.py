@@ -1,7 +1,6 @@
 """Rewards: the registry resolves every form a config can name, and a broken reward fails by name."""
 
 import doctest
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from align_proxy.scoring import reward_scores
 from align_proxy.rewards import RewardError, arith, combine, get_reward, learned, load_rewards, shaping
 from align_proxy.rewards.combine import CheckedReward
 from align_proxy.rewards.learned import LearnedReward
+from support import gives_nan
 
 
 @pytest.mark.parametrize("module", [rewards, arith, combine, shaping], ids=lambda m: m.__name__)
@@ -49,10 +49,6 @@ def test_format_reward_pays_only_a_bare_answer():
 
 def too_few(prompts, completions, **kwargs):
     return [1.0] * (len(completions) - 1)
-
-
-def gives_nan(prompts, completions, **kwargs):
-    return [math.nan] * len(completions)
 
 
 def gives_text(prompts, completions, **kwargs):
@@ -91,7 +87,7 @@ def no_kwargs(prompts, completions):
 
 def test_a_reward_that_cannot_take_trls_arguments_is_refused_at_load():
     with pytest.raises(RewardError, match="reward 'no_kwargs' .* add \\*\\*kwargs"):
-        load_rewards(["tests.test_rewards:no_kwargs"])
+        load_rewards(["test_rewards:no_kwargs"])
 
 
 def test_weights_must_match_rewards_and_combine_as_trl_sums_them():

@@ -11,8 +11,7 @@ from trl.import_utils import is_vllm_available
 import align_proxy.rl
 from align_proxy.data.validation import DatasetFormatError
 from align_proxy.rewards import RewardError
-from tests.conftest import load_recipe, recipe_parser
-from tests.recipe_runs import changed
+from support import changed, load_recipe, recipe_parser
 
 pytestmark = pytest.mark.slow  # trains real models
 
@@ -84,7 +83,7 @@ def test_grpo_on_conversational_prompts_renders_them_with_the_chat_template(tiny
 
     metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", str(chat_model), "--dataset_name", str(data),
                      "--reward_funcs", "arith_exact_match", "arith_digit_overlap",
-                     "tests.test_rl:conversational_shape", "--reward_weights", "1.0", "0.5", "0.0")
+                     "test_rl:conversational_shape", "--reward_weights", "1.0", "0.5", "0.0")
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     assert {"reward", "arith_exact_match", "arith_digit_overlap", "kl_to_reference", "response_length"} <= set(trained)
     assert base["conversational_shape"] == trained["conversational_shape"] == 1.0  # in evaluation, as in training:
@@ -145,7 +144,7 @@ def test_rloo_with_a_learned_reward_reports_learned_and_gold_rewards(tiny_model,
 def test_a_reward_that_breaks_its_contract_stops_training_naming_it(tiny_model, tmp_path):
     with pytest.raises(RewardError, match="reward 'gives_nan' returned nan"):
         run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path, tiny_model, "--reward_funcs",
-               "tests.test_rewards:gives_nan", "--eval_before", "false")
+               "support:gives_nan", "--eval_before", "false")
 
 
 @pytest.mark.parametrize("recipe", ["grpo", "rloo"])

@@ -16,16 +16,7 @@ import torch
 from align_proxy.cli import main as cli
 from align_proxy.models.megatron import ConversionError, load_checkpoint
 from align_proxy.models.safe_load import UnsafeCheckpointError, load_pickled
-
-
-class Payload:
-    """Unpickles to `function(argument)`: what a malicious checkpoint carries in its `args`."""
-
-    def __init__(self, function, argument):
-        self.function, self.argument = function, argument
-
-    def __reduce__(self):
-        return self.function, (self.argument,)
+from support import Payload
 
 
 def tiny_state() -> dict:

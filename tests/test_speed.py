@@ -10,39 +10,17 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from align_proxy import padding_free
 from align_proxy.models.registry import CLIMB
-from align_proxy.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from align_proxy.recipe import EXPLICIT_KEYS, prepare_run
 from align_proxy.speed import MECHANISMS, USER_SET, Device, ModelSpeedCallback, plan_proxy_speed
-from conftest import REPO, load_recipe, recipe_parser
+from support import REPO, build_trainer, load_recipe, parse, step_away_from_reference
 
 H100 = Device(True, "NVIDIA H100", 80 * 2**30, 79 * 2**30, bf16=True, liger=True,
               varlen_attention=padding_free.VARLEN_ATTENTION, cpus=16)
 CPU_CONFIGS = sorted((REPO / "recipes" / "configs").glob("*_ladder_cpu.yaml"))
 TOLERANCE = 1e-5  # fp32, same weights and batch: only summation order differs
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory) -> str:
-    """A small random Llama with the ladder's tokenizer (no pretraining needed for loss equality). A large
-    initialisation makes attention matter, so attending across examples visibly changes the loss."""
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, initializer_range=0.2, pad_token_id=PAD_ID,
-                         bos_token_id=BOS_ID, eos_token_id=EOS_ID)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("random-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def parse(recipe: str, *argv: str):
-    return recipe_parser(recipe).parse_args_and_config(list(argv))
 
 
 def gpu_plan(recipe: str, model: str, *argv: str, device: Device = H100):
@@ -253,16 +231,6 @@ def test_shipped_cpu_configs_run_exactly_as_with_plain_trl(path, random_model):
 
 # --- same batch, same loss ---------------------------------------------------------------------------------
 
-def build_trainer(recipe: str, model: str, tmp_path, *flags: str):
-    """The trainer `recipes/<recipe>.py` builds, on a few built-in examples, without evaluation."""
-    args = parse(recipe, "--config", str(REPO / "recipes" / "configs" / f"{recipe}_ladder_cpu.yaml"),
-                 "--model_name_or_path", model, "--output_dir", str(tmp_path / "-".join(flags or ["plain"])),
-                 "--builtin_train_size", "48", "--builtin_test_size", "8", "--eval_before", "false", *flags)
-    run = prepare_run(recipe, *args)
-    run.apply_speed_plan()
-    return run.kind.trainer_class(**run.trainer_kwargs()), run
-
-
 @contextlib.contextmanager
 def naive_packing(monkeypatch):
     """Pack the batch as one sequence (positions running on, one causal span): examples see each other."""
@@ -276,13 +244,6 @@ def naive_packing(monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(padding_free, "_pack", naive)
         yield
-
-
-def step_away_from_reference(model, scale: float = 0.05) -> None:
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def loss_on(trainer, examples) -> float:

@@ -14,7 +14,7 @@ import torch
 from align_proxy.studies.execute import local
 from align_proxy.studies.execute.local import GpuSlots, cells_per_gpu, default_jobs, visible_gpus
 from align_proxy.studies.execute.scheduler import StudyRunError
-from conftest import REPO
+from support import REPO
 
 
 def test_cells_take_the_least_busy_gpu():

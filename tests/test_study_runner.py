@@ -12,48 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 import yaml
-from transformers import LlamaConfig
 
-from conftest import REPO
+from support import FAKE_STUDY, REPO, rows, write_spec
 from fake_recipe import FAKE
-
-FAKE_STUDY = [sys.executable, str(REPO / "tests" / "fake_study.py")]
-
-
-def fake_models(tmp_path: Path) -> list[str]:
-    """Two model directories the registry resolves (a config.json, no weights: fake cells never load them)."""
-    models = []
-    for name, width in (("fake-s", 16), ("fake-l", 32)):
-        path = tmp_path / name
-        LlamaConfig(vocab_size=32, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1).save_pretrained(path)
-        models.append(str(path))
-    return models
-
-
-def write_spec(tmp_path: Path, name: str, grid: dict, seeds: list[int], recipes: list[dict] | None = None,
-               seconds: float = 0.0, recipe: str = "fake", config: dict | None = None, models=None) -> Path:
-    config_path = tmp_path / f"{name}-{recipe}.yaml"
-    config_path.write_text(yaml.safe_dump(config if config is not None else {"seconds": seconds}))
-    spec = {"name": name, "output_dir": str(tmp_path / name), "models": models or fake_models(tmp_path),
-            "seeds": seeds, "recipes": [{"recipe": recipe, "config": str(config_path), "grid": grid}, *(recipes or [])]}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
 
 def study(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*FAKE_STUDY, "study", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
-
-
-def rows(db: Path, sql: str, timeout: float = 5.0) -> list[tuple]:
-    with closing(sqlite3.connect(db, timeout=timeout)) as conn:  # sqlite3's own context manager commits but never closes
-        return conn.execute(sql).fetchall()
 
 
 def descendants(pid: int) -> set[int]:

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
-from test_study_runner import FAKE_STUDY, rows, write_spec
+from support import FAKE_STUDY, REPO, rows, write_spec
 
 FAST_JOB = {"gpus_per_cell": 0, "cpus": 1, "mem": "500M", "time": "10"}  # a 2-core CI node runs two at a time
 

@@ -8,7 +8,7 @@ from datasets import Dataset
 from align_proxy.data.loading import load_recipe_data
 from align_proxy.data.validation import DatasetFormatError, validate_dataset
 from align_proxy.models.tokenizer import build_tokenizer
-from tests.conftest import load_recipe, recipe_parser
+from support import load_recipe, recipe_parser
 
 
 def write_jsonl(path, rows):
