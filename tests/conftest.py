@@ -25,7 +25,10 @@ def tiny_ladder(tmp_path_factory):
     """Reports of a tiny ladder pretrained once per session on the built-in task."""
     from align_proxy.models.ladder import build_ladder
 
-    root = tmp_path_factory.mktemp("tiny-ladder")
+    # Under pytest-xdist its workers share one build in the run's common temporary directory (build_ladder holds a
+    # file lock: one worker pretrains, the others wait and read it); a run without workers builds its own.
+    shared = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent / "tiny-ladder" if shared else tmp_path_factory.mktemp("tiny-ladder")
     # On this processor's own kernels, in this process: no test compares its weights with another machine's, and
     # the portable build (a child process, 2.4x slower) has tests of its own in test_ladder.py.
     return build_ladder(tiny_spec(), root=root, progress=False, portable=False)
