@@ -179,8 +179,9 @@ def decoding_time_clause(gaps: list, training_transfers: str | None) -> str:
     >>> from align_proxy.studies.stats import Interval
     >>> g = GapClosed("sft", "default", "task_accuracy", "s", "l", 1, 4, 1.0, 3, 0.3, 0.4, 0.5, 0.2,
     ...               Interval(0.5, 0.2, 0.8))
-    >>> decoding_time_clause([g], "yes")
-    'decoding-time transfer (l proxy-tuned by the smaller model, alpha 1): works from s, closing 50% [20%, 80%] of the gap to l tuned directly; training transfer: yes'
+    >>> print(decoding_time_clause([g], "yes"))  # doctest: +NORMALIZE_WHITESPACE
+    decoding-time transfer (l proxy-tuned by the smaller model, alpha 1): works from s, closing 50% [20%, 80%]
+    of the gap to l tuned directly; training transfer: yes
     """
     if not gaps:
         return ""
