@@ -31,9 +31,9 @@ class Section:
     `table(analysis, primary_only)` gives its table (primary_only: the recipes' primary metrics alone, as the
     Markdown summary shows them; a table not split by metric ignores it); `lines` a bulleted list of prose under
     it; `verdicts` the headline's conclusion per recipe; `per_recipe` a subsection per headline entry; `plots`
-    that the plots go here; `paragraphs` prose paragraphs. `summary`: the Markdown summary shows it (the HTML shows every section); `detail`: one of the
-    tables after the plots, which the Markdown summary gathers under "Key numbers"; `console`: `align-proxy
-    study` and `align-proxy report` print it."""
+    that the plots go here; `paragraphs` prose paragraphs. `summary`: the Markdown summary shows it (the HTML
+    shows every section); `detail`: one of the tables after the plots, which the Markdown summary gathers under
+    "Key numbers"; `console`: `align-proxy study` and `align-proxy report` print it."""
 
     id: str
     title: str
