@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +199,7 @@ class RecipeRun:
                 trained = evaluation(str(self.output_dir))
             record = self._record(trainer, summary, base, trained, diverged)
             plot_loss_curve(record.train.log_history, self.output_dir / "loss_curve.png", self.recipe)
-            atomic_write(self.output_dir / "metrics.json", json.dumps(record.to_json(), indent=2))
+            record.write(self.output_dir)
             if trained is not None:
                 print(format_comparison(self.recipe, self.model.name, base.metrics if base else {}, trained.metrics),
                       flush=True)

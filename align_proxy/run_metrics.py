@@ -14,12 +14,16 @@ A diverged run (`align_proxy.divergence`) has its base evaluation and its log, a
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from align_proxy.files import atomic_write
 from align_proxy.kinds import TRAIN, cell_kind
 from align_proxy.metrics import metric
+
+METRICS_FILE = "metrics.json"  # in the run's output directory (a study cell's directory)
 
 
 def gains(base: dict[str, float], trained: dict[str, float]) -> dict[str, float]:
@@ -107,6 +111,14 @@ class RunMetrics:
                 "speed": self.speed, "train": self.train.to_json(), "eval": self.scores.to_json(),
                 "diverged": self.diverged.to_json() if self.diverged else None,
                 **({"params": self.params.to_json()} if self.params is not None else {})}
+
+    def write(self, directory: Path) -> Path:
+        """`directory`/metrics.json, written atomically: a run's last act, so its presence means the run finished."""
+        return atomic_write(Path(directory) / METRICS_FILE, json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def read(cls, directory: Path) -> RunMetrics:
+        return cls.from_json(json.loads((Path(directory) / METRICS_FILE).read_text()))
 
     @classmethod
     def from_json(cls, raw: dict) -> RunMetrics:

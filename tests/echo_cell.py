@@ -7,7 +7,6 @@ metrics file, so a test follows one payload from the spec, through the command l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ def main(argv: list[str]) -> None:
                         Scores({"task_accuracy": 0.5}, {"task_accuracy": 0.5}), kind="echo",
                         params=EchoParams(args.recipe, args.note))
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "metrics.json").write_text(json.dumps(record.to_json()))
+    record.write(Path(args.output_dir))
 
 
 if __name__ == "__main__":

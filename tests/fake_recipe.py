@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
                     {"task_accuracy": base}, {"task_accuracy": trained} if trained else {})
     metrics = RunMetrics("fake", {"name": model, "path": model, "parameters": 1, "source": "local"}, "fake", None,
                          Training({}, 2, log), scores, diverged)
-    (out / "metrics.json").write_text(json.dumps(metrics.to_json()))
+    metrics.write(out)
 
 
 if __name__ == "__main__":

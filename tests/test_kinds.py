@@ -127,7 +127,8 @@ def test_a_new_cell_kind_is_one_entry_from_spec_to_store(monkeypatch, tmp_path):
     import sys
 
     from align_proxy.studies.cell_runs import cell_command
-    from align_proxy.studies.execute.cells import needed_dirs, read_metrics
+    from align_proxy.run_metrics import RunMetrics
+    from align_proxy.studies.execute.cells import needed_dirs
     from align_proxy.studies.spec import load_spec
     from align_proxy.studies.store import ResultStore
 
@@ -146,7 +147,7 @@ def test_a_new_cell_kind_is_one_entry_from_spec_to_store(monkeypatch, tmp_path):
                                 *needed_dirs(echo, lambda h: tmp_path / h))
     assert Path(script).name == "echo_cell.py" and argv[argv.index("--model") + 1] == str(tmp_path / echo.start_from)
     subprocess.run([sys.executable, script, *argv], check=True)
-    metrics = read_metrics(cell_dir / "metrics.json")
+    metrics = RunMetrics.read(cell_dir)
     assert (metrics.kind, metrics.params) == ("echo", echo.params)
     store = ResultStore(tmp_path / "results.sqlite")
     store.add_cells(echoes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import numpy as np
 
 from align_proxy.cells.params import BestOfNParams
 from align_proxy.evals.overoptimization import DEFAULT_GOLD
-from align_proxy.files import atomic_write
 from align_proxy.models import registry
 from align_proxy.run_metrics import RunMetrics, Scores, Training
 # The cell measures its curve as the standalone command does (a cell entry point is the study's own process).
@@ -55,9 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                            distinct_per_prompt=float(np.mean([len(set(row)) for row in pool.completions])))
     record = RunMetrics(args.recipe, dataclasses.asdict(registry.resolve(args.policy)), f"builtin:{args.task}", None,
                         Training(curve=curve.points()), scores, kind="best-of-n", params=params)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
+    record.write(Path(args.output_dir))
 
 
 if __name__ == "__main__":

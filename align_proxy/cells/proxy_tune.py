@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from align_proxy.cells.params import ProxyTuneParams
-from align_proxy.files import atomic_write
 from align_proxy.models import registry
 from align_proxy.proxy_tuning import HeldOut, ProxyModels, score_proxy_tuning
 from align_proxy.run_metrics import RunMetrics, Scores, Training
@@ -39,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
                                            scores.proxy.items),
                         kind="proxy-tuning",
                         params=ProxyTuneParams(args.recipe, args.variant, args.small, args.alpha, args.expert))
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "metrics.json", json.dumps(record.to_json(), indent=2))
+    record.write(Path(args.output_dir))
 
 
 if __name__ == "__main__":

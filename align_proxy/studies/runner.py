@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from align_proxy.kinds import recipe_kind
-from align_proxy.studies.execute.cells import read_metrics
+from align_proxy.run_metrics import METRICS_FILE, RunMetrics
 from align_proxy.studies.execute.local import LocalExecutor, start_forkserver, visible_gpus
 from align_proxy.studies.execute.scheduler import StudyRunError, run_cells
 from align_proxy.studies.spec import Cell, StudySpec
@@ -180,9 +180,9 @@ def _recover_finished(store: ResultStore, cells: list[Cell], paths: StudyPaths) 
     """Record cells that finished (metrics.json written) but were killed before the store heard."""
     statuses, recovered = store.statuses(), 0
     for cell in cells:
-        metrics_path = paths.cell(cell.config_hash) / "metrics.json"
-        if statuses[cell.config_hash] == "pending" and metrics_path.exists():
-            store.record_result(cell.config_hash, read_metrics(metrics_path), duration_s=0.0)
+        cell_dir = paths.cell(cell.config_hash)
+        if statuses[cell.config_hash] == "pending" and (cell_dir / METRICS_FILE).exists():
+            store.record_result(cell.config_hash, RunMetrics.read(cell_dir), duration_s=0.0)
             recovered += 1
     return recovered
 

@@ -3,13 +3,12 @@ directories of the cells it needs, give a launched cell its `accelerate launch` 
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from align_proxy.checkpoints import remove_checkpoints
-from align_proxy.run_metrics import RunMetrics
+from align_proxy.run_metrics import METRICS_FILE, RunMetrics
 from align_proxy.studies.store import ResultStore
 
 if TYPE_CHECKING:  # the spec imports the model registry (torch): a Slurm job on its node never needs it
@@ -18,16 +17,11 @@ if TYPE_CHECKING:  # the spec imports the model registry (torch): a Slurm job on
 LOG_TAIL_CHARS = 2000
 
 
-def read_metrics(path: Path) -> RunMetrics:
-    return RunMetrics.from_json(json.loads(path.read_text()))
-
-
 def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
     """Record how a cell ended, whatever ran it; returns its status: "done", "diverged" or "failed". `failure`:
     None when its process or job ended well (then metrics.json is its result), else why it did not."""
-    metrics_path = cell_dir / "metrics.json"
-    if failure is None and metrics_path.exists():
-        status = store.record_result(cell_dir.name, read_metrics(metrics_path), duration_s)
+    if failure is None and (cell_dir / METRICS_FILE).exists():
+        status = store.record_result(cell_dir.name, RunMetrics.read(cell_dir), duration_s)
         remove_checkpoints(cell_dir)  # the finished model is what stays; checkpoints only served a resume
         return status
     reason = failure or "the recipe exited without writing metrics.json"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from submitit.helpers import Checkpointable
 
 from align_proxy.checkpoints import clear_for_attempt, last_complete
+from align_proxy.run_metrics import METRICS_FILE
 from align_proxy.studies.execute.cells import launch_flags, needed_dirs, settle_cell
 
 if TYPE_CHECKING:  # the spec imports the model registry (torch), which a job on its node never needs
@@ -383,7 +384,7 @@ class SlurmExecutor:
         cell_dir = self.paths.cell(job.config_hash)
         if job.state:
             self.store.record_job_state(job.config_hash, job.state)
-        failure = None if (cell_dir / "metrics.json").exists() else ended_reason(job, job.state, cell_dir)
+        failure = None if (cell_dir / METRICS_FILE).exists() else ended_reason(job, job.state, cell_dir)
         return settle_cell(self.store, cell_dir, time.time() - job.started, failure)
 
     def cancel(self, jobs: list[TrackedJob]) -> None:
