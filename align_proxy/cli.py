@@ -252,7 +252,7 @@ def cmd_report(args) -> int:
 def cmd_proxy_tune(args) -> int:
     from align_proxy.models import registry
     from align_proxy.proxy_tuning import HeldOut, ProxyModels, VocabularyMismatchError, score_proxy_tuning, trained_from
-    from align_proxy.studies.proxy_gap import gap_closed_records
+    from align_proxy.studies.analysis.gap_closed import gap_closed_records
     from align_proxy.studies.report.console import proxy_tuning_table
 
     try:

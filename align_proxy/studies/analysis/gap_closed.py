@@ -8,6 +8,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from align_proxy.studies.analysis.study import Study, metrics_of, order_index, quantity
 from align_proxy.studies.record import Record
 from align_proxy.studies.stats import CrossedResampler, Interval, gap_closed
@@ -69,6 +71,28 @@ def gap_closed_section(study: Study, proxy_cells: list[CellResult], resampler: C
                 gap_closed=interval))
     return sorted(records, key=lambda g: (g.recipe, g.variant, study.models[g.large], g.small_parameters, g.alpha,
                                           order_index(g.metric)))
+
+
+def gap_closed_records(scores, recipe: str, variant: str, small: str, large: str,
+                       small_parameters: int, large_parameters: int, alpha: float, confidence: float = 0.95):
+    """The gap closed in one standalone comparison (`align-proxy proxy-tune --tuned`), one seed: a `GapClosed` per
+    metric the three models share (`stats.gap_closed` on per-item differences) of `scores`
+    (`align_proxy.proxy_tuning.ProxyTuningScores`); none without the tuned large model's scores."""
+    if scores.tuned is None:
+        return []
+    resampler = CrossedResampler()
+    records = []
+    for metric in scores.base.items:
+        if metric not in scores.proxy.items or metric not in scores.tuned.items:
+            continue
+        base = np.asarray(scores.base.items[metric])
+        proxy_gain = np.asarray(scores.proxy.items[metric]) - base
+        tuned_gain = np.asarray(scores.tuned.items[metric]) - base
+        interval = gap_closed([proxy_gain], [tuned_gain], resampler, confidence=confidence)
+        records.append(GapClosed(recipe, variant, metric, small, large, small_parameters, large_parameters, alpha, 1,
+                                 scores.base.metrics[metric], scores.proxy.metrics[metric],
+                                 scores.tuned.metrics[metric], scores.expert.metrics.get(metric), interval))
+    return records
 
 
 def _model_name(model: str, models: dict[str, int]) -> str:
