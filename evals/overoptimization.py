@@ -2,7 +2,8 @@
 against d = sqrt(KL) are drawn from, for best-of-n and for RL, per proxy reward model.
 
 This module samples and scores (what a best-of-n cell and the `align-proxy overoptimization` command measure);
-the curves, their fits and their plot are the analysis's (`align_proxy.studies.overoptimization_run`).
+the curves and their fits are the analysis's (`align_proxy.studies.overoptimization_run`), their plot the
+report's.
 
 Best-of-n: a fixed policy samples `N` completions per held-out prompt once; every proxy reward model and the gold
 reward score the same pool, so curves of reward models of different sizes differ only by the reward model. For

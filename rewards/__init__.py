@@ -76,12 +76,11 @@ def get_reward(name: str, config=None) -> Callable:
 def _own_module(module_name: str) -> str:
     """`rewards.arith` (configs written when the project's rewards installed as a top-level package) is
     `align_proxy.rewards.arith`; any other module path is itself."""
-    top = module_name.partition(".")[0]
-    if top in ("rewards", "evals") and importlib.util.find_spec(f"align_proxy.{top}") is not None:
+    if module_name.partition(".")[0] in ("rewards", "evals"):
         try:
             if importlib.util.find_spec(f"align_proxy.{module_name}") is not None:
                 return f"align_proxy.{module_name}"
-        except ModuleNotFoundError:
+        except ModuleNotFoundError:  # a missing parent package: not one of ours, so the name stays as given
             pass
     return module_name
 

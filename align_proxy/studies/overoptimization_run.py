@@ -1,6 +1,6 @@
 """The `align-proxy overoptimization` command's measurement and a best-of-n cell's: one policy's pool sampled and
 scored (`align_proxy.evals.overoptimization`), each proxy reward model's best-of-n curve computed exactly from it
-and fitted, an RL run's recorded curve read back, and the curves drawn as the study report draws them."""
+and fitted, and an RL run's recorded curve read back (the report draws them: `report/overoptimization.py`)."""
 
 from __future__ import annotations
 
