@@ -10,12 +10,20 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from align_proxy.kinds import KINDS
 
 # Piped or logged output gets room for the tables (rich assumes 80 columns off a terminal), and
 # long error messages stay on one line.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def _error(message) -> int:
+    """Print a user error and give the exit code for one (2). The message is escaped: it quotes paths and
+    examples such as `[ladder-s, ladder-m]`, which rich would otherwise take for markup and drop."""
+    console.print(f"[red]error:[/red] {escape(str(message))}")
+    return 2
 
 
 def cmd_ladder(args) -> int:
@@ -69,10 +77,9 @@ def cmd_data_check(args) -> int:
         data = load_recipe_data(args.dataset, args.recipe)
         for split, dataset in (("train", data.train), ("test", data.test)):
             fmt = validate_dataset(dataset, args.recipe, data.source, split, tokenizer, args.max_length)
-            console.print(f"{data.source} [{split}]: {len(dataset)} rows, {fmt.describe()}: ok")
+            console.print(escape(f"{data.source} [{split}]: {len(dataset)} rows, {fmt.describe()}: ok"))
     except (DatasetFormatError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+        return _error(err)
     return 0
 
 
@@ -91,8 +98,7 @@ def cmd_convert(args) -> int:
             report = convert_megatron_to_hf(src, out, tokenizer=args.tokenizer, variant=args.variant)
             console.print(f"wrote a Hugging Face model to {out}")
     except ConversionError as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+        return _error(err)
     console.print_json(data={k: v for k, v in report.items() if k != "architecture"})
     if args.verify and not to_megatron:
         check = verify_conversion(src, out)
@@ -116,14 +122,11 @@ def cmd_study(args) -> int:
     try:
         spec = load_spec(args.spec)
     except StudySpecError as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+        return _error(err)
     if args.jobs is not None and args.jobs < 1:
-        console.print(f"[red]error:[/red] --jobs {args.jobs}: run at least 1 cell at a time")
-        return 2
+        return _error(f"--jobs {args.jobs}: run at least 1 cell at a time")
     if args.poll_seconds <= 0:
-        console.print(f"[red]error:[/red] --poll-seconds {args.poll_seconds}: give a positive number of seconds")
-        return 2
+        return _error(f"--poll-seconds {args.poll_seconds}: give a positive number of seconds")
     if args.output_dir:
         spec = replace(spec, output_dir=args.output_dir)
     if args.status:
@@ -132,8 +135,7 @@ def cmd_study(args) -> int:
         try:
             spec = _with_slurm_overrides(spec, args.slurm)
         except StudySpecError as err:
-            console.print(f"[red]error:[/red] {err}")
-            return 2
+            return _error(err)
     cells = spec.cells()
     proxy = sum(c.kind == "proxy-tuning" for c in cells)
     best = sum(c.kind == "best-of-n" for c in cells)
@@ -146,14 +148,13 @@ def cmd_study(args) -> int:
 
         warning = shared_filesystem_warning(Path(spec.output_dir))
         if warning:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     try:
         outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report,
                             executor=args.executor, cancel_on_interrupt=args.cancel_on_interrupt,
                             ask_cancel=_ask_cancel if sys.stdin.isatty() else None, poll_s=args.poll_seconds)
     except (StudyRunError, ModelUnavailableError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+        return _error(err)
     except KeyboardInterrupt as interrupt:
         jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (execute.scheduler.StudyInterrupted)
         console.print("interrupted: " + (f"{jobs} Slurm job(s) " + (
@@ -215,12 +216,10 @@ def cmd_overoptimization(args) -> int:
     from align_proxy.studies.report.overoptimization import write_curves
 
     if not args.reward_model and not args.rl_run:
-        console.print("[red]error:[/red] give proxy reward models for best-of-n (--policy and --reward-model) "
+        return _error("give proxy reward models for best-of-n (--policy and --reward-model) "
                       "and/or RL runs trained with --curve_every (--rl-run)")
-        return 2
     if args.reward_model and not args.policy:
-        console.print("[red]error:[/red] --reward-model needs --policy: the fixed policy that samples the pool")
-        return 2
+        return _error("--reward-model needs --policy: the fixed policy that samples the pool")
     curves = [overoptimization.rl_curve(run) for run in args.rl_run]  # checked before any sampling
     document = {"gold": args.gold, "rl_runs": args.rl_run}
     if args.reward_model:
@@ -242,9 +241,8 @@ def cmd_report(args) -> int:
 
     study_dir = Path(args.study_dir)
     if not study_paths(study_dir).db.exists():
-        console.print(f"[red]error:[/red] {study_dir} holds no results.sqlite: pass the output directory of a "
+        return _error(f"{study_dir} holds no results.sqlite: pass the output directory of a "
                       "study (`align-proxy study` writes one)")
-        return 2
     print_report(console, write_study_report(study_dir))
     return 0
 
@@ -264,8 +262,7 @@ def cmd_proxy_tune(args) -> int:
                       f"on {held_out.eval_size} held-out items of {held_out.dataset} (eval seed {held_out.eval_seed})")
         scores = score_proxy_tuning(models, held_out, args.tuned)
     except (VocabularyMismatchError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
+        return _error(err)
     small, large = registry.resolve(models.anti_expert), registry.resolve(models.base)
     gaps = {g.metric: g for g in gap_closed_records(scores, held_out.recipe, "", small.name, large.name,
                                                      small.parameters, large.parameters, models.alpha)}
@@ -282,9 +279,8 @@ def cmd_recipe(args) -> int:
         print(recipes_dir())  # plain, for $(align-proxy recipe --where)/dpo.py
         return 0
     if not args.name:
-        console.print(f"[red]error:[/red] name a recipe: {', '.join(recipe_names())} "
+        return _error(f"name a recipe: {', '.join(recipe_names())} "
                       f"(scripts and configs in {recipes_dir()})")
-        return 2
     run_recipe(args.name, args.args)
     return 0
 

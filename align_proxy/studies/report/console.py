@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from align_proxy.studies.analysis import StudyAnalysis
@@ -29,11 +30,11 @@ def print_report(console: Console, report) -> None:
             verdicts = prose.recipe_verdicts(analysis)
             console.print(headline_table(analysis, verdicts))
             for words in verdicts:
-                console.print(f"[bold]{words.label}[/bold]: {words.conclusion}")
+                console.print(f"[bold]{escape(words.label)}[/bold]: {escape(words.conclusion)}")
         elif section.id in TABLES:
             console.print(TABLES[section.id](analysis))
         for line in section.lines(analysis) if section.lines else ():
-            console.print(f"- {line}", highlight=False)
+            console.print(f"- {escape(line)}", highlight=False)
     console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
 
 
