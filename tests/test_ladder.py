@@ -84,6 +84,36 @@ def test_one_rung_built_alone_equals_the_same_rung_of_a_full_build(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_rung_another_process_is_building_is_left_to_it_and_waited_for(tmp_path):
+    """Two processes building one ladder pretrain different rungs side by side (a test run's workers, the ranks of
+    `accelerate launch`): a builder passes over a rung whose lock another holds, then waits for it."""
+    import threading
+
+    from filelock import FileLock
+
+    spec = tiny_spec(steps=5)
+    directory = ladder.ladder_dir(spec, tmp_path)
+    directory.mkdir(parents=True)
+    other = FileLock(str(directory / ".tiny-a.lock"))
+    other.acquire()  # "another process" is building tiny-a
+    built = []
+    builder = threading.Thread(target=lambda: built.extend(ladder.build_ladder(spec, root=tmp_path, progress=False,
+                                                                               portable=False)))
+    builder.start()
+    try:
+        for _ in range(600):
+            if (directory / "tiny-b" / "rung.json").exists():
+                break
+            builder.join(0.1)
+        assert (directory / "tiny-b" / "rung.json").exists(), "the free rung was not built"
+        builder.join(0.5)
+        assert builder.is_alive() and not (directory / "tiny-a").exists()  # waiting on the held rung, not building it
+    finally:
+        other.release()
+    builder.join(120)
+    assert [r.name for r in built] == ["tiny-a", "tiny-b"]  # the held rung, released unbuilt, is built after all
+
+
 def test_table_reads_rung_metadata_with_fields_it_no_longer_knows(tmp_path):
     spec = tiny_spec(steps=5)
     built = ladder.build_ladder(spec, root=tmp_path, progress=False, only=("tiny-a",), portable=False)

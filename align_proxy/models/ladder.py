@@ -17,6 +17,7 @@ processor, their sums run in another order, and another processor pretrained oth
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -238,8 +239,9 @@ def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, forc
     return the table of the rungs built so far.
 
     Rungs are independent (same data, own initialisation), so building one alone gives the same
-    weights as building the whole ladder. Safe to call from several processes at once (e.g. every
-    rank under `accelerate launch`): one builds while the others wait on a file lock.
+    weights as building the whole ladder. Safe to call from several processes at once (every rank under
+    `accelerate launch`, a test run's workers): each rung has its own file lock, and each process pretrains a
+    rung no other is pretraining, then waits for the rest, so two processes build a two-rung ladder side by side.
 
     The default (one thread, portable kernels) builds the same weights on any x86-64 processor. `threads`
     and `portable=False` exist to check how much a study's answer depends on its base models: another
@@ -248,14 +250,42 @@ def build_ladder(spec: LadderSpec = LadderSpec(), root: Path | None = None, forc
     """
     directory = ladder_dir(spec, root)
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = [r for r in spec.rungs if only is None or r.name in only]
-    with FileLock(str(directory / ".lock")):
-        missing = [r for r in wanted if force or not (directory / r.name / "rung.json").exists()]
-        if missing and portable and not _kernels_are_portable():
-            _pretrain_in_portable_process(spec, directory, [r.name for r in missing], threads, progress)
-        elif missing:
-            _pretrain(spec, directory, missing, threads, progress, portable)
-        return load_table(spec, root)
+    pending = [r for r in spec.rungs if (only is None or r.name in only)
+               and (force or not (directory / r.name / "rung.json").exists())]
+    if pending and portable and not _kernels_are_portable():
+        _pretrain_in_portable_process(spec, directory, [r.name for r in pending], threads, progress, force)
+    elif pending:
+        _build(spec, directory, pending, threads, progress, portable, force)
+    return load_table(spec, root)
+
+
+def _build(spec: LadderSpec, directory: Path, pending: list[Rung], threads: int, progress: bool, portable: bool,
+           force: bool) -> None:
+    """Pretrain the `pending` rungs, each under its own lock, skipping any another process built meanwhile."""
+    pending = list(pending)
+    while pending:
+        rung, lock = _claim(directory, pending)
+        try:
+            if force or not (directory / rung.name / "rung.json").exists():
+                _pretrain(spec, directory, rung, threads, progress, portable)
+        finally:
+            lock.release()
+        pending.remove(rung)
+
+
+def _claim(directory: Path, pending: list[Rung]) -> tuple[Rung, FileLock]:
+    """The first pending rung no other process is building, its lock held; when every one is being built
+    elsewhere, the first, its lock waited for (its builder releases it once the rung is written)."""
+    for rung in pending:
+        lock = FileLock(str(directory / f".{rung.name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        return rung, lock
+    lock = FileLock(str(directory / f".{pending[0].name}.lock"))
+    lock.acquire()
+    return pending[0], lock
 
 
 def _kernels_are_portable() -> bool:
@@ -263,26 +293,30 @@ def _kernels_are_portable() -> bool:
             and all(os.environ.get(k) == v for k, v in PORTABLE_KERNELS.items()))
 
 
-def _pretrain(spec: LadderSpec, directory: Path, rungs: list[Rung], threads: int, progress: bool,
-              portable: bool) -> None:
-    train_rows = _token_rows(spec, "train", spec.steps * spec.batch_size)
-    heldout = _token_rows(spec, "test", spec.heldout_rows)
+def _pretrain(spec: LadderSpec, directory: Path, rung: Rung, threads: int, progress: bool, portable: bool) -> None:
+    train_rows, heldout = _corpus(spec)
     build = {"threads": threads, "kernels": "portable" if portable else torch.backends.cpu.get_cpu_capability(),
              "torch": torch.__version__}
     with _threads(threads):
-        for rung in rungs:
-            shutil.rmtree(directory / rung.name, ignore_errors=True)
-            pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress, build=build)
+        shutil.rmtree(directory / rung.name, ignore_errors=True)
+        pretrain_rung(rung, spec, train_rows, heldout, directory / rung.name, progress=progress, build=build)
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus(spec: LadderSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and held-out token rows every rung of `spec` sees (the same tokens in the same order): built
+    once per process, as they take seconds for the default ladder."""
+    return _token_rows(spec, "train", spec.steps * spec.batch_size), _token_rows(spec, "test", spec.heldout_rows)
 
 
 def _pretrain_in_portable_process(spec: LadderSpec, directory: Path, names: list[str], threads: int,
-                                  progress: bool) -> None:
+                                  progress: bool, force: bool) -> None:
     """Pretrain `names` in a child process started with `PORTABLE_KERNELS` (ATen and oneMKL read them once, at
-    start-up, so this process cannot switch). The caller holds the ladder's lock; the child writes each rung
+    start-up, so this process cannot switch). The child claims each rung's lock as `build_ladder` does and writes it
     atomically, so a killed child leaves nothing half-written."""
     env = {**os.environ, **PORTABLE_KERNELS, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "align_proxy.models.ladder", json.dumps(dataclasses.asdict(spec)),
-               str(directory), str(threads), "1" if progress else "0", *names]
+               str(directory), str(threads), "1" if progress else "0", "1" if force else "0", *names]
     result = subprocess.run(command, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"pretraining the ladder's rungs {', '.join(names)} failed (exit {result.returncode}) "
@@ -337,9 +371,9 @@ def _spec_from_json(blob: str) -> LadderSpec:
 
 
 if __name__ == "__main__":
-    # The child of `_pretrain_in_portable_process`: spec JSON, ladder directory, threads, progress, rung names.
+    # The child of `_pretrain_in_portable_process`: spec JSON, ladder directory, threads, progress, force, rung names.
     _spec = _spec_from_json(sys.argv[1])
     if not _kernels_are_portable():
         sys.exit(f"the ladder's pretraining child started without portable kernels ({PORTABLE_KERNELS})")
-    _pretrain(_spec, Path(sys.argv[2]), [_spec.rung(n) for n in sys.argv[5:]], int(sys.argv[3]), sys.argv[4] == "1",
-              portable=True)
+    _build(_spec, Path(sys.argv[2]), [_spec.rung(n) for n in sys.argv[6:]], int(sys.argv[3]), sys.argv[4] == "1",
+           portable=True, force=sys.argv[5] == "1")
