@@ -16,6 +16,12 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.TemporaryDirectory(prefix="align-proxy-test-home-")
 os.environ["ALIGN_PROXY_HOME"] = _HOME.name
+# Under pytest-xdist each worker gets its share of the cores, and so do the processes it starts (they inherit it):
+# two workers each running two-thread kernels on two cores thrash, and a two-rank gloo run beside them slows 8-fold.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_threads))
 
 from support import REPO, tiny_spec  # noqa: E402 - after the environment above is set
 

@@ -309,24 +309,3 @@ def test_a_study_of_real_cells_records_a_diverging_variant_as_diverged(tiny_ladd
     for model, metrics in rows(db, "SELECT c.model, r.metrics FROM cells c JOIN results r USING (config_hash)"):
         assert base_by_model.setdefault(model, json.loads(metrics)["eval"]["items"]["base"]) == \
             json.loads(metrics)["eval"]["items"]["base"]
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_cells_of_a_launched_recipe_run_under_deepspeed(tiny_ladder, tmp_path):
-    """`launch` in a recipe entry: each cell is an `accelerate launch` of two DeepSpeed ZeRO-2 processes."""
-    spec = yaml.safe_load(write_spec(tmp_path, "launched", {}, [0], recipe="sft", config=SFT_TINY,
-                                     models=[r.path for r in tiny_ladder]).read_text())
-    spec["recipes"][0]["launch"] = {"config_file": "recipes/accelerate/deepspeed_cpu.yaml"}  # its num_processes: 2
-    path = tmp_path / "launched.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(path), "--jobs", "1",
-                             "--no-report"], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    cells = sorted((tmp_path / "launched" / "cells").iterdir())
-    assert len(cells) == 2
-    for cell in cells:
-        assert (cell / "command.txt").read_text().startswith("accelerate launch --config_file ")
-        distributed = json.loads((cell / "metrics.json").read_text())["train"]["distributed"]
-        assert distributed["num_processes"] == 2 and distributed["engine"] == "DeepSpeedEngine"
-    assert {row[0] for row in rows(tmp_path / "launched" / "results.sqlite", "SELECT status FROM cells")} == {"done"}
