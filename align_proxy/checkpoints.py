@@ -18,6 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
+from align_proxy.errors import UserInputError
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 _TRUE, _FALSE = {"true", "yes", "1", "last", "latest"}, {"false", "no", "0", "none", ""}
@@ -30,7 +32,7 @@ DEEPSPEED_GLOBALS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError, ValueError):
     """A checkpoint that cannot be resumed from; the message names it and what to do."""
 
 

@@ -68,17 +68,23 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from align_proxy.chat_template import install_chat_template
     from align_proxy.data.loading import load_recipe_data
-    from align_proxy.data.validation import DatasetFormatError, validate_dataset
+    from align_proxy.data.validation import validate_dataset
+    from align_proxy.errors import UserInputError
     from align_proxy.recipe import load_tokenizer
 
-    tokenizer = load_tokenizer(args.model, args.tokenizer) if args.model or args.tokenizer else None
+    if args.chat_template_path and not (args.model or args.tokenizer):
+        return _error("--chat_template_path goes on a tokenizer: give --model or --tokenizer too")
     try:
+        tokenizer = load_tokenizer(args.model, args.tokenizer) if args.model or args.tokenizer else None
+        if args.chat_template_path:
+            install_chat_template(tokenizer, args.chat_template_path)
         data = load_recipe_data(args.dataset, args.recipe)
         for split, dataset in (("train", data.train), ("test", data.test)):
             fmt = validate_dataset(dataset, args.recipe, data.source, split, tokenizer, args.max_length)
             console.print(escape(f"{data.source} [{split}]: {len(dataset)} rows, {fmt.describe()}: ok"))
-    except (DatasetFormatError, ValueError) as err:
+    except (UserInputError, ValueError) as err:
         return _error(err)
     return 0
 
@@ -403,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_p.add_argument("--model", help="model whose tokenizer measures prompt lengths")
     data_p.add_argument("--tokenizer", help="tokenizer to measure prompt lengths with")
     data_p.add_argument("--max_length", type=int, help="the recipe's max_length")
+    data_p.add_argument("--chat_template_path", help="chat template for conversational data, as the recipe takes it "
+                                                      "(a shipped name such as minimal, or a .jinja file)")
     data_p.set_defaults(func=cmd_data_check)
     return parser
 

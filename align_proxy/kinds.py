@@ -25,6 +25,7 @@ from align_proxy.data.formats import (CONVERSATIONAL_LM, IMPLICIT_PREFERENCE, LA
                                       PROMPT_COMPLETION, PROMPT_ONLY, TrlFormat)
 
 RECIPE_ARGUMENTS = "align_proxy.recipe:RecipeArguments"
+TEMPLATED_ARGUMENTS = "align_proxy.recipe_arguments:ChatTemplateArguments"  # for a TRL config without the flag
 RL_ARGUMENTS = "align_proxy.rl:RLArguments"
 POLICY_EVALUATION = "align_proxy.evals.suite:PolicyEvaluation"
 RL_EVALUATION = "align_proxy.evals.rl:RLEvaluation"
@@ -116,7 +117,8 @@ for _kind in (
     RecipeKind("sft", "trl.trainer.sft_config:SFTConfig", "trl.trainer.sft_trainer:SFTTrainer",
                (PROMPT_COMPLETION, LANGUAGE_MODELING, CONVERSATIONAL_LM), "sft", "task_accuracy", POLICY_EVALUATION),
     RecipeKind("dpo", "trl.trainer.dpo_config:DPOConfig", "trl.trainer.dpo_trainer:DPOTrainer",
-               (PREFERENCE, IMPLICIT_PREFERENCE), "preference", "task_accuracy", POLICY_EVALUATION, row="pair"),
+               (PREFERENCE, IMPLICIT_PREFERENCE), "preference", "task_accuracy", POLICY_EVALUATION, row="pair",
+               arguments=TEMPLATED_ARGUMENTS),
     # A reward model is another model than the base policy (a fresh score head): its own evaluation.
     RecipeKind("reward", "trl.trainer.reward_config:RewardConfig", "trl.trainer.reward_trainer:RewardTrainer",
                (PREFERENCE, IMPLICIT_PREFERENCE), "preference", "preference_accuracy",

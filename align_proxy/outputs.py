@@ -15,11 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from align_proxy.errors import UserInputError
+
 STAGING_NAME = ".final-model.partial"
 COMMIT_FILE = "config.json"  # what makes a directory a loadable model: moved last, removed first
 
 
-class OutputDirError(RuntimeError):
+class OutputDirError(UserInputError, RuntimeError):
     """An output directory the run cannot write; the message names it and what to do."""
 
 

@@ -26,8 +26,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Generat
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from align_proxy.errors import UserInputError
 
-class VocabularyMismatchError(ValueError):
+
+class VocabularyMismatchError(UserInputError, ValueError):
     """Two of the three models do not share one tokenizer: their logits index different tokens."""
 
 

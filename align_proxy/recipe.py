@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,23 +26,43 @@ from transformers import AutoTokenizer
 from trl import ModelConfig, get_peft_config
 
 from align_proxy import base_eval
+from align_proxy.chat_template import install_chat_template
 from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
+from align_proxy.errors import UserInputError
 from align_proxy.files import atomic_write
 from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
 from align_proxy.models import ladder, registry
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.outputs import check_writable, save_final_model
-from align_proxy.recipe_arguments import EXPLICIT_KEYS, RecipeArguments, RecipeParser, make_parser
+from align_proxy.recipe_arguments import (EXPLICIT_KEYS, RecipeArguments, RecipeParser, make_parser,
+                                         template_argument)
 from align_proxy.run_metrics import RunMetrics, Scores, Training, format_comparison, plot_loss_curve
 from align_proxy.speed import SpeedPlan, plan_proxy_speed
 
 # Recipes, kinds.py ("align_proxy.recipe:RecipeArguments") and tests name the arguments here.
-__all__ = ["EXPLICIT_KEYS", "RecipeArguments", "RecipeParser", "RecipeRun", "load_tokenizer", "make_parser",
-           "prepare_run"]
+__all__ = ["EXPLICIT_KEYS", "RecipeArgumentError", "RecipeArguments", "RecipeParser", "RecipeRun", "load_tokenizer",
+           "make_parser", "prepare_run", "run_script"]
+
+
+class RecipeArgumentError(UserInputError, ValueError):
+    """A recipe's flags that cannot run: no model, a tokenizer that does not load, a flag the recipe cannot use."""
+
+
+def run_script(recipe: str, main) -> None:
+    """A recipe script's entry (`python recipes/dpo.py ...`, `accelerate launch ... recipes/dpo.py ...`): parse the
+    command line the TRL way and run `main`. A user error (bad data, a bad flag, a missing model or chat template:
+    `align_proxy.errors.UserInputError`) ends with its message and exit code 2, as argparse's own errors do;
+    anything else keeps its traceback."""
+    args = make_parser(recipe).parse_args_and_config()
+    try:
+        main(*args)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _is_ladder_rung(name: str) -> bool:
@@ -60,7 +81,7 @@ def load_tokenizer(model_name: str, tokenizer_name: str | None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not load a tokenizer from {source!r} ({err}); pass one with "
+        raise RecipeArgumentError(f"could not load a tokenizer from {source!r} ({err}); pass one with "
                          "--tokenizer_name_or_path (a local directory or Hub id)") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -236,20 +257,24 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     kind = recipe_kind(recipe)
     name = model_args.model_name_or_path
     if not name:
-        raise ValueError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
+        raise RecipeArgumentError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
                          f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
     # `true` means the newest complete checkpoint in output_dir; a half-saved one is never resumed from.
     training_args.resume_from_checkpoint = resume_point(training_args.output_dir, training_args.resume_from_checkpoint)
     tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
+    holder, template = template_argument(script_args, training_args)
+    if template:
+        # On the tokenizer before the data is checked: validation, training, evaluation and the saved model read it.
+        # The flag keeps the file's path, which TRL's SFT and reward trainers read the same template from.
+        holder.chat_template_path = str(install_chat_template(tokenizer, template))
     data = load_recipe_data(
         script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
         script_args.dataset_test_split, script_args.builtin_train_size, script_args.builtin_test_size,
         seed=training_args.seed, eval_seed=script_args.eval_seed,
     )
     max_length = getattr(training_args, "max_length", None)
-    template = getattr(training_args, "chat_template_path", None)
-    validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length, template)
-    validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length, template)
+    validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length)
+    validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length)
 
     # Before any model loads (or a ladder rung is built); after the data checks (lm-eval's tasks and data among
     # them), so bad data leaves no output_dir.
@@ -270,7 +295,7 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
         return
     if not kind.policy:
         policies = ", ".join(k.name for k in KINDS.values() if k.policy)
-        raise ValueError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
+        raise RecipeArgumentError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
                          f"flag, or set it on a recipe that does ({policies})")
     from align_proxy.evals.lm_harness import load_tasks
 

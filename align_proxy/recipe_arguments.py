@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -62,6 +63,29 @@ class RecipeArguments(ScriptArguments):
         "the size check off.")})
 
 
+# One help text for --chat_template_path, whichever class carries it (`template_argument`).
+CHAT_TEMPLATE_HELP = (
+    "Chat template for conversational data when the tokenizer has none (base models): the name of one shipped "
+    "with align-proxy (`minimal`: User:/Assistant: turns, generation markers for assistant_only_loss) or a "
+    ".jinja/.j2 file. Installed on the tokenizer before the data is checked and saved with the model.")
+
+
+@dataclass
+class ChatTemplateArguments(RecipeArguments):
+    """`RecipeArguments` plus --chat_template_path, for the recipes whose TRL config lacks it (DPO, GRPO, RLOO):
+    SFT's and the reward trainer's configs carry their own. Every recipe takes the flag in one of the two places
+    (`template_argument`), and the run installs the template the same way for all (`align_proxy.chat_template`)."""
+
+    chat_template_path: str | None = field(default=None, metadata={"help": CHAT_TEMPLATE_HELP})
+
+
+def template_argument(script_args, training_args) -> tuple[object, str | None]:
+    """Which of a run's argument objects carries --chat_template_path (the TRL config where it has the field, else
+    the script arguments), and its value."""
+    holder = training_args if hasattr(training_args, "chat_template_path") else script_args
+    return holder, getattr(holder, "chat_template_path", None)
+
+
 class RecipeParser(TrlParser):
     """`TrlParser` that also records which fields the user set: a key of the `--config` YAML or a flag on the
     command line, read by argparse itself (aliases, `--no_x`, abbreviations), never guessed from values. Speed
@@ -108,6 +132,11 @@ def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
     refuses on a CPU-only machine); a config file or flag still wins.
     """
     kind = recipe_kind(recipe)
+    carriers = [c.__name__ for c in (kind.arguments_class, kind.config_class)
+                if "chat_template_path" in {f.name for f in dataclasses.fields(c)}]
+    if len(carriers) != 1:  # none: the recipe would lack the flag; two: argparse refuses the duplicate
+        raise TypeError(f"the {recipe} recipe's --chat_template_path is carried by {carriers or 'neither class'}: "
+                        "exactly one of its arguments class and TRL config must have it (ChatTemplateArguments)")
     parser = RecipeParser((kind.arguments_class, kind.config_class, ModelConfig), prog=prog)
     if not torch.cuda.is_available():
         parser.set_defaults(use_cpu=True, bf16=False)

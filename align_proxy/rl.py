@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from accelerate import PartialState
 from trl.import_utils import is_vllm_available
 
-from align_proxy.recipe import RecipeArguments
+from align_proxy.recipe_arguments import ChatTemplateArguments
 from align_proxy.rewards import RewardSet, load_rewards
 
 VLLM_MODES = ("colocate", "server")
 
 
 @dataclass
-class RLArguments(RecipeArguments):
-    """The RL recipes' own arguments on top of `RecipeArguments`: what to reward and how to evaluate."""
+class RLArguments(ChatTemplateArguments):
+    """The RL recipes' own arguments on top of `RecipeArguments` (and --chat_template_path, which TRL's GRPO and
+    RLOO configs lack): what to reward and how to evaluate."""
 
     reward_funcs: list[str] | None = field(
         default=None, metadata={"help": "Rewards to optimise, summed with --reward_weights: registered names "

@@ -4,20 +4,22 @@ scores and greedy generations, batched and run without gradients."""
 from __future__ import annotations
 
 import torch
+from trl.data_utils import _tokenize, common_prefix_length
 
 
-def _tokenize_pair(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + EOS and where the completion starts.
-
-    Tokenized the way TRL's DPO trainer does (the prompt alone and the whole text, split where
-    they diverge), so evaluation scores exactly the tokens training optimised.
-    """
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    full_ids = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
-    start = 0
-    while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
-        start += 1
-    return full_ids, start
+def _tokenize_pair(tokenizer, prompt, completion) -> tuple[list[int], int]:
+    """Token ids of prompt + completion and where the completion starts, as TRL's SFT and DPO trainers tokenize
+    them (the prompt alone and the whole, split where they diverge), so evaluation scores exactly the tokens
+    training optimised. Text gets EOS appended, as those trainers append it; conversational rows (lists of
+    messages) are rendered by the tokenizer's chat template through `trl.data_utils`, the prompt with its
+    generation prompt, and end as the template ends a turn."""
+    if isinstance(prompt, list):
+        prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True)["input_ids"]
+        full_ids = _tokenize(tokenizer, prompt + completion)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_ids = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+    return list(full_ids), common_prefix_length(prompt_ids, full_ids)
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +63,10 @@ def span_logprob_sums(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str],
+def completion_logprobs(model, tokenizer, prompts: list, completions: list,
                         batch_size: int = 64) -> tuple[list[float], list[int]]:
-    """Summed log-probability of each completion (EOS included) given its prompt, and its length."""
+    """Summed log-probability of each completion (EOS included) given its prompt, and its length in tokens. Prompts
+    and completions are strings, or lists of messages (`_tokenize_pair`)."""
     model.eval()
     sums, counts = [], []
     for lo in range(0, len(prompts), batch_size):
@@ -76,8 +79,9 @@ def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[
 
 
 @torch.no_grad()
-def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64) -> list[float]:
-    """Scalar scores of a sequence-classification reward model on prompt + completion (+ EOS)."""
+def reward_scores(model, tokenizer, prompts: list, completions: list, batch_size: int = 64) -> list[float]:
+    """Scalar scores of a sequence-classification reward model on prompt + completion (+ EOS for text; a
+    conversation as its chat template renders it)."""
     model.eval()
     device = next(model.parameters()).device
     scores = []

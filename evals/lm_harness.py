@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from align_proxy.errors import UserInputError
 from align_proxy.files import files_stamp
 from align_proxy.metrics import LM_EVAL_METRICS, lm_eval_metric_name
 
@@ -27,7 +28,7 @@ SHIPPED_TASKS = Path(__file__).with_name("lm_eval_tasks")
 INSTALL_HINT = 'lm-eval is not installed: pip install -e ".[lm-eval]" (or pip install "align-proxy[lm-eval]")'
 
 
-class LmEvalTaskError(ValueError):
+class LmEvalTaskError(UserInputError, ValueError):
     """An lm-eval task that cannot be evaluated: unknown, or its data out of reach."""
 
 

@@ -17,8 +17,10 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from trl.data_utils import extract_prompt, is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask, parse_answer
+from align_proxy.data.validation import DatasetFormatError
 from align_proxy.metrics import aggregate, exact_match, preference_win
 from align_proxy.scoring import completion_logprobs, greedy_generations, reward_scores
 
@@ -44,37 +46,50 @@ class EvalSet:
 
 
 def _likelihood_items(test: Dataset) -> tuple[Dataset | None, Dataset | None]:
-    """Preference pairs and gold completions found in a test split, in any accepted TRL format."""
-    text_columns = [c for c in ("prompt", "chosen", "rejected", "completion", "text") if c in test.column_names]
-    if not len(test) or not text_columns:
+    """Preference pairs and gold completions found in a test split, in any TRL format a recipe accepts, text or
+    conversational. Conversational items are scored as TRL's trainers render them for training
+    (`align_proxy.scoring`): a preference pair without an explicit prompt has it extracted as DPO's trainer does
+    (`trl.data_utils.extract_prompt`), and a `messages` row is scored on its last assistant turn given the turns
+    before it. A split in no such format is named, never silently skipped."""
+    columns = set(test.column_names)
+    if not len(test):
         return None, None
-    if not all(isinstance(test[0][c], str) for c in text_columns):
-        # Conversational rows are scored the way TRL trains on them only through the chat template's
-        # rendering; rather than guess it, the task's own held-out sets are scored instead.
-        print("[align-proxy] conversational test split: its likelihood metrics are skipped")
-        return None, None
-    if {"chosen", "rejected"} <= set(test.column_names):
-        pairs = _with_prompt(test)
+    conversational = is_conversational(test[0])
+    if {"chosen", "rejected"} <= columns:
+        pairs = _with_prompt(test, conversational)
         return pairs, Dataset.from_dict({"prompt": pairs["prompt"], "completion": pairs["chosen"]})
-    if "completion" in test.column_names:
+    if {"prompt", "completion"} <= columns:
         return None, test
-    if "text" in test.column_names:
+    if "text" in columns:
         return None, Dataset.from_dict({"prompt": [""] * len(test), "completion": test["text"]})
+    if "messages" in columns:
+        return None, _last_turns(test)
+    print(f"[align-proxy] the test split's columns ({', '.join(sorted(columns))}) hold no completion or preference "
+          "pair: completion NLL and preference accuracy are not measured on it")
     return None, None
 
 
-def _with_prompt(pairs: Dataset) -> Dataset:
+def _with_prompt(pairs: Dataset, conversational: bool) -> Dataset:
     if "prompt" in pairs.column_names:
         return pairs
-    # Implicit-prompt preference data: score the whole sequences.
+    if conversational:  # the shared leading messages are the prompt, as DPO's trainer extracts it
+        return pairs.map(extract_prompt)
+    # Implicit-prompt text pairs: score the whole sequences.
     return pairs.add_column("prompt", [""] * len(pairs))
 
 
-def _texts(column) -> list[str]:
-    values = list(column)
-    if values and not isinstance(values[0], str):
-        raise TypeError("conversational evaluation data is not supported yet: pass standard (string) columns")
-    return values
+def _last_turns(rows: Dataset) -> Dataset:
+    """A conversational language-modeling split as prompt-completion items: each conversation's last assistant
+    turn, given every turn before it."""
+    prompts, completions = [], []
+    for i, messages in enumerate(rows["messages"]):
+        last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DatasetFormatError(f"test split, row {i}: a `messages` conversation with no assistant turn has no "
+                                     "reply to score; give each held-out conversation an assistant reply")
+        prompts.append(messages[:last])
+        completions.append([messages[last]])
+    return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
 def _load(cls, path: str, **kwargs):
@@ -124,15 +139,15 @@ def evaluate_policy(model_path: str, tokenizer, evalset: EvalSet, reference_path
     model = _load(AutoModelForCausalLM, model_path)
     result, (chosen, rejected) = _score_policy(model, tokenizer, evalset, max_new_tokens)
     if evalset.pairs is not None:
-        prompts = _texts(evalset.pairs["prompt"])
+        prompts = list(evalset.pairs["prompt"])
         if reference_path == model_path:
             # The reference against itself: every implicit reward is 0 by definition.
             _preference(result, "implicit_reward", [0.0] * len(prompts), [0.0] * len(prompts))
         elif reference_path is not None and beta is not None:
             del model
             reference = _load(AutoModelForCausalLM, reference_path)
-            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
-            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+            ref_chosen, _ = completion_logprobs(reference, tokenizer, prompts, list(evalset.pairs["chosen"]))
+            ref_rejected, _ = completion_logprobs(reference, tokenizer, prompts, list(evalset.pairs["rejected"]))
             _preference(result, "implicit_reward", [beta * (c - r) for c, r in zip(chosen, ref_chosen)],
                         [beta * (c - r) for c, r in zip(rejected, ref_rejected)])
     return result
@@ -148,18 +163,18 @@ def _score_policy(model, tokenizer, evalset: EvalSet, max_new_tokens: int) -> tu
     """`score_policy`, and the chosen and rejected completions' log-probabilities (DPO's implicit reward reuses them)."""
     result, chosen, rejected = EvalResult(), [], []
     if evalset.task_prompts is not None and evalset.task is not None:
-        generations = greedy_generations(model, tokenizer, _texts(evalset.task_prompts["prompt"]), max_new_tokens)
+        generations = greedy_generations(model, tokenizer, list(evalset.task_prompts["prompt"]), max_new_tokens)
         predictions = [parse_answer(g) or "" for g in generations]
         references = list(evalset.task_prompts["answer"])
         result.add("task_accuracy", [exact_match(p, r) for p, r in zip(predictions, references)])
     if evalset.completions is not None:
-        sums, counts = completion_logprobs(model, tokenizer, _texts(evalset.completions["prompt"]),
-                                           _texts(evalset.completions["completion"]))
+        sums, counts = completion_logprobs(model, tokenizer, list(evalset.completions["prompt"]),
+                                           list(evalset.completions["completion"]))
         result.add("completion_nll", [-s / n for s, n in zip(sums, counts)], tokens=counts, sums=[-s for s in sums])
     if evalset.pairs is not None:
-        prompts = _texts(evalset.pairs["prompt"])
-        chosen, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
-        rejected, _ = completion_logprobs(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+        prompts = list(evalset.pairs["prompt"])
+        chosen, _ = completion_logprobs(model, tokenizer, prompts, list(evalset.pairs["chosen"]))
+        rejected, _ = completion_logprobs(model, tokenizer, prompts, list(evalset.pairs["rejected"]))
         _preference(result, "preference", chosen, rejected)
     return result, (chosen, rejected)
 
@@ -177,9 +192,9 @@ def evaluate_reward_model(model_path: str, tokenizer, evalset: EvalSet, seed: in
     model = _load(AutoModelForSequenceClassification, model_path, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    prompts = _texts(evalset.pairs["prompt"])
-    chosen = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["chosen"]))
-    rejected = reward_scores(model, tokenizer, prompts, _texts(evalset.pairs["rejected"]))
+    prompts = list(evalset.pairs["prompt"])
+    chosen = reward_scores(model, tokenizer, prompts, list(evalset.pairs["chosen"]))
+    rejected = reward_scores(model, tokenizer, prompts, list(evalset.pairs["rejected"]))
     _preference(result, "preference", chosen, rejected)
     return result
 

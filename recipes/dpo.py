@@ -23,7 +23,7 @@ command line (`--beta 0.2`, `--use_peft --lora_r 16`, `--dataset_name data/prefs
 
 from trl import DPOConfig, DPOTrainer
 
-from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
+from align_proxy.recipe import RecipeArguments, prepare_run, run_script
 
 
 def main(script_args: RecipeArguments, training_args: DPOConfig, model_args):
@@ -39,4 +39,4 @@ def main(script_args: RecipeArguments, training_args: DPOConfig, model_args):
 
 
 if __name__ == "__main__":
-    main(*make_parser("dpo").parse_args_and_config())
+    run_script("dpo", main)

@@ -28,7 +28,7 @@ and evaluation alike); other columns (a built-in task's `answer`) reach the rewa
 
 from trl import GRPOConfig, GRPOTrainer
 
-from align_proxy.recipe import make_parser, prepare_run
+from align_proxy.recipe import prepare_run, run_script
 from align_proxy.rl import RLArguments, check_rollout_backend, configure_rollouts, reward_set
 
 
@@ -49,4 +49,4 @@ def main(script_args: RLArguments, training_args: GRPOConfig, model_args):
 
 
 if __name__ == "__main__":
-    main(*make_parser("grpo").parse_args_and_config())
+    run_script("grpo", main)

@@ -18,7 +18,7 @@ score head: near chance.
 
 from trl import RewardConfig, RewardTrainer
 
-from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
+from align_proxy.recipe import RecipeArguments, prepare_run, run_script
 
 
 def main(script_args: RecipeArguments, training_args: RewardConfig, model_args):
@@ -37,4 +37,4 @@ def main(script_args: RecipeArguments, training_args: RewardConfig, model_args):
 
 
 if __name__ == "__main__":
-    main(*make_parser("reward").parse_args_and_config())
+    run_script("reward", main)

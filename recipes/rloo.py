@@ -22,7 +22,7 @@ to please the reward model without getting more answers right. Any field of `RLA
 
 from trl import RLOOConfig, RLOOTrainer
 
-from align_proxy.recipe import make_parser, prepare_run
+from align_proxy.recipe import prepare_run, run_script
 from align_proxy.rl import RLArguments, check_rollout_backend, configure_rollouts, reward_set
 
 
@@ -43,4 +43,4 @@ def main(script_args: RLArguments, training_args: RLOOConfig, model_args):
 
 
 if __name__ == "__main__":
-    main(*make_parser("rloo").parse_args_and_config())
+    run_script("rloo", main)

@@ -18,7 +18,7 @@ overridden on the command line (`--learning_rate 1e-4`, `--use_peft`).
 
 from trl import SFTConfig, SFTTrainer
 
-from align_proxy.recipe import RecipeArguments, make_parser, prepare_run
+from align_proxy.recipe import RecipeArguments, prepare_run, run_script
 
 
 def main(script_args: RecipeArguments, training_args: SFTConfig, model_args):
@@ -36,4 +36,4 @@ def main(script_args: RecipeArguments, training_args: SFTConfig, model_args):
 
 
 if __name__ == "__main__":
-    main(*make_parser("sft").parse_args_and_config())
+    run_script("sft", main)

@@ -13,8 +13,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
+from align_proxy.errors import UserInputError
 
-class RewardError(ValueError):
+
+class RewardError(UserInputError, ValueError):
     """A reward broke TRL's reward contract; the message names the reward and the offending value."""
 
 

@@ -107,7 +107,9 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
               "import align_proxy.evals.lm_harness as h  # the shipped lm-eval task and its data, read where the wheel put them\n"
               "print(h.SHIPPED_TASKS)\nprint(h.task_names('arith_mc'))\n"
               "import sys  # what of this environment's editable install made it in: its finder, or the checkout\n"
-              f"print(sorted(m for m in sys.modules if m.startswith('__editable__')), {str(REPO)!r} in sys.path)")
+              f"print(sorted(m for m in sys.modules if m.startswith('__editable__')), {str(REPO)!r} in sys.path)\n"
+              "import align_proxy.chat_template as c  # the shipped chat template, by name\n"
+              "print(c.resolve_chat_template('minimal'))")
     out = run([installed["python"], "-c", script], installed["cwd"], installed["env"]).stdout.splitlines()
     venv = str(installed["venv"])
     assert out[0].startswith(venv) and out[1].startswith(venv), out  # not the checkout's, not an editable install
@@ -115,6 +117,7 @@ def test_the_installed_package_is_the_wheel_with_its_recipes(installed):
     assert configs and all(c.startswith(venv) for c in configs)
     assert out[3].startswith(venv) and out[4] == "['arith_mc']", out
     assert out[5] == "[] False", out
+    assert out[6].startswith(venv) and out[6].endswith("chat_templates/minimal.jinja"), out
 
 
 @pytest.mark.slow  # a study and a recipe in fresh processes, ~30 s

@@ -126,11 +126,8 @@ def test_conversational_data_needs_a_chat_template_before_anything_loads():
     tok = build_tokenizer()
     assert tok.chat_template is None
     with pytest.raises(DatasetFormatError, match="column 'prompt' is conversational .* no chat template .*"
-                                                 "--tokenizer_name_or_path"):
+                                                 "--chat_template_path minimal .*--tokenizer_name_or_path"):
         validate_dataset(prompts, "grpo", "chats.jsonl", "train", tok)
-    # SFT can install a template itself; a tokenizer with one renders the messages.
-    messages = Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]})
-    assert validate_dataset(messages, "sft", "x", "train", tok, chat_template_path="template.jinja").name == \
-        "conversational language-modeling"
+    # A tokenizer with a template renders the messages.
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert validate_dataset(prompts, "grpo", "chats.jsonl", "train", tok).name == "prompt-only"

@@ -10,10 +10,11 @@ import difflib
 from datasets import Dataset
 
 from align_proxy.data.formats import TrlFormat
+from align_proxy.errors import UserInputError
 from align_proxy.kinds import recipe_kind
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserInputError, ValueError):
     """The dataset does not fit the recipe; the message says where and how to fix it."""
 
 
@@ -25,9 +26,9 @@ def detect_format(columns: list[str], recipe: str) -> TrlFormat | None:
 
 
 def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tokenizer=None,
-                     max_length: int | None = None, chat_template_path: str | None = None) -> TrlFormat:
-    """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong.
-    `chat_template_path`: a template the trainer will install (SFT's option), so the tokenizer need not have one."""
+                     max_length: int | None = None) -> TrlFormat:
+    """Return the TRL format `dataset` is in, or raise `DatasetFormatError` saying what is wrong. Conversational
+    data needs a chat template on `tokenizer` (a run installs --chat_template_path's before it checks the data)."""
     where = f"{source} (split '{split}')"
     recipe_kind(recipe)  # an unknown recipe fails here, naming the known ones
     if len(dataset) == 0:
@@ -37,7 +38,7 @@ def validate_dataset(dataset: Dataset, recipe: str, source: str, split: str, tok
         raise DatasetFormatError(_missing_columns_message(dataset.column_names, recipe, where))
     for column in fmt.columns:
         _check_column(dataset, column, where, fmt)
-    if tokenizer is not None and not chat_template_path and getattr(tokenizer, "chat_template", None) is None:
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None) is None:
         _check_renderable(dataset, fmt, where)
     if tokenizer is not None and max_length is not None and fmt.prompt_column is not None:
         _check_prompt_lengths(dataset, fmt, where, tokenizer, max_length)
@@ -83,8 +84,9 @@ def _check_renderable(dataset: Dataset, fmt: TrlFormat, where: str) -> None:
     if conversational:
         raise DatasetFormatError(
             f"{where}: column '{conversational[0]}' is conversational (lists of messages), but the tokenizer has no "
-            "chat template to render it. Use a chat model's tokenizer (--tokenizer_name_or_path), give SFT a "
-            "template (--chat_template_path), or convert the column to text."
+            "chat template to render it. Give the recipe one: --chat_template_path minimal (shipped with "
+            "align-proxy: User:/Assistant: turns, generation markers for assistant_only_loss) or a .jinja file; or "
+            "use a chat model's tokenizer (--tokenizer_name_or_path); or convert the column to text."
         )
 
 

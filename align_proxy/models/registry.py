@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from align_proxy.errors import UserInputError
 from align_proxy.models import ladder
 # Re-exported: the registry is where users look for the proxies' names.
 from align_proxy.models.climb import CLIMB, CLIMB_REPO, LLAMA2_TOKENIZER, ClimbVariant  # noqa: F401
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserInputError, RuntimeError):
     """A registry name that cannot be loaded here; the message says what to do about it."""
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from align_proxy import PROJECT_ROOT
 from align_proxy.cells.params import BestOfNPlan
+from align_proxy.errors import UserInputError
 from align_proxy.install import shipped_file
 from align_proxy.kinds import CELL_KINDS, KINDS, RECIPE_ARGUMENTS, TRAIN, load_object
 from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
@@ -26,7 +27,7 @@ DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
 
 
-class StudySpecError(ValueError):
+class StudySpecError(UserInputError, ValueError):
     """A malformed study spec; the message names the file, the key and what is allowed."""
 
 

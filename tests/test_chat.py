@@ -1,0 +1,126 @@
+"""Conversational data on base models: the shipped chat template, --chat_template_path on every recipe, held-out
+items scored on the tokens TRL's trainers train on, and user errors that end with their message and exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import Dataset
+
+from align_proxy.chat_template import ChatTemplateError, install_chat_template, resolve_chat_template
+from align_proxy.data.tasks import get_task
+from align_proxy.kinds import KINDS
+from align_proxy.models.tokenizer import build_tokenizer
+from align_proxy.recipe import make_parser
+from align_proxy.scoring import _tokenize_pair
+from support import REPO, run_recipe
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def chat_sft_rows(n, seed=0):
+    """The built-in task as TRL's conversational language-modeling rows (`messages`)."""
+    return [{"messages": user(r["prompt"]) + assistant(r["completion"])}
+            for r in get_task("arith").sft(n, split="train", seed=seed)]
+
+
+def chat_preference_rows(n, seed=0):
+    """The built-in task's preference pairs as conversational rows with an implicit prompt."""
+    return [{"chosen": user(r["prompt"]) + assistant(r["chosen"]), "rejected": user(r["prompt"]) + assistant(r["rejected"])}
+            for r in get_task("arith").preference(n, split="train", seed=seed)]
+
+
+def test_every_recipe_takes_chat_template_path_once():
+    for name in KINDS:
+        script_args, training_args, _ = make_parser(name).parse_args_and_config(
+            ["--output_dir", "out", "--chat_template_path", "minimal"])
+        values = [getattr(a, "chat_template_path", None) for a in (script_args, training_args)]
+        assert values.count("minimal") == 1, (name, values)
+
+
+def test_the_shipped_template_marks_assistant_replies_and_ends_them_with_eos():
+    tokenizer = build_tokenizer()
+    install_chat_template(tokenizer, "minimal")
+    conversation = user("2+3=") + assistant("5") + user("1+1=") + assistant("2")
+    assert tokenizer.apply_chat_template(conversation, tokenize=False) == \
+        "<s>User: 2+3=\nAssistant: 5</s>\nUser: 1+1=\nAssistant: 2</s>"
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True,
+                                             return_assistant_tokens_mask=True)
+    marked = [t for t, m in zip(rendered["input_ids"], rendered["assistant_masks"]) if m]
+    assert tokenizer.decode(marked) == " 5</s> 2</s>"  # what assistant_only_loss trains on
+
+
+def test_an_unknown_template_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ChatTemplateError, match=r"--chat_template_path chatml: no template named 'chatml'.*"
+                                                r"Shipped templates: minimal"):
+        resolve_chat_template("chatml")
+    with pytest.raises(ChatTemplateError, match="is a directory: .* --tokenizer_name_or_path"):
+        resolve_chat_template(str(tmp_path))
+    (tmp_path / "mine.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert resolve_chat_template(str(tmp_path / "mine.jinja")) == tmp_path / "mine.jinja"
+
+
+def test_a_scored_span_is_the_completion_mask_trls_sft_trainer_builds(random_model, tmp_path):
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(random_model)
+    install_chat_template(tokenizer, "minimal")
+    rows = [{"prompt": user("12+30="), "completion": assistant("42")},
+            {"prompt": user("7-2=") + assistant("5") + user("5*2="), "completion": assistant("10")}]
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], max_length=None)
+    trainer = SFTTrainer(model=random_model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    for row, trained in zip(rows, trainer.train_dataset):
+        ids, start = _tokenize_pair(tokenizer, row["prompt"], row["completion"])
+        assert ids == trained["input_ids"]
+        # TRL folds its completion mask into the labels: -100 on every token it does not train on.
+        assert [0] * start + [1] * (len(ids) - start) == [int(label != -100) for label in trained["labels"]]
+        assert tokenizer.decode(ids[start:]) == f" {row['completion'][0]['content']}</s>"
+
+
+@pytest.mark.slow  # two recipe runs on a tiny model, ~20 s
+def test_sft_and_dpo_on_conversational_data_score_nll_and_preference_accuracy(tiny_model, tmp_path, capsys):
+    sft_data = write_jsonl(tmp_path / "chats.jsonl", chat_sft_rows(80))
+    run = ("--max_steps", "4", "--eval_size", "16", "--chat_template_path", "minimal", "--dataset_name")
+    sft = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "sft", tiny_model, *run, sft_data)
+    table = capsys.readouterr().out.split("base vs trained")[-1]
+    assert "completion NLL" in table
+    # A local file without a test split holds out a tenth of its rows: 8 of 80, each scored.
+    assert sft.scores.base["completion_nll"] > 0 and len(sft.scores.items_base["completion_nll"]) == 8
+    # The template is saved with the model, so what was trained on renders the same way when it is loaded.
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "sft").chat_template == \
+        resolve_chat_template("minimal").read_text()
+
+    dpo_data = write_jsonl(tmp_path / "prefs.jsonl", chat_preference_rows(80))
+    dpo = run_recipe("dpo", "dpo_ladder_cpu.yaml", tmp_path / "dpo", tiny_model, *run, dpo_data)
+    table = capsys.readouterr().out.split("base vs trained")[-1]
+    assert "completion NLL" in table and "preference accuracy" in table and "implicit-reward accuracy" in table
+    assert len(dpo.scores.items_base["preference_accuracy"]) == 8
+
+
+def test_conversational_data_without_a_template_ends_with_exit_code_2_and_no_traceback(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", chat_preference_rows(20))
+    result = subprocess.run([sys.executable, "recipes/dpo.py", "--config", "recipes/configs/dpo_ladder_cpu.yaml",
+                             "--model_name_or_path", tiny_model, "--dataset_name", data,
+                             "--output_dir", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "error: " in result.stderr and "prefs.jsonl" in result.stderr and "--chat_template_path minimal" in \
+        result.stderr
+    assert not (tmp_path / "out").exists()
