@@ -38,12 +38,17 @@ def base_cache_key(run, evaluation) -> dict:
     same way, so they share "policy"; a reward model is another model; an RL evaluation samples) and what
     else it depends on."""
     args = run.script_args
+    # The chat template renders conversational items: another template, another score. Keyed only when there is
+    # one, so the caches of runs without one keep their keys.
+    template = getattr(run.tokenizer, "chat_template", None)
+    rendering = ({"chat_template": hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]}
+                 if template else {})
     return {"model": run.model.path, "weights": files_stamp(run.model.path),
             "tokenizer": args.tokenizer_name_or_path, "dataset": args.dataset_name,
             "dataset_files": files_stamp(args.dataset_name), "dataset_config": args.dataset_config,
             "test_split": args.dataset_test_split, "builtin_test_size": args.builtin_test_size,
             "eval_size": args.eval_size, "eval_seed": args.eval_seed,
-            "eval_max_new_tokens": args.eval_max_new_tokens, **evaluation.cache_key()}
+            "eval_max_new_tokens": args.eval_max_new_tokens, **rendering, **evaluation.cache_key()}
 
 
 def _evaluate_now(run, evaluation):

@@ -95,16 +95,20 @@ def reward_scores(model, tokenizer, prompts: list, completions: list, batch_size
 
 
 @torch.no_grad()
-def greedy_generations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8,
-                       batch_size: int = 128) -> list[str]:
-    """Greedy completions (special tokens stripped), left-padded so every prompt ends at the edge."""
+def greedy_generations(model, tokenizer, prompts: list, max_new_tokens: int = 8, batch_size: int = 128) -> list[str]:
+    """Greedy completions (special tokens stripped), left-padded so every prompt ends at the edge. Conversational
+    prompts (lists of messages) are rendered by the chat template with its generation prompt, as TRL renders them."""
     model.eval()
     device = next(model.parameters()).device
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    if conversational:  # the template writes its own BOS: the tokenizer must not add another
+        prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts = []
     try:
         for lo in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True).to(device)
+            enc = tokenizer(prompts[lo:lo + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=not conversational).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             texts.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))

@@ -42,6 +42,36 @@ def chat_preference_rows(n, seed=0):
             for r in get_task("arith").preference(n, split="train", seed=seed)]
 
 
+def test_builtin_arith_chat_poses_arith_problems_as_messages():
+    chat, plain = get_task("builtin:arith-chat"), get_task("builtin:arith")
+    for make in ("sft", "preference", "rl"):
+        for chat_row, row in zip(getattr(chat, make)(8, split="test"), getattr(plain, make)(8, split="test")):
+            assert chat_row["prompt"] == user(row["prompt"])
+            for column in ("completion", "chosen", "rejected"):
+                if column in row:
+                    assert chat_row[column] == assistant(row[column])
+    assert chat.evaluation(4)["prompt"] == [user(p) for p in plain.evaluation(4)["prompt"]]
+
+
+def test_a_base_evaluation_is_cached_per_chat_template(tmp_path):
+    from types import SimpleNamespace
+
+    from align_proxy.base_eval import base_cache_key
+    from align_proxy.recipe import make_parser
+
+    script_args = make_parser("sft").parse_args_and_config(["--output_dir", str(tmp_path)])[0]
+    tokenizer = build_tokenizer()
+    run = SimpleNamespace(script_args=script_args, tokenizer=tokenizer,
+                          model=SimpleNamespace(path=str(tmp_path), name="m"))
+    evaluation = SimpleNamespace(cache_key=lambda: {"evaluation": "policy"})
+    without = base_cache_key(run, evaluation)
+    assert "chat_template" not in without  # the keys of runs without a template are what they were
+    install_chat_template(tokenizer, "minimal")
+    minimal = base_cache_key(run, evaluation)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert len({json.dumps(k, sort_keys=True) for k in (without, minimal, base_cache_key(run, evaluation))}) == 3
+
+
 def test_every_recipe_takes_chat_template_path_once():
     for name in KINDS:
         script_args, training_args, _ = make_parser(name).parse_args_and_config(
@@ -91,10 +121,11 @@ def test_a_scored_span_is_the_completion_mask_trls_sft_trainer_builds(random_mod
         assert tokenizer.decode(ids[start:]) == f" {row['completion'][0]['content']}</s>"
 
 
-@pytest.mark.slow  # two recipe runs on a tiny model, ~20 s
+@pytest.mark.slow  # three recipe runs on a tiny model, ~30 s
 def test_sft_and_dpo_on_conversational_data_score_nll_and_preference_accuracy(tiny_model, tmp_path, capsys):
     sft_data = write_jsonl(tmp_path / "chats.jsonl", chat_sft_rows(80))
-    run = ("--max_steps", "4", "--eval_size", "16", "--chat_template_path", "minimal", "--dataset_name")
+    run = ("--max_steps", "4", "--eval_size", "16", "--max_length", "64", "--chat_template_path", "minimal",
+           "--dataset_name")
     sft = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "sft", tiny_model, *run, sft_data)
     table = capsys.readouterr().out.split("base vs trained")[-1]
     assert "completion NLL" in table
@@ -111,6 +142,13 @@ def test_sft_and_dpo_on_conversational_data_score_nll_and_preference_accuracy(ti
     table = capsys.readouterr().out.split("base vs trained")[-1]
     assert "completion NLL" in table and "preference accuracy" in table and "implicit-reward accuracy" in table
     assert len(dpo.scores.items_base["preference_accuracy"]) == 8
+
+    # The built-in task in chat form: task accuracy from greedy replies to prompts rendered by the template.
+    builtin = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "arith-chat", tiny_model, *run, "builtin:arith-chat",
+                         "--builtin_train_size", "64", "--builtin_test_size", "16")
+    assert len(builtin.scores.items_base["task_accuracy"]) == 16
+    assert {"task accuracy", "completion NLL", "preference accuracy"} <= set(
+        line.split("  ")[0].split(" (")[0] for line in capsys.readouterr().out.split("base vs trained")[-1].splitlines())
 
 
 def test_conversational_data_without_a_template_ends_with_exit_code_2_and_no_traceback(tiny_model, tmp_path):

@@ -78,6 +78,10 @@ class ArithmeticTask:
     ops: tuple[str, ...] = ("+", "-")
     # Share of pretraining lines that carry a plausible mistake instead of the gold answer.
     noise: float = 0.2
+    # TRL's conversational format: each prompt one user message, each answer one assistant message (a chat template
+    # renders them: --chat_template_path minimal on a base model). The same problems as the task named `draws`.
+    chat: bool = False
+    draws: str | None = None  # whose problems it poses (default: its own name)
 
     # --- problems -------------------------------------------------------------------------
     def is_heldout(self, problem: Problem) -> bool:
@@ -131,7 +135,13 @@ class ArithmeticTask:
     # --- datasets -------------------------------------------------------------------------
     def _rng(self, kind: str, split: str, seed: int) -> random.Random:
         # String seeds are hashed with SHA-512 by `random`, so they are stable across runs.
-        return random.Random(f"{self.name}/{self.max_digits}/{kind}/{split}/{seed}")
+        return random.Random(f"{self.draws or self.name}/{self.max_digits}/{kind}/{split}/{seed}")
+
+    def _user(self, prompts: list[str]) -> list:
+        return [[{"role": "user", "content": p}] for p in prompts] if self.chat else prompts
+
+    def _assistant(self, answers: list[str]) -> list:
+        return [[{"role": "assistant", "content": a}] for a in answers] if self.chat else answers
 
     def _problems(self, kind: str, split: str, n: int, seed: int) -> tuple[list[Problem], random.Random]:
         if split not in ("train", "test"):
@@ -146,26 +156,29 @@ class ArithmeticTask:
 
     def sft(self, n: int, split: str = "train", seed: int = 0) -> Dataset:
         problems, _ = self._problems("sft", split, n, seed)
-        return Dataset.from_dict({"prompt": [p.prompt for p in problems], "completion": [p.answer for p in problems]})
+        return Dataset.from_dict({"prompt": self._user([p.prompt for p in problems]),
+                                  "completion": self._assistant([p.answer for p in problems])})
 
     def preference(self, n: int, split: str = "train", seed: int = 0) -> Dataset:
         problems, rng = self._problems("preference", split, n, seed)
         return Dataset.from_dict(
             {
-                "prompt": [p.prompt for p in problems],
-                "chosen": [p.answer for p in problems],
-                "rejected": [self.mistake(p, rng) for p in problems],
+                "prompt": self._user([p.prompt for p in problems]),
+                "chosen": self._assistant([p.answer for p in problems]),
+                "rejected": self._assistant([self.mistake(p, rng) for p in problems]),
             }
         )
 
     def rl(self, n: int, split: str = "train", seed: int = 0) -> Dataset:
         problems, _ = self._problems("rl", split, n, seed)
-        return Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
+        return Dataset.from_dict({"prompt": self._user([p.prompt for p in problems]),
+                                  "answer": [p.answer for p in problems]})
 
     def evaluation(self, n: int, seed: int = 0) -> Dataset:
         """Held-out prompts with gold answers, for task accuracy by greedy generation."""
         problems, _ = self._problems("eval", "test", n, seed)
-        return Dataset.from_dict({"prompt": [p.prompt for p in problems], "answer": [p.answer for p in problems]})
+        return Dataset.from_dict({"prompt": self._user([p.prompt for p in problems]),
+                                  "answer": [p.answer for p in problems]})
 
     def splits(self, fmt: str, n_train: int, n_test: int, seed: int = 0, eval_seed: int | None = None) -> DatasetDict:
         """Train and held-out test splits of one format (see `FORMATS`); the test split is drawn with
@@ -196,6 +209,8 @@ TASKS: dict[str, ArithmeticTask] = {
     "arith": ArithmeticTask(),
     # Harder: three-digit operands; the offline ladder's rungs barely solve it.
     "arith-3digit": ArithmeticTask(name="arith-3digit", max_digits=3),
+    # builtin:arith's problems in TRL's conversational format, for chat templates and chat-format evaluation.
+    "arith-chat": ArithmeticTask(name="arith-chat", chat=True, draws="arith"),
 }
 
 BUILTIN_PREFIX = "builtin:"
