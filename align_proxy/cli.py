@@ -416,8 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error any command meets (`align_proxy.errors.UserInputError`: bad data, spec, flag,
+    model, template) prints its message and gives exit code 2, not a traceback (ALIGN_PROXY_DEBUG=1 shows it)."""
+    from align_proxy.errors import UserInputError, show_tracebacks
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserInputError as err:
+        if show_tracebacks():
+            raise
+        return _error(err)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
-from align_proxy.errors import UserInputError
+from align_proxy.errors import RecipeArgumentError, UserInputError, show_tracebacks
 from align_proxy.files import atomic_write
 from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
@@ -48,19 +48,17 @@ __all__ = ["EXPLICIT_KEYS", "RecipeArgumentError", "RecipeArguments", "RecipePar
            "make_parser", "prepare_run", "run_script"]
 
 
-class RecipeArgumentError(UserInputError, ValueError):
-    """A recipe's flags that cannot run: no model, a tokenizer that does not load, a flag the recipe cannot use."""
-
-
 def run_script(recipe: str, main) -> None:
     """A recipe script's entry (`python recipes/dpo.py ...`, `accelerate launch ... recipes/dpo.py ...`): parse the
     command line the TRL way and run `main`. A user error (bad data, a bad flag, a missing model or chat template:
     `align_proxy.errors.UserInputError`) ends with its message and exit code 2, as argparse's own errors do;
-    anything else keeps its traceback."""
+    anything else keeps its traceback, and so does a user error with ALIGN_PROXY_DEBUG=1."""
     args = make_parser(recipe).parse_args_and_config()
     try:
         main(*args)
     except UserInputError as err:
+        if show_tracebacks():
+            raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from accelerate import PartialState
 from trl.import_utils import is_vllm_available
 
+from align_proxy.errors import MissingDependencyError, RecipeArgumentError
 from align_proxy.recipe_arguments import ChatTemplateArguments
 from align_proxy.rewards import RewardSet, load_rewards
 
@@ -50,10 +51,11 @@ def check_rollout_backend(training_args) -> None:
     if not training_args.use_vllm:
         return
     if training_args.vllm_mode not in VLLM_MODES:
-        raise ValueError(f"--vllm_mode {training_args.vllm_mode!r} is not a vLLM mode: use 'colocate' (vLLM shares "
-                         "the training GPU, in this process) or 'server' (a separate `trl vllm-serve` process)")
+        raise RecipeArgumentError(f"--vllm_mode {training_args.vllm_mode!r} is not a vLLM mode: use 'colocate' (vLLM "
+                                  "shares the training GPU, in this process) or 'server' (a separate `trl vllm-serve` "
+                                  "process)")
     if not is_vllm_available():
-        raise ImportError(
+        raise MissingDependencyError(
             "--use_vllm is set, but vLLM is not installed here. Install the extra on a CUDA machine with "
             "`pip install -e '.[vllm]'` (it brings its own CUDA torch), or pass --use_vllm false to generate "
             "with Hugging Face generate (on a GPU: static cache, compiled decoding)."

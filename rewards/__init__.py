@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 from typing import Callable
 
+from align_proxy.errors import UnknownNameError
 from align_proxy.rewards import arith, shaping
 from align_proxy.rewards.combine import CheckedReward, RewardError, RewardSet, check_signature
 from align_proxy.rewards.learned import LearnedReward, is_reward_model_dir
@@ -55,18 +56,18 @@ def get_reward(name: str, config=None) -> Callable:
         return LearnedReward(name)
     module_name, sep, attr = name.partition(":")
     if not sep:
-        raise KeyError(f"unknown reward {name!r}: registered rewards are {', '.join([*REWARDS, *FACTORIES])}; "
+        raise UnknownNameError(f"unknown reward {name!r}: registered rewards are {', '.join([*REWARDS, *FACTORIES])}; "
                        "or give a dotted path such as 'align_proxy.rewards.arith:exact_match', or the output directory of "
                        "recipes/reward.py for a learned reward (none exists at that path)")
     module_name = _own_module(module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise KeyError(f"cannot import reward {name!r}: {err}") from err
+        raise UnknownNameError(f"cannot import reward {name!r}: {err}") from err
     if not hasattr(module, attr):
         near = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=1)
         hint = f" (did you mean {module_name}:{near[0]}?)" if near else ""
-        raise KeyError(f"cannot import reward {name!r}: module {module_name} has no {attr!r}{hint}")
+        raise UnknownNameError(f"cannot import reward {name!r}: module {module_name} has no {attr!r}{hint}")
     fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"reward {name!r} is not callable")

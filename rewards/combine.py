@@ -17,7 +17,8 @@ from align_proxy.errors import UserInputError
 
 
 class RewardError(UserInputError, ValueError):
-    """A reward broke TRL's reward contract; the message names the reward and the offending value."""
+    """A reward that cannot be used: not a reward model, or one that broke TRL's reward contract; the message names
+    the reward and what is wrong."""
 
 
 def _preview(value, limit: int = 40) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from align_proxy.scoring import reward_scores
 from align_proxy.rewards.arith import _prompt_text, _text
+from align_proxy.rewards.combine import RewardError
+from align_proxy.scoring import reward_scores
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
@@ -39,7 +40,7 @@ class LearnedReward:
     def __init__(self, path: str | Path, device: str | torch.device | None = None, batch_size: int = 64):
         self.path = str(Path(path).expanduser())
         if not is_reward_model_dir(self.path):
-            raise ValueError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
+            raise RewardError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
                              "(a config.json of a ...ForSequenceClassification model). Train one with "
                              "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
         if device is None:
@@ -51,7 +52,7 @@ class LearnedReward:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32).to(device)
         if self.model.config.num_labels != 1:
-            raise ValueError(f"{self.path} has {self.model.config.num_labels} labels; a reward model has one score")
+            raise RewardError(f"{self.path} has {self.model.config.num_labels} labels; a reward model has one score")
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.requires_grad_(False)

@@ -35,7 +35,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
     (default: `seed`) fixes the held-out rows, so runs that differ only in seed are scored on the same items."""
     eval_seed = seed if eval_seed is None else eval_seed
     if not name:
-        raise ValueError("no dataset given: pass --dataset_name (a built-in task such as 'builtin:arith', "
+        raise DatasetFormatError("no dataset given: pass --dataset_name (a built-in task such as 'builtin:arith', "
                          "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
     if name.startswith(BUILTIN_PREFIX):
         task = get_task(name)
@@ -47,7 +47,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
     else:
         splits = _load_hub(name, config)
     if train_split not in splits:
-        raise ValueError(f"{name} has no split '{train_split}' (it has: {', '.join(splits)}); "
+        raise DatasetFormatError(f"{name} has no split '{train_split}' (it has: {', '.join(splits)}); "
                          "choose one with --dataset_train_split")
     if test_split in splits:
         return RecipeData(splits[train_split], splits[test_split], name, None)
@@ -64,14 +64,14 @@ def _load_local(path: Path) -> DatasetDict:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS)
         if not files:
-            raise ValueError(f"{path} holds no data files: expected {', '.join(FILE_BUILDERS)} files")
+            raise DatasetFormatError(f"{path} holds no data files: expected {', '.join(FILE_BUILDERS)} files")
         suffix = files[0].suffix
         by_split = {p.stem: str(p) for p in files if p.suffix == suffix}
         data_files = by_split if "train" in by_split else {"train": [str(p) for p in files if p.suffix == suffix]}
     else:
         suffix = path.suffix
         if suffix not in FILE_BUILDERS:
-            raise ValueError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
+            raise DatasetFormatError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
         data_files = {"train": str(path)}
         if path.stat().st_size == 0:
             raise DatasetFormatError(f"{path} is empty: a recipe needs at least one example in it.")
@@ -83,7 +83,7 @@ def _load_local(path: Path) -> DatasetDict:
     except Exception as err:  # noqa: BLE001 - parser errors from arrow are opaque; name the file
         if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
             raise DatasetFormatError(f"{path} has no rows: a recipe needs at least one example in it.") from err
-        raise ValueError(f"could not read {path} as {FILE_BUILDERS[suffix]}: {err}") from err
+        raise DatasetFormatError(f"could not read {path} as {FILE_BUILDERS[suffix]}: {err}") from err
 
 
 def check_json_file(path: Path) -> None:
@@ -123,7 +123,7 @@ def _load_hub(name: str, config: str | None) -> DatasetDict:
     try:
         return load_dataset(name, name=config)
     except Exception as err:  # noqa: BLE001 - offline, missing or private all need the same advice
-        raise ValueError(
+        raise DatasetFormatError(
             f"could not load dataset {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). It is not "
             "a local file either. Offline, use a built-in task (e.g. 'builtin:arith') or a local "
             ".json/.jsonl/.parquet/.csv file."

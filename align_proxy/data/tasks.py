@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 
+from align_proxy.errors import UnknownNameError
+
 # Every split a recipe asks for, and the TRL format it comes in.
 FORMATS = {
     "text": ("text",),
@@ -220,5 +222,5 @@ def get_task(name: str) -> ArithmeticTask:
     """Look up a built-in task by name, with or without the `builtin:` prefix."""
     key = name.removeprefix(BUILTIN_PREFIX)
     if key not in TASKS:
-        raise KeyError(f"unknown built-in task {name!r}: choose one of {', '.join(BUILTIN_PREFIX + t for t in TASKS)}")
+        raise UnknownNameError(f"unknown built-in task {name!r}: choose one of {', '.join(BUILTIN_PREFIX + t for t in TASKS)}")
     return TASKS[key]

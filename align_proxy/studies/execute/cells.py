@@ -3,6 +3,7 @@ directories of the cells it needs, give a launched cell its `accelerate launch` 
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,27 @@ if TYPE_CHECKING:  # the spec imports the model registry (torch): a Slurm job on
     from align_proxy.studies.spec import Cell
 
 LOG_TAIL_CHARS = 2000
+CAUSE_SEARCH_CHARS = 50_000  # how far back from a failed cell's log's end its cause is looked for
+# A line that says why a process failed: a recipe's or the CLI's "error: ..." (a user error, exit code 2), or the
+# exception line that ends a Python traceback, with torch.distributed's "[rankN]:" prefix under accelerate launch.
+_CAUSE = re.compile(r"^(?:\[rank\d+\]:\s*)?(error: .+|[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)(?:: .*)?)$")
+
+
+def failure_cause(log_text: str) -> str | None:
+    """The last line of a failed cell's log that names its cause (`OSError: [Errno 28] No space left on device`,
+    `error: data.jsonl ...`), or None. It goes first in the cell's recorded error, so `--status` and the report
+    say why, not just "exit code 1".
+
+    >>> failure_cause("Traceback (most recent call last):\\n  ...\\nOSError: [Errno 28] No space left on device\\n")
+    'OSError: [Errno 28] No space left on device'
+    >>> failure_cause("[rank1]: torch.OutOfMemoryError: CUDA out of memory\\nW1207 exiting"), failure_cause("done")
+    ('torch.OutOfMemoryError: CUDA out of memory', None)
+    """
+    for line in reversed(log_text.splitlines()):
+        match = _CAUSE.match(line.strip())
+        if match:
+            return match.group(1)[:400]
+    return None
 
 
 def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: str | None) -> str:
@@ -26,8 +48,9 @@ def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: 
         return status
     reason = failure or "the recipe exited without writing metrics.json"
     log = cell_dir / "cell.log"
-    tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
-    store.record_failure(cell_dir.name, f"{reason}; log: {log}\n{tail}")
+    text = log.read_text(errors="replace")[-CAUSE_SEARCH_CHARS:] if log.exists() else ""
+    cause = failure_cause(text)
+    store.record_failure(cell_dir.name, f"{reason}{f': {cause}' if cause else ''}; log: {log}\n{text[-LOG_TAIL_CHARS:]}")
     return "failed"
 
 

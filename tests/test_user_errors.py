@@ -1,0 +1,86 @@
+"""Errors for people: every bad input a user gives a recipe script or an `align-proxy` command ends with one message
+naming the file, flag or key and the fix, and exit code 2, never a traceback; ALIGN_PROXY_DEBUG=1 shows it."""
+
+import json
+import runpy
+import sys
+
+import pytest
+
+from align_proxy.cli import main as cli
+from support import REPO
+
+BAD_DATA = [  # the validation tests' bad preference files (test_validation.py), and what their error says
+    ([], "is empty"),
+    ([{"prompt": "1+1=", "chosen": "2"}], "missing column 'rejected'"),
+    ([{"prompt": "1+1=", "chosen": "2", "rejectd": "3"}], "found 'rejectd'"),
+    ([{"prompt": "1+1=", "chosen": 2, "rejected": 3}], "column 'chosen' holds int64"),
+    ([{"prompt": "123456789012345678901234567890123=", "chosen": "2", "rejected": "3"}], "max_length is 32"),
+    ([{"prompt": [{"role": "user", "content": "1+1="}], "chosen": [{"role": "assistant", "content": "2"}],
+       "rejected": [{"role": "assistant", "content": "3"}]}], "--chat_template_path minimal"),
+]
+
+
+def run_script(recipe: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python recipes/<recipe>.py ARGV` in this process: its exit code and everything it printed."""
+    monkeypatch.setattr(sys, "argv", [f"recipes/{recipe}.py", *argv])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(REPO / "recipes" / f"{recipe}.py"), run_name="__main__")
+    out = capsys.readouterr()
+    return ended.value.code, out.out + out.err
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("rows, expected", BAD_DATA, ids=[e for _, e in BAD_DATA])
+def test_bad_data_ends_the_recipe_and_the_data_check_with_its_message_and_exit_code_2(
+        tmp_path, monkeypatch, capsys, rows, expected):
+    data = write_jsonl(tmp_path / "bad.jsonl", rows * 4)
+    code, out = run_script("dpo", ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--dataset_name", data,
+                                   "--model_name_or_path", "ladder-s", "--output_dir", str(tmp_path / "out")],
+                           monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in out and "error: " in out and "bad.jsonl" in out, out
+    assert expected in out.replace("\n", " "), out
+    assert not (tmp_path / "out").exists()
+    code = cli(["data", "check", data, "--recipe", "dpo", "--model", "ladder-s", "--max_length", "32"])
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert code == 2 and "Traceback" not in out and "error: " in out and expected in out, out
+
+
+@pytest.mark.parametrize("recipe, flags, expected", [
+    ("sft", ["--dataset_name", "data/nowhere.txt"], "no-such"),
+    ("sft", ["--dataset_name", "builtin:arithmetic"], "unknown built-in task 'builtin:arithmetic'"),
+    ("sft", ["--model_name_or_path", "no-such-org/no-such-model"], "no-such-org/no-such-model"),
+    ("dpo", ["--chat_template_path", "chatml"], "Shipped templates: minimal"),
+    ("grpo", ["--use_vllm", "true", "--vllm_mode", "remote"], "--vllm_mode 'remote'"),
+    ("rloo", ["--use_vllm", "true"], "pip install -e '.[vllm]'"),
+], ids=["missing file", "unknown task", "unknown model", "unknown template", "bad flag value", "missing extra"])
+def test_bad_flags_end_the_recipe_with_their_message_and_exit_code_2(tmp_path, monkeypatch, capsys, recipe, flags,
+                                                                     expected):
+    config = f"{recipe}_ladder_cpu.yaml"
+    monkeypatch.setattr("align_proxy.rl.is_vllm_available", lambda: False)  # as on CI, whatever this machine has
+    code, out = run_script(recipe, ["--config", f"recipes/configs/{config}", "--output_dir", str(tmp_path / "out"),
+                                    *flags], monkeypatch, capsys)
+    expected = expected if expected != "no-such" else "data/nowhere.txt"
+    assert code == 2 and "Traceback" not in out and "error: " in out, out
+    assert expected in out, out
+
+
+def test_a_bad_spec_or_template_ends_a_command_with_exit_code_2_and_debug_shows_the_traceback(tmp_path, monkeypatch,
+                                                                                              capsys):
+    (tmp_path / "spec.yaml").write_text("name: x\nmodels: [ladder-s, ladder-m]\nrecipes: [{recipe: sfft}]\n")
+    assert cli(["study", str(tmp_path / "spec.yaml")]) == 2
+    assert "sfft" in capsys.readouterr().out
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 4)
+    assert cli(["data", "check", data, "--recipe", "sft", "--model", "ladder-s", "--chat_template_path", "chatml"]) == 2
+    assert "Shipped templates: minimal" in capsys.readouterr().out
+    monkeypatch.setenv("ALIGN_PROXY_DEBUG", "1")  # for someone debugging align-proxy itself
+    from align_proxy.chat_template import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError):
+        run_script("dpo", ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--output_dir", str(tmp_path / "o"),
+                           "--chat_template_path", "chatml"], monkeypatch, capsys)
