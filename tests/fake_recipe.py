@@ -57,7 +57,10 @@ def main(argv: list[str]) -> None:
         {"recipe": "fake", "training_args": {"learning_rate": lr, "seed": seed, "output_dir": str(out)},
          "model_args": {"model_name_or_path": model}}))
     if int(args.get("max_length", 64)) < 3:
-        sys.exit(f"{args.get('dataset_name')}: every prompt is longer than max_length {args['max_length']}")
+        # As a recipe ends on a user error (align_proxy.recipe.run_script): its message, exit code 2.
+        print(f"error: {args.get('dataset_name')}: every prompt is longer than max_length {args['max_length']}",
+              file=sys.stderr)
+        sys.exit(2)
     # The base evaluation, once per model: shared through the cache directory like a real recipe's, under
     # its lock and written whole (a concurrent cell, or one started after a kill, never reads half a file).
     cache = Path(args["base_eval_cache"]) / f"fake-{Path(model).name}.json"
