@@ -6,21 +6,27 @@
 #
 #   benchmarks/gpu_check.sh [--out DIR]     # DIR defaults to $OUT (the device tool's) or ./gpu_check
 #   benchmarks/gpu_check.sh --dry-run       # on any machine: list exactly what would run, check prerequisites
+#   benchmarks/gpu_check.sh --wheels DIR    # first install DIR's wheels (benchmarks/gpu_wheels.sh) into a
+#                                           # temporary directory put on PYTHONPATH, offline
 #
-# Wheels the GPU machine needs beside a CUDA torch: benchmarks/gpu_requirements.txt.
+# What the check needs beside a CUDA torch: benchmarks/gpu_requirements.txt; the GPU machine's image lacks TRL and
+# datasets, which benchmarks/gpu_wheels.sh downloads (here) for it.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-$REPO/gpu_check}"
 DRY_RUN=0
+WHEELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
+    --wheels) WHEELS="$2"; shift ;;
+    --wheels=*) WHEELS="${1#--wheels=}" ;;
     --out) OUT_DIR="$2"; shift ;;
     --out=*) OUT_DIR="${1#--out=}" ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --out DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --out DIR, --wheels DIR)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -39,6 +45,17 @@ FILES=(tests/test_gpu_paths.py tests/test_speed.py benchmarks/gpu_requirements.t
 
 cd "$REPO" || exit 1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "$WHEELS" ]; then
+  # The GPU machine has no network: its missing packages travel as wheels, installed without an index or deps
+  # (their needs are in its image) into a directory of their own, never into the image's environment.
+  ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "gpu_check: --wheels $WHEELS holds no .whl files (benchmarks/gpu_wheels.sh $WHEELS makes them)" >&2; exit 2; }
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX")
+  if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl; then
+    echo "gpu_check: installing the wheels in $WHEELS failed (above)" >&2; exit 1
+  fi
+  export PYTHONPATH="$REPO:$SITE${PYTHONPATH#$REPO}"
+  echo "gpu_check: installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
+fi
 
 check_prerequisites() {
   local failed=0

@@ -96,3 +96,26 @@ def test_proxy_tuning_benchmark_compares_with_the_three_models_own_generation():
     cpu = bench.measure("cpu", args)
     assert set(cpu["seconds"]) == {"base", "expert", "anti_expert", "proxy_tuned"}
     assert cpu["ratio"] > 0 and cpu["sum_of_three"] == sum(cpu["seconds"][k] for k in ("base", "expert", "anti_expert"))
+
+
+def test_the_gpu_wheelhouse_is_small_and_brings_what_the_image_lacks(tmp_path):
+    """benchmarks/gpu_wheels.sh downloads (from PyPI, which CI reaches) the wheels the GPU machine's image lacks.
+    Installed as the check installs them (--no-index --no-deps --target), for the GPU machine's Python 3.12, they
+    import here ahead of this environment's own copies: TRL, datasets, and align_proxy.recipe on top of them."""
+    wheels = tmp_path / "wheels"
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_wheels.sh"), str(wheels)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr
+    size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
+    assert 0 < size < 40 * 2**20 and "MiB in all" in result.stdout
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                              "--only-binary=:all:", "--python-version", "3.12", "--target", str(site),
+                              *map(str, wheels.glob("*.whl"))], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    probe = ("import trl, datasets, align_proxy.recipe\n"
+             "print(trl.__file__)\nprint(datasets.__file__)")
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"}, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert all(line.startswith(str(site)) for line in imported.stdout.split()), imported.stdout
