@@ -2,12 +2,15 @@
 # The GPU check: on one CUDA GPU, the GPU tests of the fast paths, the training-throughput benchmark on both proxy
 # shapes, the GRPO rollout benchmark, then one summary table (OUT/summary.md). Each step has its own time limit, so
 # the whole check ends within 8 minutes on an H100/H200, compilation included; a step that runs out of time still
-# leaves its log, and the summary takes what it holds.
+# leaves its section of check.log, and the summary takes what it holds. OUT holds 7 files: check.log, steps.tsv,
+# gpu_tests.xml, three JSON reports and summary.md (the GPU machine sends back at most 8).
 #
 #   benchmarks/gpu_check.sh [--out DIR]     # DIR defaults to $OUT (the device tool's) or ./gpu_check
 #   benchmarks/gpu_check.sh --dry-run       # on any machine: list exactly what would run, check prerequisites
 #   benchmarks/gpu_check.sh --wheels DIR    # first install DIR's wheels (benchmarks/gpu_wheels.sh) into a
 #                                           # temporary directory put on PYTHONPATH, offline
+#   benchmarks/gpu_check.sh --rehearse      # on a CPU: every step end to end at tiny shapes (the GPU tests skip
+#                                           # themselves), summary included, through the same code paths, ~1 min
 #
 # What the check needs beside a CUDA torch: benchmarks/gpu_requirements.txt; the GPU machine's image lacks TRL and
 # datasets, which benchmarks/gpu_wheels.sh downloads (here) for it.
@@ -17,16 +20,18 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-$REPO/gpu_check}"
 DRY_RUN=0
+REHEARSE=0
 WHEELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
+    --rehearse) REHEARSE=1 ;;
     --wheels) WHEELS="$2"; shift ;;
     --wheels=*) WHEELS="${1#--wheels=}" ;;
     --out) OUT_DIR="$2"; shift ;;
     --out=*) OUT_DIR="${1#--out=}" ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --out DIR, --wheels DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (use --dry-run, --rehearse, --out DIR, --wheels DIR)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -39,6 +44,15 @@ STEPS=(
   "throughput-350m|100|$PYTHON benchmarks/throughput.py --shapes 350m --recipes sft,dpo --variants trl-plain,align-proxy --steps 6 --warmup 2 --rows 400 --raw-rows 16 --out $OUT_DIR/throughput-350m.json"
   "grpo_rollout|70|$PYTHON benchmarks/grpo_rollout.py --shape 62m --new-tokens 128 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
 )
+if [ "$REHEARSE" = 1 ]; then  # the same steps and files at tiny shapes, for a CPU
+  TINY="--shapes tiny --steps 2 --warmup 1 --rows 60 --batch 4 --max-len 32 --raw-rows 4"
+  STEPS=(
+    "gpu_tests|120|$PYTHON -m pytest -q -rs -p no:cacheprovider $GPU_TESTS --junitxml=$OUT_DIR/gpu_tests.xml"
+    "throughput-62m|150|$PYTHON benchmarks/throughput.py $TINY --recipes sft,dpo,reward --out $OUT_DIR/throughput-62m.json"
+    "throughput-350m|120|$PYTHON benchmarks/throughput.py $TINY --recipes sft,dpo --variants trl-plain,align-proxy --out $OUT_DIR/throughput-350m.json"
+    "grpo_rollout|120|$PYTHON benchmarks/grpo_rollout.py --shape tiny --prompts 2 --generations 2 --new-tokens 4 --gen-batch 8 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
+  )
+fi
 SUMMARY="$PYTHON benchmarks/gpu_summary.py $OUT_DIR"
 SCRIPTS=(benchmarks/throughput.py benchmarks/grpo_rollout.py benchmarks/gpu_summary.py)
 FILES=(tests/test_gpu_paths.py tests/test_speed.py benchmarks/gpu_requirements.txt "${SCRIPTS[@]}")
@@ -63,7 +77,11 @@ check_prerequisites() {
   if command -v "$PYTHON" >/dev/null; then note ok "python: $("$PYTHON" --version 2>&1)"; else note FAIL "python: '$PYTHON' not found (set PYTHON=...)"; return 1; fi
   if torch_line=$("$PYTHON" -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no CUDA")' 2>&1); then
     note ok "torch $torch_line"
-    case "$torch_line" in *"no CUDA"*) [ "$DRY_RUN" = 1 ] && note info "no GPU here: a real run needs one" || note FAIL "no CUDA GPU visible" ;; esac
+    case "$torch_line" in *"no CUDA"*)
+      if [ "$DRY_RUN" = 1 ]; then note info "no GPU here: a real run needs one"
+      elif [ "$REHEARSE" = 1 ]; then note info "no GPU here: a rehearsal, at tiny shapes"
+      else note FAIL "no CUDA GPU visible (--rehearse runs the steps on a CPU)"; fi ;;
+    esac
   else note FAIL "torch does not import: ${torch_line##*$'\n'}"; fi
   for file in "${FILES[@]}"; do [ -f "$file" ] && note ok "$file" || note FAIL "$file missing"; done
   local -A helped=()  # each script's --help at once: every one imports torch
@@ -105,7 +123,7 @@ EOF
 echo "gpu_check: would run, in $REPO, each step under its time limit:"
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit command <<<"$step"
-  echo "  [$name, ${limit} s] $command > $OUT_DIR/$name.log"
+  echo "  [$name, ${limit} s] $command >> $OUT_DIR/check.log"
 done
 echo "  [summary] $SUMMARY > $OUT_DIR/summary.md"
 echo "gpu_check: prerequisites"
@@ -118,13 +136,15 @@ fi
 [ $ready = 0 ] || { echo "gpu_check: prerequisites missing (above); nothing run" >&2; exit 1; }
 
 : >"$OUT_DIR/steps.tsv"
+: >"$OUT_DIR/check.log"  # every step's output, one section each: the GPU machine sends back at most 8 files
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name limit command <<<"$step"
   echo "gpu_check: $name (at most $limit s)"
   start=$SECONDS
-  timeout --kill-after=10 "$limit" $command >"$OUT_DIR/$name.log" 2>&1
+  echo "==> $name <==" >>"$OUT_DIR/check.log"
+  timeout --kill-after=10 "$limit" $command >>"$OUT_DIR/check.log" 2>&1
   code=$?
   printf '%s\t%s\t%s\n' "$name" "$code" "$((SECONDS - start))" >>"$OUT_DIR/steps.tsv"
-  tail -n 3 "$OUT_DIR/$name.log"
+  tail -n 3 "$OUT_DIR/check.log"
 done
 $SUMMARY

@@ -2,8 +2,8 @@
 recipe and variant on both proxy shapes, and the GRPO rollout figures.
 
 Throughput rows come from `throughput-<shape>.json`, or, when a step ran out of time before writing it, from the
-JSON lines its log holds (each variant prints one as it finishes). Each row is set against plain TRL measured in
-the same process (`x plain`), against the anchor's plain-TRL figure for SFT on an H100 (`x anchor`,
+JSON lines its section of `check.log` holds (each variant prints one as it finishes). Each row is set against plain
+TRL measured in the same process (`x plain`), against the anchor's plain-TRL figure for SFT on an H100 (`x anchor`,
 shared/bench/README.md) and against a raw training loop on the same shape (`x raw`: the hardware-bound
 reference).
 
@@ -21,9 +21,9 @@ from pathlib import Path
 ANCHOR_PLAIN_SFT = {"62m": 12_088, "350m": 14_169}
 
 
-def json_lines(path: Path) -> list[dict]:
+def json_lines(lines: list[str]) -> list[dict]:
     rows = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+    for line in lines:
         if line.startswith("{"):
             try:
                 rows.append(json.loads(line))
@@ -32,15 +32,30 @@ def json_lines(path: Path) -> list[dict]:
     return rows
 
 
-def throughput_rows(out: Path) -> list[dict]:
-    rows = []
-    for log in sorted(out.glob("throughput-*.log")):
-        report = log.with_suffix(".json")
-        if report.exists():
-            rows += json.loads(report.read_text())["results"]
-        else:
-            rows += [r for r in json_lines(log) if "variant" in r]
-    return rows
+def log_sections(out: Path) -> dict[str, list[str]]:
+    """Each step's lines in check.log, which gpu_check.sh opens with `==> NAME <==` (one log, not one per step:
+    the GPU machine sends back at most 8 files)."""
+    sections, name = {}, None
+    log = out / "check.log"
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if line.startswith("==> ") and line.endswith(" <=="):
+            name = line[4:-4]
+            sections[name] = []
+        elif name is not None:
+            sections[name].append(line)
+    return sections
+
+
+def step_results(out: Path, name: str, sections: dict[str, list[str]]) -> list[dict]:
+    """A step's results: its JSON report's, else the JSON lines its log section printed before it stopped."""
+    report = out / f"{name}.json"
+    return json.loads(report.read_text())["results"] if report.exists() else json_lines(sections.get(name, []))
+
+
+def throughput_rows(out: Path, sections: dict[str, list[str]]) -> list[list[dict]]:
+    """The throughput rows of each throughput step, one list per step (each set against its own plain TRL)."""
+    names = sorted({p.stem for p in out.glob("throughput-*.json")} | {n for n in sections if n.startswith("throughput")})
+    return [[r for r in step_results(out, name, sections) if "variant" in r] for name in names]
 
 
 def tests_line(out: Path) -> str:
@@ -56,11 +71,18 @@ def tests_line(out: Path) -> str:
             f"skipped" + (f" (failed: {', '.join(failed)})" if failed else ""))
 
 
-def throughput_table(rows: list[dict]) -> list[str]:
-    plain = {(r["shape"], r["recipe"]): r["tokens_per_s"] for r in rows
-             if r.get("variant") == "trl-plain" and "tokens_per_s" in r}
+def throughput_table(steps: list[list[dict]]) -> list[str]:
     lines = ["| shape | recipe | variant | rows/step (micro) | tokens/s | MFU | x plain (same run) | x anchor plain | "
              "x raw loop | peak GiB | warm-up s |", "|---" * 11 + "|"]
+    for rows in steps:
+        lines += _throughput_lines(rows)
+    return lines
+
+
+def _throughput_lines(rows: list[dict]) -> list[str]:
+    plain = {(r["shape"], r["recipe"]): r["tokens_per_s"] for r in rows
+             if r.get("variant") == "trl-plain" and "tokens_per_s" in r}
+    lines = []
     for r in rows:
         head = f"| {r.get('shape')} | {r.get('recipe')} | {r.get('variant')} |"
         if "tokens_per_s" not in r:
@@ -78,10 +100,8 @@ def throughput_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def rollout_table(out: Path) -> list[str]:
-    report = out / "grpo_rollout.json"
-    rows = json.loads(report.read_text())["results"] if report.exists() else json_lines(out / "grpo_rollout.log")
-    rows = [r for r in rows if "what" in r]
+def rollout_table(out: Path, sections: dict[str, list[str]]) -> list[str]:
+    rows = [r for r in step_results(out, "grpo_rollout", sections) if "what" in r]
     if not rows:
         return ["GRPO rollout: no figures (the step did not finish)"]
     lines = ["| what | new tokens/s | step s | completion tokens/s | peak GiB | note |", "|---" * 6 + "|"]
@@ -105,11 +125,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default=".", help="the directory gpu_check.sh wrote")
     out = Path(parser.parse_args().out)
-    device = next((r["device"] for log in sorted(out.glob("throughput-*.log")) for r in json_lines(log)
-                   if "device" in r), "unknown device")
+    sections = log_sections(out)
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    device = next((r["device"] for r in reports + json_lines(sum(sections.values(), [])) if "device" in r),
+                  "unknown device")
+    shape = next((r["shape"] for r in reports if "shape" in r), "62m")  # the rollout report's
     text = "\n".join([f"# GPU check on {device}", "", steps_line(out), "", tests_line(out), "",
-                      "## Training throughput", "", *throughput_table(throughput_rows(out)), "",
-                      "## GRPO rollouts (62M)", "", *rollout_table(out), ""])
+                      "## Training throughput", "", *throughput_table(throughput_rows(out, sections)), "",
+                      f"## GRPO rollouts ({shape})", "", *rollout_table(out, sections), ""])
     (out / "summary.md").write_text(text)
     print(text)
 

@@ -64,7 +64,8 @@ def test_gpu_requirements_are_the_ranges_pyproject_states():
 
 
 def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypatch):
-    """A throughput step killed at its limit leaves no JSON report, only the lines it printed as variants finished."""
+    """A throughput step killed at its limit leaves no JSON report, only the lines it printed as variants finished,
+    in its section of check.log (one log for every step: the GPU machine sends back at most 8 files)."""
     import importlib.util
 
     rows = [{"device": "NVIDIA H200", "torch": "2.13"},
@@ -72,7 +73,8 @@ def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypa
              "rows_per_step": 16, "peak_gib": 20.0},
             {"recipe": "sft", "shape": "62m", "variant": "align-proxy", "tokens_per_s": 60000, "mfu": 0.025,
              "rows_per_step": 16, "micro_batch": 16, "x_raw": 0.14, "peak_gib": 9.5}]
-    (tmp_path / "throughput-62m.log").write_text("\n".join(json.dumps(r) for r in rows) + "\nTraceback ...\n")
+    (tmp_path / "check.log").write_text("==> gpu_tests <==\n1 passed\n==> throughput-62m <==\n"
+                                        + "\n".join(json.dumps(r) for r in rows) + "\nTraceback ...\n")
     (tmp_path / "steps.tsv").write_text("throughput-62m\t124\t130\n")
     spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "benchmarks" / "gpu_summary.py")
     summary = importlib.util.module_from_spec(spec)
@@ -83,6 +85,7 @@ def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypa
     assert "NVIDIA H200" in text and "throughput-62m 124 (130 s)" in text
     assert "| 62m | sft | align-proxy | 16 (16) | 60,000 | 2.5% | 5.00 | 4.96 | 0.14 |" in text
     assert "GPU tests: no report" in text and "GRPO rollout: no figures" in text
+
 
 def test_proxy_tuning_benchmark_compares_with_the_three_models_own_generation():
     # In this process (torch is already imported here): a subprocess would spend its time importing.
@@ -119,3 +122,4 @@ def test_the_gpu_wheelhouse_is_small_and_brings_what_the_image_lacks(tmp_path):
                               env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"}, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr[-2000:]
     assert all(line.startswith(str(site)) for line in imported.stdout.split()), imported.stdout
+
