@@ -143,6 +143,8 @@ class RecipeRun:
         from align_proxy.evals.suite import Evaluations
 
         evaluation = self.kind.evaluation_class.for_run(self, **options)
+        if self.is_main and self.kind.family != "rl":  # the RL evaluation samples prompts: its own account
+            print(f"[align-proxy] {self.evalset.describe(policy=self.kind.policy)}", flush=True)
         settings = LmEvalSettings.from_args(self.script_args)
         return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings))) if settings else evaluation
 

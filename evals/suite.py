@@ -44,6 +44,26 @@ class EvalSet:
                        task, task.evaluation(size, seed=seed))
         return cls(*_likelihood_items(test.select(range(min(size, len(test))))))
 
+    def describe(self, policy: bool = True) -> str:
+        """What a run measures on these items and why any metric is left out: one line, printed before the base
+        model is scored (a reward model is scored on the pairs alone)."""
+        measured, left_out = [], []
+        if policy:
+            if self.task_prompts is not None:
+                measured.append(f"task accuracy on {len(self.task_prompts)} greedy replies")
+            else:
+                left_out.append("task accuracy (it checks greedy replies against a built-in task's gold answers)")
+            if self.completions is not None:
+                measured.append(f"completion NLL on {len(self.completions)} completions")
+            else:
+                left_out.append("completion NLL (the test split holds no completion or chosen reply)")
+        if self.pairs is not None:
+            measured.append(f"preference accuracy on {len(self.pairs)} pairs")
+        else:
+            left_out.append("preference accuracy (the test split holds no chosen/rejected pairs)")
+        return (f"held-out evaluation: {'; '.join(measured) or 'nothing'}"
+                + (f"; not measured: {'; '.join(left_out)}" if left_out else ""))
+
 
 def _likelihood_items(test: Dataset) -> tuple[Dataset | None, Dataset | None]:
     """Preference pairs and gold completions found in a test split, in any TRL format a recipe accepts, text or
@@ -64,8 +84,6 @@ def _likelihood_items(test: Dataset) -> tuple[Dataset | None, Dataset | None]:
         return None, Dataset.from_dict({"prompt": [""] * len(test), "completion": test["text"]})
     if "messages" in columns:
         return None, _last_turns(test)
-    print(f"[align-proxy] the test split's columns ({', '.join(sorted(columns))}) hold no completion or preference "
-          "pair: completion NLL and preference accuracy are not measured on it")
     return None, None
 
 

@@ -127,7 +127,12 @@ def test_sft_and_dpo_on_conversational_data_score_nll_and_preference_accuracy(ti
     run = ("--max_steps", "4", "--eval_size", "16", "--max_length", "64", "--chat_template_path", "minimal",
            "--dataset_name")
     sft = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "sft", tiny_model, *run, sft_data)
-    table = capsys.readouterr().out.split("base vs trained")[-1]
+    out = capsys.readouterr().out
+    # The run says what it measures, and why the rest is left out.
+    assert "held-out evaluation: completion NLL on 8 completions; not measured: task accuracy (it checks greedy " \
+           "replies against a built-in task's gold answers); preference accuracy (the test split holds no " \
+           "chosen/rejected pairs)" in out
+    table = out.split("base vs trained")[-1]
     assert "completion NLL" in table
     # A local file without a test split holds out a tenth of its rows: 8 of 80, each scored.
     assert sft.scores.base["completion_nll"] > 0 and len(sft.scores.items_base["completion_nll"]) == 8
