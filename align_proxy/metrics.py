@@ -56,6 +56,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("learned_reward", "learned-RM reward (sampled)", True),
     Metric("kl_to_reference", "KL to reference (nats/seq)", None),
     Metric("response_length", "response length (tokens)", None),
+    # Judged replies (evals/judge.py, --eval_judge); per item: the mean over a prompt's samples.
+    Metric("judge_reward", "judge reward (sampled, held-out)", True),
+    Metric("win_rate_vs_reference", "win rate vs reference (judged)", True, bounds=UNIT),
+    Metric("win_rate_vs_base", "win rate vs base (judged)", True, bounds=UNIT),
 )}
 
 

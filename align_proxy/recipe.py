@@ -146,7 +146,14 @@ class RecipeRun:
         if self.is_main and self.kind.family != "rl":  # the RL evaluation samples prompts: its own account
             print(f"[align-proxy] {self.evalset.describe(policy=self.kind.policy)}", flush=True)
         settings = LmEvalSettings.from_args(self.script_args)
-        return Evaluations((evaluation, LmEvalEvaluation(self.tokenizer, settings))) if settings else evaluation
+        parts = [evaluation]
+        if self.script_args.eval_judge:
+            from align_proxy.evals.judge import JudgeEvaluation
+
+            parts.append(JudgeEvaluation.for_run(self))
+        if settings:
+            parts.append(LmEvalEvaluation(self.tokenizer, settings))
+        return Evaluations(tuple(parts)) if len(parts) > 1 else evaluation
 
     def track_reward_curve(self, rewards) -> None:
         """RL runs: score the policy every --curve_every steps (proxy and gold reward, KL), kept in metrics.json."""
@@ -279,6 +286,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     # Before any model loads (or a ladder rung is built); after the data checks (lm-eval's tasks and data among
     # them), so bad data leaves no output_dir.
     _check_lm_eval_tasks(kind, script_args)
+    _check_judge(kind, script_args)
     check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
@@ -301,6 +309,20 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
 
     if PartialState().is_main_process:  # the main process evaluates; it alone reads the data
         load_tasks(script_args.lm_eval_tasks)
+
+
+def _check_judge(kind: RecipeKind, script_args: RecipeArguments) -> None:
+    """--eval_judge is checked before any model loads: the recipe must train a policy from fixed data, and each
+    spec must name a reward (`align_proxy.rewards.load_rewards` raises naming the bad one)."""
+    if not script_args.eval_judge:
+        return
+    if kind.family != "policy":
+        raise RecipeArgumentError(f"--eval_judge judges the replies of a policy trained from fixed data (sft, dpo); "
+                                  f"the {kind.name} recipe " + ("reports the rewards and gold reward of its own samples "
+                                  "(--eval_num_samples)" if kind.family == "rl" else "trains a reward model"))
+    from align_proxy.rewards import load_rewards
+
+    load_rewards(script_args.eval_judge, script_args.eval_judge_weights)
 
 
 def _release_training_memory(trainer) -> None:

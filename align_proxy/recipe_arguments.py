@@ -34,7 +34,17 @@ class RecipeArguments(ScriptArguments):
     eval_size: int = field(default=200, metadata={"help": "Held-out items per metric for before/after evaluation."})
     eval_before: bool = field(default=True, metadata={"help": "Evaluate the base model before training, so the "
                                                                 "gain is explicit."})
-    eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy."})
+    eval_max_new_tokens: int = field(default=8, metadata={"help": "Generation length for task accuracy and judged "
+                                                                   "replies."})
+    eval_num_samples: int = field(default=4, metadata={"help": "Replies sampled per held-out prompt for judged and RL "
+                                                               "metrics (judge or reward, win rates, KL, length)."})
+    eval_judge: list[str] | None = field(default=None, metadata={"help": (
+        "Judge of sampled replies (sft, dpo): any --reward_funcs spec (a registered reward, module:function, a "
+        "reward-model directory), several summed with --eval_judge_weights. Adds judge reward, win rates against "
+        "the reference reply and against the base model, and reply length (evals/judge.py).")})
+    eval_judge_weights: list[float] | None = field(default=None, metadata={"help": "One weight per --eval_judge "
+                                                                                   "spec (default 1.0 each)."})
+    eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of judged replies."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out items, kept apart from --seed so runs "
                                                          "with different training seeds are scored on the same items "
                                                          "(paired comparisons, one base evaluation for all)."})

@@ -31,8 +31,6 @@ class RLArguments(ChatTemplateArguments):
                                         "(arith_exact_match, arith_digit_overlap, answer_format, overlong_penalty), "
                                         "module:function paths, or the output directory of recipes/reward.py "
                                         "(its reward model, as a learned reward)."})
-    eval_num_samples: int = field(default=4, metadata={"help": "Completions sampled per held-out prompt for the RL "
-                                                               "metrics (reward, gold reward, KL, length)."})
     curve_every: int = field(
         default=0, metadata={"help": "Every this many optimiser steps (and before the first), score the policy on "
                                      "--curve_prompts held-out prompts: proxy reward, gold reward and KL to the "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import runpy
 import sqlite3
 import sys
 import zlib
@@ -299,3 +300,14 @@ class Payload:
 
     def __reduce__(self):
         return self.function, (self.argument,)
+
+
+def run_script(recipe: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`python recipes/<recipe>.py ARGV` in this process (its `__main__`, `align_proxy.recipe.run_script`): its exit
+    code and everything it printed."""
+    monkeypatch.setattr(sys, "argv", [f"recipes/{recipe}.py", *argv])
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(REPO / "recipes" / f"{recipe}.py"), run_name="__main__")
+    out = capsys.readouterr()
+    return ended.value.code, out.out + out.err

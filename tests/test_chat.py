@@ -14,7 +14,7 @@ from align_proxy.kinds import KINDS
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.recipe import make_parser
 from align_proxy.scoring import _tokenize_pair
-from support import REPO, run_recipe
+from support import REPO, run_recipe, run_script
 
 
 def user(text):
@@ -167,3 +167,33 @@ def test_conversational_data_without_a_template_ends_with_exit_code_2_and_no_tra
     assert "error: " in result.stderr and "prefs.jsonl" in result.stderr and "--chat_template_path minimal" in \
         result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_win_rates_count_ties_half():
+    from align_proxy.evals.judge import per_prompt, win_rates
+
+    assert win_rates([1.0, 0.0, 2.0, 3.0], [0.0, 0.0, 3.0, 1.0]) == [1.0, 0.5, 0.0, 1.0]
+    assert per_prompt([1.0, 0.5, 0.0, 1.0], 2) == [0.75, 0.5]
+
+
+@pytest.mark.slow  # an SFT run whose base and trained models each sample two replies per prompt, ~15 s
+def test_a_judged_run_reports_judge_reward_win_rates_and_length(tiny_model, tmp_path, capsys):
+    record = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "run", tiny_model, "--max_steps", "8",
+                        "--builtin_train_size", "256", "--eval_size", "12", "--eval_judge", "arith_exact_match",
+                        "--eval_num_samples", "2")
+    table = capsys.readouterr().out.split("base vs trained")[-1]
+    for label in ("judge reward", "win rate vs reference", "win rate vs base", "response length"):
+        assert label in table, table
+    base, trained = record.scores.items_base, record.scores.items_trained
+    assert base["win_rate_vs_base"] == [0.5] * 12  # the base against itself, by definition
+    assert len(trained["win_rate_vs_base"]) == 12 and all(0 <= w <= 1 for w in trained["win_rate_vs_base"])
+    # The judge is exact match and the reference is the gold answer: a sample wins only by a tie's half, never more.
+    assert all(w <= 0.5 for w in base["win_rate_vs_reference"] + trained["win_rate_vs_reference"])
+    assert all(n >= 1 for n in trained["response_length"])
+
+
+def test_a_judge_on_a_recipe_that_trains_no_policy_from_data_is_refused_before_anything_loads(tmp_path, monkeypatch,
+                                                                                              capsys):
+    code, out = run_script("reward", ["--config", "recipes/configs/reward_ladder_cpu.yaml", "--output_dir",
+                                      str(tmp_path / "out"), "--eval_judge", "arith_exact_match"], monkeypatch, capsys)
+    assert code == 2 and "--eval_judge judges the replies of a policy" in out and "Traceback" not in out

@@ -2,13 +2,10 @@
 naming the file, flag or key and the fix, and exit code 2, never a traceback; ALIGN_PROXY_DEBUG=1 shows it."""
 
 import json
-import runpy
-import sys
-
 import pytest
 
 from align_proxy.cli import main as cli
-from support import REPO
+from support import run_script
 
 BAD_DATA = [  # the validation tests' bad preference files (test_validation.py), and what their error says
     ([], "is empty"),
@@ -19,16 +16,6 @@ BAD_DATA = [  # the validation tests' bad preference files (test_validation.py),
     ([{"prompt": [{"role": "user", "content": "1+1="}], "chosen": [{"role": "assistant", "content": "2"}],
        "rejected": [{"role": "assistant", "content": "3"}]}], "--chat_template_path minimal"),
 ]
-
-
-def run_script(recipe: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """`python recipes/<recipe>.py ARGV` in this process: its exit code and everything it printed."""
-    monkeypatch.setattr(sys, "argv", [f"recipes/{recipe}.py", *argv])
-    monkeypatch.chdir(REPO)
-    with pytest.raises(SystemExit) as ended:
-        runpy.run_path(str(REPO / "recipes" / f"{recipe}.py"), run_name="__main__")
-    out = capsys.readouterr()
-    return ended.value.code, out.out + out.err
 
 
 def write_jsonl(path, rows):

@@ -1,0 +1,122 @@
+"""Judged evaluation (`--eval_judge`): what a policy writes, scored by a judge, before and after training.
+
+Base and trained model each sample `--eval_num_samples` replies per held-out prompt (the same prompts, the same
+seed), and the judge (any `--reward_funcs` spec: a registered reward, `module:function`, a reward-model directory;
+several summed with `--eval_judge_weights`) scores them and the item's reference reply (its completion, or a
+preference pair's chosen). Per prompt, as in AlpacaFarm and AlpacaEval, and each a row of the metric table:
+
+- `judge_reward`: the judge's mean score of the prompt's samples;
+- `win_rate_vs_reference`: how often the judge prefers a sample to the reference; ties count half;
+- `win_rate_vs_base`: the trained model's sample i against the base model's sample i of the same prompt (the base
+  samples are drawn again, with the seed the base evaluation drew them with); the base's is 0.5 by definition;
+- `response_length`: the samples' mean length in tokens, beside the win rates, since DPO lengthens replies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl.data_utils import is_conversational
+
+from align_proxy.evals.rl import Sampling, prompt_token_ids, sample_completions
+from align_proxy.evals.suite import EvalResult, _load
+from align_proxy.files import files_stamp
+from align_proxy.metrics import preference_win
+from align_proxy.rewards import RewardSet, load_rewards
+
+
+@dataclass(frozen=True)
+class JudgedSamples:
+    """Replies a model sampled, `num_samples` per prompt in a row, with their judge scores and token lengths."""
+
+    scores: list[float]
+    lengths: list[int]
+
+
+def judge_replies(model, tokenizer, items: Dataset, judge: RewardSet, sampling: Sampling) -> JudgedSamples:
+    """Sample on the items' prompts and score every reply as the judge's reward functions read replies in training:
+    conversational prompts get assistant messages, and the items' other columns reach the judge."""
+    prompts = list(items["prompt"])
+    _, completion_ids = sample_completions(model, tokenizer, prompt_token_ids(tokenizer, prompts), sampling,
+                                           [tokenizer.eos_token_id])
+    k = sampling.num_samples
+    replies = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    if is_conversational({"prompt": prompts[0]}):
+        replies = [[{"role": "assistant", "content": text}] for text in replies]
+    columns = _columns(items, k)
+    _, scores = judge.score([p for p in prompts for _ in range(k)], replies, completion_ids=completion_ids, **columns)
+    return JudgedSamples(scores, [len(ids) for ids in completion_ids])
+
+
+def _columns(items: Dataset, repeat: int) -> dict[str, list]:
+    """The items' other columns, each value repeated per sample, as TRL passes dataset columns to rewards (the
+    reference `completion` keeps its name for the generated reply in TRL, so it is not passed)."""
+    return {c: [v for v in items[c] for _ in range(repeat)] for c in items.column_names
+            if c not in ("prompt", "completion", "completion_ids")}
+
+
+def win_rates(scores: list[float], others: list[float]) -> list[float]:
+    """Each score against the other at its place: 1 a win, 0.5 a tie, 0 a loss (`align_proxy.metrics`)."""
+    return [preference_win(s - o) for s, o in zip(scores, others)]
+
+
+def per_prompt(values: list[float], k: int) -> list[float]:
+    return [sum(values[i:i + k]) / k for i in range(0, len(values), k)]
+
+
+@dataclass
+class JudgeEvaluation:
+    """A policy run's judged evaluation, beside its recipe kind's (`RecipeRun.evaluation`). Its kind is "judge"; its
+    cache key holds the judge's identity (specs, weights, the files of a reward-model directory) and the sampling,
+    so a cached base evaluation is reused only by runs judged the same way."""
+
+    tokenizer: object
+    items: Dataset  # prompt, completion (the reference reply), and any columns the judge reads
+    judge: RewardSet
+    specs: tuple[str, ...]
+    sampling: Sampling
+    base_path: str  # the run's base model: its win rate against itself is 0.5
+    kind: ClassVar[str] = "judge"
+
+    @classmethod
+    def for_run(cls, run) -> JudgeEvaluation:
+        args = run.script_args
+        items = run.evalset.completions
+        if items is None:
+            from align_proxy.errors import RecipeArgumentError
+
+            raise RecipeArgumentError(f"--eval_judge compares sampled replies with each held-out item's reference "
+                                      f"reply, and {run.data.source}'s test split has none (a completion, or a "
+                                      "preference pair's chosen): give it one, or drop --eval_judge")
+        judge = load_rewards(args.eval_judge, args.eval_judge_weights)
+        sampling = Sampling(args.eval_max_new_tokens, args.eval_temperature, num_samples=args.eval_num_samples,
+                            seed=args.eval_seed)
+        return cls(run.tokenizer, items, judge, tuple(args.eval_judge), sampling, run.model.path)
+
+    def cache_key(self) -> dict:
+        return {"evaluation": self.kind, "judge": list(self.specs), "judge_weights": self.judge.weights,
+                "judge_files": [files_stamp(spec) for spec in self.specs], "sampling": asdict(self.sampling)}
+
+    def __call__(self, model_path: str) -> EvalResult:
+        k = self.sampling.num_samples
+        references = list(self.items["completion"])
+        prompts = list(self.items["prompt"])
+        _, reference_scores = self.judge.score(prompts, references, **_columns(self.items, 1))
+        model = _load(AutoModelForCausalLM, model_path)
+        samples = judge_replies(model, self.tokenizer, self.items, self.judge, self.sampling)
+        del model
+        result = EvalResult()
+        result.add("judge_reward", per_prompt(samples.scores, k))
+        repeated = [s for s in reference_scores for _ in range(k)]
+        result.add("win_rate_vs_reference", per_prompt(win_rates(samples.scores, repeated), k))
+        if model_path == self.base_path:
+            result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
+        else:
+            base = _load(AutoModelForCausalLM, self.base_path)
+            base_samples = judge_replies(base, self.tokenizer, self.items, self.judge, self.sampling)
+            result.add("win_rate_vs_base", per_prompt(win_rates(samples.scores, base_samples.scores), k))
+        result.add("response_length", per_prompt([float(n) for n in samples.lengths], k))
+        return result
