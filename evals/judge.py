@@ -10,6 +10,9 @@ preference pair's chosen). Per prompt, as in AlpacaFarm and AlpacaEval, and each
 - `win_rate_vs_base`: the trained model's sample i against the base model's sample i of the same prompt (the base
   samples are drawn again, with the seed the base evaluation drew them with); the base's is 0.5 by definition;
 - `response_length`: the samples' mean length in tokens, beside the win rates, since DPO lengthens replies.
+
+Each evaluation also prints the length-controlled win rate against the reference, with its interval over prompts
+(`align_proxy.evals.length_control`): what a reply of the reference's length would win.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
+import numpy as np
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl.data_utils import is_conversational
 
+from align_proxy.evals.length_control import length_controlled_win_rate
 from align_proxy.evals.rl import Sampling, prompt_token_ids, sample_completions
 from align_proxy.evals.suite import EvalResult, _load
 from align_proxy.files import files_stamp
 from align_proxy.metrics import preference_win
 from align_proxy.rewards import RewardSet, load_rewards
+from align_proxy.scoring import _tokenize_pair
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,9 @@ class JudgeEvaluation:
         result = EvalResult()
         result.add("judge_reward", per_prompt(samples.scores, k))
         repeated = [s for s in reference_scores for _ in range(k)]
-        result.add("win_rate_vs_reference", per_prompt(win_rates(samples.scores, repeated), k))
+        wins = win_rates(samples.scores, repeated)
+        result.add("win_rate_vs_reference", per_prompt(wins, k))
+        self._print_length_controlled(model_path, wins, samples.lengths, prompts, references)
         if model_path == self.base_path:
             result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
         else:
@@ -120,3 +128,19 @@ class JudgeEvaluation:
             result.add("win_rate_vs_base", per_prompt(win_rates(samples.scores, base_samples.scores), k))
         result.add("response_length", per_prompt([float(n) for n in samples.lengths], k))
         return result
+
+    def _print_length_controlled(self, model_path: str, wins: list[float], lengths: list[int], prompts: list,
+                                 references: list) -> None:
+        """The length-controlled win rate against the reference, printed with its interval over prompts. A reference
+        reply's length is counted as the model would write it: its tokens after the prompt, EOS included."""
+        if len(prompts) < 2:
+            return
+        k = self.sampling.num_samples
+        reference_lengths = [len(ids) - start for ids, start in
+                             (_tokenize_pair(self.tokenizer, p, r) for p, r in zip(prompts, references))]
+        diffs = np.array(lengths, float).reshape(-1, k) - np.array(reference_lengths, float)[:, None]
+        lc = length_controlled_win_rate(np.reshape(wins, (-1, k)), diffs, seed=self.sampling.seed)
+        who = "base model" if model_path == self.base_path else "trained model"
+        print(f"[align-proxy] {who}: length-controlled win rate vs reference {lc.estimate:.3f} "
+              f"[{lc.low:.3f}, {lc.high:.3f}] ({lc.level:.0%}, over {len(prompts)} prompts; raw {lc.raw:.3f}; replies "
+              f"{diffs.mean():+.1f} tokens against the reference)", flush=True)

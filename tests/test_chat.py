@@ -181,7 +181,10 @@ def test_a_judged_run_reports_judge_reward_win_rates_and_length(tiny_model, tmp_
     record = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "run", tiny_model, "--max_steps", "8",
                         "--builtin_train_size", "256", "--eval_size", "12", "--eval_judge", "arith_exact_match",
                         "--eval_num_samples", "2")
-    table = capsys.readouterr().out.split("base vs trained")[-1]
+    out = capsys.readouterr().out
+    for who in ("base model", "trained model"):
+        assert f"[align-proxy] {who}: length-controlled win rate vs reference " in out, out
+    table = out.split("base vs trained")[-1]
     for label in ("judge reward", "win rate vs reference", "win rate vs base", "response length"):
         assert label in table, table
     base, trained = record.scores.items_base, record.scores.items_trained
