@@ -64,6 +64,7 @@ if [ -n "$WHEELS" ]; then
   # (their needs are in its image) into a directory of their own, never into the image's environment.
   ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "gpu_check: --wheels $WHEELS holds no .whl files (benchmarks/gpu_wheels.sh $WHEELS makes them)" >&2; exit 2; }
   SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX")
+  trap 'rm -rf "$SITE"' EXIT
   if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl; then
     echo "gpu_check: installing the wheels in $WHEELS failed (above)" >&2; exit 1
   fi

@@ -7,6 +7,8 @@
 # wheels, align_proxy.recipe imports, each script of the check answers --help and its GPU tests collect).
 #
 #   benchmarks/gpu_wheels.sh DIR        # then carry DIR with the working tree; gpu_check.sh --wheels DIR installs it
+#   PYTHON_VERSION=3.11 benchmarks/gpu_wheels.sh DIR   # for this machine's Python, to rehearse the install step:
+#                                                      # gpu_check.sh --rehearse --wheels DIR
 #
 # Versions: TRL's and datasets' the CPU suite runs (trl 1.16.0, datasets 5.2.0), each inside pyproject.toml's range.
 # datasets 5.2 wants pyarrow >= 24 and huggingface_hub >= 1.31: the image's hub is 1.33, its pyarrow version is
@@ -20,7 +22,8 @@ LIMIT_MIB=40
 WHEELS=(trl==1.16.0 "datasets==${DATASETS:-5.2.0}" dill==0.4.0 multiprocess==0.70.18)
 
 mkdir -p "$DIR"
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+    --python-version "${PYTHON_VERSION:-3.12}" \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --dest "$DIR" "${WHEELS[@]}" 2> >(grep -v "^WARNING: Location" >&2)
 ls -l "$DIR"/*.whl | awk '{printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF}'

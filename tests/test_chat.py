@@ -38,7 +38,8 @@ def chat_sft_rows(n, seed=0):
 
 def chat_preference_rows(n, seed=0):
     """The built-in task's preference pairs as conversational rows with an implicit prompt."""
-    return [{"chosen": user(r["prompt"]) + assistant(r["chosen"]), "rejected": user(r["prompt"]) + assistant(r["rejected"])}
+    return [{"chosen": user(r["prompt"]) + assistant(r["chosen"]),
+             "rejected": user(r["prompt"]) + assistant(r["rejected"])}
             for r in get_task("arith").preference(n, split="train", seed=seed)]
 
 
@@ -152,8 +153,9 @@ def test_sft_and_dpo_on_conversational_data_score_nll_and_preference_accuracy(ti
     builtin = run_recipe("sft", "sft_ladder_cpu.yaml", tmp_path / "arith-chat", tiny_model, *run, "builtin:arith-chat",
                          "--builtin_train_size", "64", "--builtin_test_size", "16")
     assert len(builtin.scores.items_base["task_accuracy"]) == 16
-    assert {"task accuracy", "completion NLL", "preference accuracy"} <= set(
-        line.split("  ")[0].split(" (")[0] for line in capsys.readouterr().out.split("base vs trained")[-1].splitlines())
+    table = capsys.readouterr().out.split("base vs trained")[-1].splitlines()
+    assert {"task accuracy", "completion NLL", "preference accuracy"} <= {line.split("  ")[0].split(" (")[0]
+                                                                         for line in table}
 
 
 def test_conversational_data_without_a_template_ends_with_exit_code_2_and_no_traceback(tiny_model, tmp_path):
