@@ -120,15 +120,12 @@ def cmd_convert(args) -> int:
 def cmd_study(args) -> int:
     from dataclasses import replace
 
-    from align_proxy.models.registry import ModelUnavailableError
     from align_proxy.studies.report.console import print_report
     from align_proxy.studies.runner import StudyRunError, run_study, study_paths
-    from align_proxy.studies.spec import StudySpecError, load_spec
+    from align_proxy.studies.spec import load_spec
 
-    try:
-        spec = load_spec(args.spec)
-    except StudySpecError as err:
-        return _error(err)
+    # A bad spec, --slurm override or model (StudySpecError, ModelUnavailableError) is a user error: `main` prints it.
+    spec = load_spec(args.spec)
     if args.jobs is not None and args.jobs < 1:
         return _error(f"--jobs {args.jobs}: run at least 1 cell at a time")
     if args.poll_seconds <= 0:
@@ -138,10 +135,7 @@ def cmd_study(args) -> int:
     if args.status:
         return _print_study_status(Path(spec.output_dir))
     if args.slurm:
-        try:
-            spec = _with_slurm_overrides(spec, args.slurm)
-        except StudySpecError as err:
-            return _error(err)
+        spec = _with_slurm_overrides(spec, args.slurm)
     cells = spec.cells()
     proxy = sum(c.kind == "proxy-tuning" for c in cells)
     best = sum(c.kind == "best-of-n" for c in cells)
@@ -159,7 +153,7 @@ def cmd_study(args) -> int:
         outcome = run_study(spec, jobs=args.jobs, retry_failed=args.retry_failed, report=not args.no_report,
                             executor=args.executor, cancel_on_interrupt=args.cancel_on_interrupt,
                             ask_cancel=_ask_cancel if sys.stdin.isatty() else None, poll_s=args.poll_seconds)
-    except (StudyRunError, ModelUnavailableError) as err:
+    except StudyRunError as err:
         return _error(err)
     except KeyboardInterrupt as interrupt:
         jobs = getattr(interrupt, "jobs", 0)  # a Slurm run's (execute.scheduler.StudyInterrupted)

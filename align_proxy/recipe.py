@@ -80,7 +80,7 @@ def load_tokenizer(model_name: str, tokenizer_name: str | None):
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise RecipeArgumentError(f"could not load a tokenizer from {source!r} ({err}); pass one with "
-                         "--tokenizer_name_or_path (a local directory or Hub id)") from err
+                                  "--tokenizer_name_or_path (a local directory or Hub id)") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -113,6 +113,7 @@ class RecipeRun:
     divergence: DivergenceWatch | None = None  # set by prepare_run; the trainer calls it at every logged loss
     # An RL run's `align_proxy.evals.rl.RewardCurve` (--curve_every), set by track_reward_curve.
     reward_curve: object | None = None
+    judge: object | None = None  # --eval_judge's `align_proxy.rewards.RewardSet`, built once by prepare_run's check
     settled: bool = False  # True once `apply_speed_plan` made the configs what the trainer gets
 
     @property
@@ -265,7 +266,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     name = model_args.model_name_or_path
     if not name:
         raise RecipeArgumentError("no model given: pass --model_name_or_path (a ladder rung such as 'ladder-m', "
-                         f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
+                                  f"{', '.join(registry.CLIMB)}, a local directory or a Hub id)")
     # `true` means the newest complete checkpoint in output_dir; a half-saved one is never resumed from.
     training_args.resume_from_checkpoint = resume_point(training_args.output_dir, training_args.resume_from_checkpoint)
     tokenizer = load_tokenizer(name, script_args.tokenizer_name_or_path)
@@ -286,14 +287,14 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
     # Before any model loads (or a ladder rung is built); after the data checks (lm-eval's tasks and data among
     # them), so bad data leaves no output_dir.
     _check_lm_eval_tasks(kind, script_args)
-    _check_judge(kind, script_args)
+    judge = _check_judge(kind, script_args)
     check_writable(training_args.output_dir)
     model = registry.resolve(name)
     model_args.model_name_or_path = model.path
     speed = plan_proxy_speed(kind, script_args, training_args, model_args, model.parameters,
                              getattr(script_args, EXPLICIT_KEYS, None))
     return RecipeRun(recipe, script_args, training_args, model_args, model, tokenizer, data, speed,
-                     DivergenceWatch(script_args.divergence_threshold))
+                     DivergenceWatch(script_args.divergence_threshold), judge=judge)
 
 
 def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None:
@@ -303,26 +304,28 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
         return
     if not kind.policy:
         policies = ", ".join(k.name for k in KINDS.values() if k.policy)
-        raise RecipeArgumentError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: drop the "
-                         f"flag, or set it on a recipe that does ({policies})")
+        raise RecipeArgumentError(f"--lm_eval_tasks scores a language model, and the {kind.name} recipe trains none: "
+                                  f"drop the flag, or set it on a recipe that does ({policies})")
     from align_proxy.evals.lm_harness import load_tasks
 
     if PartialState().is_main_process:  # the main process evaluates; it alone reads the data
         load_tasks(script_args.lm_eval_tasks)
 
 
-def _check_judge(kind: RecipeKind, script_args: RecipeArguments) -> None:
-    """--eval_judge is checked before any model loads: the recipe must train a policy from fixed data, and each
-    spec must name a reward (`align_proxy.rewards.load_rewards` raises naming the bad one)."""
+def _check_judge(kind: RecipeKind, script_args: RecipeArguments):
+    """--eval_judge, checked before the policy loads and built once: the recipe must train a policy from fixed data,
+    and each spec must name a reward (`align_proxy.rewards.load_rewards` raises naming the bad one). None without
+    the flag."""
     if not script_args.eval_judge:
-        return
+        return None
     if kind.family != "policy":
+        instead = ("reports the rewards and gold reward of its own samples (--eval_num_samples)"
+                   if kind.family == "rl" else "trains a reward model")
         raise RecipeArgumentError(f"--eval_judge judges the replies of a policy trained from fixed data (sft, dpo); "
-                                  f"the {kind.name} recipe " + ("reports the rewards and gold reward of its own samples "
-                                  "(--eval_num_samples)" if kind.family == "rl" else "trains a reward model"))
+                                  f"the {kind.name} recipe {instead}")
     from align_proxy.rewards import load_rewards
 
-    load_rewards(script_args.eval_judge, script_args.eval_judge_weights)
+    return load_rewards(script_args.eval_judge, script_args.eval_judge_weights)
 
 
 def _release_training_memory(trainer) -> None:

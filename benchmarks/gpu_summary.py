@@ -54,7 +54,8 @@ def step_results(out: Path, name: str, sections: dict[str, list[str]]) -> list[d
 
 def throughput_rows(out: Path, sections: dict[str, list[str]]) -> list[list[dict]]:
     """The throughput rows of each throughput step, one list per step (each set against its own plain TRL)."""
-    names = sorted({p.stem for p in out.glob("throughput-*.json")} | {n for n in sections if n.startswith("throughput")})
+    names = sorted({p.stem for p in out.glob("throughput-*.json")}
+                   | {n for n in sections if n.startswith("throughput")})
     return [[r for r in step_results(out, name, sections) if "variant" in r] for name in names]
 
 

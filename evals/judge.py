@@ -23,54 +23,19 @@ from typing import ClassVar
 import numpy as np
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
-from trl.data_utils import is_conversational
 
 from align_proxy.evals.length_control import length_controlled_win_rate
-from align_proxy.evals.rl import Sampling, prompt_token_ids, sample_completions
+from align_proxy.evals.rl import Sampling, per_prompt, prompt_token_ids, reward_columns, sample_and_score
 from align_proxy.evals.suite import EvalResult, _load
 from align_proxy.files import files_stamp
 from align_proxy.metrics import preference_win
-from align_proxy.rewards import RewardSet, load_rewards
+from align_proxy.rewards import RewardSet
 from align_proxy.scoring import _tokenize_pair
-
-
-@dataclass(frozen=True)
-class JudgedSamples:
-    """Replies a model sampled, `num_samples` per prompt in a row, with their judge scores and token lengths."""
-
-    scores: list[float]
-    lengths: list[int]
-
-
-def judge_replies(model, tokenizer, items: Dataset, judge: RewardSet, sampling: Sampling) -> JudgedSamples:
-    """Sample on the items' prompts and score every reply as the judge's reward functions read replies in training:
-    conversational prompts get assistant messages, and the items' other columns reach the judge."""
-    prompts = list(items["prompt"])
-    _, completion_ids = sample_completions(model, tokenizer, prompt_token_ids(tokenizer, prompts), sampling,
-                                           [tokenizer.eos_token_id])
-    k = sampling.num_samples
-    replies = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    if is_conversational({"prompt": prompts[0]}):
-        replies = [[{"role": "assistant", "content": text}] for text in replies]
-    columns = _columns(items, k)
-    _, scores = judge.score([p for p in prompts for _ in range(k)], replies, completion_ids=completion_ids, **columns)
-    return JudgedSamples(scores, [len(ids) for ids in completion_ids])
-
-
-def _columns(items: Dataset, repeat: int) -> dict[str, list]:
-    """The items' other columns, each value repeated per sample, as TRL passes dataset columns to rewards (the
-    reference `completion` keeps its name for the generated reply in TRL, so it is not passed)."""
-    return {c: [v for v in items[c] for _ in range(repeat)] for c in items.column_names
-            if c not in ("prompt", "completion", "completion_ids")}
 
 
 def win_rates(scores: list[float], others: list[float]) -> list[float]:
     """Each score against the other at its place: 1 a win, 0.5 a tie, 0 a loss (`align_proxy.metrics`)."""
     return [preference_win(s - o) for s, o in zip(scores, others)]
-
-
-def per_prompt(values: list[float], k: int) -> list[float]:
-    return [sum(values[i:i + k]) / k for i in range(0, len(values), k)]
 
 
 @dataclass
@@ -97,10 +62,9 @@ class JudgeEvaluation:
             raise RecipeArgumentError(f"--eval_judge compares sampled replies with each held-out item's reference "
                                       f"reply, and {run.data.source}'s test split has none (a completion, or a "
                                       "preference pair's chosen): give it one, or drop --eval_judge")
-        judge = load_rewards(args.eval_judge, args.eval_judge_weights)
         sampling = Sampling(args.eval_max_new_tokens, args.eval_temperature, num_samples=args.eval_num_samples,
                             seed=args.eval_seed)
-        return cls(run.tokenizer, items, judge, tuple(args.eval_judge), sampling, run.model.path)
+        return cls(run.tokenizer, items, run.judge, tuple(args.eval_judge), sampling, run.model.path)
 
     def cache_key(self) -> dict:
         return {"evaluation": self.kind, "judge": list(self.specs), "judge_weights": self.judge.weights,
@@ -110,24 +74,29 @@ class JudgeEvaluation:
         k = self.sampling.num_samples
         references = list(self.items["completion"])
         prompts = list(self.items["prompt"])
-        _, reference_scores = self.judge.score(prompts, references, **_columns(self.items, 1))
-        model = _load(AutoModelForCausalLM, model_path)
-        samples = judge_replies(model, self.tokenizer, self.items, self.judge, self.sampling)
-        del model
+        _, reference_scores = self.judge.score(prompts, references, **reward_columns(self.items))
+        scores, lengths = self._judged_samples(model_path)
         result = EvalResult()
-        result.add("judge_reward", per_prompt(samples.scores, k))
-        repeated = [s for s in reference_scores for _ in range(k)]
-        wins = win_rates(samples.scores, repeated)
+        result.add("judge_reward", per_prompt(scores, k))
+        wins = win_rates(scores, [s for s in reference_scores for _ in range(k)])
         result.add("win_rate_vs_reference", per_prompt(wins, k))
-        self._print_length_controlled(model_path, wins, samples.lengths, prompts, references)
+        self._print_length_controlled(model_path, wins, lengths, prompts, references)
         if model_path == self.base_path:
             result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
         else:
-            base = _load(AutoModelForCausalLM, self.base_path)
-            base_samples = judge_replies(base, self.tokenizer, self.items, self.judge, self.sampling)
-            result.add("win_rate_vs_base", per_prompt(win_rates(samples.scores, base_samples.scores), k))
-        result.add("response_length", per_prompt([float(n) for n in samples.lengths], k))
+            result.add("win_rate_vs_base", per_prompt(win_rates(scores, self._judged_samples(self.base_path)[0]), k))
+        result.add("response_length", per_prompt([float(n) for n in lengths], k))
         return result
+
+    def _judged_samples(self, model_path: str) -> tuple[list[float], list[int]]:
+        """The judge's score and the token length of each reply `model_path` samples, `num_samples` per prompt in a
+        row, sampled and scored as the RL evaluation does (`align_proxy.evals.rl.sample_and_score`): conversational
+        prompts get assistant messages, and the items' other columns reach the judge."""
+        model = _load(AutoModelForCausalLM, model_path)
+        samples = sample_and_score(model, self.tokenizer, self.items,
+                                   prompt_token_ids(self.tokenizer, list(self.items["prompt"])), self.judge,
+                                   self.sampling, gold=False)
+        return samples.total, [len(ids) for ids in samples.completion_ids]
 
     def _print_length_controlled(self, model_path: str, wins: list[float], lengths: list[int], prompts: list,
                                  references: list) -> None:

@@ -112,12 +112,13 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     return sums
 
 
-def _per_prompt(values: list[float], num_samples: int) -> list[float]:
+def per_prompt(values: list[float], num_samples: int) -> list[float]:
+    """Each prompt's mean over its `num_samples` samples, which stand in a row."""
     return [sum(values[i:i + num_samples]) / num_samples for i in range(0, len(values), num_samples)]
 
 
 def _add_mean(result: EvalResult, name: str, values: list[float], num_samples: int) -> None:
-    result.add(name, _per_prompt(values, num_samples))
+    result.add(name, per_prompt(values, num_samples))
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ class ScoredSamples:
     gold: list[float] | None
 
 
+def reward_columns(rows: Dataset, repeat: int = 1) -> dict[str, list]:
+    """The columns that reach the rewards as TRL passes them, each value repeated for its prompt's samples: all but
+    the prompt and any gold completion, whose name TRL keeps for the generated one."""
+    return {c: [v for v in rows[c] for _ in range(repeat)] for c in rows.column_names
+            if c not in ("prompt", "completion", "completion_ids")}
+
+
 def sample_and_score(model, tokenizer, prompts: Dataset, tokenized: list[list[int]], rewards: RewardSet,
                      sampling: Sampling, gold: bool) -> ScoredSamples:
     """Sample on `prompts` (their token ids: `prompt_token_ids`) and score every completion as GRPO and RLOO do
@@ -143,10 +151,7 @@ def sample_and_score(model, tokenizer, prompts: Dataset, tokenized: list[list[in
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     if is_conversational({"prompt": originals[0]}):  # the rewards get what TRL gives them in training
         completions = [[{"role": "assistant", "content": text}] for text in completions]
-    # The other columns reach the rewards as TRL passes them: all but the prompt and any gold completion,
-    # whose name TRL keeps for the generated one.
-    columns = {c: [v for v in prompts[c] for _ in range(k)] for c in prompts.column_names
-               if c not in ("prompt", "completion", "completion_ids")}
+    columns = reward_columns(prompts, k)
     per_reward, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
     gold_values = arith.exact_match(repeated, completions, answer=columns.get("answer")) if gold else None
     return ScoredSamples(prompt_ids, completion_ids, per_reward, total, gold_values)
@@ -240,10 +245,10 @@ def curve_point(policy, reference, tokenizer, prompts: Dataset, tokenized: list[
     was_training = policy.training
     samples = sample_and_score(policy, tokenizer, prompts, tokenized, rewards, sampling, gold)
     k = sampling.num_samples
-    items = {"proxy_reward": _per_prompt(samples.total, k)}
+    items = {"proxy_reward": per_prompt(samples.total, k)}
     if samples.gold is not None:
-        items["gold_reward"] = _per_prompt(samples.gold, k)
-    items["kl_to_reference"] = _per_prompt(log_ratios(policy, reference, samples, tokenizer.pad_token_id), k)
+        items["gold_reward"] = per_prompt(samples.gold, k)
+    items["kl_to_reference"] = per_prompt(log_ratios(policy, reference, samples, tokenizer.pad_token_id), k)
     # Means, and per-prompt means (the prompts are what a fit of the curve resamples).
     point = {name: sum(values) / len(values) for name, values in items.items()}
     point["sqrt_kl"] = max(point["kl_to_reference"], 0.0) ** 0.5  # a sampled KL can dip below 0 near the start

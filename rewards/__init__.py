@@ -57,8 +57,8 @@ def get_reward(name: str, config=None) -> Callable:
     module_name, sep, attr = name.partition(":")
     if not sep:
         raise UnknownNameError(f"unknown reward {name!r}: registered rewards are {', '.join([*REWARDS, *FACTORIES])}; "
-                       "or give a dotted path such as 'align_proxy.rewards.arith:exact_match', or the output directory of "
-                       "recipes/reward.py for a learned reward (none exists at that path)")
+                               "or give a dotted path such as 'align_proxy.rewards.arith:exact_match', or the output "
+                               "directory of recipes/reward.py for a learned reward (none exists at that path)")
     module_name = _own_module(module_name)
     try:
         module = importlib.import_module(module_name)

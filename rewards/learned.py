@@ -41,8 +41,8 @@ class LearnedReward:
         self.path = str(Path(path).expanduser())
         if not is_reward_model_dir(self.path):
             raise RewardError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
-                             "(a config.json of a ...ForSequenceClassification model). Train one with "
-                             "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
+                              "(a config.json of a ...ForSequenceClassification model). Train one with "
+                              "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
         if device is None:
             from accelerate import PartialState
 

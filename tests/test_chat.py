@@ -172,7 +172,8 @@ def test_conversational_data_without_a_template_ends_with_exit_code_2_and_no_tra
 
 
 def test_win_rates_count_ties_half():
-    from align_proxy.evals.judge import per_prompt, win_rates
+    from align_proxy.evals.judge import win_rates
+    from align_proxy.evals.rl import per_prompt
 
     assert win_rates([1.0, 0.0, 2.0, 3.0], [0.0, 0.0, 3.0, 1.0]) == [1.0, 0.5, 0.0, 1.0]
     assert per_prompt([1.0, 0.5, 0.0, 1.0], 2) == [0.75, 0.5]

@@ -18,7 +18,8 @@ def test_launched_study_cells_run_dpo_under_deepspeed_zero2_on_two_cpu_processes
     config = dict(yaml.safe_load((REPO / "recipes/configs/dpo_ladder_cpu.yaml").read_text()),
                   max_steps=4, builtin_train_size=256, eval_size=20, per_device_train_batch_size=8)
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(config))
-    spec = {"name": "launched", "output_dir": str(tmp_path / "study"), "models": [r.path for r in tiny_ladder], "seeds": [0],
+    spec = {"name": "launched", "output_dir": str(tmp_path / "study"), "models": [r.path for r in tiny_ladder],
+            "seeds": [0],
             "recipes": [{"recipe": "dpo", "config": str(tmp_path / "dpo.yaml"),
                          "launch": {"config_file": "recipes/accelerate/deepspeed_cpu.yaml"}}]}  # num_processes: 2
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))

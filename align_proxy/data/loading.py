@@ -36,7 +36,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
     eval_seed = seed if eval_seed is None else eval_seed
     if not name:
         raise DatasetFormatError("no dataset given: pass --dataset_name (a built-in task such as 'builtin:arith', "
-                         "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
+                                 "a local .json/.jsonl/.parquet/.csv file, or a Hub dataset id)")
     if name.startswith(BUILTIN_PREFIX):
         task = get_task(name)
         splits = task.splits(recipe_kind(recipe).task_format, builtin_train_size, builtin_test_size, seed=seed, eval_seed=eval_seed)
@@ -48,7 +48,7 @@ def load_recipe_data(name: str | None, recipe: str, config: str | None = None, t
         splits = _load_hub(name, config)
     if train_split not in splits:
         raise DatasetFormatError(f"{name} has no split '{train_split}' (it has: {', '.join(splits)}); "
-                         "choose one with --dataset_train_split")
+                                 "choose one with --dataset_train_split")
     if test_split in splits:
         return RecipeData(splits[train_split], splits[test_split], name, None)
     # No held-out split: carve one, seeded, so before/after evaluation never sees training rows.
@@ -71,7 +71,8 @@ def _load_local(path: Path) -> DatasetDict:
     else:
         suffix = path.suffix
         if suffix not in FILE_BUILDERS:
-            raise DatasetFormatError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(FILE_BUILDERS)}")
+            raise DatasetFormatError(f"{path}: unsupported file type '{suffix}'; use one of "
+                                     f"{', '.join(FILE_BUILDERS)}")
         data_files = {"train": str(path)}
         if path.stat().st_size == 0:
             raise DatasetFormatError(f"{path} is empty: a recipe needs at least one example in it.")

@@ -222,5 +222,6 @@ def get_task(name: str) -> ArithmeticTask:
     """Look up a built-in task by name, with or without the `builtin:` prefix."""
     key = name.removeprefix(BUILTIN_PREFIX)
     if key not in TASKS:
-        raise UnknownNameError(f"unknown built-in task {name!r}: choose one of {', '.join(BUILTIN_PREFIX + t for t in TASKS)}")
+        raise UnknownNameError(f"unknown built-in task {name!r}: choose one of "
+                               f"{', '.join(BUILTIN_PREFIX + t for t in TASKS)}")
     return TASKS[key]

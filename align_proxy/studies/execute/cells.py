@@ -50,7 +50,8 @@ def settle_cell(store: ResultStore, cell_dir: Path, duration_s: float, failure: 
     log = cell_dir / "cell.log"
     text = log.read_text(errors="replace")[-CAUSE_SEARCH_CHARS:] if log.exists() else ""
     cause = failure_cause(text)
-    store.record_failure(cell_dir.name, f"{reason}{f': {cause}' if cause else ''}; log: {log}\n{text[-LOG_TAIL_CHARS:]}")
+    headline = f"{reason}: {cause}" if cause else reason
+    store.record_failure(cell_dir.name, f"{headline}; log: {log}\n{text[-LOG_TAIL_CHARS:]}")
     return "failed"
 
 
