@@ -138,6 +138,23 @@ def test_a_conclusion_says_whether_decoding_time_transfer_works_to_the_largest_m
     assert conclusion(sft, to_a_smaller_model) == conclusion(sft, analysis)
 
 
+def test_a_gap_closed_with_no_estimate_still_draws_its_panel(report, tmp_path):
+    """A large model whose direct tuning gains exactly nothing leaves the share undefined (nan): the panel
+    says so instead of failing the whole report on an empty log axis (a tiny study did, on one processor)."""
+    import math
+
+    from align_proxy.studies.analysis import GapClosed
+    from align_proxy.studies.report.plots import draw_plots
+    from align_proxy.studies.stats import Interval
+
+    _, analysis = report
+    sft = next(h for h in analysis.headline if h.recipe == "sft")
+    gap = GapClosed("sft", sft.recommended_variant, sft.metric, "ladder-s", "ladder-l", 1, 4, 1.0, 3, 0.3, 0.3, 0.3,
+                    0.2, Interval(math.nan, math.nan, math.nan))
+    plots = draw_plots(dataclasses.replace(analysis, gap_closed=[gap]), study_cells())
+    assert "gap_closed" in plots
+
+
 @pytest.mark.parametrize("module", ["align_proxy.studies.report.prose", "align_proxy.studies.report.formatting",
                                     "align_proxy.studies.verdicts"])
 def test_the_report_modules_doctests_hold(module):

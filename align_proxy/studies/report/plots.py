@@ -5,6 +5,7 @@ training loss curves, each returned as PNG bytes."""
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -147,7 +148,15 @@ def _gap_closed(analysis: StudyAnalysis, figure: Figure) -> bool:
     if not panels:
         return False
     for ax, (recipe, metric) in zip(_axes(figure, len(panels)), panels):
-        rows = [g for g in analysis.gap_closed if (g.recipe, g.metric) == (recipe, metric)]
+        # A share whose large-model gain is zero has no estimate (stats.gap_closed); with no point left, the
+        # panel says so rather than asking a log axis to scale nothing.
+        rows = [g for g in analysis.gap_closed if (g.recipe, g.metric) == (recipe, metric)
+                and math.isfinite(g.gap_closed.estimate)]
+        if not rows:
+            ax.text(0.5, 0.5, f"gap closed undefined:\nthe large model's tuning gain in {metric} is zero",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            ax.set(title=recipe, xticks=[], yticks=[])
+            continue
         series = sorted({(g.variant, g.large, g.alpha) for g in rows})
         colours = _colours(series)
         for variant, large, alpha in series:
