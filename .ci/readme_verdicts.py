@@ -254,9 +254,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def ladder_problems() -> list[str]:
     """The offline ladder (in $ALIGN_PROXY_HOME) must grow: more parameters, lower held-out loss."""
-    from align_proxy.models import ladder
+    from align_proxy.models import ladder_spec
 
-    rungs = ladder.load_table()
+    rungs = ladder_spec.load_table()
     params, losses = [r.parameters for r in rungs], [r.heldout_loss for r in rungs]
     print("ladder: " + ", ".join(f"{r.name} {r.parameters:,} parameters, held-out loss {r.heldout_loss:.4f}"
                                  for r in rungs))

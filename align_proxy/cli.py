@@ -27,22 +27,22 @@ def _error(message) -> int:
 
 
 def cmd_ladder(args) -> int:
-    from align_proxy.models import ladder
+    from align_proxy.models import ladder, ladder_spec
     from align_proxy.models.tables import ladder_table, task_accuracies
 
-    spec = ladder.LadderSpec(seed=args.seed)
+    spec = ladder_spec.LadderSpec(seed=args.seed)
     root = Path(args.home) if args.home else None
     if args.action == "build":
-        console.print(f"building the offline ladder (seed {spec.seed}) in {ladder.ladder_dir(spec, root)}")
+        console.print(f"building the offline ladder (seed {spec.seed}) in {ladder_spec.ladder_dir(spec, root)}")
         reports = ladder.build_ladder(spec, root, force=args.force, threads=args.threads,
                                       portable=not args.native_kernels)
     else:
-        reports = ladder.load_table(spec, root)
+        reports = ladder_spec.load_table(spec, root)
         if not reports:
             console.print("no rung is built yet: run `align-proxy ladder build`")
             return 1
     console.print(ladder_table(reports, None if args.no_eval else task_accuracies(reports, spec)))
-    console.print(f"rungs saved in {ladder.ladder_dir(spec, root)}")
+    console.print(f"rungs saved in {ladder_spec.ladder_dir(spec, root)}")
     losses = [r.heldout_loss for r in reports]
     if len(reports) == len(spec.rungs) and losses != sorted(losses, reverse=True):
         console.print("[yellow]warning: held-out loss does not fall with every larger rung[/yellow]")

@@ -51,6 +51,7 @@ class RecipeKind:
     # rejected, 2 x max_length) or "rollout" (prompt + generated completion).
     row: str = "sequence"
     arguments: str = RECIPE_ARGUMENTS  # the script's arguments class (RecipeArguments or a subclass)
+    model_arguments: str = "trl:ModelConfig"  # the model's: --model_name_or_path, dtype, LoRA
     script: str | None = None  # default: recipes/<name>.py in the source checkout
     # What the recipe trains, said once: "policy" (a causal LM from fixed data), "rl" (a causal LM from its own
     # samples) or "reward" (a reward model). Everything that asks "is it RL?" or "is it a policy?" reads this.
@@ -63,6 +64,12 @@ class RecipeKind:
     @property
     def arguments_class(self) -> type:
         return load_object(self.arguments)
+
+    @property
+    def flag_classes(self) -> tuple[type, type, type]:
+        """The dataclasses a recipe's flags and `--config` YAML fill, in the parser's order: its arguments, its
+        TRL config, its model arguments (what a study's grid keys must be fields of)."""
+        return self.arguments_class, self.config_class, load_object(self.model_arguments)
 
     @property
     def trainer_class(self) -> type:

@@ -35,7 +35,7 @@ from align_proxy.errors import RecipeArgumentError, UserInputError, show_traceba
 from align_proxy.files import atomic_write
 from align_proxy.kinds import KINDS, RecipeKind, recipe_kind
 from align_proxy.lifetime import die_with_study_cell
-from align_proxy.models import ladder, registry
+from align_proxy.models import ladder_spec, registry
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.outputs import check_writable, save_final_model
 from align_proxy.recipe_arguments import (EXPLICIT_KEYS, RecipeArguments, RecipeParser, make_parser,
@@ -64,7 +64,7 @@ def run_script(recipe: str, main) -> None:
 
 
 def _is_ladder_rung(name: str) -> bool:
-    return name in {r.name for r in ladder.LadderSpec().rungs}
+    return name in {r.name for r in ladder_spec.LadderSpec().rungs}
 
 
 def load_tokenizer(model_name: str, tokenizer_name: str | None):

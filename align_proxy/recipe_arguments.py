@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from trl import ModelConfig, ScriptArguments, TrlParser
+from trl import ScriptArguments, TrlParser
 
 from align_proxy.kinds import recipe_kind
 from align_proxy.speed import ALIASES
@@ -135,8 +135,8 @@ class RecipeParser(TrlParser):
 
 
 def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
-    """`--config FILE.yaml` plus command-line overrides, the TRL way, over the recipe kind's arguments class,
-    its TRL config and `trl.ModelConfig` (`align_proxy.kinds`).
+    """`--config FILE.yaml` plus command-line overrides, the TRL way, over the recipe kind's flag classes: its
+    arguments class, its TRL config and `trl.ModelConfig` (`RecipeKind.flag_classes`).
 
     Without a GPU, `use_cpu` and fp32 become the defaults (TRL defaults to bf16, which transformers
     refuses on a CPU-only machine); a config file or flag still wins.
@@ -147,7 +147,7 @@ def make_parser(recipe: str, prog: str | None = None) -> RecipeParser:
     if len(carriers) != 1:  # none: the recipe would lack the flag; two: argparse refuses the duplicate
         raise TypeError(f"the {recipe} recipe's --chat_template_path is carried by {carriers or 'neither class'}: "
                         "exactly one of its arguments class and TRL config must have it (ChatTemplateArguments)")
-    parser = RecipeParser((kind.arguments_class, kind.config_class, ModelConfig), prog=prog)
+    parser = RecipeParser(kind.flag_classes, prog=prog)
     if not torch.cuda.is_available():
         parser.set_defaults(use_cpu=True, bf16=False)
     return parser

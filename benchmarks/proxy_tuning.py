@@ -28,7 +28,7 @@ from transformers import LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from align_proxy.data.tasks import get_task  # noqa: E402
-from align_proxy.models.ladder import DEFAULT_RUNGS  # noqa: E402
+from align_proxy.models.ladder_spec import DEFAULT_RUNGS  # noqa: E402
 from align_proxy.models.tokenizer import build_tokenizer  # noqa: E402
 from align_proxy.proxy_tuning import ProxyTunedModel  # noqa: E402
 

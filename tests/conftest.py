@@ -26,6 +26,30 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 from support import REPO, tiny_spec  # noqa: E402 - after the environment above is set
 
 
+def pytest_collection_modifyitems(config, items):
+    """Order the tests so that pytest-xdist's workers stay busy (the suite is timed on 2 cores). Its `worksteal`
+    scheduler hands each worker a contiguous chunk of this list (len // workers, the last one the rest) and a worker
+    that runs dry steals the tail of another's. So the last chunk starts with the tests that need the tiny ladder,
+    its worker building the ladder at once while the others run tests that need none, and every chunk starts with
+    its slow tests (real training, launched processes), leaving the quick ones at the tails to be stolen. Order
+    only: any test still runs alone (`pytest tests/x.py::test_y`) and in any order."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        return
+
+    def slow_first(tests):
+        return sorted(tests, key=lambda item: not (item.get_closest_marker("slow")
+                                                   or item.get_closest_marker("distributed")))
+
+    ladder = slow_first([item for item in items if "tiny_ladder" in item.fixturenames])
+    rest = slow_first([item for item in items if "tiny_ladder" not in item.fixturenames])
+    remaining = len(items)
+    for worker in range(workers - 1):  # the sizes worksteal's first distribution gives
+        remaining -= remaining // (workers - worker)
+    start = len(items) - remaining  # where the last chunk begins
+    items[:] = rest[:start] + ladder + rest[start:]
+
+
 @pytest.fixture(scope="session")
 def tiny_ladder(tmp_path_factory):
     """Reports of a tiny ladder pretrained once per session on the built-in task."""

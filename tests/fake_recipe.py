@@ -25,6 +25,7 @@ from align_proxy.run_metrics import Divergence, RunMetrics, Scores, Training
 FAKE = RecipeKind("fake", config="tests.fake_recipe:FakeConfig", trainer="tests.fake_recipe:FakeConfig",
                   formats=(), task_format="sft", primary_metric="task_accuracy",
                   evaluation="tests.fake_recipe:FakeConfig", arguments="tests.fake_recipe:FakeConfig",
+                  model_arguments="tests.fake_recipe:FakeConfig",
                   script=__file__)
 
 

@@ -37,7 +37,7 @@ from align_proxy.studies.store import CellResult
 
 def tiny_spec(seed: int = 0, steps: int = 600):
     """A two-rung ladder small enough to pretrain in seconds, same code path as the real one."""
-    from align_proxy.models.ladder import LadderSpec, Rung
+    from align_proxy.models.ladder_spec import LadderSpec, Rung
 
     return LadderSpec(
         rungs=(

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from align_proxy.models import ladder
+from align_proxy.models import ladder, ladder_spec
 from support import tiny_spec
 
 
@@ -35,7 +35,7 @@ def test_cached_build_is_reused_not_retrained(tmp_path):
     again = ladder.build_ladder(spec, root=tmp_path, progress=False)
     assert [r.path for r in again] == [r.path for r in built]
     assert os.path.getmtime(os.path.join(again[0].path, "model.safetensors")) == stamp
-    assert not [p for p in os.listdir(ladder.ladder_dir(spec, tmp_path)) if ".tmp-" in p]  # nothing half-written
+    assert not [p for p in os.listdir(ladder_spec.ladder_dir(spec, tmp_path)) if ".tmp-" in p]  # nothing half-written
 
 
 def test_fingerprint_changes_with_anything_that_changes_weights():
@@ -57,7 +57,7 @@ def test_rungs_have_the_proxies_architecture(tiny_ladder):
 def test_default_ladder_is_deep_narrow_and_spans_4x_in_parameters():
     from align_proxy.models.registry import parameters_from_config
 
-    spec = ladder.LadderSpec()
+    spec = ladder_spec.LadderSpec()
     counts = [parameters_from_config(r.config(100, spec.max_positions)) for r in spec.rungs]
     assert len(counts) >= 3 and counts == sorted(counts) and counts[-1] / counts[0] >= 4
     assert all(r.num_hidden_layers == spec.rungs[0].num_hidden_layers for r in spec.rungs)  # width varies only
@@ -92,7 +92,7 @@ def test_a_rung_another_process_is_building_is_left_to_it_and_waited_for(tmp_pat
     from filelock import FileLock
 
     spec = tiny_spec(steps=5)
-    directory = ladder.ladder_dir(spec, tmp_path)
+    directory = ladder_spec.ladder_dir(spec, tmp_path)
     directory.mkdir(parents=True)
     other = FileLock(str(directory / ".tiny-a.lock"))
     other.acquire()  # "another process" is building tiny-a
@@ -121,7 +121,7 @@ def test_table_reads_rung_metadata_with_fields_it_no_longer_knows(tmp_path):
     data = json.loads(open(meta).read())
     data["extra"] = {}  # as written by an earlier version
     open(meta, "w").write(json.dumps(data))
-    assert ladder.load_table(spec, tmp_path)[0].parameters == built[0].parameters
+    assert ladder_spec.load_table(spec, tmp_path)[0].parameters == built[0].parameters
 
 
 def test_the_build_runs_on_portable_kernels_whatever_the_calling_process_runs(tmp_path, monkeypatch):

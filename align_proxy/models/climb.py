@@ -4,8 +4,10 @@ resolves their names) and the converter (which needs their head counts) read, so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import LlamaConfig
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 CLIMB_REPO = "nvidia/nemotron-climb-proxy-models"
 # The Llama-2 tokenizer the proxies were trained with, from an ungated public copy.
@@ -23,6 +25,8 @@ class ClimbVariant:
     megatron_checkpoint: str
 
     def config(self) -> LlamaConfig:
+        from transformers import LlamaConfig
+
         return LlamaConfig(
             vocab_size=32000, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_hidden_layers=32, num_attention_heads=self.num_attention_heads,

@@ -8,15 +8,13 @@ config so no weights are read.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-
 from align_proxy.errors import UserInputError
-from align_proxy.models import ladder
+from align_proxy.models import ladder_spec
 # Re-exported: the registry is where users look for the proxies' names.
 from align_proxy.models.climb import CLIMB, CLIMB_REPO, LLAMA2_TOKENIZER, ClimbVariant  # noqa: F401
 
@@ -34,13 +32,16 @@ class ResolvedModel:
 
 def parameters_from_config(config) -> int:
     """Unique parameter count of a causal LM built from `config`, without allocating weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return ladder.count_parameters(model)
+    return ladder_spec.count_parameters(model)
 
 
 def registry_names() -> list[str]:
-    return [r.name for r in ladder.LadderSpec().rungs] + list(CLIMB)
+    return [r.name for r in ladder_spec.LadderSpec().rungs] + list(CLIMB)
 
 
 def parameter_count(name_or_path: str) -> int:
@@ -48,7 +49,7 @@ def parameter_count(name_or_path: str) -> int:
     registry name (a transfer study's target size need not exist on this machine)."""
     if name_or_path in CLIMB:
         return parameters_from_config(CLIMB[name_or_path].config())
-    spec = ladder.LadderSpec()
+    spec = ladder_spec.LadderSpec()
     if name_or_path in {r.name for r in spec.rungs}:
         from align_proxy.models.tokenizer import build_tokenizer
 
@@ -59,10 +60,16 @@ def parameter_count(name_or_path: str) -> int:
 def resolve(name_or_path: str, build_ladder: bool = True) -> ResolvedModel:
     """Resolve a registry name, local directory or Hub id; raise `ModelUnavailableError` with
     instructions when it cannot be loaded here."""
-    spec = ladder.LadderSpec()
+    spec = ladder_spec.LadderSpec()
     if name_or_path in {r.name for r in spec.rungs}:
-        path = ladder.rung_path(name_or_path, spec, build=build_ladder)
-        return ResolvedModel(name_or_path, str(path), _local_parameters(path), "ladder")
+        path = ladder_spec.ladder_dir(spec) / name_or_path
+        if not (path / "rung.json").exists():  # pretraining it (or saying how) needs torch: only then import it
+            from align_proxy.models import ladder
+
+            path = ladder.rung_path(name_or_path, spec, build=build_ladder)
+        # Counted when the rung was pretrained (`RungReport.parameters`, as parameters_from_config counts).
+        return ResolvedModel(name_or_path, str(path), json.loads((path / "rung.json").read_text())["parameters"],
+                             "ladder")
     if name_or_path in CLIMB:
         return _resolve_climb(CLIMB[name_or_path])
     local = Path(name_or_path).expanduser()
@@ -82,6 +89,8 @@ def resolve(name_or_path: str, build_ladder: bool = True) -> ResolvedModel:
 
 
 def _local_parameters(path: Path) -> int:
+    from transformers import AutoConfig
+
     return parameters_from_config(AutoConfig.from_pretrained(path))
 
 
@@ -94,6 +103,8 @@ def _hub_offline_reason() -> str | None:
 def _resolve_hub(model_id: str) -> ResolvedModel:
     known = ", ".join(registry_names())
     reason = _hub_offline_reason()
+    from transformers import AutoConfig
+
     try:
         if reason:
             raise OSError(reason)
@@ -108,7 +119,7 @@ def _resolve_hub(model_id: str) -> ResolvedModel:
 
 
 def climb_cache_dir(variant: ClimbVariant) -> Path:
-    return ladder.cache_root() / "models" / variant.name
+    return ladder_spec.cache_root() / "models" / variant.name
 
 
 def _resolve_climb(variant: ClimbVariant) -> ResolvedModel:

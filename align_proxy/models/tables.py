@@ -6,7 +6,7 @@ from rich.table import Table
 
 
 def ladder_table(reports, accuracies: dict[str, float] | None = None) -> Table:
-    """The built rungs (`ladder.RungReport`): size, shape, held-out loss, task accuracy and pretraining time."""
+    """The built rungs (`ladder_spec.RungReport`): size, shape, held-out loss, task accuracy and pretraining time."""
     table = Table(title="offline ladder (held-out = problems never seen in pretraining)")
     for column in ("rung", "parameters", "layers", "hidden", "held-out loss", "task accuracy", "pretrain s"):
         table.add_column(column, justify="left" if column == "rung" else "right", no_wrap=True)
@@ -30,13 +30,13 @@ def task_accuracies(reports, spec) -> dict[str, float]:
 
 def registry_table() -> Table:
     """Every registry model: the ladder's rungs (built or not) and the CLIMB models (converted or not)."""
-    from align_proxy.models import ladder, registry
+    from align_proxy.models import ladder_spec, registry
 
     table = Table(title="model registry (also: any local Hugging Face directory or Hub id)")
     for column in ("name", "parameters", "source", "status"):
         table.add_column(column)
-    built = {r.name: r for r in ladder.load_table()}
-    for rung in ladder.LadderSpec().rungs:
+    built = {r.name: r for r in ladder_spec.load_table()}
+    for rung in ladder_spec.LadderSpec().rungs:
         report = built.get(rung.name)
         params = f"{report.parameters:,}" if report else "-"
         table.add_row(rung.name, params, "offline ladder", report.path if report else "built on first use")

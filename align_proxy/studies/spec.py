@@ -18,7 +18,7 @@ from align_proxy import PROJECT_ROOT
 from align_proxy.cells.params import BestOfNPlan
 from align_proxy.errors import UserInputError
 from align_proxy.install import shipped_file
-from align_proxy.kinds import CELL_KINDS, KINDS, RECIPE_ARGUMENTS, TRAIN, load_object
+from align_proxy.kinds import CELL_KINDS, KINDS, TRAIN, load_object
 from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 from align_proxy.models import registry
 from align_proxy.studies.slurm_resources import SlurmResources, slurm_minutes
@@ -151,13 +151,19 @@ def _check(raw: dict, path: Path) -> StudySpec:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
     evaluation = raw.get("evaluation") or {}
-    _check_keys(evaluation, {f.name for f in dataclasses.fields(load_object(RECIPE_ARGUMENTS))}, path, "evaluation")
+    if not isinstance(evaluation, dict):
+        _fail(path, f"evaluation must be a mapping, got {evaluation!r}")
     lm_eval_tasks = _check_lm_eval_tasks(evaluation.get("lm_eval_tasks"), path)
     recipes: list[RecipePlan] = []
     for i, entry in enumerate(raw.get("recipes") or []):
         recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks, [str(m) for m in models]))
     if not recipes:
         _fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+    # Every cell takes the evaluation keys as flags: each must be a field of every listed recipe's arguments class
+    # (RecipeArguments or a subclass; read from the kinds, so a spec of light kinds never imports TRL).
+    arguments = {KINDS[plan.recipe].arguments for plan in recipes}
+    _check_keys(evaluation, set.intersection(*({f.name for f in dataclasses.fields(load_object(a))} for a in arguments)),
+                path, "evaluation")
     dataset = str(raw.get("dataset", "builtin:arith"))
     for plan in recipes:
         if plan.best_of_n and not dataset.startswith("builtin:"):
@@ -226,8 +232,7 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     metric = entry.get("metric", kind.primary_metric)
     _check_metric(metric, kind, lm_eval_tasks, path, where)
     grid = entry.get("grid") or {}
-    classes = (kind.arguments_class, kind.config_class, load_object("trl:ModelConfig"))
-    allowed = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    allowed = {f.name for cls in kind.flag_classes for f in dataclasses.fields(cls)}
     _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
