@@ -71,7 +71,8 @@ def _from_cache(run, cache: Path, evaluation):
         if path.exists():
             print(f"[align-proxy] base model {run.model.name}: evaluation reused from {path}", flush=True)
             cached = json.loads(path.read_text())
-            return EvalResult(cached["metrics"], cached["items"])
+            return EvalResult(cached["metrics"], cached["items"], cached.get("details", {}))
         result = _evaluate_now(run, evaluation)
-        atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items}))
+        atomic_write(path, json.dumps({"key": key, "metrics": result.metrics, "items": result.items,
+                                       "details": result.details}))
         return result

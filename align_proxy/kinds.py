@@ -95,6 +95,12 @@ class RecipeKind:
         return self.family != "reward"
 
     @property
+    def judged(self) -> bool:
+        """Whether `--eval_judge` judges its replies: a policy trained from fixed data (an RL recipe scores its own
+        samples with its rewards and gold; a reward model writes nothing)."""
+        return self.family == "policy"
+
+    @property
     def generates(self) -> bool:
         """Whether the trainer samples its own completions (the RL trainers): speed planning leaves those alone."""
         return self.family == "rl"

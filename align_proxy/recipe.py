@@ -237,7 +237,8 @@ class RecipeRun:
 
     def _record(self, trainer, summary, base, trained, diverged) -> RunMetrics:
         scores = Scores(base.metrics if base else {}, trained.metrics if trained else {},
-                        base.items if base else {}, trained.items if trained else {})
+                        base.items if base else {}, trained.items if trained else {},
+                        base.details if base else {}, trained.details if trained else {})
         training = Training(summary, trainer.state.global_step, trainer.state.log_history,
                             self.reward_curve.points if self.reward_curve else [])
         return RunMetrics(self.recipe, dataclasses.asdict(self.model), self.data.source,
@@ -318,7 +319,7 @@ def _check_judge(kind: RecipeKind, script_args: RecipeArguments):
     the flag."""
     if not script_args.eval_judge:
         return None
-    if kind.family != "policy":
+    if not kind.judged:
         instead = ("reports the rewards and gold reward of its own samples (--eval_num_samples)"
                    if kind.family == "rl" else "trains a reward model")
         raise RecipeArgumentError(f"--eval_judge judges the replies of a policy trained from fixed data (sft, dpo); "

@@ -59,15 +59,22 @@ class Scores:
     trained: dict[str, float] = field(default_factory=dict)
     items_base: dict[str, list[float]] = field(default_factory=dict)
     items_trained: dict[str, list[float]] = field(default_factory=dict)
+    # What the evaluations recorded beside their metrics (`EvalResult.details`): the judge, its length-controlled
+    # win rate. Written only when there is some, so a run without a judge writes what it always did.
+    details_base: dict[str, dict] = field(default_factory=dict)
+    details_trained: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"base": self.base, "trained": self.trained, "gain": gains(self.base, self.trained),
-                "items": {"base": self.items_base, "trained": self.items_trained}}
+                "items": {"base": self.items_base, "trained": self.items_trained},
+                **({"details": {"base": self.details_base, "trained": self.details_trained}}
+                   if self.details_base or self.details_trained else {})}
 
     @classmethod
     def from_json(cls, raw: dict) -> Scores:
-        items = raw.get("items", {})
-        return cls(raw.get("base", {}), raw.get("trained", {}), items.get("base", {}), items.get("trained", {}))
+        items, details = raw.get("items", {}), raw.get("details", {})
+        return cls(raw.get("base", {}), raw.get("trained", {}), items.get("base", {}), items.get("trained", {}),
+                   details.get("base", {}), details.get("trained", {}))
 
 
 @dataclass(frozen=True)

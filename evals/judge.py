@@ -12,12 +12,16 @@ preference pair's chosen). Per prompt, as in AlpacaFarm and AlpacaEval, and each
 - `response_length`: the samples' mean length in tokens, beside the win rates, since DPO lengthens replies.
 
 Each evaluation also prints the length-controlled win rate against the reference, with its interval over prompts
-(`align_proxy.evals.length_control`): what a reply of the reference's length would win.
+(`align_proxy.evals.length_control`): what a reply of the reference's length would win. It and the judge's identity
+(`judge_identity`: spec, file and content hash) are the result's details, kept in metrics.json.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -31,6 +35,30 @@ from align_proxy.files import files_stamp
 from align_proxy.metrics import preference_win
 from align_proxy.rewards import RewardSet
 from align_proxy.scoring import _tokenize_pair
+
+
+def judge_identity(spec: str) -> dict:
+    """Which judge a spec names: the spec, the directory or source file it comes from (a reward model's directory,
+    or the file defining a reward function), and a SHA-256 of that content, so results judged by a changed judge
+    can be told from the rest. A Hub id has no local content: its path and hash are None."""
+    from align_proxy.rewards import FACTORIES, get_reward
+    from align_proxy.rewards.learned import is_reward_model_dir
+
+    if is_reward_model_dir(spec):
+        path = Path(spec).expanduser().resolve()
+    else:
+        fn = FACTORIES.get(spec) or get_reward(spec)
+        source = inspect.getsourcefile(fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn))
+        path = Path(source).resolve() if source else None
+    if path is None or not path.exists():
+        return {"spec": spec, "path": None, "sha256": None}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"spec": spec, "path": str(path), "sha256": digest.hexdigest()}
 
 
 def win_rates(scores: list[float], others: list[float]) -> list[float]:
@@ -80,12 +108,16 @@ class JudgeEvaluation:
         result.add("judge_reward", per_prompt(scores, k))
         wins = win_rates(scores, [s for s in reference_scores for _ in range(k)])
         result.add("win_rate_vs_reference", per_prompt(wins, k))
-        self._print_length_controlled(model_path, wins, lengths, prompts, references)
         if model_path == self.base_path:
             result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
         else:
             result.add("win_rate_vs_base", per_prompt(win_rates(scores, self._judged_samples(self.base_path)[0]), k))
         result.add("response_length", per_prompt([float(n) for n in lengths], k))
+        result.details["judge"] = {"judges": [judge_identity(spec) for spec in self.specs],
+                                   "weights": self.judge.weights, "sampling": asdict(self.sampling)}
+        lc = self._length_controlled(model_path, wins, lengths, prompts, references)
+        if lc:
+            result.details["length_controlled_win_rate"] = lc
         return result
 
     def _judged_samples(self, model_path: str) -> tuple[list[float], list[int]]:
@@ -98,12 +130,13 @@ class JudgeEvaluation:
                                    self.sampling, gold=False)
         return samples.total, [len(ids) for ids in samples.completion_ids]
 
-    def _print_length_controlled(self, model_path: str, wins: list[float], lengths: list[int], prompts: list,
-                                 references: list) -> None:
-        """The length-controlled win rate against the reference, printed with its interval over prompts. A reference
-        reply's length is counted as the model would write it: its tokens after the prompt, EOS included."""
+    def _length_controlled(self, model_path: str, wins: list[float], lengths: list[int], prompts: list,
+                           references: list) -> dict | None:
+        """The length-controlled win rate against the reference, printed with its interval over prompts, and returned
+        for the result's details (None with fewer than 2 prompts). A reference reply's length is counted as the model
+        would write it: its tokens after the prompt, EOS included."""
         if len(prompts) < 2:
-            return
+            return None
         k = self.sampling.num_samples
         reference_lengths = [len(ids) - start for ids, start in
                              (_tokenize_pair(self.tokenizer, p, r) for p, r in zip(prompts, references))]
@@ -113,3 +146,4 @@ class JudgeEvaluation:
         print(f"[align-proxy] {who}: length-controlled win rate vs reference {lc.estimate:.3f} "
               f"[{lc.low:.3f}, {lc.high:.3f}] ({lc.level:.0%}, over {len(prompts)} prompts; raw {lc.raw:.3f}; replies "
               f"{diffs.mean():+.1f} tokens against the reference)", flush=True)
+        return {**asdict(lc), "prompts": len(prompts), "mean_length_difference": float(diffs.mean())}

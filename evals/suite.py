@@ -122,6 +122,8 @@ class EvalResult:
 
     metrics: dict[str, float] = field(default_factory=dict)
     items: dict[str, list[float]] = field(default_factory=dict)
+    # What an evaluation records beside its metrics, by name: the judge's identity, the length-controlled win rate.
+    details: dict[str, dict] = field(default_factory=dict)
 
     def add(self, name: str, items: list[float], **totals) -> None:
         """A metric's per-item scores, and its total derived from them (`align_proxy.metrics.aggregate`;
@@ -136,6 +138,7 @@ class EvalResult:
         for result in results:
             merged.metrics.update(result.metrics)
             merged.items.update(result.items)
+            merged.details.update(result.details)
         return merged
 
 

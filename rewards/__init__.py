@@ -33,7 +33,7 @@ FACTORIES: dict[str, Callable] = {
     "overlong_penalty": shaping.OverlongPenalty.from_config,
 }
 
-__all__ = ["REWARDS", "FACTORIES", "RewardError", "RewardSet", "get_reward", "load_rewards"]
+__all__ = ["REWARDS", "FACTORIES", "RewardError", "RewardSet", "check_reward_spec", "get_reward", "load_rewards"]
 
 
 def get_reward(name: str, config=None) -> Callable:
@@ -72,6 +72,14 @@ def get_reward(name: str, config=None) -> Callable:
     if not callable(fn):
         raise TypeError(f"reward {name!r} is not callable")
     return fn
+
+
+def check_reward_spec(name: str) -> None:
+    """`get_reward`'s checks, without loading anything heavy (a study checks its judge before any cell runs): a
+    reward-model directory is recognised, not loaded, and a config-built reward needs no config yet."""
+    if name in FACTORIES or is_reward_model_dir(name):
+        return
+    get_reward(name)
 
 
 def _own_module(module_name: str) -> str:

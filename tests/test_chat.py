@@ -1,9 +1,11 @@
 """Conversational data on base models: the shipped chat template, --chat_template_path on every recipe, held-out
 items scored on the tokens TRL's trainers train on, and user errors that end with their message and exit code 2."""
 
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -13,6 +15,7 @@ from align_proxy.data.tasks import get_task
 from align_proxy.kinds import KINDS
 from align_proxy.models.tokenizer import build_tokenizer
 from align_proxy.recipe import make_parser
+from align_proxy.run_metrics import RunMetrics
 from align_proxy.scoring import _tokenize_pair
 from support import REPO, run_recipe, run_script
 
@@ -196,6 +199,17 @@ def test_a_judged_run_reports_judge_reward_win_rates_and_length(tiny_model, tmp_
     # The judge is exact match and the reference is the gold answer: a sample wins only by a tie's half, never more.
     assert all(w <= 0.5 for w in base["win_rate_vs_reference"] + trained["win_rate_vs_reference"])
     assert all(n >= 1 for n in trained["response_length"])
+    # metrics.json names the judge by its content and keeps each model's length-controlled win rate.
+    written = RunMetrics.read(tmp_path / "run").scores
+    import align_proxy.rewards.arith as arith
+
+    for details in (written.details_base, written.details_trained):
+        (judge,) = details["judge"]["judges"]
+        assert judge["spec"] == "arith_exact_match" and judge["path"] == str(Path(arith.__file__).resolve())
+        assert judge["sha256"] == hashlib.sha256(b"arith.py" + Path(arith.__file__).read_bytes()).hexdigest()
+        assert details["judge"]["sampling"]["num_samples"] == 2
+        lc = details["length_controlled_win_rate"]
+        assert lc["prompts"] == 12 and all(0 <= lc[k] <= 1 for k in ("estimate", "low", "high")) and lc["raw"] <= 0.5
 
 
 def test_a_judge_on_a_recipe_that_trains_no_policy_from_data_is_refused_before_anything_loads(tmp_path, monkeypatch,

@@ -29,7 +29,7 @@ def train_cells(spec, cells: list) -> list:
         config_text = Path(plan.config).read_text()
         for model, (variant, grid_values), seed in itertools.product(spec.models, plan.variants(), spec.seeds):
             overrides = {"model_name_or_path": model, "dataset_name": spec.dataset, "seed": seed,
-                         **spec.evaluation, **grid_values}
+                         **spec.evaluation_for(plan.recipe), **grid_values}
             described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
             if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
                 described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}

@@ -16,19 +16,15 @@ import yaml
 
 from align_proxy import PROJECT_ROOT
 from align_proxy.cells.params import BestOfNPlan
-from align_proxy.errors import UserInputError
 from align_proxy.install import shipped_file
 from align_proxy.kinds import CELL_KINDS, KINDS, TRAIN, load_object
-from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 from align_proxy.models import registry
 from align_proxy.studies.slurm_resources import SlurmResources, slurm_minutes
+from align_proxy.studies.spec_checks import (JUDGE_FLAGS, JUDGED_METRICS, StudySpecError,  # noqa: F401 (re-export)
+                                             check_evaluation, check_keys, check_lm_eval_tasks, check_metric, fail)
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
-
-
-class StudySpecError(UserInputError, ValueError):
-    """A malformed study spec; the message names the file, the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +100,21 @@ class StudySpec:
     recipes: list[RecipePlan]
     seeds: list[int]
     dataset: str = "builtin:arith"
-    evaluation: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # recipe flags every cell gets (the judge's: judged kinds only)
     target: str | float | None = None  # a registry name or a parameter count to predict gains at
+
+    def evaluation_for(self, recipe: str) -> dict:
+        """The `evaluation:` flags a cell of `recipe` gets: all of them, less the judge's where it judges nothing."""
+        judged = KINDS[recipe].judged
+        return {k: v for k, v in self.evaluation.items() if judged or k not in JUDGE_FLAGS}
+
+    @property
+    def judge(self) -> dict | None:
+        """The judge every judged cell uses, as the spec names it (None: no judge)."""
+        if not self.evaluation.get("eval_judge"):
+            return None
+        return {"judge": self.evaluation["eval_judge"], "weights": self.evaluation.get("eval_judge_weights"),
+                "num_samples": self.evaluation.get("eval_num_samples")}
 
     def slurm_resources(self) -> dict[str, SlurmResources]:
         """The Slurm job of each recipe name the store uses: a recipe's own, shared by the cells of every other kind
@@ -133,44 +142,43 @@ def load_spec(path: str | Path | None = None) -> StudySpec:
     return _check(raw, path)
 
 
-def _fail(path: Path, message: str) -> None:
-    raise StudySpecError(f"{path}: {message}")
-
-
 def _check(raw: dict, path: Path) -> StudySpec:
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
-        _fail(path, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+        fail(path, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
     models = raw.get("models") or []
     if not isinstance(models, list) or len(models) < 2:
-        _fail(path, f"'models' lists {len(models) if isinstance(models, list) else models!r}; a transfer study "
+        fail(path, f"'models' lists {len(models) if isinstance(models, list) else models!r}; a transfer study "
                     "compares at least two model sizes (e.g. [ladder-s, ladder-m, ladder-l])")
     for model in models:
         _check_model(str(model), path)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        _fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
-    evaluation = raw.get("evaluation") or {}
-    if not isinstance(evaluation, dict):
-        _fail(path, f"evaluation must be a mapping, got {evaluation!r}")
-    lm_eval_tasks = _check_lm_eval_tasks(evaluation.get("lm_eval_tasks"), path)
+        fail(path, f"'seeds' must be a non-empty list of integers, got {seeds!r}")
+    evaluation = check_evaluation(raw.get("evaluation") or {}, path)
+    lm_eval_tasks = check_lm_eval_tasks(evaluation.get("lm_eval_tasks"), path)
     recipes: list[RecipePlan] = []
     for i, entry in enumerate(raw.get("recipes") or []):
         recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks, [str(m) for m in models]))
     if not recipes:
-        _fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+        fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
     # Every cell takes the evaluation keys as flags: each must be a field of every listed recipe's arguments class
     # (RecipeArguments or a subclass; read from the kinds, so a spec of light kinds never imports TRL).
     arguments = {KINDS[plan.recipe].arguments for plan in recipes}
-    _check_keys(evaluation, set.intersection(*({f.name for f in dataclasses.fields(load_object(a))} for a in arguments)),
+    check_keys(evaluation, set.intersection(*({f.name for f in dataclasses.fields(load_object(a))} for a in arguments)),
                 path, "evaluation")
     dataset = str(raw.get("dataset", "builtin:arith"))
     for plan in recipes:
         if plan.best_of_n and not dataset.startswith("builtin:"):
-            _fail(path, f"{plan.recipe}.best_of_n scores samples by a built-in task's gold reward on its held-out "
+            fail(path, f"{plan.recipe}.best_of_n scores samples by a built-in task's gold reward on its held-out "
                         f"prompts; dataset {dataset!r} is not a built-in task (use builtin:arith)")
+        if plan.metric in JUDGED_METRICS and not (KINDS[plan.recipe].judged and evaluation.get("eval_judge")):
+            fail(path, f"recipes: {plan.recipe}'s metric {plan.metric} is judged, and "
+                        + (f"no judge scores the {plan.recipe} recipe's replies (only sft and dpo take one)"
+                           if evaluation.get("eval_judge") else "the spec names no judge: add evaluation: {judge: "
+                           "SPEC} (a registered reward, module:function or a reward-model directory)"))
         if lm_eval_tasks and not KINDS[plan.recipe].policy:
-            _fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
+            fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
                         "score; run it in a study of its own, or without lm_eval_tasks")
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
@@ -181,62 +189,35 @@ def _check_model(model: str, path: Path) -> None:
     known = set(registry.registry_names())
     if model in known or Path(model).expanduser().is_dir() or model.count("/") == 1:
         return  # a registry name, a local directory, or a Hub id (checked when its cell runs)
-    _fail(path, f"unknown model {model!r}: use a registry name ({', '.join(sorted(known))}), a local model "
+    fail(path, f"unknown model {model!r}: use a registry name ({', '.join(sorted(known))}), a local model "
                 "directory or a Hub id (owner/name)")
-
-
-def _check_lm_eval_tasks(tasks, path: Path) -> list[str]:
-    """The names lm-eval reports `evaluation: {lm_eval_tasks: ...}` under, each task and its data checked now, before
-    any cell runs (a comma-separated string or a list, as on a recipe's command line)."""
-    if not tasks:
-        return []
-    if not isinstance(tasks, (str, list)):
-        _fail(path, f"evaluation.lm_eval_tasks must be task names or YAML paths (a list or comma-separated), got {tasks!r}")
-    from align_proxy.evals.lm_harness import task_names
-
-    try:
-        return task_names(tasks)
-    except ValueError as err:
-        _fail(path, f"evaluation.lm_eval_tasks: {err}")
-
-
-def _check_metric(metric, kind, lm_eval_tasks: list[str], path: Path, where: str) -> None:
-    if str(metric).startswith(LM_EVAL_PREFIX):
-        if not kind.policy:
-            _fail(path, f"{where}: {metric!r}: the {kind.name} recipe trains no language model for lm-eval to score")
-        error = lm_eval_metric_error(metric, lm_eval_tasks)
-        if error:
-            _fail(path, f"{where}.metric: {error}")
-    elif metric not in METRICS:
-        _fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}, or an lm-eval task's "
-                    "lm_eval:TASK/METRIC (with the task in evaluation.lm_eval_tasks)")
 
 
 def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str],
                   models: list[str]) -> RecipePlan:
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
-        _fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
+        fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
                     "'start_from', 'reward_from', 'slurm', 'proxy_tune', 'alpha' and 'best_of_n'")
-    _check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "reward_from", "slurm",
+    check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "reward_from", "slurm",
                         "proxy_tune", "alpha", "best_of_n"}, path, where)
     recipe = entry["recipe"]
     kind = KINDS.get(recipe)
     if kind is None:
         near = difflib.get_close_matches(str(recipe), KINDS, n=1)
-        _fail(path, f"{where}: unknown recipe {recipe!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+        fail(path, f"{where}: unknown recipe {recipe!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
                     f"available: {', '.join(KINDS)}")
     if any(plan.recipe == recipe for plan in earlier):
-        _fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
+        fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
     config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
     metric = entry.get("metric", kind.primary_metric)
-    _check_metric(metric, kind, lm_eval_tasks, path, where)
+    check_metric(metric, kind, lm_eval_tasks, path, where)
     grid = entry.get("grid") or {}
     allowed = {f.name for cls in kind.flag_classes for f in dataclasses.fields(cls)}
-    _check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
+    check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            _fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
+            fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")
     start = _check_start(entry.get("start_from"), earlier, path, f"{where}.start_from", models)
     reward = _check_reward_from(entry.get("reward_from"), kind, earlier, path, f"{where}.reward_from")
     proxy_tune, alpha = _check_proxy_tune(entry, kind, bool(start), path, where)
@@ -250,23 +231,23 @@ def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str
     """`slurm: {gpus_per_cell: 1, cpus: 8, mem: 64G, time: "12:00:00", partition: gpu, ...}` over `base` (the
     defaults, or a spec's resources under `--slurm KEY=VALUE` overrides); checked like every other key."""
     fields = {f.name: f for f in dataclasses.fields(SlurmResources)}
-    _check_keys(values, set(fields), Path(path), where)
+    check_keys(values, set(fields), Path(path), where)
     for key, value in values.items():
         if key in ("gpus_per_cell", "cpus") and (not isinstance(value, int) or isinstance(value, bool) or
                                                  value < (0 if key == "gpus_per_cell" else 1)):
-            _fail(path, f"{where}.{key} must be a whole number ({'0 or more' if key == 'gpus_per_cell' else '1 or more'}), "
+            fail(path, f"{where}.{key} must be a whole number ({'0 or more' if key == 'gpus_per_cell' else '1 or more'}), "
                         f"got {value!r}")
         if key == "sbatch" and not isinstance(value, dict):
-            _fail(path, f"{where}.sbatch must be a mapping of sbatch options without their dashes, e.g. "
+            fail(path, f"{where}.sbatch must be a mapping of sbatch options without their dashes, e.g. "
                         f"{{exclude: node7}}, got {value!r}")
         if key in ("mem", "partition", "account", "qos", "constraint", "time") and value is not None \
                 and not isinstance(value, (str, int)):
-            _fail(path, f"{where}.{key} must be a string, got {value!r}")
+            fail(path, f"{where}.{key} must be a string, got {value!r}")
     if "time" in values:
         try:
             slurm_minutes(values["time"])
         except ValueError:
-            _fail(path, f"{where}.time {values['time']!r} is not a Slurm time: use minutes, H:MM:SS or D-HH:MM:SS")
+            fail(path, f"{where}.time {values['time']!r} is not a Slurm time: use minutes, H:MM:SS or D-HH:MM:SS")
     return dataclasses.replace(base, **{k: str(v) if k in ("time", "mem") and v is not None else v
                                         for k, v in values.items()})
 
@@ -276,18 +257,18 @@ def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -
     ladder rung or base model (not from another recipe's cell: the large base would then be that cell's model)."""
     proxy_tune = entry.get("proxy_tune", False)
     if not isinstance(proxy_tune, bool):
-        _fail(path, f"{where}.proxy_tune must be true or false, got {proxy_tune!r}")
+        fail(path, f"{where}.proxy_tune must be true or false, got {proxy_tune!r}")
     alpha = entry.get("alpha", [1.0])
     if "alpha" in entry and not proxy_tune:
-        _fail(path, f"{where}.alpha is the proxy-tuning strength: set proxy_tune: true as well, or drop alpha")
+        fail(path, f"{where}.alpha is the proxy-tuning strength: set proxy_tune: true as well, or drop alpha")
     if not isinstance(alpha, list) or not alpha or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
                                                             for a in alpha):
-        _fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
+        fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
     if proxy_tune and not kind.policy:
-        _fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
+        fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
                     "(reward models are out of scope)")
     if proxy_tune and starts:
-        _fail(path, f"{where}: proxy_tune with start_from is not supported: the large base to steer would be the "
+        fail(path, f"{where}: proxy_tune with start_from is not supported: the large base to steer would be the "
                     "start recipe's large model; proxy-tune the start recipe itself, or run `align-proxy proxy-tune "
                     "--base <its large cell>` by hand")
     return proxy_tune, tuple(float(a) for a in alpha)
@@ -303,7 +284,7 @@ def _check_start(start, earlier: list[RecipePlan], path: Path, where: str, model
     reference = _check_reference(start, earlier, path, where, "start from", extra={"model"})
     if "model" in (start if isinstance(start, dict) else {}):
         if str(start["model"]) not in models:
-            _fail(path, f"{where}.model: {start['model']!r} is not one of the study's models ({', '.join(models)})")
+            fail(path, f"{where}.model: {start['model']!r} is not one of the study's models ({', '.join(models)})")
         reference["model"] = str(start["model"])
     return reference
 
@@ -314,20 +295,20 @@ def _check_reference(ref, earlier: list[RecipePlan], path: Path, where: str, rol
     several), as {"recipe", "variant"}."""
     if isinstance(ref, str):
         ref = {"recipe": ref}
-    _check_keys(ref, {"recipe", "variant", *extra}, path, where)
+    check_keys(ref, {"recipe", "variant", *extra}, path, where)
     plans = {plan.recipe: plan for plan in earlier}
     plan = plans.get(ref.get("recipe"))
     if plan is None:
-        _fail(path, f"{where}: {ref.get('recipe')!r} is not a recipe listed before this one "
+        fail(path, f"{where}: {ref.get('recipe')!r} is not a recipe listed before this one "
                     f"(listed before: {', '.join(plans) or 'none'}); a recipe runs before the cells that {role} it")
     variants = [name for name, _ in plan.variants()]
     variant = ref.get("variant")
     if variant is None and len(variants) > 1:
-        _fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to {role} with "
+        fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to {role} with "
                     f"'variant' ({', '.join(variants)})")
     variant = variant if variant is not None else variants[0]
     if variant not in variants:
-        _fail(path, f"{where}: {plan.recipe} has no variant {variant!r}; its variants: {', '.join(variants)}")
+        fail(path, f"{where}: {plan.recipe} has no variant {variant!r}; its variants: {', '.join(variants)}")
     return {"recipe": plan.recipe, "variant": variant}
 
 
@@ -337,10 +318,10 @@ def _check_reward_from(ref, kind, earlier: list[RecipePlan], path: Path, where: 
     if ref is None:
         return {}
     if kind.family != "rl":
-        _fail(path, f"{where}: only RL recipes (grpo, rloo) train against a reward; {kind.name} does not")
+        fail(path, f"{where}: only RL recipes (grpo, rloo) train against a reward; {kind.name} does not")
     reference = _check_reference(ref, earlier, path, where, "train against")
     if KINDS[reference["recipe"]].policy:
-        _fail(path, f"{where}: {reference['recipe']!r} trains a policy, not a reward model; name a reward recipe")
+        fail(path, f"{where}: {reference['recipe']!r} trains a policy, not a reward model; name a reward recipe")
     return reference
 
 
@@ -351,17 +332,17 @@ def _check_best_of_n(raw, kind, earlier: list[RecipePlan], path: Path, where: st
     if raw is None:
         return None
     if kind.policy:
-        _fail(path, f"{where}: best-of-n ranks samples by a reward model; {kind.name} trains a policy. Put "
+        fail(path, f"{where}: best-of-n ranks samples by a reward model; {kind.name} trains a policy. Put "
                     "best_of_n on the reward recipe")
     fields = {f.name for f in dataclasses.fields(BestOfNPlan)}
-    _check_keys(raw, fields, path, where)
+    check_keys(raw, fields, path, where)
     if "policy" not in raw:
-        _fail(path, f"{where} needs 'policy': a model of the study (e.g. {models[0]}) or an earlier recipe's cell "
+        fail(path, f"{where} needs 'policy': a model of the study (e.g. {models[0]}) or an earlier recipe's cell "
                     f"({{recipe: sft, model: {models[0]}}})")
     policy = raw["policy"]
     if isinstance(policy, dict) and "recipe" in policy:
         if "model" not in policy:
-            _fail(path, f"{where}.policy: name the one model whose cell is the policy ({', '.join(models)}), "
+            fail(path, f"{where}.policy: name the one model whose cell is the policy ({', '.join(models)}), "
                         "e.g. {recipe: sft, model: ladder-s}: every reward model ranks the same policy's samples")
         policy = _check_start(policy, earlier, path, f"{where}.policy", models)
     elif isinstance(policy, (str, dict)):
@@ -369,22 +350,22 @@ def _check_best_of_n(raw, kind, earlier: list[RecipePlan], path: Path, where: st
         _check_model(model, path)
         policy = {"model": model}
     else:
-        _fail(path, f"{where}.policy must be a model name or {{recipe, model[, variant]}}, got {policy!r}")
+        fail(path, f"{where}.policy must be a model name or {{recipe, model[, variant]}}, got {policy!r}")
     values = {k: v for k, v in raw.items() if k != "policy"}
     for key in ("n", "prompts", "max_new_tokens"):
         if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1):
-            _fail(path, f"{where}.{key} must be a positive whole number, got {values[key]!r}")
+            fail(path, f"{where}.{key} must be a positive whole number, got {values[key]!r}")
     if values.get("n", 2) < 2:
-        _fail(path, f"{where}.n must be at least 2: best-of-1 is the policy itself")
+        fail(path, f"{where}.n must be at least 2: best-of-1 is the policy itself")
     if "temperature" in values and not (isinstance(values["temperature"], (int, float)) and values["temperature"] > 0):
-        _fail(path, f"{where}.temperature must be a number above 0, got {values['temperature']!r}")
+        fail(path, f"{where}.temperature must be a number above 0, got {values['temperature']!r}")
     if values.get("gold") is not None:
         from align_proxy.rewards import get_reward
 
         try:
             get_reward(str(values["gold"]))
         except (KeyError, ValueError, ImportError, OSError) as err:
-            _fail(path, f"{where}.gold: {str(err).strip(chr(39))}")
+            fail(path, f"{where}.gold: {str(err).strip(chr(39))}")
     return BestOfNPlan(policy, **values)
 
 
@@ -394,23 +375,23 @@ def _check_launch(launch, path: Path, where: str) -> dict:
     own. More than one machine needs `--executor slurm`: the cell becomes one job on that many nodes."""
     if launch is None:
         return {}
-    _check_keys(launch, {"config_file", "num_processes", "num_machines"}, path, where)
+    check_keys(launch, {"config_file", "num_processes", "num_machines"}, path, where)
     if "config_file" not in launch:
-        _fail(path, f"{where} needs 'config_file', an accelerate config (e.g. recipes/accelerate/multi_gpu.yaml)")
+        fail(path, f"{where} needs 'config_file', an accelerate config (e.g. recipes/accelerate/multi_gpu.yaml)")
     config_file = _find_config(str(launch["config_file"]), path, where)
     try:
         accelerate_config = yaml.safe_load(Path(config_file).read_text())
     except yaml.YAMLError as err:
-        _fail(path, f"{where}: {config_file} is not valid YAML: {err}")
+        fail(path, f"{where}: {config_file} is not valid YAML: {err}")
     if not isinstance(accelerate_config, dict):
-        _fail(path, f"{where}: {config_file} is not an accelerate config (a YAML mapping, as `accelerate config` writes)")
+        fail(path, f"{where}: {config_file} is not an accelerate config (a YAML mapping, as `accelerate config` writes)")
     processes = launch.get("num_processes", accelerate_config.get("num_processes", 1))
     machines = launch.get("num_machines", accelerate_config.get("num_machines", 1))
     for key, value in (("num_processes", processes), ("num_machines", machines)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            _fail(path, f"{where}.{key} must be a positive integer, got {value!r}")
+            fail(path, f"{where}.{key} must be a positive integer, got {value!r}")
     if processes % machines:
-        _fail(path, f"{where}: {processes} processes do not split evenly over {machines} machines; make "
+        fail(path, f"{where}: {processes} processes do not split evenly over {machines} machines; make "
                     "num_processes (all machines together, as accelerate counts it) a multiple of num_machines")
     # Several machines only under `--executor slurm`, one job over that many nodes; kept out of the dict (and
     # so out of the cell's hash) when 1, so cells of earlier studies keep their names.
@@ -427,14 +408,6 @@ def _find_config(config: str, path: Path, where: str) -> str:
             return str(candidate.resolve())
     if not Path(config).is_absolute() and shipped_file(config):
         return str(shipped_file(config))
-    _fail(path, f"{where}: config file {config} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    fail(path, f"{where}: config file {config} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
-def _check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "") -> None:
-    if not isinstance(mapping, dict):
-        _fail(path, f"{where} must be a mapping, got {mapping!r}")
-    for key in mapping:
-        if key not in allowed:
-            near = difflib.get_close_matches(key, allowed, n=1)
-            suggestion = f" (did you mean '{near[0]}'?)" if near else ""
-            _fail(path, f"{where}: unknown key '{key}'{suggestion}; keys must be {hint or 'one of ' + ', '.join(sorted(allowed))}")
