@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import os
 import runpy
 import sqlite3
 import sys
@@ -288,6 +289,18 @@ def step_away_from_reference(model, scale: float = 0.05) -> None:
 def gives_nan(prompts, completions, **kwargs):
     """A reward function returning nan for every completion (loaded by name too: `support:gives_nan`)."""
     return [math.nan] * len(completions)
+
+
+def logged_exact_match(prompts, completions, **kwargs):
+    """The arithmetic task's exact match as a judge (`tests.support:logged_exact_match`) that appends, per call, the
+    calling run's --output_dir and how many replies it scored to $JUDGE_LOG: a test counts who judged what."""
+    from align_proxy.rewards.arith import exact_match
+
+    if os.environ.get("JUDGE_LOG"):
+        run = sys.argv[sys.argv.index("--output_dir") + 1] if "--output_dir" in sys.argv else "?"
+        with open(os.environ["JUDGE_LOG"], "a") as log:
+            log.write(f"{run} {len(completions)}\n")
+    return exact_match(prompts, completions, **kwargs)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------------

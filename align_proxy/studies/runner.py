@@ -161,8 +161,19 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
     store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
                    primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds,
                    starts={p.recipe: p.start_from for p in spec.recipes if p.start_from},
-                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from})
+                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from}, judge=_judge(spec))
     store.add_cells(cells)
+
+
+def _judge(spec: StudySpec) -> dict | None:
+    """Who judges the study's judged cells, each judge named by its content (`evals.judge.judge_identity`)."""
+    if spec.judge is None:
+        return None
+    from align_proxy.evals.judge import judge_identity
+
+    judge = dict(spec.judge)
+    specs = judge.pop("judge")
+    return {**judge, "judges": [judge_identity(s) for s in specs]}
 
 
 def _target(spec: StudySpec) -> list | None:
@@ -199,6 +210,6 @@ def write_study_report(study_dir: Path) -> WrittenReport:
     target = tuple(info["target"]) if info.get("target") else None
     cells = [c for c in store.cells() if c["config_hash"] in current]
     analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
-                       starts=info.get("starts"), rewards_from=info.get("rewards_from"))
+                       starts=info.get("starts"), rewards_from=info.get("rewards_from"), judge=info.get("judge"))
     title = f"Transfer study: {info.get('name', study_dir.name)}"
     return WrittenReport(analysis, write_report(study_dir, analysis, results, title=title))

@@ -91,6 +91,8 @@ class StudyAnalysis(Record):
     fits: list[Fit] = field(default_factory=list)
     gap_closed: list[GapClosed] = field(default_factory=list)  # decoding-time proxy-tuning, when the spec asks
     overoptimization: OveroptimizationSummary | None = None  # best-of-n cells and RL cells against reward models
+    # Who judged the judged metrics: {"judges": [{spec, path, sha256}], "weights", "num_samples"}; None: no judge.
+    judge: dict | None = None
 
     def primary_metrics(self) -> dict[str, str]:
         """recipe -> the metric its headline is judged on."""
@@ -109,7 +111,7 @@ def by_kind(results: list[CellResult]) -> dict[str, list[CellResult]]:
 def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: dict[str, str],
             target: tuple[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
             cells: list[dict] | None = None, starts: dict[str, dict] | None = None,
-            rewards_from: dict[str, dict] | None = None) -> StudyAnalysis:
+            rewards_from: dict[str, dict] | None = None, judge: dict | None = None) -> StudyAnalysis:
     """Every number of a study's report, as typed records (`.to_json()` is report.json).
 
     `results` are finished cells, diverged ones included (a `diverged` attribute of {step, loss}); `models`
@@ -117,7 +119,8 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     the metric its headline is judged on; `target` is (name, parameters) to predict gains at; `cells`
     (ResultStore.cells()) lists the study's cells, else the grid is inferred; `starts` maps recipe -> the
     {"recipe", "variant"[, "model"]} its cells started from (their gains are over that model); `rewards_from` maps
-    an RL recipe -> the reward recipe whose models its cells trained against (their curves are overoptimization's).
+    an RL recipe -> the reward recipe whose models its cells trained against (their curves are overoptimization's);
+    `judge` is who judged the judged metrics (`StudySpec.judge` with each judge's identity), reported as given.
     """
     groups = by_kind(results)
     trained, proxy_cells, best_of_n_cells = groups[TRAIN], groups["proxy-tuning"], groups["best-of-n"]
@@ -150,7 +153,7 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
         orderings=list(orderings.values()), transfer=transfer,
         metric_trust=metric_trust_section(study, primary), fits=fits, gap_closed=gaps,
         overoptimization=overoptimization_section(best_of_n_cells + rl_against_reward_models, models, confidence,
-                                                  n_resamples))
+                                                  n_resamples), judge=judge)
 
 
 def _primary(recipe: str, primary_metrics: dict[str, str], gains: list[Gain]) -> str:

@@ -197,6 +197,14 @@ def _base_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
     return ["recipe", "model", "metric", "distinct evaluations", "base score"], rows
 
 
+def _judge_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
+    judge = analysis.judge
+    weights = judge.get("weights") or [1.0] * len(judge["judges"])
+    rows = [[j["spec"], f"{w:g}", j["path"] or "(not local)", (j["sha256"] or "")[:16], str(judge.get("num_samples") or "")]
+            for j, w in zip(judge["judges"], weights)]
+    return ["judge", "weight", "from", "sha256 (first 16)", "samples per prompt"], rows
+
+
 def _completeness_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
     rows = [[r.recipe, r.model, f"{r.done} / {r.expected}"] for r in analysis.completeness.by_recipe_model]
     return ["recipe", "model", "cells finished"], rows
@@ -228,6 +236,8 @@ SECTIONS = (
             present=lambda analysis: bool(analysis.gap_closed)),
     Section("overoptimization", OVEROPTIMIZATION_HEADING, _overoptimization_table, prose.overoptimization_lines,
             detail=True, present=lambda analysis: bool(analysis.overoptimization), console=True),
+    Section("judge", "Judge of the judged metrics", _judge_table, detail=True,
+            present=lambda analysis: bool(analysis.judge)),
     Section("base", "Base scores", _base_table, detail=True, summary=False),
     Section("completeness", "Cells finished", _completeness_table, detail=True, summary=False),
     Section("how_to_read", "How to read this", paragraphs=prose.HOW_TO_READ),
