@@ -4,7 +4,9 @@ Each simulated study has one base model scored once on a fixed set of held-out i
 seeds of one recipe variant scored on the same items; a seed shifts the trained model as a whole (a
 seed effect, none to large). An interval means what it says when it covers the *expected* gain (over
 items and seeds) at its nominal rate. Binary items are accuracy-like (the base and every trained seed
-right or wrong on each item, item difficulty shared by all); continuous ones are NLL-like.
+right or wrong on each item, item difficulty shared by all); continuous ones are NLL-like; sampled ones are a
+judged win rate's (`evals/judge.py`): each model samples `SAMPLES` replies per prompt, each wins or loses, and a
+prompt's score is the fraction won, so per-item scores are fractional and carry sampling noise of their own.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ BASE_LOGIT = -1.0
 DIFFICULTY = 1.5
 # How unevenly training helps items (the same for every seed): items are shared beyond their difficulty.
 LEARNABILITY = 0.8
+# Sampled items: replies judged per prompt (a judged study's --eval_num_samples).
+SAMPLES = 4
 
 
 @dataclass(frozen=True)
 class Design:
     """One simulated study design; `seed_sd` is the seed effect (logit units for binary, raw for continuous)."""
 
-    metric: str  # "binary" or "continuous"
+    metric: str  # "binary", "continuous" or "sampled"
     n_seeds: int
     seed_sd: float
     gain: float  # the true expected gain over items and seeds
@@ -55,9 +59,12 @@ class Design:
             return list(trained - base[None, :])
         d = rng.normal(0.0, DIFFICULTY, n)
         u = rng.normal(0.0, LEARNABILITY, n)
-        base = (rng.random(n) < special.expit(BASE_LOGIT + d)).astype(float)
+        p_base = special.expit(BASE_LOGIT + d)
         p = special.expit(BASE_LOGIT + d[None, :] + u[None, :] + shift + seed[:, None])
-        trained = (rng.random((s, n)) < p).astype(float)
+        if self.metric == "sampled":  # the fraction of SAMPLES replies that win, per prompt (expected: p)
+            base, trained = rng.binomial(SAMPLES, p_base) / SAMPLES, rng.binomial(SAMPLES, p) / SAMPLES
+        else:
+            base, trained = (rng.random(n) < p_base).astype(float), (rng.random((s, n)) < p).astype(float)
         return list(trained - base[None, :])
 
 
@@ -84,11 +91,11 @@ def coverage(design: Design, studies: int, n_resamples: int, seed: int = 0,
     return hits / studies, float(np.mean(widths))
 
 
-SEED_SDS = {"binary": (0.0, 0.15, 0.5), "continuous": (0.0, 0.05, 0.3)}
-GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2)}
+SEED_SDS = {"binary": (0.0, 0.15, 0.5), "continuous": (0.0, 0.05, 0.3), "sampled": (0.0, 0.15, 0.5)}
+GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2), "sampled": (0.0, 0.1)}
 
 
-def designs(metrics=("binary", "continuous"), seeds=(3, 5)) -> list[Design]:
+def designs(metrics=("binary", "continuous", "sampled"), seeds=(3, 5)) -> list[Design]:
     return [Design(m, s, sd, e) for m in metrics for s in seeds for sd in SEED_SDS[m] for e in GAINS[m]]
 
 
