@@ -94,6 +94,13 @@ class StudyAnalysis(Record):
     # Who judged the judged metrics: {"judges": [{spec, path, sha256}], "weights", "num_samples"}; None: no judge.
     judge: dict | None = None
 
+    def to_json(self) -> dict:
+        """report.json; `judge` only in a judged study's, so an unjudged study's report reads as it always did."""
+        document = super().to_json()
+        if self.judge is None:
+            del document["judge"]
+        return document
+
     def primary_metrics(self) -> dict[str, str]:
         """recipe -> the metric its headline is judged on."""
         return {h.recipe: h.metric for h in self.headline}
