@@ -95,10 +95,17 @@ class RecipeKind:
         return self.family != "reward"
 
     @property
+    def judged_metrics(self) -> tuple[str, ...]:
+        """What `--eval_judge` adds to its evaluation (`align_proxy.evals.judge`, `align_proxy.evals.rl`): a policy
+        trained from fixed data gets judged replies with win rates against the item's reference and the base; an
+        RL policy the judge's score of its own samples, beside its rewards; a reward model writes nothing."""
+        return {"policy": ("judge_reward", "win_rate_vs_reference", "win_rate_vs_base"),
+                "rl": ("judge_reward",)}.get(self.family, ())
+
+    @property
     def judged(self) -> bool:
-        """Whether `--eval_judge` judges its replies: a policy trained from fixed data (an RL recipe scores its own
-        samples with its rewards and gold; a reward model writes nothing)."""
-        return self.family == "policy"
+        """Whether `--eval_judge` judges its replies."""
+        return bool(self.judged_metrics)
 
     @property
     def generates(self) -> bool:

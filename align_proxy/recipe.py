@@ -148,7 +148,7 @@ class RecipeRun:
             print(f"[align-proxy] {self.evalset.describe(policy=self.kind.policy)}", flush=True)
         settings = LmEvalSettings.from_args(self.script_args)
         parts = [evaluation]
-        if self.script_args.eval_judge:
+        if self.script_args.eval_judge and self.kind.family == "policy":  # an RL evaluation judges its own samples
             from align_proxy.evals.judge import JudgeEvaluation
 
             parts.append(JudgeEvaluation.for_run(self))
@@ -314,16 +314,14 @@ def _check_lm_eval_tasks(kind: RecipeKind, script_args: RecipeArguments) -> None
 
 
 def _check_judge(kind: RecipeKind, script_args: RecipeArguments):
-    """--eval_judge, checked before the policy loads and built once: the recipe must train a policy from fixed data,
+    """--eval_judge, checked before the policy loads and built once: the recipe must train a policy,
     and each spec must name a reward (`align_proxy.rewards.load_rewards` raises naming the bad one). None without
     the flag."""
     if not script_args.eval_judge:
         return None
     if not kind.judged:
-        instead = ("reports the rewards and gold reward of its own samples (--eval_num_samples)"
-                   if kind.family == "rl" else "trains a reward model")
-        raise RecipeArgumentError(f"--eval_judge judges the replies of a policy trained from fixed data (sft, dpo); "
-                                  f"the {kind.name} recipe {instead}")
+        raise RecipeArgumentError(f"--eval_judge judges the replies of a policy (sft, dpo, grpo, rloo); the {kind.name} "
+                                  "recipe trains a reward model, which writes none")
     from align_proxy.rewards import load_rewards
 
     return load_rewards(script_args.eval_judge, script_args.eval_judge_weights)

@@ -13,15 +13,13 @@ preference pair's chosen). Per prompt, as in AlpacaFarm and AlpacaEval, and each
 
 Each evaluation also prints the length-controlled win rate against the reference, with its interval over prompts
 (`align_proxy.evals.length_control`): what a reply of the reference's length would win. It and the judge's identity
-(`judge_identity`: spec, file and content hash) are the result's details, kept in metrics.json.
+(`align_proxy.rewards.reward_identity`: spec, file and content hash) are the result's details, kept in
+metrics.json.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -29,36 +27,13 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from align_proxy.evals.length_control import length_controlled_win_rate
-from align_proxy.evals.rl import Sampling, per_prompt, prompt_token_ids, reward_columns, sample_and_score
+from align_proxy.evals.rl import (Sampling, judge_record, per_prompt, prompt_token_ids, reward_columns,
+                                  sample_and_score)
 from align_proxy.evals.suite import EvalResult, _load
 from align_proxy.files import files_stamp
 from align_proxy.metrics import preference_win
 from align_proxy.rewards import RewardSet
 from align_proxy.scoring import _tokenize_pair
-
-
-def judge_identity(spec: str) -> dict:
-    """Which judge a spec names: the spec, the directory or source file it comes from (a reward model's directory,
-    or the file defining a reward function), and a SHA-256 of that content, so results judged by a changed judge
-    can be told from the rest. A Hub id has no local content: its path and hash are None."""
-    from align_proxy.rewards import FACTORIES, get_reward
-    from align_proxy.rewards.learned import is_reward_model_dir
-
-    if is_reward_model_dir(spec):
-        path = Path(spec).expanduser().resolve()
-    else:
-        fn = FACTORIES.get(spec) or get_reward(spec)
-        source = inspect.getsourcefile(fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn))
-        path = Path(source).resolve() if source else None
-    if path is None or not path.exists():
-        return {"spec": spec, "path": None, "sha256": None}
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return {"spec": spec, "path": str(path), "sha256": digest.hexdigest()}
 
 
 def win_rates(scores: list[float], others: list[float]) -> list[float]:
@@ -113,8 +88,7 @@ class JudgeEvaluation:
         else:
             result.add("win_rate_vs_base", per_prompt(win_rates(scores, self._judged_samples(self.base_path)[0]), k))
         result.add("response_length", per_prompt([float(n) for n in lengths], k))
-        result.details["judge"] = {"judges": [judge_identity(spec) for spec in self.specs],
-                                   "weights": self.judge.weights, "sampling": asdict(self.sampling)}
+        result.details["judge"] = judge_record(self.specs, self.judge, self.sampling)
         lc = self._length_controlled(model_path, wins, lengths, prompts, references)
         if lc:
             result.details["length_controlled_win_rate"] = lc

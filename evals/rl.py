@@ -3,7 +3,8 @@
 On held-out prompts, for the base and the trained policy alike: each configured reward and their
 weighted total (as trained), the built-in task's gold reward, KL to the reference model and response
 length, all on `num_samples` completions per prompt sampled as in training; plus everything
-`evaluate_policy` scores (greedy task accuracy, completion NLL, preference accuracy). A learned
+`evaluate_policy` scores (greedy task accuracy, completion NLL, preference accuracy). With `--eval_judge`, the
+judge scores the same completions (`judge_reward`): a held-out gold beside the training reward on any data. A learned
 reward and the gold reward are reported side by side because they can disagree: a policy can learn
 to please the reward model without getting more answers right. Conversational prompts are rendered
 and handed to the rewards exactly as GRPO and RLOO do in training.
@@ -11,7 +12,7 @@ and handed to the rewards exactly as GRPO and RLOO do in training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
@@ -23,7 +24,7 @@ from align_proxy.data.tasks import ArithmeticTask
 from align_proxy.files import files_stamp
 from align_proxy.scoring import pad_rows, span_logprob_sums
 from align_proxy.evals.suite import EvalResult, EvalSet, _load, evaluate_policy
-from align_proxy.rewards import RewardSet, arith
+from align_proxy.rewards import RewardSet, arith, reward_identity
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,12 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     return sums
 
 
+def judge_record(specs, judge: RewardSet, sampling: Sampling) -> dict:
+    """Who judged and how the judged replies were sampled: a result's `details["judge"]` (metrics.json)."""
+    return {"judges": [reward_identity(spec) for spec in specs], "weights": judge.weights,
+            "sampling": asdict(sampling)}
+
+
 def per_prompt(values: list[float], num_samples: int) -> list[float]:
     """Each prompt's mean over its `num_samples` samples, which stand in a row."""
     return [sum(values[i:i + num_samples]) / num_samples for i in range(0, len(values), num_samples)]
@@ -124,13 +131,15 @@ def _add_mean(result: EvalResult, name: str, values: list[float], num_samples: i
 @dataclass(frozen=True)
 class ScoredSamples:
     """Completions a policy sampled on held-out prompts (`num_samples` per prompt, in a row), with the run's
-    rewards (each by name, and their weighted total) and, on a built-in task, the gold reward."""
+    rewards (each by name, and their weighted total), on a built-in task the gold reward, and with a judge its
+    weighted score."""
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     per_reward: dict[str, list[float]]
     total: list[float]
     gold: list[float] | None
+    judged: list[float] | None = None
 
 
 def reward_columns(rows: Dataset, repeat: int = 1) -> dict[str, list]:
@@ -141,7 +150,7 @@ def reward_columns(rows: Dataset, repeat: int = 1) -> dict[str, list]:
 
 
 def sample_and_score(model, tokenizer, prompts: Dataset, tokenized: list[list[int]], rewards: RewardSet,
-                     sampling: Sampling, gold: bool) -> ScoredSamples:
+                     sampling: Sampling, gold: bool, judge: RewardSet | None = None) -> ScoredSamples:
     """Sample on `prompts` (their token ids: `prompt_token_ids`) and score every completion as GRPO and RLOO do
     in training: conversational prompts get assistant messages, and the other columns reach the rewards."""
     originals = list(prompts["prompt"])
@@ -154,7 +163,8 @@ def sample_and_score(model, tokenizer, prompts: Dataset, tokenized: list[list[in
     columns = reward_columns(prompts, k)
     per_reward, total = rewards.score(repeated, completions, completion_ids=completion_ids, **columns)
     gold_values = arith.exact_match(repeated, completions, answer=columns.get("answer")) if gold else None
-    return ScoredSamples(prompt_ids, completion_ids, per_reward, total, gold_values)
+    judged = judge.score(repeated, completions, completion_ids=completion_ids, **columns)[1] if judge else None
+    return ScoredSamples(prompt_ids, completion_ids, per_reward, total, gold_values, judged)
 
 
 def log_ratios(policy, reference, samples: ScoredSamples, pad_id: int) -> list[float]:
@@ -164,18 +174,20 @@ def log_ratios(policy, reference, samples: ScoredSamples, pad_id: int) -> list[f
 
 
 def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
-                       sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8) -> EvalResult:
+                       sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8,
+                       judge: RewardSet | None = None, judge_specs: tuple[str, ...] = ()) -> EvalResult:
     """Everything `evaluate_policy` scores, plus the RL metrics on sampled completions (see the module doc).
 
     `reward`, each reward by its name and `gold_reward` are means over samples; `kl_to_reference` is in
     nats per sequence (0 when the policy is the reference); `response_length` counts tokens, EOS
-    included, as TRL's `completions/mean_length` does. Per-item scores are per-prompt means, paired
-    across base and trained policies.
+    included, as TRL's `completions/mean_length` does; `judge_reward` is `judge`'s score of the same samples.
+    Per-item scores are per-prompt means, paired across base and trained policies.
     """
     tokenized = prompt_token_ids(tokenizer, list(prompts["prompt"]), sampling.chat_template_kwargs)  # fails early
     result = evaluate_policy(model_path, tokenizer, evalset, max_new_tokens=max_new_tokens)
     model = _load(AutoModelForCausalLM, model_path)
-    samples = sample_and_score(model, tokenizer, prompts, tokenized, rewards, sampling, gold=evalset.task is not None)
+    samples = sample_and_score(model, tokenizer, prompts, tokenized, rewards, sampling, gold=evalset.task is not None,
+                               judge=judge)
     k = sampling.num_samples
     _add_mean(result, "reward", samples.total, k)
     for name, values in samples.per_reward.items():
@@ -183,6 +195,9 @@ def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Da
         _add_mean(result, name if name not in result.metrics else f"reward_{name}", values, k)
     if samples.gold is not None:
         _add_mean(result, "gold_reward", samples.gold, k)
+    if samples.judged is not None:
+        _add_mean(result, "judge_reward", samples.judged, k)
+        result.details["judge"] = judge_record(judge_specs, judge, sampling)
 
     if reference_path is not None:
         # The reference against itself: every log-ratio is 0.
@@ -208,6 +223,8 @@ class RLEvaluation:
     reference_path: str | None
     max_new_tokens: int
     key: dict
+    judge: RewardSet | None = None  # --eval_judge: scores the same samples (`judge_reward`)
+    judge_specs: tuple[str, ...] = ()
     kind: ClassVar[str] = "rl_policy"
 
     @classmethod
@@ -223,16 +240,20 @@ class RLEvaluation:
             "sampling": [config.max_completion_length, config.temperature, config.top_p, config.top_k, config.min_p],
             # How conversational prompts render (only when set, so other runs keep their cached evaluations).
             **({"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else {}),
+            # The judge (only when there is one, so unjudged runs keep their cached evaluations).
+            **({"judge": list(args.eval_judge), "judge_weights": run.judge.weights,
+                "judge_files": [files_stamp(spec) for spec in args.eval_judge]} if run.judge else {}),
         }
         return cls(run.tokenizer, run.evalset, prompts, rewards, sampling, run.model.path, args.eval_max_new_tokens,
-                   key)
+                   key, run.judge, tuple(args.eval_judge or ()))
 
     def cache_key(self) -> dict:
         return {"evaluation": self.kind, **self.key}
 
     def __call__(self, model_path: str) -> EvalResult:
         return evaluate_rl_policy(model_path, self.tokenizer, self.evalset, self.prompts, self.rewards, self.sampling,
-                                  reference_path=self.reference_path, max_new_tokens=self.max_new_tokens)
+                                  reference_path=self.reference_path, max_new_tokens=self.max_new_tokens,
+                                  judge=self.judge, judge_specs=self.judge_specs)
 
 
 # --- the overoptimization curve of an RL run --------------------------------------------------------------

@@ -14,8 +14,11 @@ finite number per completion, or an error naming it) and weighted by TRL's `rewa
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
+import inspect
+from pathlib import Path
 from typing import Callable
 
 from align_proxy.errors import UnknownNameError
@@ -33,7 +36,8 @@ FACTORIES: dict[str, Callable] = {
     "overlong_penalty": shaping.OverlongPenalty.from_config,
 }
 
-__all__ = ["REWARDS", "FACTORIES", "RewardError", "RewardSet", "check_reward_spec", "get_reward", "load_rewards"]
+__all__ = ["REWARDS", "FACTORIES", "RewardError", "RewardSet", "check_reward_spec", "get_reward", "load_rewards",
+           "reward_identity"]
 
 
 def get_reward(name: str, config=None) -> Callable:
@@ -80,6 +84,28 @@ def check_reward_spec(name: str) -> None:
     if name in FACTORIES or is_reward_model_dir(name):
         return
     get_reward(name)
+
+
+def reward_identity(spec: str) -> dict:
+    """Which reward a spec names (a judge's identity in metrics.json and reports): the spec, the directory or source
+    file it comes from (a reward model's directory, or the file defining a reward function), and a SHA-256 of that
+    content, so results judged by a changed judge can be told from the rest. A Hub id has no local content: its
+    path and hash are None."""
+    if is_reward_model_dir(spec):
+        path = Path(spec).expanduser().resolve()
+    else:
+        fn = FACTORIES.get(spec) or get_reward(spec)
+        source = inspect.getsourcefile(fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn))
+        path = Path(source).resolve() if source else None
+    if path is None or not path.exists():
+        return {"spec": spec, "path": None, "sha256": None}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"spec": spec, "path": str(path), "sha256": digest.hexdigest()}
 
 
 def _own_module(module_name: str) -> str:

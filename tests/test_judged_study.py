@@ -38,9 +38,10 @@ def _spec(tmp_path: Path, models: list[str], evaluation: dict, recipes: list[dic
 
 def test_the_judge_reaches_only_the_recipes_whose_replies_it_judges(tmp_path):
     spec = load_spec(_spec(tmp_path, ["ladder-s", "ladder-m"], {"judge": "arith_exact_match", "num_samples": 3},
-                           [{"recipe": "sft"}, {"recipe": "reward"}]))
+                           [{"recipe": "sft"}, {"recipe": "grpo", "metric": "judge_reward"}, {"recipe": "reward"}]))
     assert spec.evaluation == {"eval_judge": ["arith_exact_match"], "eval_num_samples": 3}
-    assert spec.evaluation_for("sft") == {"eval_judge": ["arith_exact_match"], "eval_num_samples": 3}
+    for judged in ("sft", "grpo"):  # an RL recipe's judge scores its own samples
+        assert spec.evaluation_for(judged) == {"eval_judge": ["arith_exact_match"], "eval_num_samples": 3}
     assert spec.evaluation_for("reward") == {"eval_num_samples": 3}  # a reward model writes nothing to judge
     assert spec.judge == {"judge": ["arith_exact_match"], "weights": None, "num_samples": 3}
 
@@ -50,7 +51,9 @@ def test_the_judge_reaches_only_the_recipes_whose_replies_it_judges(tmp_path):
     ({"judge": "arith_exact_match", "eval_judge": "arith_exact_match"}, None, "set the same flag; keep one"),
     ({"judge": ["arith_exact_match"], "judge_weights": [1, 2]}, None, "one number per judge"),
     ({}, None, "the spec names no judge: add evaluation: {judge: SPEC}"),
-    ({"judge": "arith_exact_match"}, [{"recipe": "grpo", "metric": "judge_reward"}], "only sft and dpo take one"),
+    ({"judge": "arith_exact_match"}, [{"recipe": "grpo", "metric": "win_rate_vs_base"}],
+     "the grpo recipe's judge gives judge_reward"),
+    ({"judge": "arith_exact_match"}, [{"recipe": "reward", "metric": "judge_reward"}], "judge gives nothing"),
 ])
 def test_a_judged_spec_error_names_the_key_and_the_fix(tmp_path, evaluation, recipes, message):
     with pytest.raises(StudySpecError, match=message):
@@ -106,3 +109,12 @@ def test_a_killed_judged_study_rerun_judges_no_finished_cell_again(tiny_ladder, 
     assert judge["spec"] == JUDGE and judge["path"] == str(support.resolve())
     assert judge["sha256"] == hashlib.sha256(b"support.py" + support.read_bytes()).hexdigest()
     assert "Judge of the judged metrics" in (tmp_path / "study" / "report.md").read_text()
+
+
+def test_the_shipped_judged_study_judges_sft_and_dpo_from_it_on_every_rung():
+    spec = load_spec(REPO / "align_proxy/studies/judged.yaml")
+    assert spec.models == ["ladder-s", "ladder-m", "ladder-l"]
+    assert {p.recipe: p.metric for p in spec.recipes} == {"sft": "judge_reward", "dpo": "win_rate_vs_reference"}
+    (dpo,) = [p for p in spec.recipes if p.recipe == "dpo"]
+    assert dpo.start_from["recipe"] == "sft"
+    assert spec.judge == {"judge": ["arith_exact_match"], "weights": None, "num_samples": 4}

@@ -40,13 +40,16 @@ def test_grpo_trains_with_hf_generation_and_weighted_gold_rewards(tiny_model, tm
     # overlap is dense, so the parameters must move.
     metrics = run_rl("grpo", "grpo_ladder_cpu.yaml", tmp_path / "out", tiny_model, "--reward_funcs",
                      "arith_exact_match", "arith_digit_overlap", "--reward_weights", "1.0", "0.5",
-                     "--base_eval_cache", str(tmp_path / "cache"))
+                     "--base_eval_cache", str(tmp_path / "cache"), "--eval_judge", "arith_digit_overlap")
     assert "rollouts: Hugging Face generate (vLLM not requested)" in capsys.readouterr().out
     base, trained = metrics["eval"]["base"], metrics["eval"]["trained"]
     assert RL_METRICS | {"arith_exact_match", "arith_digit_overlap"} <= set(trained) and set(trained) == set(base)
     assert base["kl_to_reference"] == 0.0 and trained["kl_to_reference"] != 0.0  # the policy left its reference
     assert trained["reward"] == pytest.approx(trained["arith_exact_match"] + 0.5 * trained["arith_digit_overlap"])
     assert trained["gold_reward"] == trained["arith_exact_match"]  # the same samples, the same gold
+    # The judge scores the same samples: judging with one of the training rewards gives that reward, per prompt.
+    assert metrics["eval"]["items"]["trained"]["judge_reward"] == metrics["eval"]["items"]["trained"]["arith_digit_overlap"]
+    assert metrics["eval"]["details"]["trained"]["judge"]["judges"][0]["spec"] == "arith_digit_overlap"
     assert_paired(metrics)
     logged = {key for entry in metrics["train"]["log_history"] for key in entry}
     assert {"loss", "rewards/arith_exact_match/mean", "rewards/arith_digit_overlap/mean"} <= logged

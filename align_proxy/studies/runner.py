@@ -166,14 +166,14 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
 
 
 def _judge(spec: StudySpec) -> dict | None:
-    """Who judges the study's judged cells, each judge named by its content (`evals.judge.judge_identity`)."""
+    """Who judges the study's judged cells, each judge named by its content (`rewards.reward_identity`)."""
     if spec.judge is None:
         return None
-    from align_proxy.evals.judge import judge_identity
+    from align_proxy.rewards import reward_identity
 
     judge = dict(spec.judge)
     specs = judge.pop("judge")
-    return {**judge, "judges": [judge_identity(s) for s in specs]}
+    return {**judge, "judges": [reward_identity(s) for s in specs]}
 
 
 def _target(spec: StudySpec) -> list | None:

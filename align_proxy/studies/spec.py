@@ -172,11 +172,12 @@ def _check(raw: dict, path: Path) -> StudySpec:
         if plan.best_of_n and not dataset.startswith("builtin:"):
             fail(path, f"{plan.recipe}.best_of_n scores samples by a built-in task's gold reward on its held-out "
                         f"prompts; dataset {dataset!r} is not a built-in task (use builtin:arith)")
-        if plan.metric in JUDGED_METRICS and not (KINDS[plan.recipe].judged and evaluation.get("eval_judge")):
+        judged = KINDS[plan.recipe].judged_metrics
+        if plan.metric in JUDGED_METRICS and not (plan.metric in judged and evaluation.get("eval_judge")):
             fail(path, f"recipes: {plan.recipe}'s metric {plan.metric} is judged, and "
-                        + (f"no judge scores the {plan.recipe} recipe's replies (only sft and dpo take one)"
-                           if evaluation.get("eval_judge") else "the spec names no judge: add evaluation: {judge: "
-                           "SPEC} (a registered reward, module:function or a reward-model directory)"))
+                       + (f"the {plan.recipe} recipe's judge gives {', '.join(judged) or 'nothing'}"
+                          if evaluation.get("eval_judge") else "the spec names no judge: add evaluation: {judge: "
+                          "SPEC} (a registered reward, module:function or a reward-model directory)"))
         if lm_eval_tasks and not KINDS[plan.recipe].policy:
             fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
                         "score; run it in a study of its own, or without lm_eval_tasks")
