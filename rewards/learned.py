@@ -3,7 +3,10 @@
 TRL can take a reward model's path itself, but it scores `prompt + completion` without the BOS and
 EOS tokens the reward trainer put around every pair it learned from, so its scores drift from the
 ones the model was trained (and evaluated) to give. This wrapper scores exactly the way
-`align_proxy.scoring.reward_scores` does, with the reward model's own tokenizer.
+`align_proxy.scoring.reward_scores` does, with the reward model's own tokenizer. A conversation (TRL's
+conversational format) is rendered through that tokenizer's own chat template, prompt and reply as one
+conversation, as TRL's RewardTrainer renders the pairs it trains on; a reward model whose tokenizer has no template
+was trained on text, and reads the prompt's last message and the reply's text.
 """
 
 from __future__ import annotations
@@ -59,5 +62,8 @@ class LearnedReward:
         self.batch_size = batch_size
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        if prompts and isinstance(prompts[0], list) and self.tokenizer.chat_template is not None:
+            replies = [c if isinstance(c, list) else [{"role": "assistant", "content": c}] for c in completions]
+            return reward_scores(self.model, self.tokenizer, list(prompts), replies, batch_size=self.batch_size)
         return reward_scores(self.model, self.tokenizer, [_prompt_text(p) for p in prompts],
                              [_text(c) for c in completions], batch_size=self.batch_size)

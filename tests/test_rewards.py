@@ -133,6 +133,32 @@ def test_a_reward_model_directory_is_a_learned_reward(reward_model_dir):
     assert scores == pytest.approx(reward_scores(model, build_tokenizer(), ["12+35="] * 2, ["47", "46"]), abs=1e-5)
 
 
+def test_a_reward_model_with_a_chat_template_reads_a_conversation_through_its_own_template(reward_model_dir,
+                                                                                          tmp_path):
+    """A judge such as a Hub reward model scores a conversation as it was trained to read it: its own tokenizer's
+    template renders prompt and reply as one conversation (TRL's RewardTrainer: apply_chat_template(prompt +
+    chosen)), not the flattened text a template-less reward model reads."""
+    from align_proxy.chat_template import install_chat_template
+
+    templated = tmp_path / "templated-rm"
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+    model.save_pretrained(templated)
+    tokenizer = build_tokenizer()
+    install_chat_template(tokenizer, "minimal")
+    tokenizer.save_pretrained(templated)
+    prompt = [{"role": "user", "content": "12+35="}]
+    replies = [[{"role": "assistant", "content": "47"}], [{"role": "assistant", "content": "46"}]]
+    scores = LearnedReward(templated)([prompt, prompt], replies)
+    rendered = [tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"]
+                for reply in replies]
+    with torch.no_grad():
+        direct = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in rendered]
+    assert scores == pytest.approx(direct, abs=1e-5)
+    flattened = LearnedReward(reward_model_dir)([prompt, prompt], replies)  # no template: the text it was trained on
+    assert flattened == pytest.approx(LearnedReward(reward_model_dir)(["12+35="] * 2, ["47", "46"]), abs=1e-6)
+    assert scores != pytest.approx(flattened, abs=1e-4)
+
+
 def test_a_policy_directory_is_not_a_reward_model(tiny_model):
     assert not learned.is_reward_model_dir(tiny_model)
     with pytest.raises(ValueError, match="not a reward model.*recipes/reward.py"):

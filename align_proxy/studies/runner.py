@@ -110,8 +110,9 @@ def run_study(spec: StudySpec, jobs: int | None = None, retry_failed: bool = Fal
     try:
         scripts = {plan.recipe: recipe_script(plan.recipe) for plan in spec.recipes}
         configs = {plan.recipe: plan.config for plan in spec.recipes}
-        # The cell server's imports overlap with resolving models (and building the ladder) here.
-        kinds = [recipe_kind(plan.recipe) for plan in spec.recipes]
+        # The cell server's imports overlap with resolving models (and building the ladder) here. A launched
+        # recipe's cells exec `accelerate launch`, whose processes import everything anew: nothing to preload.
+        kinds = [recipe_kind(plan.recipe) for plan in spec.recipes if not plan.launch]
         context = start_forkserver(kinds) if executor == "local" else None
         store = ResultStore(paths.db)
         cells = spec.cells()
