@@ -187,8 +187,11 @@ class CellKind:
         return load_object(self.expand)(spec, cells)
 
     def argv(self, cell, config: str | None, cell_dir: Path, base_evals: Path, start_model: Path | None,
-             reward_model: Path | None) -> list[str]:
-        return load_object(self.command)(cell, config, cell_dir, base_evals, start_model, reward_model)
+             reward_model: Path | None, judge_model: Path | None = None) -> list[str]:
+        """The cell's command line; `judge_model` only for a cell judged by another cell's reward model (a train
+        cell's `judge_from`)."""
+        judged = {"judge_model": judge_model} if judge_model is not None else {}
+        return load_object(self.command)(cell, config, cell_dir, base_evals, start_model, reward_model, **judged)
 
     @property
     def entry_path(self) -> Path | None:

@@ -118,3 +118,69 @@ def test_the_shipped_judged_study_judges_sft_and_dpo_from_it_on_every_rung():
     (dpo,) = [p for p in spec.recipes if p.recipe == "dpo"]
     assert dpo.start_from["recipe"] == "sft"
     assert spec.judge == {"judge": ["arith_exact_match"], "weights": None, "num_samples": 4}
+
+
+def _cell_judged_spec(tmp_path: Path, models: list[str], judge: dict, reward_grid: dict | None = None) -> Path:
+    return _spec(tmp_path, models, {"judge": judge, "num_samples": 2},
+                 [{"recipe": "reward", **({"grid": reward_grid} if reward_grid else {})},
+                  {"recipe": "sft", "metric": "judge_reward"}, {"recipe": "dpo", "start_from": "sft"}])
+
+
+def test_a_reward_cell_of_the_study_judges_every_judged_cell_which_waits_for_it(tmp_path):
+    from align_proxy.studies.cell_runs import cell_command
+    from align_proxy.studies.execute.cells import needed_dirs
+    from align_proxy.studies.execute.scheduler import stranded
+
+    spec = load_spec(_cell_judged_spec(tmp_path, ["ladder-s", "ladder-m"], {"recipe": "reward", "model": "ladder-m"}))
+    assert spec.judge_cell == {"recipe": "reward", "variant": "default", "model": "ladder-m", "seed": 0}
+    cells = spec.cells()
+    (judge,) = [c for c in cells if (c.recipe, c.model) == ("reward", "ladder-m")]
+    judged = [c for c in cells if c.recipe in ("sft", "dpo")]
+    assert len(judged) == 4 and all(c.judge_from == judge.config_hash and judge.config_hash in c.needs for c in judged)
+    assert all(c.judge_from is None for c in cells if c.recipe == "reward")  # a reward model writes nothing to judge
+    _, argv = cell_command(judged[0], "recipes/sft.py", "c.yaml", tmp_path / "cell", tmp_path / "base",
+                           *needed_dirs(judged[0], lambda h: tmp_path / h))
+    assert argv[argv.index("--eval_judge") + 1] == str(tmp_path / judge.config_hash)
+    assert "eval_judge" not in judged[0].overrides  # the cell's hash names the judge by its cell, not a path
+    # Another judge cell, another cell name: a judged result is never reused for another judge.
+    other = load_spec(_cell_judged_spec(tmp_path, ["ladder-s", "ladder-m"], {"recipe": "reward", "model": "ladder-s"}))
+    assert not {c.config_hash for c in other.cells() if c.recipe == "sft"} & {c.config_hash for c in judged}
+    # If the judge cell fails, every judged cell is stranded, saying why.
+    why = dict((c.config_hash, reason) for c, reason in stranded(judged, {judge.config_hash: "failed"}))
+    assert len(why) == 4 and all("the cell whose reward model judges it" in r for r in why.values())
+
+
+@pytest.mark.parametrize("judge, grid, message", [
+    ({"recipe": "sft", "model": "ladder-m"}, None, "'sft' is not a recipe listed before the first judged one"),
+    ({"recipe": "reward", "model": "ladder-xl"}, None, "'ladder-xl' is not one of the study's models"),
+    ({"recipe": "reward", "model": "ladder-m", "seed": 7}, None, "7 is not one of the study's seeds"),
+    ({"recipe": "reward", "model": "ladder-m"}, {"learning_rate": [1e-3, 3e-4]}, "name the one to be judged by"),
+])
+def test_a_judge_cell_error_names_the_key_and_the_fix(tmp_path, judge, grid, message):
+    with pytest.raises(StudySpecError, match=message):
+        load_spec(_cell_judged_spec(tmp_path, ["ladder-s", "ladder-m"], judge, grid))
+
+
+@pytest.mark.slow  # a tiny reward model and two tiny SFT cells it judges: ~30 s
+def test_a_study_trains_its_own_gold_reward_model_and_judges_with_it(tiny_ladder, tmp_path):
+    small, large = (r.path for r in tiny_ladder)
+    reward = dict(yaml.safe_load((REPO / "recipes/configs/reward_ladder_cpu.yaml").read_text()),
+                  builtin_train_size=128, builtin_test_size=8, eval_size=8, max_steps=4, num_train_epochs=1)
+    (tmp_path / "reward.yaml").write_text(yaml.safe_dump(reward))
+    spec = _spec(tmp_path, [small, large], {"judge": {"recipe": "reward", "model": large}, "num_samples": 2},
+                 [{"recipe": "reward", "config": str(tmp_path / "reward.yaml")}])
+    raw = yaml.safe_load(spec.read_text())
+    raw["recipes"].append({"recipe": "sft", "config": str(tmp_path / "sft.yaml"), "metric": "judge_reward"})
+    spec.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "2"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    db = tmp_path / "study" / "results.sqlite"
+    (judge,) = [h for (h,) in rows(db, f"SELECT config_hash FROM cells WHERE recipe = 'reward' AND model = '{large}'")]
+    judge_dir = tmp_path / "study" / "cells" / judge
+    for (cell,) in rows(db, "SELECT config_hash FROM cells WHERE recipe = 'sft'"):
+        details = json.loads((tmp_path / "study" / "cells" / cell / "metrics.json").read_text())["eval"]["details"]
+        assert [j["path"] for j in details["trained"]["judge"]["judges"]] == [str(judge_dir.resolve())]
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    assert report["judge"]["cell"]["config_hash"] == judge and report["judge"]["judges"][0]["sha256"]
+    assert {"judge_reward", "win_rate_vs_reference", "win_rate_vs_base"} <= {g["metric"] for g in report["gains"]}

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from align_proxy.cells.params import BestOfNParams, ProxyTuneParams
-from align_proxy.kinds import CELL_KINDS
+from align_proxy.kinds import CELL_KINDS, KINDS
 
 
 def _digest(described: dict, **dumps) -> str:
@@ -35,9 +35,12 @@ def train_cells(spec, cells: list) -> list:
                 described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}
             start = find_cell(cells + out, plan.start_from, model, seed)  # its hash names all its model came from
             reward = find_cell(cells + out, plan.reward_from, model, seed)
-            described |= {k: v for k, v in (("start_from", start), ("reward_from", reward)) if v is not None}
+            judge = (find_cell(cells + out, spec.judge_cell, model, spec.judge_cell["seed"])
+                     if spec.judge_cell and KINDS[plan.recipe].judged else None)
+            described |= {k: v for k, v in (("start_from", start), ("reward_from", reward), ("judge_from", judge))
+                          if v is not None}
             out.append(Cell(model, plan.recipe, variant, seed, overrides, _digest(described, default=str),
-                            plan.launch, start, reward_from=reward))
+                            plan.launch, start, reward_from=reward, judge_from=judge))
     return out
 
 
@@ -84,7 +87,7 @@ def best_of_n_cells(spec, cells: list) -> list:
 
 
 def find_cell(cells: list, ref: dict, model: str, seed: int) -> str | None:
-    """The hash of the cell a `start_from`/`reward_from` reference names for a cell of `model` and `seed`: the
+    """The hash of the cell a `start_from`/`reward_from`/judge reference names for a cell of `model` and `seed`: the
     referenced recipe's variant, on the reference's own "model" if it names one, else on `model`."""
     if not ref:
         return None

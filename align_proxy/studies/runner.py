@@ -162,19 +162,34 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
     store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
                    primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds,
                    starts={p.recipe: p.start_from for p in spec.recipes if p.start_from},
-                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from}, judge=_judge(spec))
+                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from}, judge=_judge(spec, cells))
     store.add_cells(cells)
 
 
-def _judge(spec: StudySpec) -> dict | None:
-    """Who judges the study's judged cells, each judge named by its content (`rewards.reward_identity`)."""
+def _judge(spec: StudySpec, cells: list[Cell]) -> dict | None:
+    """Who judges the study's judged cells, each judge named by its content (`rewards.reward_identity`); a judge that
+    is a cell of the study is named by that cell, its content read when the report is written (`_judge_now`)."""
     if spec.judge is None:
         return None
     from align_proxy.rewards import reward_identity
 
     judge = dict(spec.judge)
     specs = judge.pop("judge")
+    if spec.judge_cell:
+        judged = next((c.judge_from for c in cells if c.judge_from), None)
+        return {**judge, "cell": {**spec.judge_cell, "config_hash": judged}, "judges": []}
     return {**judge, "judges": [reward_identity(s) for s in specs]}
+
+
+def _judge_now(judge: dict | None, paths: StudyPaths) -> dict | None:
+    """The study's judge for its report: a judge cell's model named by its content once the cell has trained it."""
+    if not judge or "cell" not in judge:
+        return judge
+    from align_proxy.rewards import reward_identity
+    from align_proxy.rewards.learned import is_reward_model_dir
+
+    directory = paths.cell(judge["cell"]["config_hash"]) if judge["cell"]["config_hash"] else None
+    return {**judge, "judges": [reward_identity(str(directory))] if directory and is_reward_model_dir(directory) else []}
 
 
 def _target(spec: StudySpec) -> list | None:
@@ -211,6 +226,6 @@ def write_study_report(study_dir: Path) -> WrittenReport:
     target = tuple(info["target"]) if info.get("target") else None
     cells = [c for c in store.cells() if c["config_hash"] in current]
     analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
-                       starts=info.get("starts"), rewards_from=info.get("rewards_from"), judge=info.get("judge"))
+                       starts=info.get("starts"), rewards_from=info.get("rewards_from"), judge=_judge_now(info.get("judge"), study_paths(study_dir)))
     title = f"Transfer study: {info.get('name', study_dir.name)}"
     return WrittenReport(analysis, write_report(study_dir, analysis, results, title=title))

@@ -71,6 +71,7 @@ class Cell:
     launch: dict = field(default_factory=dict)  # the recipe plan's `launch`, config_file resolved
     start_from: str | None = None  # config_hash of the cell whose trained model this cell starts from
     reward_from: str | None = None  # config_hash of the reward cell whose model this cell's rewards come from
+    judge_from: str | None = None  # config_hash of the reward cell whose model judges this cell's replies
     # Which kind of cell (`align_proxy.kinds.CELL_KINDS`) and its typed parameters (`CellKind.params`). A
     # proxy-tuning cell's `model` is the large base it steers and `start_from` the small cell whose model is the
     # expert; a best-of-n cell's `model` is its reward model's, `reward_from` the reward cell and `start_from` the
@@ -80,8 +81,9 @@ class Cell:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """The cells that must be done before this one runs: the one it starts from, the one its reward is."""
-        return tuple(h for h in (self.start_from, self.reward_from) if h is not None)
+        """The cells that must be done before this one runs: the one it starts from, the one its reward is, the one
+        whose reward model judges it."""
+        return tuple(h for h in (self.start_from, self.reward_from, self.judge_from) if h is not None)
 
     @property
     def processes(self) -> int:
@@ -104,9 +106,16 @@ class StudySpec:
     target: str | float | None = None  # a registry name or a parameter count to predict gains at
 
     def evaluation_for(self, recipe: str) -> dict:
-        """The `evaluation:` flags a cell of `recipe` gets: all of them, less the judge's where it judges nothing."""
-        judged = KINDS[recipe].judged
+        """The `evaluation:` flags a cell of `recipe` gets: all of them, less the judge's where it judges nothing, and
+        less a judge that is a cell (`judge_cell`: its directory becomes the flag when the cell runs)."""
+        judged = KINDS[recipe].judged and not self.judge_cell
         return {k: v for k, v in self.evaluation.items() if judged or k not in JUDGE_FLAGS}
+
+    @property
+    def judge_cell(self) -> dict | None:
+        """The reward cell whose model judges every judged cell ({recipe, variant, model, seed}), if the judge is one."""
+        judge = self.evaluation.get("eval_judge")
+        return judge if isinstance(judge, dict) else None
 
     @property
     def judge(self) -> dict | None:
@@ -162,6 +171,9 @@ def _check(raw: dict, path: Path) -> StudySpec:
         recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks, [str(m) for m in models]))
     if not recipes:
         fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+    if isinstance(evaluation.get("eval_judge"), dict):
+        evaluation["eval_judge"] = _check_judge_cell(evaluation["eval_judge"], recipes, [str(m) for m in models], seeds,
+                                                     path)
     # Every cell takes the evaluation keys as flags: each must be a field of every listed recipe's arguments class
     # (RecipeArguments or a subclass; read from the kinds, so a spec of light kinds never imports TRL).
     arguments = {KINDS[plan.recipe].arguments for plan in recipes}
@@ -184,6 +196,30 @@ def _check(raw: dict, path: Path) -> StudySpec:
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
                      dataset=dataset, evaluation=evaluation, target=raw.get("target"))
+
+
+def _check_judge_cell(judge: dict, recipes: list[RecipePlan], models: list[str], seeds: list[int], path: Path) -> dict:
+    """`evaluation.judge: {recipe: reward, model: ladder-l[, variant: ..., seed: 0]}`: the model one cell of a reward
+    recipe trains judges every judged cell (Gao et al.'s synthetic gold reward model). The reward recipe is listed
+    before every judged one (cells wait on it); `seed` defaults to the study's first."""
+    where = "evaluation.judge"
+    first_judged = next((i for i, plan in enumerate(recipes) if KINDS[plan.recipe].judged), len(recipes))
+    before = [plan.recipe for plan in recipes[:first_judged]]
+    if judge.get("recipe") not in before:
+        fail(path, f"{where}.recipe: {judge.get('recipe')!r} is not a recipe listed before the first judged one "
+                   f"({recipes[first_judged].recipe if first_judged < len(recipes) else 'none'}); list the reward "
+                   "recipe whose cell judges first (its cells run before the cells it judges)")
+    reference = _check_reference({k: v for k, v in judge.items() if k != "seed"}, recipes[:first_judged], path, where,
+                                 "be judged by", extra={"model"})
+    if KINDS[reference["recipe"]].policy:
+        fail(path, f"{where}: {reference['recipe']!r} trains a policy, not a reward model; name a reward recipe")
+    if str(judge.get("model")) not in models:
+        fail(path, f"{where}.model: {judge.get('model')!r} is not one of the study's models ({', '.join(models)}); "
+                   "name the model whose reward cell judges")
+    seed = judge.get("seed", seeds[0])
+    if seed not in seeds:
+        fail(path, f"{where}.seed: {seed!r} is not one of the study's seeds ({', '.join(map(str, seeds))})")
+    return {**reference, "model": str(judge["model"]), "seed": seed}
 
 
 def _check_model(model: str, path: Path) -> None:

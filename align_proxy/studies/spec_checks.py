@@ -37,10 +37,15 @@ def check_evaluation(evaluation, path: Path) -> dict:
         if flag in flags:
             fail(path, f"evaluation: {key!r} and {flag!r} set the same flag; keep one")
         flags[flag] = value
-    if flags.get("eval_judge") is not None:
+    if isinstance(flags.get("eval_judge"), dict):  # a cell of the study (spec.py checks which, once recipes are read)
+        check_keys(flags["eval_judge"], {"recipe", "model", "variant", "seed"}, path, "evaluation.judge")
+        if flags.get("eval_judge_weights") is not None:
+            fail(path, "evaluation.judge_weights: a judge that is a cell of the study is one judge; drop the weights")
+    elif flags.get("eval_judge") is not None:
         specs = flags["eval_judge"] = [flags["eval_judge"]] if isinstance(flags["eval_judge"], str) else flags["eval_judge"]
         if not isinstance(specs, list) or not specs or not all(isinstance(s, str) for s in specs):
-            fail(path, f"evaluation.judge must be a reward spec or a list of them, got {specs!r}")
+            fail(path, f"evaluation.judge must be a reward spec, a list of them, or a reward cell of the study "
+                       f"({{recipe: reward, model: ...}}), got {specs!r}")
         weights = flags.get("eval_judge_weights")
         if weights is not None and (not isinstance(weights, list) or len(weights) != len(specs)):
             fail(path, f"evaluation.judge_weights must list one number per judge ({len(specs)}), got {weights!r}")

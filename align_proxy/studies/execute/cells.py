@@ -67,7 +67,7 @@ def launch_flags(launch: dict) -> list[str]:
             "--main_process_port", str(port)]
 
 
-def needed_dirs(cell: Cell, cell_dir) -> tuple[Path | None, Path | None]:
-    """The directories of the cells a cell starts from and takes its reward model from (`cell_dir(hash)`)."""
-    return (cell_dir(cell.start_from) if cell.start_from else None,
-            cell_dir(cell.reward_from) if cell.reward_from else None)
+def needed_dirs(cell: Cell, cell_dir) -> tuple[Path | None, Path | None, Path | None]:
+    """The directories of the cells a cell starts from, takes its reward model from and is judged by
+    (`cell_dir(hash)`)."""
+    return tuple(cell_dir(h) if h else None for h in (cell.start_from, cell.reward_from, cell.judge_from))

@@ -78,7 +78,8 @@ class Executor(Protocol):
 
 def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]]:
     """Queued cells that can never run, and why: a cell they need (`Cell.needs`: the one they start from, the one
-    their reward model comes from) failed or diverged (so left no model), or is itself stranded."""
+    their reward model comes from, the one whose reward model judges them) failed or diverged (so left no model),
+    or is itself stranded."""
     why = {h: ("diverged: it saved no model" if s == "diverged" else "failed") for h, s in status.items()
            if s in ("failed", "diverged")}
     found: list[tuple[Cell, str]] = []
@@ -86,11 +87,16 @@ def stranded(queue: list[Cell], status: dict[str, str]) -> list[tuple[Cell, str]
     while grew:
         new = [(c, next(h for h in c.needs if h in why)) for c in queue
                if c.config_hash not in why and any(h in why for h in c.needs)]
-        role = {True: "the cell it starts from", False: "the cell its reward model comes from"}
-        found += [(c, f"{role[needed == c.start_from]} ({needed}) {why[needed]}") for c, needed in new]
+        found += [(c, f"{_role(c, needed)} ({needed}) {why[needed]}") for c, needed in new]
         why |= {c.config_hash: "failed" for c, _ in new}
         grew = bool(new)
     return found
+
+
+def _role(cell: Cell, needed: str) -> str:
+    return ("the cell it starts from" if needed == cell.start_from else
+            "the cell its reward model comes from" if needed == cell.reward_from else
+            "the cell whose reward model judges it")
 
 
 def startable(queue: list[Cell], status: dict[str, str]) -> list[Cell]:

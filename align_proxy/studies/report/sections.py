@@ -199,6 +199,10 @@ def _base_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
 
 def _judge_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
     judge = analysis.judge
+    if "cell" in judge and not judge["judges"]:
+        cell = judge["cell"]
+        return ["judge", "status"], [[f"the {cell['recipe']} cell of {cell['model']} ({cell['variant']}, seed "
+                                      f"{cell['seed']}, {cell['config_hash']})", "not trained yet"]]
     weights = judge.get("weights") or [1.0] * len(judge["judges"])
     rows = [[j["spec"], f"{w:g}", j["path"] or "(not local)", (j["sha256"] or "")[:16], str(judge.get("num_samples") or "")]
             for j, w in zip(judge["judges"], weights)]
