@@ -225,6 +225,11 @@ class HeldOut:
     dataset_config: str | None = None
     test_split: str = "test"
     tokenizer_name: str | None = None
+    # The run's judge (--eval_judge and its sampling): the proxy-tuned model is judged as the run's models were.
+    judge: tuple[str, ...] = ()
+    judge_weights: tuple[float, ...] | None = None
+    num_samples: int = 4
+    temperature: float = 1.0
 
     @classmethod
     def of_run(cls, model_dir: str | Path, **overrides) -> HeldOut:
@@ -239,7 +244,10 @@ class HeldOut:
                       "eval_size": args.get("eval_size"), "eval_seed": args.get("eval_seed"),
                       "max_new_tokens": args.get("eval_max_new_tokens"),
                       "builtin_test_size": args.get("builtin_test_size"), "dataset_config": args.get("dataset_config"),
-                      "test_split": args.get("dataset_test_split"), "tokenizer_name": args.get("tokenizer_name_or_path")}
+                      "test_split": args.get("dataset_test_split"), "tokenizer_name": args.get("tokenizer_name_or_path"),
+                      "judge": tuple(args.get("eval_judge") or ()) or None,
+                      "judge_weights": tuple(args["eval_judge_weights"]) if args.get("eval_judge_weights") else None,
+                      "num_samples": args.get("eval_num_samples"), "temperature": args.get("eval_temperature")}
         fields.update(overrides)
         return cls(**{k: v for k, v in fields.items() if v is not None})
 
@@ -279,6 +287,13 @@ def score_proxy_tuning(models: ProxyModels, held_out: HeldOut, tuned: str | None
     model, tokenizer = load_proxy_tuned(models, held_out.tokenizer_name)
     score = lambda m: score_policy(m, tokenizer, evalset, held_out.max_new_tokens)  # noqa: E731
     scores = ProxyTuningScores(score(model.base), score(model), score(model.expert))
+    if held_out.judge:  # judged as the run was: the large base, and the proxy-tuned model against it
+        from align_proxy.evals.judge import JudgeEvaluation
+        from align_proxy.evals.suite import EvalResult
+
+        judged = JudgeEvaluation.of_held_out(tokenizer, evalset, held_out)
+        scores.base = EvalResult.merged([scores.base, judged.judge_model(model.base, None, "large base")])
+        scores.proxy = EvalResult.merged([scores.proxy, judged.judge_model(model, model.base, "proxy-tuned model")])
     if tuned_path is not None:
         device = model.device
         del model

@@ -69,42 +69,60 @@ class JudgeEvaluation:
                             seed=args.eval_seed)
         return cls(run.tokenizer, items, run.judge, tuple(args.eval_judge), sampling, run.model.path)
 
+    @classmethod
+    def of_held_out(cls, tokenizer, evalset, held_out) -> JudgeEvaluation:
+        """The judged evaluation a run's held-out settings describe (`align_proxy.proxy_tuning.HeldOut`: its judge and
+        sampling, read from the run's run_config.yaml): how a proxy-tuning cell judges as its expert's run did."""
+        from align_proxy.rewards import load_rewards
+
+        judge = load_rewards(list(held_out.judge), list(held_out.judge_weights) if held_out.judge_weights else None)
+        sampling = Sampling(held_out.max_new_tokens, held_out.temperature, num_samples=held_out.num_samples,
+                            seed=held_out.eval_seed)
+        return cls(tokenizer, evalset.completions, judge, tuple(held_out.judge), sampling, "")
+
     def cache_key(self) -> dict:
         return {"evaluation": self.kind, "judge": list(self.specs), "judge_weights": self.judge.weights,
                 "judge_files": [files_stamp(spec) for spec in self.specs], "sampling": asdict(self.sampling)}
 
     def __call__(self, model_path: str) -> EvalResult:
+        if model_path == self.base_path:
+            return self.judge_model(_load(AutoModelForCausalLM, model_path), None, "base model")
+        return self.judge_model(_load(AutoModelForCausalLM, model_path), self.base_path, "trained model")
+
+    def judge_model(self, model, base, who: str) -> EvalResult:
+        """`model` (loaded: a proxy-tuned one too) judged; `base` its base model, loaded or its path (loaded only
+        then), or None when `model` is the base (its win rate against itself is 0.5)."""
         k = self.sampling.num_samples
         references = list(self.items["completion"])
         prompts = list(self.items["prompt"])
         _, reference_scores = self.judge.score(prompts, references, **reward_columns(self.items))
-        scores, lengths = self._judged_samples(model_path)
+        scores, lengths = self._judged_samples(model)
         result = EvalResult()
         result.add("judge_reward", per_prompt(scores, k))
         wins = win_rates(scores, [s for s in reference_scores for _ in range(k)])
         result.add("win_rate_vs_reference", per_prompt(wins, k))
-        if model_path == self.base_path:
+        if base is None:
             result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
         else:
-            result.add("win_rate_vs_base", per_prompt(win_rates(scores, self._judged_samples(self.base_path)[0]), k))
+            base_scores = self._judged_samples(_load(AutoModelForCausalLM, base) if isinstance(base, str) else base)[0]
+            result.add("win_rate_vs_base", per_prompt(win_rates(scores, base_scores), k))
         result.add("response_length", per_prompt([float(n) for n in lengths], k))
         result.details["judge"] = judge_record(self.specs, self.judge, self.sampling)
-        lc = self._length_controlled(model_path, wins, lengths, prompts, references)
+        lc = self._length_controlled(who, wins, lengths, prompts, references)
         if lc:
             result.details["length_controlled_win_rate"] = lc
         return result
 
-    def _judged_samples(self, model_path: str) -> tuple[list[float], list[int]]:
-        """The judge's score and the token length of each reply `model_path` samples, `num_samples` per prompt in a
-        row, sampled and scored as the RL evaluation does (`align_proxy.evals.rl.sample_and_score`): conversational
+    def _judged_samples(self, model) -> tuple[list[float], list[int]]:
+        """The judge's score and the token length of each reply `model` samples, `num_samples` per prompt in a row,
+        sampled and scored as the RL evaluation does (`align_proxy.evals.rl.sample_and_score`): conversational
         prompts get assistant messages, and the items' other columns reach the judge."""
-        model = _load(AutoModelForCausalLM, model_path)
         samples = sample_and_score(model, self.tokenizer, self.items,
                                    prompt_token_ids(self.tokenizer, list(self.items["prompt"])), self.judge,
                                    self.sampling, gold=False)
         return samples.total, [len(ids) for ids in samples.completion_ids]
 
-    def _length_controlled(self, model_path: str, wins: list[float], lengths: list[int], prompts: list,
+    def _length_controlled(self, who: str, wins: list[float], lengths: list[int], prompts: list,
                            references: list) -> dict | None:
         """The length-controlled win rate against the reference, printed with its interval over prompts, and returned
         for the result's details (None with fewer than 2 prompts). A reference reply's length is counted as the model
@@ -116,7 +134,6 @@ class JudgeEvaluation:
                              (_tokenize_pair(self.tokenizer, p, r) for p, r in zip(prompts, references))]
         diffs = np.array(lengths, float).reshape(-1, k) - np.array(reference_lengths, float)[:, None]
         lc = length_controlled_win_rate(np.reshape(wins, (-1, k)), diffs, seed=self.sampling.seed)
-        who = "base model" if model_path == self.base_path else "trained model"
         print(f"[align-proxy] {who}: length-controlled win rate vs reference {lc.estimate:.3f} "
               f"[{lc.low:.3f}, {lc.high:.3f}] ({lc.level:.0%}, over {len(prompts)} prompts; raw {lc.raw:.3f}; replies "
               f"{diffs.mean():+.1f} tokens against the reference)", flush=True)

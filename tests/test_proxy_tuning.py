@@ -180,6 +180,8 @@ def test_a_study_with_proxy_tune_reports_the_gap_closed(tiny_ladder, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "proxy", "output_dir": str(tmp_path / "study"), "seeds": [0],
                                     "models": [r.path for r in tiny_ladder],
+                                    # Judged too: a proxy-tuned model is judged as its expert's run was.
+                                    "evaluation": {"judge": "arith_exact_match", "num_samples": 2},
                                     "recipes": [{"recipe": "sft", "config": str(tmp_path / "sft.yaml"),
                                                  "proxy_tune": True}]}))
     result = subprocess.run([sys.executable, "-m", "align_proxy.cli", "study", str(spec), "--jobs", "2"],
@@ -188,7 +190,12 @@ def test_a_study_with_proxy_tune_reports_the_gap_closed(tiny_ladder, tmp_path):
     assert "3/3 cells done" in result.stdout and "decoding-time transfer" in result.stdout
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     gaps = {g["metric"]: g for g in report["gap_closed"]}
-    assert {"task_accuracy", "preference_accuracy", "completion_nll"} <= set(gaps)
+    assert {"task_accuracy", "preference_accuracy", "completion_nll", "judge_reward", "win_rate_vs_base"} <= set(gaps)
+    (proxy_cell,) = [h for h in (tmp_path / "study" / "cells").iterdir()
+                     if json.loads((h / "metrics.json").read_text())["kind"] == "proxy-tuning"]
+    judged = json.loads((proxy_cell / "metrics.json").read_text())["eval"]
+    assert judged["items"]["base"]["win_rate_vs_base"] == [0.5] * 24  # the large base against itself
+    assert judged["details"]["trained"]["judge"]["judges"][0]["spec"] == "arith_exact_match"
     small, large = (r.name for r in tiny_ladder)
     assert (gaps["task_accuracy"]["small"], gaps["task_accuracy"]["large"]) == (tiny_ladder[0].path, tiny_ladder[1].path)
     assert report["gains"] and all(g["recipe"] == "sft" for g in report["gains"])  # proxy cells are not gains

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = score_proxy_tuning(ProxyModels(args.base, args.expert, args.small, args.alpha), held_out)
     record = RunMetrics(args.recipe, dataclasses.asdict(registry.resolve(args.base)), held_out.dataset, None,
                         Training(), Scores(scores.base.metrics, scores.proxy.metrics, scores.base.items,
-                                           scores.proxy.items),
+                                           scores.proxy.items, scores.base.details, scores.proxy.details),
                         kind="proxy-tuning",
                         params=ProxyTuneParams(args.recipe, args.variant, args.small, args.alpha, args.expert))
     record.write(Path(args.output_dir))
