@@ -5,7 +5,7 @@ Name a reward in a config (`reward_funcs`) by:
 - a registered name: `arith_exact_match`, `arith_digit_overlap` (the built-in tasks' gold rewards),
   `answer_format` (format) or `overlong_penalty` (length; follows the run's `max_completion_length`);
 - a dotted path: `align_proxy.rewards.arith:exact_match`, `my_package.my_module:my_reward`;
-- a directory written by `recipes/reward.py`: its reward model, as a learned reward.
+- a directory written by `recipes/reward.py`, or a reward model's Hub id (`owner/name`): as a learned reward.
 
 `load_rewards` turns a config's list into a `RewardSet`: every reward checked on every call (one
 finite number per completion, or an error naming it) and weighted by TRL's `reward_weights`.
@@ -24,7 +24,7 @@ from typing import Callable
 from align_proxy.errors import UnknownNameError
 from align_proxy.rewards import arith, shaping
 from align_proxy.rewards.combine import CheckedReward, RewardError, RewardSet, check_signature
-from align_proxy.rewards.learned import LearnedReward, is_reward_model_dir
+from align_proxy.rewards.learned import LearnedReward, check_hub_reward_model, is_hub_id, is_reward_model_dir
 
 REWARDS: dict[str, Callable] = {
     "arith_exact_match": arith.exact_match,
@@ -56,7 +56,7 @@ def get_reward(name: str, config=None) -> Callable:
         if config is None:
             raise ValueError(f"reward {name!r} is built from the run's config: pass it (a GRPOConfig or RLOOConfig)")
         return FACTORIES[name](config)
-    if is_reward_model_dir(name):
+    if is_reward_model_dir(name) or is_hub_id(name):
         return LearnedReward(name)
     module_name, sep, attr = name.partition(":")
     if not sep:
@@ -83,16 +83,27 @@ def check_reward_spec(name: str) -> None:
     reward-model directory is recognised, not loaded, and a config-built reward needs no config yet."""
     if name in FACTORIES or is_reward_model_dir(name):
         return
+    if is_hub_id(name):
+        check_hub_reward_model(name)  # its config only
+        return
     get_reward(name)
 
 
 def reward_identity(spec: str) -> dict:
     """Which reward a spec names (a judge's identity in metrics.json and reports): the spec, the directory or source
     file it comes from (a reward model's directory, or the file defining a reward function), and a SHA-256 of that
-    content, so results judged by a changed judge can be told from the rest. A Hub id has no local content: its
-    path and hash are None."""
+    content, so results judged by a changed judge can be told from the rest. A Hub id is hashed as the snapshot in
+    the local Hugging Face cache; none there: its path and hash are None."""
     if is_reward_model_dir(spec):
         path = Path(spec).expanduser().resolve()
+    elif is_hub_id(spec):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            path = Path(snapshot_download(spec, local_files_only=True))
+        except LocalEntryNotFoundError:
+            path = None
     else:
         fn = FACTORIES.get(spec) or get_reward(spec)
         source = inspect.getsourcefile(fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn))

@@ -12,6 +12,7 @@ was trained on text, and reads the prompt's last message and the reply's text.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +21,32 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from align_proxy.rewards.arith import _prompt_text, _text
 from align_proxy.rewards.combine import RewardError
 from align_proxy.scoring import reward_scores
+
+
+# `owner/name`: what a Hub repository id looks like (a local path that does not exist may too: errors say both).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """A Hugging Face Hub repository id (`owner/name`) that is not a local path."""
+    return bool(HUB_ID.match(name)) and not Path(name).expanduser().exists()
+
+
+def check_hub_reward_model(model_id: str) -> None:
+    """A Hub id names a reward model (a one-label sequence classifier), checked on its config alone (no weights
+    load); offline, or when the Hub does not have it, an error that says how to fix it."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise RewardError(f"reward {model_id!r}: there is no directory {model_id} here, and as a Hugging Face Hub id "
+                          f"it could not be read ({str(err).splitlines()[0]}). Offline, download it where there is "
+                          f"network (`huggingface-cli download {model_id} --local-dir DIR`) and pass DIR") from None
+    architectures = config.architectures or []
+    if not any(arch.endswith("ForSequenceClassification") for arch in architectures) or config.num_labels != 1:
+        raise RewardError(f"reward {model_id!r} is a Hub model ({', '.join(architectures) or 'no architecture'}, "
+                          f"{config.num_labels} labels), not a reward model: a one-label ...ForSequenceClassification")
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
@@ -41,8 +68,13 @@ class LearnedReward:
     __name__ = "learned_reward"
 
     def __init__(self, path: str | Path, device: str | torch.device | None = None, batch_size: int = 64):
-        self.path = str(Path(path).expanduser())
-        if not is_reward_model_dir(self.path):
+        """`path`: a directory recipes/reward.py wrote, or a Hub id of a reward model (a RewardBench one, say)."""
+        if isinstance(path, str) and is_hub_id(path):
+            check_hub_reward_model(path)
+            self.path = path
+        else:
+            self.path = str(Path(path).expanduser())
+        if not is_hub_id(self.path) and not is_reward_model_dir(self.path):
             raise RewardError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
                               "(a config.json of a ...ForSequenceClassification model). Train one with "
                               "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -79,10 +80,13 @@ def test_a_killed_judged_study_rerun_judges_no_finished_cell_again(tiny_ladder, 
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # one cell finished and the other running: kill the study there
-            if db.exists():
-                status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status", timeout=0.2))
-                if status.get("done") == 1 and status.get("running") == 1:
-                    break
+            try:  # the store may not have its tables yet, or be mid-write: look again
+                status = dict(rows(db, "SELECT status, COUNT(*) FROM cells GROUP BY status", timeout=0.2)
+                              if db.exists() else [])
+            except sqlite3.OperationalError:
+                status = {}
+            if status.get("done") == 1 and status.get("running") == 1:
+                break
             assert runner.poll() is None, "the study finished before it could be killed"
             time.sleep(0.1)  # polling the store of a study in another process
         else:

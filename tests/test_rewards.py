@@ -159,6 +159,23 @@ def test_a_reward_model_with_a_chat_template_reads_a_conversation_through_its_ow
     assert scores != pytest.approx(flattened, abs=1e-4)
 
 
+def test_a_hub_reward_model_offline_is_refused_saying_how_to_use_it(tmp_path):
+    """A Hub id (a RewardBench reward model, say) is a learned reward; offline (conftest sets HF_HUB_OFFLINE) it is
+    refused on its config, before any weights load, naming the id and how to pass a downloaded copy instead."""
+    from align_proxy.studies.spec import StudySpecError, load_spec
+
+    assert learned.is_hub_id("someone/a-reward-model") and not learned.is_hub_id("arith_exact_match")
+    for check in (get_reward, rewards.check_reward_spec):
+        with pytest.raises(RewardError, match=r"'someone/a-reward-model'.*Hub id.*huggingface-cli download"):
+            check("someone/a-reward-model")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("models: [ladder-s, ladder-m]\nevaluation: {judge: someone/a-reward-model}\nrecipes: [{recipe: sft}]\n")
+    with pytest.raises(StudySpecError, match="evaluation.judge: reward 'someone/a-reward-model'"):
+        load_spec(spec)
+    assert rewards.reward_identity("someone/a-reward-model") == {"spec": "someone/a-reward-model", "path": None,
+                                                                  "sha256": None}
+
+
 def test_a_policy_directory_is_not_a_reward_model(tiny_model):
     assert not learned.is_reward_model_dir(tiny_model)
     with pytest.raises(ValueError, match="not a reward model.*recipes/reward.py"):
