@@ -54,7 +54,9 @@ def test_the_judge_reaches_only_the_recipes_whose_replies_it_judges(tmp_path):
     ({}, None, "the spec names no judge: add evaluation: {judge: SPEC}"),
     ({"judge": "arith_exact_match"}, [{"recipe": "grpo", "metric": "win_rate_vs_base"}],
      "the grpo recipe's judge gives judge_reward"),
-    ({"judge": "arith_exact_match"}, [{"recipe": "reward", "metric": "judge_reward"}], "judge gives nothing"),
+    ({"judge": "arith_exact_match"}, [{"recipe": "sft"}, {"recipe": "reward", "metric": "judge_reward"}],
+     "the reward recipe's judge gives nothing"),
+    ({"judge": "arith_exact_match"}, [{"recipe": "reward"}], "no listed recipe writes replies to judge"),
 ])
 def test_a_judged_spec_error_names_the_key_and_the_fix(tmp_path, evaluation, recipes, message):
     with pytest.raises(StudySpecError, match=message):

@@ -171,6 +171,9 @@ def _check(raw: dict, path: Path) -> StudySpec:
         recipes.append(_check_recipe(entry, i, path, recipes, lm_eval_tasks, [str(m) for m in models]))
     if not recipes:
         fail(path, "'recipes' is empty: list at least one of " + ", ".join(KINDS))
+    if evaluation.get("eval_judge") and not any(KINDS[plan.recipe].judged for plan in recipes):
+        fail(path, f"evaluation.judge: no listed recipe writes replies to judge ({', '.join(p.recipe for p in recipes)}"
+                   "); list sft, dpo, grpo or rloo, or drop the judge")
     if isinstance(evaluation.get("eval_judge"), dict):
         evaluation["eval_judge"] = _check_judge_cell(evaluation["eval_judge"], recipes, [str(m) for m in models], seeds,
                                                      path)
