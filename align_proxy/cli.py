@@ -178,7 +178,8 @@ def _with_slurm_overrides(spec, pairs: list[str]):
 
     import yaml
 
-    from align_proxy.studies.spec import StudySpecError, check_slurm
+    from align_proxy.studies.slurm_resources import check_slurm
+    from align_proxy.studies.spec import StudySpecError
 
     values = {}
     for pair in pairs:

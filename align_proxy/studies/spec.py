@@ -19,7 +19,7 @@ from align_proxy.cells.params import BestOfNPlan
 from align_proxy.install import shipped_file
 from align_proxy.kinds import CELL_KINDS, KINDS, TRAIN, load_object
 from align_proxy.models import registry
-from align_proxy.studies.slurm_resources import SlurmResources, slurm_minutes
+from align_proxy.studies.slurm_resources import SlurmResources, check_slurm
 from align_proxy.studies.spec_checks import (JUDGE_FLAGS, JUDGED_METRICS, StudySpecError,  # noqa: F401 (re-export)
                                              check_evaluation, check_keys, check_lm_eval_tasks, check_metric, fail)
 
@@ -265,31 +265,6 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     return RecipePlan(recipe, config, grid, metric, _check_launch(entry.get("launch"), path, f"{where}.launch"),
                       start, reward, check_slurm(entry.get("slurm") or {}, SlurmResources(), path, f"{where}.slurm"),
                       proxy_tune, alpha, best)
-
-
-def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str) -> SlurmResources:
-    """`slurm: {gpus_per_cell: 1, cpus: 8, mem: 64G, time: "12:00:00", partition: gpu, ...}` over `base` (the
-    defaults, or a spec's resources under `--slurm KEY=VALUE` overrides); checked like every other key."""
-    fields = {f.name: f for f in dataclasses.fields(SlurmResources)}
-    check_keys(values, set(fields), Path(path), where)
-    for key, value in values.items():
-        if key in ("gpus_per_cell", "cpus") and (not isinstance(value, int) or isinstance(value, bool) or
-                                                 value < (0 if key == "gpus_per_cell" else 1)):
-            fail(path, f"{where}.{key} must be a whole number ({'0 or more' if key == 'gpus_per_cell' else '1 or more'}), "
-                        f"got {value!r}")
-        if key == "sbatch" and not isinstance(value, dict):
-            fail(path, f"{where}.sbatch must be a mapping of sbatch options without their dashes, e.g. "
-                        f"{{exclude: node7}}, got {value!r}")
-        if key in ("mem", "partition", "account", "qos", "constraint", "time") and value is not None \
-                and not isinstance(value, (str, int)):
-            fail(path, f"{where}.{key} must be a string, got {value!r}")
-    if "time" in values:
-        try:
-            slurm_minutes(values["time"])
-        except ValueError:
-            fail(path, f"{where}.time {values['time']!r} is not a Slurm time: use minutes, H:MM:SS or D-HH:MM:SS")
-    return dataclasses.replace(base, **{k: str(v) if k in ("time", "mem") and v is not None else v
-                                        for k, v in values.items()})
 
 
 def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -> tuple[bool, tuple[float, ...]]:
