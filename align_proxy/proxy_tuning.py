@@ -244,7 +244,8 @@ class HeldOut:
                       "eval_size": args.get("eval_size"), "eval_seed": args.get("eval_seed"),
                       "max_new_tokens": args.get("eval_max_new_tokens"),
                       "builtin_test_size": args.get("builtin_test_size"), "dataset_config": args.get("dataset_config"),
-                      "test_split": args.get("dataset_test_split"), "tokenizer_name": args.get("tokenizer_name_or_path"),
+                      "test_split": args.get("dataset_test_split"),
+                      "tokenizer_name": args.get("tokenizer_name_or_path"),
                       "judge": tuple(args.get("eval_judge") or ()) or None,
                       "judge_weights": tuple(args["eval_judge_weights"]) if args.get("eval_judge_weights") else None,
                       "num_samples": args.get("eval_num_samples"), "temperature": args.get("eval_temperature")}

@@ -320,8 +320,8 @@ def _check_judge(kind: RecipeKind, script_args: RecipeArguments):
     if not script_args.eval_judge:
         return None
     if not kind.judged:
-        raise RecipeArgumentError(f"--eval_judge judges the replies of a policy (sft, dpo, grpo, rloo); the {kind.name} "
-                                  "recipe trains a reward model, which writes none")
+        raise RecipeArgumentError(f"--eval_judge judges the replies of a policy (sft, dpo, grpo, rloo); the "
+                                  f"{kind.name} recipe trains a reward model, which writes none")
     from align_proxy.rewards import load_rewards
 
     return load_rewards(script_args.eval_judge, script_args.eval_judge_weights)

@@ -20,6 +20,7 @@ metrics.json.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -89,17 +90,32 @@ class JudgeEvaluation:
             return self.judge_model(_load(AutoModelForCausalLM, model_path), None, "base model")
         return self.judge_model(_load(AutoModelForCausalLM, model_path), self.base_path, "trained model")
 
+    # Computed once per evaluation, however many models it judges (base, trained, the base again for win rates):
+    # the prompts' token ids, the judge's scores of the reference replies, and the judge's identity (which hashes
+    # a reward model's whole directory).
+    @cached_property
+    def prompt_ids(self) -> list[list[int]]:
+        return prompt_token_ids(self.tokenizer, list(self.items["prompt"]))
+
+    @cached_property
+    def reference_scores(self) -> list[float]:
+        return self.judge.score(list(self.items["prompt"]), list(self.items["completion"]),
+                                **reward_columns(self.items))[1]
+
+    @cached_property
+    def record(self) -> dict:
+        return judge_record(self.specs, self.judge, self.sampling)
+
     def judge_model(self, model, base, who: str) -> EvalResult:
         """`model` (loaded: a proxy-tuned one too) judged; `base` its base model, loaded or its path (loaded only
         then), or None when `model` is the base (its win rate against itself is 0.5)."""
         k = self.sampling.num_samples
         references = list(self.items["completion"])
         prompts = list(self.items["prompt"])
-        _, reference_scores = self.judge.score(prompts, references, **reward_columns(self.items))
         scores, lengths = self._judged_samples(model)
         result = EvalResult()
         result.add("judge_reward", per_prompt(scores, k))
-        wins = win_rates(scores, [s for s in reference_scores for _ in range(k)])
+        wins = win_rates(scores, [s for s in self.reference_scores for _ in range(k)])
         result.add("win_rate_vs_reference", per_prompt(wins, k))
         if base is None:
             result.add("win_rate_vs_base", [0.5] * len(prompts))  # against itself, by definition
@@ -107,7 +123,7 @@ class JudgeEvaluation:
             base_scores = self._judged_samples(_load(AutoModelForCausalLM, base) if isinstance(base, str) else base)[0]
             result.add("win_rate_vs_base", per_prompt(win_rates(scores, base_scores), k))
         result.add("response_length", per_prompt([float(n) for n in lengths], k))
-        result.details["judge"] = judge_record(self.specs, self.judge, self.sampling)
+        result.details["judge"] = self.record
         lc = self._length_controlled(who, wins, lengths, prompts, references)
         if lc:
             result.details["length_controlled_win_rate"] = lc
@@ -117,9 +133,8 @@ class JudgeEvaluation:
         """The judge's score and the token length of each reply `model` samples, `num_samples` per prompt in a row,
         sampled and scored as the RL evaluation does (`align_proxy.evals.rl.sample_and_score`): conversational
         prompts get assistant messages, and the items' other columns reach the judge."""
-        samples = sample_and_score(model, self.tokenizer, self.items,
-                                   prompt_token_ids(self.tokenizer, list(self.items["prompt"])), self.judge,
-                                   self.sampling, gold=False)
+        samples = sample_and_score(model, self.tokenizer, self.items, self.prompt_ids, self.judge, self.sampling,
+                                   gold=False)
         return samples.total, [len(ids) for ids in samples.completion_ids]
 
     def _length_controlled(self, who: str, wins: list[float], lengths: list[int], prompts: list,

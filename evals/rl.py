@@ -175,12 +175,13 @@ def log_ratios(policy, reference, samples: ScoredSamples, pad_id: int) -> list[f
 
 def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Dataset, rewards: RewardSet,
                        sampling: Sampling, reference_path: str | None = None, max_new_tokens: int = 8,
-                       judge: RewardSet | None = None, judge_specs: tuple[str, ...] = ()) -> EvalResult:
+                       judge: RewardSet | None = None, judge_details: dict | None = None) -> EvalResult:
     """Everything `evaluate_policy` scores, plus the RL metrics on sampled completions (see the module doc).
 
     `reward`, each reward by its name and `gold_reward` are means over samples; `kl_to_reference` is in
     nats per sequence (0 when the policy is the reference); `response_length` counts tokens, EOS
-    included, as TRL's `completions/mean_length` does; `judge_reward` is `judge`'s score of the same samples.
+    included, as TRL's `completions/mean_length` does; `judge_reward` is `judge`'s score of the same samples
+    (`judge_details`, from `judge_record`, says who judged).
     Per-item scores are per-prompt means, paired across base and trained policies.
     """
     tokenized = prompt_token_ids(tokenizer, list(prompts["prompt"]), sampling.chat_template_kwargs)  # fails early
@@ -197,7 +198,7 @@ def evaluate_rl_policy(model_path: str, tokenizer, evalset: EvalSet, prompts: Da
         _add_mean(result, "gold_reward", samples.gold, k)
     if samples.judged is not None:
         _add_mean(result, "judge_reward", samples.judged, k)
-        result.details["judge"] = judge_record(judge_specs, judge, sampling)
+        result.details["judge"] = judge_details
 
     if reference_path is not None:
         # The reference against itself: every log-ratio is 0.
@@ -224,7 +225,7 @@ class RLEvaluation:
     max_new_tokens: int
     key: dict
     judge: RewardSet | None = None  # --eval_judge: scores the same samples (`judge_reward`)
-    judge_specs: tuple[str, ...] = ()
+    judge_details: dict | None = None  # who judged (`judge_record`), worked out once for base and trained alike
     kind: ClassVar[str] = "rl_policy"
 
     @classmethod
@@ -245,7 +246,7 @@ class RLEvaluation:
                 "judge_files": [files_stamp(spec) for spec in args.eval_judge]} if run.judge else {}),
         }
         return cls(run.tokenizer, run.evalset, prompts, rewards, sampling, run.model.path, args.eval_max_new_tokens,
-                   key, run.judge, tuple(args.eval_judge or ()))
+                   key, run.judge, judge_record(args.eval_judge, run.judge, sampling) if run.judge else None)
 
     def cache_key(self) -> dict:
         return {"evaluation": self.kind, **self.key}
@@ -253,7 +254,7 @@ class RLEvaluation:
     def __call__(self, model_path: str) -> EvalResult:
         return evaluate_rl_policy(model_path, self.tokenizer, self.evalset, self.prompts, self.rewards, self.sampling,
                                   reference_path=self.reference_path, max_new_tokens=self.max_new_tokens,
-                                  judge=self.judge, judge_specs=self.judge_specs)
+                                  judge=self.judge, judge_details=self.judge_details)
 
 
 # --- the overoptimization curve of an RL run --------------------------------------------------------------

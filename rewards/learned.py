@@ -72,12 +72,12 @@ class LearnedReward:
         if isinstance(path, str) and is_hub_id(path):
             check_hub_reward_model(path)
             self.path = path
-        else:
+        elif is_reward_model_dir(path):
             self.path = str(Path(path).expanduser())
-        if not is_hub_id(self.path) and not is_reward_model_dir(self.path):
-            raise RewardError(f"{self.path} is not a reward model: expected the output directory of recipes/reward.py "
-                              "(a config.json of a ...ForSequenceClassification model). Train one with "
-                              "`python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
+        else:
+            raise RewardError(f"{Path(path).expanduser()} is not a reward model: expected the output directory of "
+                              "recipes/reward.py (a config.json of a ...ForSequenceClassification model). Train one "
+                              "with `python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
         if device is None:
             from accelerate import PartialState
 

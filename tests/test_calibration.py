@@ -1,7 +1,8 @@
 """Intervals mean what they say in the study's own design: nominal 95% gain intervals cover the true
 expected gain at least 93% of the time, simulated with shared held-out items, one base evaluation,
 seed effects from none to large, 3 and 5 seeds, binary, continuous and sampled metrics (a judged win rate: several
-replies per prompt, each a win or a loss, so fractional per-prompt scores) (`align_proxy/studies/calibration.py`). `benchmarks/calibration.py` runs every setting with 2000 studies.
+replies per prompt, each a win or a loss, so fractional per-prompt scores) (`align_proxy/studies/calibration.py`).
+`benchmarks/calibration.py` runs every setting with 2000 studies.
 """
 
 import pytest

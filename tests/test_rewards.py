@@ -169,7 +169,8 @@ def test_a_hub_reward_model_offline_is_refused_saying_how_to_use_it(tmp_path):
         with pytest.raises(RewardError, match=r"'someone/a-reward-model'.*Hub id.*huggingface-cli download"):
             check("someone/a-reward-model")
     spec = tmp_path / "spec.yaml"
-    spec.write_text("models: [ladder-s, ladder-m]\nevaluation: {judge: someone/a-reward-model}\nrecipes: [{recipe: sft}]\n")
+    spec.write_text("models: [ladder-s, ladder-m]\nevaluation: {judge: someone/a-reward-model}\n"
+                    "recipes: [{recipe: sft}]\n")
     with pytest.raises(StudySpecError, match="evaluation.judge: reward 'someone/a-reward-model'"):
         load_spec(spec)
     assert rewards.reward_identity("someone/a-reward-model") == {"spec": "someone/a-reward-model", "path": None,

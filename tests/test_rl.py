@@ -48,7 +48,8 @@ def test_grpo_trains_with_hf_generation_and_weighted_gold_rewards(tiny_model, tm
     assert trained["reward"] == pytest.approx(trained["arith_exact_match"] + 0.5 * trained["arith_digit_overlap"])
     assert trained["gold_reward"] == trained["arith_exact_match"]  # the same samples, the same gold
     # The judge scores the same samples: judging with one of the training rewards gives that reward, per prompt.
-    assert metrics["eval"]["items"]["trained"]["judge_reward"] == metrics["eval"]["items"]["trained"]["arith_digit_overlap"]
+    items = metrics["eval"]["items"]["trained"]
+    assert items["judge_reward"] == items["arith_digit_overlap"]
     assert metrics["eval"]["details"]["trained"]["judge"]["judges"][0]["spec"] == "arith_digit_overlap"
     assert_paired(metrics)
     logged = {key for entry in metrics["train"]["log_history"] for key in entry}

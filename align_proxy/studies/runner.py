@@ -162,7 +162,8 @@ def _register(store: ResultStore, spec: StudySpec, cells: list[Cell]) -> None:
     store.set_info(name=spec.name, cells=[c.config_hash for c in cells], target=target,
                    primary_metrics={p.recipe: p.metric for p in spec.recipes}, seeds=spec.seeds,
                    starts={p.recipe: p.start_from for p in spec.recipes if p.start_from},
-                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from}, judge=_judge(spec, cells))
+                   rewards_from={p.recipe: p.reward_from for p in spec.recipes if p.reward_from},
+                   judge=_judge(spec, cells))
     store.add_cells(cells)
 
 
@@ -189,7 +190,8 @@ def _judge_now(judge: dict | None, paths: StudyPaths) -> dict | None:
     from align_proxy.rewards.learned import is_reward_model_dir
 
     directory = paths.cell(judge["cell"]["config_hash"]) if judge["cell"]["config_hash"] else None
-    return {**judge, "judges": [reward_identity(str(directory))] if directory and is_reward_model_dir(directory) else []}
+    trained = directory is not None and is_reward_model_dir(directory)
+    return {**judge, "judges": [reward_identity(str(directory))] if trained else []}
 
 
 def _target(spec: StudySpec) -> list | None:
@@ -226,6 +228,7 @@ def write_study_report(study_dir: Path) -> WrittenReport:
     target = tuple(info["target"]) if info.get("target") else None
     cells = [c for c in store.cells() if c["config_hash"] in current]
     analysis = analyse(results, store.models(), info.get("primary_metrics", {}), target=target, cells=cells,
-                       starts=info.get("starts"), rewards_from=info.get("rewards_from"), judge=_judge_now(info.get("judge"), study_paths(study_dir)))
+                       starts=info.get("starts"), rewards_from=info.get("rewards_from"),
+                       judge=_judge_now(info.get("judge"), study_paths(study_dir)))
     title = f"Transfer study: {info.get('name', study_dir.name)}"
     return WrittenReport(analysis, write_report(study_dir, analysis, results, title=title))

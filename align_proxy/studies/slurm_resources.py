@@ -60,10 +60,10 @@ def check_slurm(values: dict, base: SlurmResources, path: Path | str, where: str
         if key in ("gpus_per_cell", "cpus") and (not isinstance(value, int) or isinstance(value, bool) or
                                                  value < (0 if key == "gpus_per_cell" else 1)):
             fail(path, f"{where}.{key} must be a whole number ({'0 or more' if key == 'gpus_per_cell' else '1 or more'}), "
-                        f"got {value!r}")
+                       f"got {value!r}")
         if key == "sbatch" and not isinstance(value, dict):
             fail(path, f"{where}.sbatch must be a mapping of sbatch options without their dashes, e.g. "
-                        f"{{exclude: node7}}, got {value!r}")
+                       f"{{exclude: node7}}, got {value!r}")
         if key in ("mem", "partition", "account", "qos", "constraint", "time") and value is not None \
                 and not isinstance(value, (str, int)):
             fail(path, f"{where}.{key} must be a string, got {value!r}")

@@ -113,7 +113,8 @@ class StudySpec:
 
     @property
     def judge_cell(self) -> dict | None:
-        """The reward cell whose model judges every judged cell ({recipe, variant, model, seed}), if the judge is one."""
+        """The reward cell whose model judges every judged cell ({recipe, variant, model, seed}), if the judge is
+        one."""
         judge = self.evaluation.get("eval_judge")
         return judge if isinstance(judge, dict) else None
 
@@ -158,7 +159,7 @@ def _check(raw: dict, path: Path) -> StudySpec:
     models = raw.get("models") or []
     if not isinstance(models, list) or len(models) < 2:
         fail(path, f"'models' lists {len(models) if isinstance(models, list) else models!r}; a transfer study "
-                    "compares at least two model sizes (e.g. [ladder-s, ladder-m, ladder-l])")
+                   "compares at least two model sizes (e.g. [ladder-s, ladder-m, ladder-l])")
     for model in models:
         _check_model(str(model), path)
     seeds = raw.get("seeds", [0])
@@ -180,13 +181,13 @@ def _check(raw: dict, path: Path) -> StudySpec:
     # Every cell takes the evaluation keys as flags: each must be a field of every listed recipe's arguments class
     # (RecipeArguments or a subclass; read from the kinds, so a spec of light kinds never imports TRL).
     arguments = {KINDS[plan.recipe].arguments for plan in recipes}
-    check_keys(evaluation, set.intersection(*({f.name for f in dataclasses.fields(load_object(a))} for a in arguments)),
-                path, "evaluation")
+    shared = set.intersection(*({f.name for f in dataclasses.fields(load_object(a))} for a in arguments))
+    check_keys(evaluation, shared, path, "evaluation")
     dataset = str(raw.get("dataset", "builtin:arith"))
     for plan in recipes:
         if plan.best_of_n and not dataset.startswith("builtin:"):
             fail(path, f"{plan.recipe}.best_of_n scores samples by a built-in task's gold reward on its held-out "
-                        f"prompts; dataset {dataset!r} is not a built-in task (use builtin:arith)")
+                       f"prompts; dataset {dataset!r} is not a built-in task (use builtin:arith)")
         judged = KINDS[plan.recipe].judged_metrics
         if plan.metric in JUDGED_METRICS and not (plan.metric in judged and evaluation.get("eval_judge")):
             fail(path, f"recipes: {plan.recipe}'s metric {plan.metric} is judged, and "
@@ -195,7 +196,7 @@ def _check(raw: dict, path: Path) -> StudySpec:
                           "SPEC} (a registered reward, module:function or a reward-model directory)"))
         if lm_eval_tasks and not KINDS[plan.recipe].policy:
             fail(path, f"evaluation.lm_eval_tasks: the {plan.recipe} recipe trains no language model for lm-eval to "
-                        "score; run it in a study of its own, or without lm_eval_tasks")
+                       "score; run it in a study of its own, or without lm_eval_tasks")
     return StudySpec(name=str(raw.get("name", path.stem)), output_dir=str(raw.get("output_dir", f"studies/{path.stem}")),
                      models=[str(m) for m in models], recipes=recipes, seeds=seeds,
                      dataset=dataset, evaluation=evaluation, target=raw.get("target"))
@@ -230,7 +231,7 @@ def _check_model(model: str, path: Path) -> None:
     if model in known or Path(model).expanduser().is_dir() or model.count("/") == 1:
         return  # a registry name, a local directory, or a Hub id (checked when its cell runs)
     fail(path, f"unknown model {model!r}: use a registry name ({', '.join(sorted(known))}), a local model "
-                "directory or a Hub id (owner/name)")
+               "directory or a Hub id (owner/name)")
 
 
 def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_eval_tasks: list[str],
@@ -238,15 +239,15 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     where = f"recipes[{index}]"
     if not isinstance(entry, dict) or "recipe" not in entry:
         fail(path, f"{where} must be a mapping with 'recipe', 'config' and optional 'grid', 'metric', 'launch', "
-                    "'start_from', 'reward_from', 'slurm', 'proxy_tune', 'alpha' and 'best_of_n'")
+                   "'start_from', 'reward_from', 'slurm', 'proxy_tune', 'alpha' and 'best_of_n'")
     check_keys(entry, {"recipe", "config", "grid", "metric", "launch", "start_from", "reward_from", "slurm",
-                        "proxy_tune", "alpha", "best_of_n"}, path, where)
+                       "proxy_tune", "alpha", "best_of_n"}, path, where)
     recipe = entry["recipe"]
     kind = KINDS.get(recipe)
     if kind is None:
         near = difflib.get_close_matches(str(recipe), KINDS, n=1)
         fail(path, f"{where}: unknown recipe {recipe!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
-                    f"available: {', '.join(KINDS)}")
+                   f"available: {', '.join(KINDS)}")
     if any(plan.recipe == recipe for plan in earlier):
         fail(path, f"{where}: recipe {recipe!r} is listed twice; give one entry a grid over what differs")
     config = _find_config(str(entry.get("config") or f"recipes/configs/{recipe}_ladder_cpu.yaml"), path, where)
@@ -281,11 +282,11 @@ def _check_proxy_tune(entry: dict, kind, starts: bool, path: Path, where: str) -
         fail(path, f"{where}.alpha must be a non-empty list of numbers (e.g. [0.5, 1.0, 1.5]), got {alpha!r}")
     if proxy_tune and not kind.policy:
         fail(path, f"{where}: proxy_tune steers a policy's decoding; a {kind.name} model is not a policy "
-                    "(reward models are out of scope)")
+                   "(reward models are out of scope)")
     if proxy_tune and starts:
         fail(path, f"{where}: proxy_tune with start_from is not supported: the large base to steer would be the "
-                    "start recipe's large model; proxy-tune the start recipe itself, or run `align-proxy proxy-tune "
-                    "--base <its large cell>` by hand")
+                   "start recipe's large model; proxy-tune the start recipe itself, or run `align-proxy proxy-tune "
+                   "--base <its large cell>` by hand")
     return proxy_tune, tuple(float(a) for a in alpha)
 
 
@@ -315,12 +316,12 @@ def _check_reference(ref, earlier: list[RecipePlan], path: Path, where: str, rol
     plan = plans.get(ref.get("recipe"))
     if plan is None:
         fail(path, f"{where}: {ref.get('recipe')!r} is not a recipe listed before this one "
-                    f"(listed before: {', '.join(plans) or 'none'}); a recipe runs before the cells that {role} it")
+                   f"(listed before: {', '.join(plans) or 'none'}); a recipe runs before the cells that {role} it")
     variants = [name for name, _ in plan.variants()]
     variant = ref.get("variant")
     if variant is None and len(variants) > 1:
         fail(path, f"{where}: {plan.recipe} has {len(variants)} variants; name the one to {role} with "
-                    f"'variant' ({', '.join(variants)})")
+                   f"'variant' ({', '.join(variants)})")
     variant = variant if variant is not None else variants[0]
     if variant not in variants:
         fail(path, f"{where}: {plan.recipe} has no variant {variant!r}; its variants: {', '.join(variants)}")
@@ -348,17 +349,17 @@ def _check_best_of_n(raw, kind, earlier: list[RecipePlan], path: Path, where: st
         return None
     if kind.policy:
         fail(path, f"{where}: best-of-n ranks samples by a reward model; {kind.name} trains a policy. Put "
-                    "best_of_n on the reward recipe")
+                   "best_of_n on the reward recipe")
     fields = {f.name for f in dataclasses.fields(BestOfNPlan)}
     check_keys(raw, fields, path, where)
     if "policy" not in raw:
         fail(path, f"{where} needs 'policy': a model of the study (e.g. {models[0]}) or an earlier recipe's cell "
-                    f"({{recipe: sft, model: {models[0]}}})")
+                   f"({{recipe: sft, model: {models[0]}}})")
     policy = raw["policy"]
     if isinstance(policy, dict) and "recipe" in policy:
         if "model" not in policy:
             fail(path, f"{where}.policy: name the one model whose cell is the policy ({', '.join(models)}), "
-                        "e.g. {recipe: sft, model: ladder-s}: every reward model ranks the same policy's samples")
+                       "e.g. {recipe: sft, model: ladder-s}: every reward model ranks the same policy's samples")
         policy = _check_start(policy, earlier, path, f"{where}.policy", models)
     elif isinstance(policy, (str, dict)):
         model = str(policy["model"] if isinstance(policy, dict) else policy)
@@ -407,7 +408,7 @@ def _check_launch(launch, path: Path, where: str) -> dict:
             fail(path, f"{where}.{key} must be a positive integer, got {value!r}")
     if processes % machines:
         fail(path, f"{where}: {processes} processes do not split evenly over {machines} machines; make "
-                    "num_processes (all machines together, as accelerate counts it) a multiple of num_machines")
+                   "num_processes (all machines together, as accelerate counts it) a multiple of num_machines")
     # Several machines only under `--executor slurm`, one job over that many nodes; kept out of the dict (and
     # so out of the cell's hash) when 1, so cells of earlier studies keep their names.
     return {"config_file": config_file, "num_processes": processes, **({"num_machines": machines} if machines > 1 else {})}

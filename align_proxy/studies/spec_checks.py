@@ -42,7 +42,9 @@ def check_evaluation(evaluation, path: Path) -> dict:
         if flags.get("eval_judge_weights") is not None:
             fail(path, "evaluation.judge_weights: a judge that is a cell of the study is one judge; drop the weights")
     elif flags.get("eval_judge") is not None:
-        specs = flags["eval_judge"] = [flags["eval_judge"]] if isinstance(flags["eval_judge"], str) else flags["eval_judge"]
+        if isinstance(flags["eval_judge"], str):
+            flags["eval_judge"] = [flags["eval_judge"]]
+        specs = flags["eval_judge"]
         if not isinstance(specs, list) or not specs or not all(isinstance(s, str) for s in specs):
             fail(path, f"evaluation.judge must be a reward spec, a list of them, or a reward cell of the study "
                        f"({{recipe: reward, model: ...}}), got {specs!r}")
@@ -83,7 +85,7 @@ def check_metric(metric, kind, lm_eval_tasks: list[str], path: Path, where: str)
             fail(path, f"{where}.metric: {error}")
     elif metric not in METRICS:
         fail(path, f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}, or an lm-eval task's "
-                    "lm_eval:TASK/METRIC (with the task in evaluation.lm_eval_tasks)")
+                   "lm_eval:TASK/METRIC (with the task in evaluation.lm_eval_tasks)")
 
 
 def check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "") -> None:

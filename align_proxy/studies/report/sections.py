@@ -204,7 +204,8 @@ def _judge_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
         return ["judge", "status"], [[f"the {cell['recipe']} cell of {cell['model']} ({cell['variant']}, seed "
                                       f"{cell['seed']}, {cell['config_hash']})", "not trained yet"]]
     weights = judge.get("weights") or [1.0] * len(judge["judges"])
-    rows = [[j["spec"], f"{w:g}", j["path"] or "(not local)", (j["sha256"] or "")[:16], str(judge.get("num_samples") or "")]
+    samples = str(judge.get("num_samples") or "")
+    rows = [[j["spec"], f"{w:g}", j["path"] or "(not local)", (j["sha256"] or "")[:16], samples]
             for j, w in zip(judge["judges"], weights)]
     return ["judge", "weight", "from", "sha256 (first 16)", "samples per prompt"], rows
 
