@@ -99,7 +99,7 @@ class RecipeKind:
         """What `--eval_judge` adds to its evaluation (`align_proxy.evals.judge`, `align_proxy.evals.rl`): a policy
         trained from fixed data gets judged replies with win rates against the item's reference and the base; an
         RL policy the judge's score of its own samples, beside its rewards; a reward model writes nothing."""
-        return {"policy": ("judge_reward", "win_rate_vs_reference", "win_rate_vs_base"),
+        return {"policy": ("judge_reward", "win_rate_vs_reference", "win_rate_vs_base", "length_controlled_win_rate"),
                 "rl": ("judge_reward",)}.get(self.family, ())
 
     @property

@@ -60,6 +60,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("judge_reward", "judge reward (sampled, held-out)", True),
     Metric("win_rate_vs_reference", "win rate vs reference (judged)", True, bounds=UNIT),
     Metric("win_rate_vs_base", "win rate vs base (judged)", True, bounds=UNIT),
+    # Per item: the logistic fit's pseudo-value (evals/length_control.py), whose mean over items is the rate.
+    Metric("length_controlled_win_rate", "LC win rate vs reference (judged)", True, bounds=UNIT),
 )}
 
 

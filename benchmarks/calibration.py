@@ -1,10 +1,11 @@
 """Coverage of the study's 95% gain intervals, simulated in the study's own design
 (`align_proxy/studies/calibration.py`): shared held-out items, one base evaluation, seed effects from
-none to large, 3 and 5 seeds, zero and non-zero gains, binary and continuous metrics. Required: at
-least 0.93 in every setting.
+none to large, 3 and 5 seeds, zero and non-zero gains; binary, continuous, sampled (a judged win rate) and
+length-controlled (its length-controlled form) metrics. Required: at least 0.93 in every setting.
 
-    python benchmarks/calibration.py                  # the full sweep: 2000 studies per setting (~16 CPU-minutes)
+    python benchmarks/calibration.py                  # the full sweep: 2000 studies per setting (~25 CPU-minutes)
     python benchmarks/calibration.py --studies 400    # what tests/test_calibration.py runs
+    python benchmarks/calibration.py --metrics length_controlled    # one metric's settings
 
 Each row also runs the interval align-proxy used before (a two-level bootstrap that resamples items
 independently per seed) on the same simulated studies, as the baseline.
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from align_proxy.studies.calibration import coverage, designs
+from align_proxy.studies.calibration import GAINS, coverage, designs
 from align_proxy.studies.stats import Interval
+
+
+METRICS = tuple(GAINS)
 
 
 def two_level_bootstrap(seeds: list[np.ndarray], n_resamples: int, seed: int) -> Interval:
@@ -42,17 +46,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=2000, help="simulated studies per setting")
     parser.add_argument("--resamples", type=int, default=1000, help="replicates per interval")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=METRICS, help="which metrics' settings")
     parser.add_argument("--out", help="also write the table as JSON here")
     args = parser.parse_args()
-    print(f"{'metric':11s} {'seeds':>5s} {'seed sd':>8s} {'gain':>6s} {'crossed':>8s} {'width':>6s} "
+    print(f"{'metric':17s} {'seeds':>5s} {'seed sd':>8s} {'gain':>6s} {'crossed':>8s} {'width':>6s} "
           f"{'old':>6s} {'width':>6s} {'width x':>7s}")
     rows, started = [], time.perf_counter()
-    for design in designs():
+    for design in designs(metrics=args.metrics):
         new_cov, new_width = coverage(design, args.studies, args.resamples)
         old_cov, old_width = coverage(design, args.studies, args.resamples, interval=two_level_bootstrap)
         rows.append({"design": asdict(design), "coverage": new_cov, "width": new_width,
                      "baseline_coverage": old_cov, "baseline_width": old_width})
-        print(f"{design.metric:11s} {design.n_seeds:5d} {design.seed_sd:8.2f} {design.gain:+6.2f} {new_cov:8.3f} "
+        print(f"{design.metric:17s} {design.n_seeds:5d} {design.seed_sd:8.2f} {design.gain:+6.2f} {new_cov:8.3f} "
               f"{new_width:6.3f} {old_cov:6.3f} {old_width:6.3f} {new_width / old_width:7.2f}", flush=True)
     worst = min(r["coverage"] for r in rows)
     print(f"lowest coverage: crossed {worst:.3f}, old two-level bootstrap {min(r['baseline_coverage'] for r in rows):.3f}"

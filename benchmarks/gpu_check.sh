@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: on one CUDA GPU, the GPU tests of the fast paths, the training-throughput benchmark on both proxy
-# shapes, the GRPO rollout benchmark, then one summary table (OUT/summary.md). Each step has its own time limit, so
-# the whole check ends within 8 minutes on an H100/H200, compilation included; a step that runs out of time still
-# leaves its section of check.log, and the summary takes what it holds. OUT holds 7 files: check.log, steps.tsv,
-# gpu_tests.xml, three JSON reports and summary.md (the GPU machine sends back at most 8).
+# shapes, the GRPO rollout and evaluation-sampling benchmarks, then one summary table (OUT/summary.md). Each step has
+# its own time limit, so the whole check ends within 8 minutes on an H100/H200, compilation included; a step that runs
+# out of time still leaves its section of check.log, and the summary takes what it holds. OUT holds 8 files: check.log,
+# steps.tsv, gpu_tests.xml, four JSON reports and summary.md (the GPU machine sends back at most 8).
 #
 #   benchmarks/gpu_check.sh [--out DIR]     # DIR defaults to $OUT (the device tool's) or ./gpu_check
 #   benchmarks/gpu_check.sh --dry-run       # on any machine: list exactly what would run, check prerequisites
@@ -39,10 +39,11 @@ done
 # name | seconds | command. The limits add up to 450 s, leaving room for start-up and the summary in 8 minutes.
 GPU_TESTS="tests/test_gpu_paths.py tests/test_speed.py::test_varlen_kernel_matches_the_per_example_reference_on_a_gpu"
 STEPS=(
-  "gpu_tests|150|$PYTHON -m pytest -q -rs -p no:cacheprovider $GPU_TESTS --junitxml=$OUT_DIR/gpu_tests.xml"
-  "throughput-62m|130|$PYTHON benchmarks/throughput.py --shapes 62m --recipes sft,dpo,reward --steps 8 --warmup 3 --rows 600 --out $OUT_DIR/throughput-62m.json"
-  "throughput-350m|100|$PYTHON benchmarks/throughput.py --shapes 350m --recipes sft,dpo --variants trl-plain,align-proxy --steps 6 --warmup 2 --rows 400 --raw-rows 16 --out $OUT_DIR/throughput-350m.json"
-  "grpo_rollout|70|$PYTHON benchmarks/grpo_rollout.py --shape 62m --new-tokens 128 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
+  "gpu_tests|135|$PYTHON -m pytest -q -rs -p no:cacheprovider $GPU_TESTS --junitxml=$OUT_DIR/gpu_tests.xml"
+  "throughput-62m|110|$PYTHON benchmarks/throughput.py --shapes 62m --recipes sft,dpo,reward --steps 8 --warmup 3 --rows 600 --out $OUT_DIR/throughput-62m.json"
+  "throughput-350m|90|$PYTHON benchmarks/throughput.py --shapes 350m --recipes sft,dpo --variants trl-plain,align-proxy --steps 6 --warmup 2 --rows 400 --raw-rows 16 --out $OUT_DIR/throughput-350m.json"
+  "grpo_rollout|55|$PYTHON benchmarks/grpo_rollout.py --shape 62m --new-tokens 128 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
+  "eval_generation|60|$PYTHON benchmarks/eval_generation.py --shape 62m --prompts 64 --new-tokens 64 --per-prompt 2 --repeats 1 --out $OUT_DIR/eval_generation.json"
 )
 if [ "$REHEARSE" = 1 ]; then  # the same steps and files at tiny shapes, for a CPU
   TINY="--shapes tiny --steps 2 --warmup 1 --rows 60 --batch 4 --max-len 32 --raw-rows 4"
@@ -51,10 +52,11 @@ if [ "$REHEARSE" = 1 ]; then  # the same steps and files at tiny shapes, for a C
     "throughput-62m|150|$PYTHON benchmarks/throughput.py $TINY --recipes sft,dpo,reward --out $OUT_DIR/throughput-62m.json"
     "throughput-350m|120|$PYTHON benchmarks/throughput.py $TINY --recipes sft,dpo --variants trl-plain,align-proxy --out $OUT_DIR/throughput-350m.json"
     "grpo_rollout|120|$PYTHON benchmarks/grpo_rollout.py --shape tiny --prompts 2 --generations 2 --new-tokens 4 --gen-batch 8 --cycles 1 --out $OUT_DIR/grpo_rollout.json"
+    "eval_generation|60|$PYTHON benchmarks/eval_generation.py --shape tiny --prompts 8 --new-tokens 8 --per-prompt 2 --repeats 1 --out $OUT_DIR/eval_generation.json"
   )
 fi
 SUMMARY="$PYTHON benchmarks/gpu_summary.py $OUT_DIR"
-SCRIPTS=(benchmarks/throughput.py benchmarks/grpo_rollout.py benchmarks/gpu_summary.py)
+SCRIPTS=(benchmarks/throughput.py benchmarks/grpo_rollout.py benchmarks/eval_generation.py benchmarks/gpu_summary.py)
 FILES=(tests/test_gpu_paths.py tests/test_speed.py benchmarks/gpu_requirements.txt "${SCRIPTS[@]}")
 
 cd "$REPO" || exit 1

@@ -1,5 +1,5 @@
 """One table from what `benchmarks/gpu_check.sh` wrote: the GPU tests' outcome, training throughput of every
-recipe and variant on both proxy shapes, and the GRPO rollout figures.
+recipe and variant on both proxy shapes, the GRPO rollout figures and the evaluation sampler's.
 
 Throughput rows come from `throughput-<shape>.json`, or, when a step ran out of time before writing it, from the
 JSON lines its section of `check.log` holds (each variant prints one as it finishes). Each row is set against plain
@@ -113,6 +113,25 @@ def rollout_table(out: Path, sections: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def evaluation_table(out: Path, sections: dict[str, list[str]]) -> list[str]:
+    rows = [r for r in step_results(out, "eval_generation", sections) if "what" in r]
+    if not rows:
+        return ["Evaluation sampling: no figures (the step did not finish)"]
+    plain = next((r["tokens_per_s"] for r in rows if r["what"] == "hf-generate-batched" and "tokens_per_s" in r), None)
+    lines = ["| what | reply tokens/s | x batched generate | warm-up s | note |", "|---" * 5 + "|"]
+    for r in rows:
+        rate = r.get("tokens_per_s")
+        ratio = f"{rate / plain:.2f}" if rate and plain else ""
+        lines.append(f"| {r['what']} | {rate or ''} | {ratio} | {r.get('warmup_s', '')} | "
+                     f"{str(r.get('error', r.get('decoding', '')))[:90]} |")
+    return lines
+
+
+def shape_of(out: Path, name: str) -> str:
+    report = out / f"{name}.json"
+    return json.loads(report.read_text()).get("shape", "62m") if report.exists() else "62m"
+
+
 def steps_line(out: Path) -> str:
     status = out / "steps.tsv"  # gpu_check.sh: name, exit code, seconds
     if not status.exists():
@@ -130,10 +149,11 @@ def main() -> None:
     reports = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     device = next((r["device"] for r in reports + json_lines(sum(sections.values(), [])) if "device" in r),
                   "unknown device")
-    shape = next((r["shape"] for r in reports if "shape" in r), "62m")  # the rollout report's
     text = "\n".join([f"# GPU check on {device}", "", steps_line(out), "", tests_line(out), "",
                       "## Training throughput", "", *throughput_table(throughput_rows(out, sections)), "",
-                      f"## GRPO rollouts ({shape})", "", *rollout_table(out, sections), ""])
+                      f"## GRPO rollouts ({shape_of(out, 'grpo_rollout')})", "", *rollout_table(out, sections), "",
+                      f"## Evaluation sampling ({shape_of(out, 'eval_generation')})", "",
+                      *evaluation_table(out, sections), ""])
     (out / "summary.md").write_text(text)
     print(text)
 

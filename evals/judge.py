@@ -9,12 +9,13 @@ preference pair's chosen). Per prompt, as in AlpacaFarm and AlpacaEval, and each
 - `win_rate_vs_reference`: how often the judge prefers a sample to the reference; ties count half;
 - `win_rate_vs_base`: the trained model's sample i against the base model's sample i of the same prompt (the base
   samples are drawn again, with the seed the base evaluation drew them with); the base's is 0.5 by definition;
-- `response_length`: the samples' mean length in tokens, beside the win rates, since DPO lengthens replies.
+- `response_length`: the samples' mean length in tokens, beside the win rates, since DPO lengthens replies;
+- `length_controlled_win_rate`: the win rate against the reference that a reply of the reference's length would have
+  (AlpacaEval 2's, `align_proxy.evals.length_control`), per prompt as the fit's pseudo-values, whose mean is the rate.
 
-Each evaluation also prints the length-controlled win rate against the reference, with its interval over prompts
-(`align_proxy.evals.length_control`): what a reply of the reference's length would win. It and the judge's identity
-(`align_proxy.rewards.reward_identity`: spec, file and content hash) are the result's details, kept in
-metrics.json.
+Each evaluation also prints the length-controlled win rate with its own interval over prompts. That interval and the
+judge's identity (`align_proxy.rewards.reward_identity`: spec, file and content hash) are the result's details, kept
+in metrics.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from align_proxy.evals.length_control import length_controlled_win_rate
+from align_proxy.evals.length_control import length_controlled_win_rate, per_prompt_values
 from align_proxy.evals.rl import (Sampling, judge_record, per_prompt, prompt_token_ids, reward_columns,
                                   sample_and_score)
 from align_proxy.evals.suite import EvalResult, _load
@@ -126,7 +127,8 @@ class JudgeEvaluation:
         result.details["judge"] = self.record
         lc = self._length_controlled(who, wins, lengths, prompts, references)
         if lc:
-            result.details["length_controlled_win_rate"] = lc
+            values, result.details["length_controlled_win_rate"] = lc
+            result.add("length_controlled_win_rate", values)
         return result
 
     def _judged_samples(self, model) -> tuple[list[float], list[int]]:
@@ -138,10 +140,11 @@ class JudgeEvaluation:
         return samples.total, [len(ids) for ids in samples.completion_ids]
 
     def _length_controlled(self, who: str, wins: list[float], lengths: list[int], prompts: list,
-                           references: list) -> dict | None:
+                           references: list) -> tuple[list[float], dict] | None:
         """The length-controlled win rate against the reference, printed with its interval over prompts, and returned
-        for the result's details (None with fewer than 2 prompts). A reference reply's length is counted as the model
-        would write it: its tokens after the prompt, EOS included."""
+        as its per-prompt values (`length_control.per_prompt_values`: the metric a study resamples) and the result's
+        details (None with fewer than 2 prompts). A reference reply's length is counted as the model would write it:
+        its tokens after the prompt, EOS included."""
         if len(prompts) < 2:
             return None
         k = self.sampling.num_samples
@@ -152,4 +155,5 @@ class JudgeEvaluation:
         print(f"[align-proxy] {who}: length-controlled win rate vs reference {lc.estimate:.3f} "
               f"[{lc.low:.3f}, {lc.high:.3f}] ({lc.level:.0%}, over {len(prompts)} prompts; raw {lc.raw:.3f}; replies "
               f"{diffs.mean():+.1f} tokens against the reference)", flush=True)
-        return {**asdict(lc), "prompts": len(prompts), "mean_length_difference": float(diffs.mean())}
+        values = per_prompt_values(np.reshape(wins, (-1, k)), diffs).tolist()
+        return values, {**asdict(lc), "prompts": len(prompts), "mean_length_difference": float(diffs.mean())}

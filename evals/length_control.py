@@ -7,7 +7,14 @@ reference (1, 0.5 for a tie, 0) and its length minus the reference's, in tokens.
 every sample by maximum likelihood (ties as half outcomes: a quasi-binomial GLM), and the interval resamples prompts
 with their samples, the unit the items were drawn in. Fitted to per-prompt means instead, it is biased (the mean of
 step functions is not one), and its interval covered a planted truth 90% of the time at 95%; per sample, 94% (100
-simulated studies of 60 prompts x 4 samples; tests/test_chat.py keeps a smaller run of that check).
+simulated studies of 60 prompts x 4 samples; tests/test_length_control.py keeps a smaller run of that check).
+
+In a study the rate is one more per-prompt metric (`length_controlled_win_rate`), so its gains get the crossed
+intervals every other metric gets, from the same resamples of prompts and seeds. A prompt's value is the fit's
+pseudo-value: the estimate plus the prompt's influence on it (the delta method through the logistic fit's score), so
+the values' mean is the estimate, and resampling prompts resamples the fit to first order (a jackknife's pseudo-values
+agree to a correlation of 0.9999 at 60 prompts). `align_proxy/studies/calibration.py` checks the study's intervals
+on it in the study's design.
 """
 
 from __future__ import annotations
@@ -27,16 +34,19 @@ class LengthControlled:
     level: float = 0.95
 
 
-def _fit_at_zero(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> float:
-    """sigmoid(a) of the logistic fit logit P(win) = a + b * diff to wins in [0, 1], by Newton's method on the
-    binomial likelihood (what a quasi-binomial GLM maximises)."""
+RIDGE = 1e-3  # on the length slope: see _fit
+
+
+def _fit(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(theta, x, hessian) of the logistic fit logit P(win) = a + b * diff / sd(diff) to wins in [0, 1], by Newton's
+    method on the binomial likelihood (what a quasi-binomial GLM maximises); None when the lengths do not vary."""
     scale = diffs.std()
-    if scale == 0:  # no length variation to control for: the plain win rate
-        return float(wins.mean())
+    if scale == 0:
+        return None
     x = np.stack([np.ones_like(diffs), diffs / scale], axis=1)
     # A win rate of exactly 0 or 1 at some lengths separates the data and sends the slope to infinity; a small ridge
     # on it keeps the fit finite and changes nothing measurable otherwise.
-    ridge = np.diag([0.0, 1e-3])
+    ridge = np.diag([0.0, RIDGE])
     theta = np.zeros(2)
     for _ in range(iterations):
         p = expit(x @ theta)
@@ -46,7 +56,38 @@ def _fit_at_zero(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> f
         theta += step
         if np.abs(step).max() < 1e-10:
             break
-    return float(expit(theta[0]))
+    p = expit(x @ theta)
+    return theta, x, (x * (p * (1 - p))[:, None]).T @ x + ridge
+
+
+def _fit_at_zero(wins: np.ndarray, diffs: np.ndarray) -> float:
+    """The fitted win rate at zero length difference: sigmoid(a); with no length variation, the plain win rate."""
+    fit = _fit(wins, diffs)
+    return float(wins.mean()) if fit is None else float(expit(fit[0][0]))
+
+
+def per_prompt_values(wins, length_diffs) -> np.ndarray:
+    """Each prompt's pseudo-value of the length-controlled win rate (prompts x samples in, one value per prompt out):
+    estimate + g'(a) * [n H^-1 U_i]_a, with U_i the prompt's score (its samples' summed gradient, the ridge's share
+    included) and H the fit's Hessian, so the values average to the estimate exactly.
+
+    >>> wins = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.5], [1.0, 0.0]])
+    >>> diffs = np.array([[3.0, -1.0], [2.0, 4.0], [-2.0, 0.0], [1.0, -3.0]])
+    >>> values = per_prompt_values(wins, diffs)
+    >>> bool(np.isclose(values.mean(), _fit_at_zero(wins.ravel(), diffs.ravel())))
+    True
+    """
+    wins, diffs = np.asarray(wins, float), np.asarray(length_diffs, float)
+    n, k = wins.shape
+    fit = _fit(wins.ravel(), diffs.ravel())
+    if fit is None:  # no length to control for: the plain win rate, prompt by prompt
+        return wins.mean(axis=1)
+    theta, x, hessian = fit
+    residual = wins.ravel() - expit(x @ theta)
+    scores = (x * residual[:, None]).reshape(n, k, 2).sum(axis=1) - np.array([0.0, RIDGE * theta[1]]) / n
+    influence = n * scores @ np.linalg.inv(hessian).T
+    at_zero = expit(theta[0])
+    return at_zero + at_zero * (1 - at_zero) * influence[:, 0]
 
 
 def length_controlled_win_rate(wins, length_diffs, resamples: int = 1000, level: float = 0.95,

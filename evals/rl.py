@@ -12,12 +12,13 @@ and handed to the rewards exactly as GRPO and RLOO do in training.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, CompileConfig
 from trl.data_utils import is_conversational
 
 from align_proxy.data.tasks import ArithmeticTask
@@ -25,6 +26,7 @@ from align_proxy.files import files_stamp
 from align_proxy.scoring import pad_rows, span_logprob_sums
 from align_proxy.evals.suite import EvalResult, EvalSet, _load, evaluate_policy
 from align_proxy.rewards import RewardSet, arith, reward_identity
+from align_proxy.rl import StaticCacheReuse
 
 
 @dataclass(frozen=True)
@@ -67,31 +69,74 @@ def rl_prompts(test: Dataset, task: ArithmeticTask | None, size: int, seed: int 
     return test.select(range(min(size, len(test))))
 
 
+# Compiling the decoding step (static cache, CUDA graphs) costs tens of seconds per shape, and saves ~80 ms per
+# decoding step of a proxy at batch 256 (shared/bench/README.md, 350M: 2,739 new tokens/s eager with a dynamic cache,
+# 18,580 static and compiled). Below about this many decoding steps per call the compile does not repay itself: an
+# estimate from those figures and a ~30 s compile, which benchmarks/eval_generation.py measures on a GPU.
+COMPILE_FROM_STEPS = 512
+
+
+def compile_blocker(model, rows: int, batch_size: int, max_new_tokens: int) -> str | None:
+    """Why sampling `rows` replies stays eager with a dynamic cache, or None to compile its decoding."""
+    if next(model.parameters()).device.type != "cuda":
+        return "not on a GPU"  # transformers compiles decoding only on accelerators; on CPU it measured slower
+    steps = -(-rows // batch_size) * max_new_tokens
+    if steps < COMPILE_FROM_STEPS:
+        return f"{steps} decoding steps, too few to repay compiling them (from {COMPILE_FROM_STEPS})"
+    return None
+
+
+def decoding_plan(model, rows: int, batch_size: int, max_new_tokens: int) -> str:
+    """How `sample_completions` decodes `rows` replies on `model`, in words."""
+    blocker = compile_blocker(model, rows, batch_size, max_new_tokens)
+    if blocker:
+        return f"eager decoding, dynamic cache ({blocker})"
+    batches = -(-rows // batch_size)
+    return (f"{batches} equal batches of {-(-rows // batches)}, one static cache kept between them, compiled decoding "
+            "(CUDA graphs)")
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[list[int]], sampling: Sampling, eos_token_ids: list[int],
-                       batch_size: int = 256) -> tuple[list[list[int]], list[list[int]]]:
+                       batch_size: int = 256, compile: bool | None = None) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt ids and sampled completion ids (cut after the first EOS, which is kept, as TRL does), each
-    prompt (token ids, see `prompt_token_ids`) repeated `num_samples` times in a row."""
+    prompt (token ids, see `prompt_token_ids`) repeated `num_samples` times in a row.
+
+    On a GPU, when the decoding is long enough to repay compiling it (`compile_blocker`; `compile` forces either
+    way), it is decoded as the RL rollouts are (`align_proxy.rl.StaticCacheReuse`): batches of one size, the last
+    padded with copies of its final row, a static KV cache kept between them and a compiled decoding step, so the
+    CUDA graphs record once and replay for every batch."""
     model.eval()
     device = next(model.parameters()).device
     prompt_ids = [list(ids) for ids in prompts for _ in range(sampling.num_samples)]
+    if compile is None:
+        compile = compile_blocker(model, len(prompt_ids), batch_size, sampling.max_new_tokens) is None
+    settings = dict(do_sample=True, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                    top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
+    generate = model.generate
+    if compile and prompt_ids:
+        batch_size = -(-len(prompt_ids) // -(-len(prompt_ids) // batch_size))  # equal batches: one shape to compile
+        config = copy.deepcopy(model.generation_config)
+        config.update(**settings, cache_implementation="static", disable_compile=False, compile_config=CompileConfig())
+        settings, generate = {"generation_config": config}, StaticCacheReuse(model)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(sampling.seed)  # base and trained policies sample with the same seed
     completions = []
     try:
         for lo in range(0, len(prompt_ids), batch_size):
             rows = prompt_ids[lo:lo + batch_size]
+            count = len(rows)
+            if compile:
+                rows = rows + [rows[-1]] * (batch_size - count)
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, row in enumerate(rows):  # left padding: every prompt ends where generation starts
                 ids[i, width - len(row):] = torch.tensor(row)
                 mask[i, width - len(row):] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
-            for row in out[:, width:].tolist():
+            out = generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
+            for row in out[:count, width:].tolist():
                 ends = [i for i, token in enumerate(row) if token in eos_token_ids]
                 completions.append(row[: ends[0] + 1] if ends else row)
     finally:

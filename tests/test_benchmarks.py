@@ -28,6 +28,25 @@ def test_grpo_rollout_benchmark_compares_the_recipe_with_plain_trl_on_cpu(tmp_pa
     assert all(r["mean_step_s"] > 0 for r in report["results"] if "mean_step_s" in r)
 
 
+def test_eval_generation_benchmark_sets_the_evaluation_sampler_against_plain_generate(tmp_path, monkeypatch):
+    # In this process (torch is already imported here): a subprocess would spend its time importing.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_eval_generation", REPO / "benchmarks" / "eval_generation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "eval_generation.json"
+    monkeypatch.setattr(sys, "argv", ["eval_generation.py", "--shape", "tiny", "--prompts", "4", "--new-tokens", "4",
+                                      "--per-prompt", "2", "--repeats", "1", "--out", str(out)])
+    bench.main()
+    report = json.loads(out.read_text())
+    measured = {r["what"]: r for r in report["results"]}
+    assert set(measured) == {"hf-generate-per-prompt", "hf-generate-batched", "align-proxy-eval"}  # no GPU: no compiled
+    assert all(r["tokens_per_s"] > 0 and r["reply_tokens"] > 0 for r in measured.values())
+    assert measured["align-proxy-eval"]["decoding"] == "eager decoding, dynamic cache (not on a GPU)"
+    assert report["ratios"]["eval_over_batched"] > 0 and report["ratios"]["compiled_over_batched"] is None
+
+
 def test_gpu_check_dry_run_lists_every_step_and_checks_its_prerequisites(tmp_path):
     command = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "out")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
@@ -35,7 +54,7 @@ def test_gpu_check_dry_run_lists_every_step_and_checks_its_prerequisites(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     listed = result.stdout.split("prerequisites")[0]
     for step in ("tests/test_gpu_paths.py", "throughput.py --shapes 62m", "throughput.py --shapes 350m",
-                 "grpo_rollout.py --shape 62m", "gpu_summary.py"):
+                 "grpo_rollout.py --shape 62m", "eval_generation.py --shape 62m", "gpu_summary.py"):
         assert step in listed, step
     assert "FAIL" not in result.stdout and "all prerequisites hold" in result.stdout
     # a missing prerequisite fails the dry run, and says which
@@ -85,6 +104,7 @@ def test_gpu_summary_reads_logs_of_steps_that_ran_out_of_time(tmp_path, monkeypa
     assert "NVIDIA H200" in text and "throughput-62m 124 (130 s)" in text
     assert "| 62m | sft | align-proxy | 16 (16) | 60,000 | 2.5% | 5.00 | 4.96 | 0.14 |" in text
     assert "GPU tests: no report" in text and "GRPO rollout: no figures" in text
+    assert "Evaluation sampling: no figures" in text
 
 
 def test_proxy_tuning_benchmark_compares_with_the_three_models_own_generation():

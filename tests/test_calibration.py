@@ -1,7 +1,8 @@
 """Intervals mean what they say in the study's own design: nominal 95% gain intervals cover the true
 expected gain at least 93% of the time, simulated with shared held-out items, one base evaluation,
 seed effects from none to large, 3 and 5 seeds, binary, continuous and sampled metrics (a judged win rate: several
-replies per prompt, each a win or a loss, so fractional per-prompt scores) (`align_proxy/studies/calibration.py`).
+replies per prompt, each a win or a loss, so fractional per-prompt scores) and the length-controlled win rate's
+per-prompt pseudo-values under a judge that favours length (`align_proxy/studies/calibration.py`).
 `benchmarks/calibration.py` runs every setting with 2000 studies.
 """
 
@@ -10,7 +11,7 @@ import pytest
 from align_proxy.studies.calibration import Design, coverage, designs
 
 STUDIES = 400  # per setting: the coverage estimate's standard error is about 0.011
-SETTINGS = designs()  # binary, continuous, sampled x 3 and 5 seeds x seed effect none to large x zero and non-zero gain
+SETTINGS = designs()  # 4 metrics x 3 and 5 seeds x seed effect none to large x zero and non-zero gain
 
 
 @pytest.mark.parametrize("design", SETTINGS, ids=lambda d: f"{d.metric}-{d.n_seeds}seeds-sd{d.seed_sd}-gain{d.gain}")

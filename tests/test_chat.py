@@ -191,7 +191,7 @@ def test_a_judged_run_reports_judge_reward_win_rates_and_length(tiny_model, tmp_
     for who in ("base model", "trained model"):
         assert f"[align-proxy] {who}: length-controlled win rate vs reference " in out, out
     table = out.split("base vs trained")[-1]
-    for label in ("judge reward", "win rate vs reference", "win rate vs base", "response length"):
+    for label in ("judge reward", "win rate vs reference", "win rate vs base", "response length", "LC win rate"):
         assert label in table, table
     base, trained = record.scores.items_base, record.scores.items_trained
     assert base["win_rate_vs_base"] == [0.5] * 12  # the base against itself, by definition
@@ -210,6 +210,11 @@ def test_a_judged_run_reports_judge_reward_win_rates_and_length(tiny_model, tmp_
         assert details["judge"]["sampling"]["num_samples"] == 2
         lc = details["length_controlled_win_rate"]
         assert lc["prompts"] == 12 and all(0 <= lc[k] <= 1 for k in ("estimate", "low", "high")) and lc["raw"] <= 0.5
+    # The per-prompt length-controlled values a study resamples average to the run's estimate.
+    for items, details in ((base, written.details_base), (trained, written.details_trained)):
+        values = items["length_controlled_win_rate"]
+        estimate = details["length_controlled_win_rate"]["estimate"]
+        assert len(values) == 12 and sum(values) / 12 == pytest.approx(estimate)
 
 
 def test_a_judge_on_a_recipe_that_trains_no_policy_from_data_is_refused_before_anything_loads(tmp_path, monkeypatch,

@@ -77,3 +77,32 @@ def test_grpo_steps_decode_compiled_with_one_kept_cache(random_model, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 3 and generate.calls == 3 and generate.built == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_evaluation_sampling_long_enough_to_repay_it_decodes_compiled_with_one_kept_cache(random_model, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import align_proxy.evals.rl as evals_rl
+    from align_proxy.evals.rl import COMPILE_FROM_STEPS, Sampling, decoding_plan, sample_completions
+    from align_proxy.rl import StaticCacheReuse
+
+    caches = []
+
+    class Recorded(StaticCacheReuse):
+        def __init__(self, model):
+            super().__init__(model)
+            caches.append(self)
+
+    monkeypatch.setattr(evals_rl, "StaticCacheReuse", Recorded)
+    model = AutoModelForCausalLM.from_pretrained(random_model).cuda()
+    tokenizer = AutoTokenizer.from_pretrained(random_model)
+    prompts = [tokenizer(f"{i} + {i} =")["input_ids"] for i in range(6)]
+    sampling = Sampling(max_new_tokens=COMPILE_FROM_STEPS // 2, top_k=1, num_samples=2)  # 12 rows, 2 batches of 6
+    assert "compiled decoding" in decoding_plan(model, 12, 6, sampling.max_new_tokens)
+    _, compiled = sample_completions(model, tokenizer, prompts, sampling, [tokenizer.eos_token_id], batch_size=6)
+    (reuse,) = caches
+    assert (reuse.calls, reuse.built) == (2, 1)
+    _, eager = sample_completions(model, tokenizer, prompts, sampling, [tokenizer.eos_token_id], batch_size=6,
+                                  compile=False)
+    # Greedy in both: the same replies, but for a rare near-tie that compiled kernels round the other way.
+    assert sum(a == b for a, b in zip(compiled, eager)) >= 10

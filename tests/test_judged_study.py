@@ -189,4 +189,5 @@ def test_a_study_trains_its_own_gold_reward_model_and_judges_with_it(tiny_ladder
         assert [j["path"] for j in details["trained"]["judge"]["judges"]] == [str(judge_dir.resolve())]
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     assert report["judge"]["cell"]["config_hash"] == judge and report["judge"]["judges"][0]["sha256"]
-    assert {"judge_reward", "win_rate_vs_reference", "win_rate_vs_base"} <= {g["metric"] for g in report["gains"]}
+    assert {"judge_reward", "win_rate_vs_reference", "win_rate_vs_base", "length_controlled_win_rate"} <= {
+        g["metric"] for g in report["gains"]}

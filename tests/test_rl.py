@@ -207,3 +207,38 @@ def test_compiled_rollouts_keep_one_static_cache_between_generate_calls():
         assert reuse.built == 2  # another batch size: another cache
     assert all(torch.equal(a, b) for a, b in zip(fresh, outputs))
     assert config.cache_implementation == "static"  # TRL's generation config is left as it was
+
+
+def test_compiled_evaluation_sampling_decodes_equal_batches_through_one_kept_static_cache(monkeypatch):
+    """The judged and RL evaluations' sampler, with compiled decoding forced on (on a GPU it is chosen when the
+    decoding is long enough): 10 replies at batch 4 become 3 batches of 4, the last padded and cut back, all through
+    one static cache, and the replies are those eager decoding gives (top_k=1: sampling without chance)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import align_proxy.evals.rl as evals_rl
+    from align_proxy.evals.rl import Sampling, compile_blocker, decoding_plan, sample_completions
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                         pad_token_id=0, eos_token_id=2)).eval()
+    caches = []
+
+    class Recorded(align_proxy.rl.StaticCacheReuse):
+        def __init__(self, model):
+            super().__init__(model)
+            caches.append(self)
+
+    monkeypatch.setattr(evals_rl, "StaticCacheReuse", Recorded)
+    prompts = [torch.randint(3, 32, (length,)).tolist() for length in (5, 9, 7, 6, 8)]
+    sampling = Sampling(max_new_tokens=6, top_k=1, num_samples=2)
+    tokenizer = type("Tokenizer", (), {"pad_token_id": 0})()
+    eager = sample_completions(model, tokenizer, prompts, sampling, [2], batch_size=4, compile=False)
+    assert not caches
+    compiled = sample_completions(model, tokenizer, prompts, sampling, [2], batch_size=4, compile=True)
+    (reuse,) = caches
+    assert (reuse.calls, reuse.built) == (3, 1)
+    assert compiled == eager and len(compiled[1]) == 10
+    # Left to itself on a CPU it stays eager, and says why.
+    assert compile_blocker(model, 10, 4, 6) == "not on a GPU"
+    assert decoding_plan(model, 10, 4, 6) == "eager decoding, dynamic cache (not on a GPU)"

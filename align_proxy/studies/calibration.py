@@ -6,7 +6,9 @@ seed effect, none to large). An interval means what it says when it covers the *
 items and seeds) at its nominal rate. Binary items are accuracy-like (the base and every trained seed
 right or wrong on each item, item difficulty shared by all); continuous ones are NLL-like; sampled ones are a
 judged win rate's (`evals/judge.py`): each model samples `SAMPLES` replies per prompt, each wins or loses, and a
-prompt's score is the fraction won, so per-item scores are fractional and carry sampling noise of their own.
+prompt's score is the fraction won, so per-item scores are fractional and carry sampling noise of their own;
+length-controlled ones are the length-controlled win rate's (`evals/length_control.py`): the judge favours longer
+replies, training lengthens them, and a prompt's score is its pseudo-value of the rate fitted to every sample.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable
 import numpy as np
 from scipy import optimize, special
 
+from align_proxy.evals.length_control import _fit_at_zero, per_prompt_values
 from align_proxy.studies.stats import Interval, mean_interval
 
 # Binary items: logit of the base model's chance on an item of difficulty d ~ N(0, DIFFICULTY^2).
@@ -28,13 +31,17 @@ DIFFICULTY = 1.5
 LEARNABILITY = 0.8
 # Sampled items: replies judged per prompt (a judged study's --eval_num_samples).
 SAMPLES = 4
+# Length-controlled items: a reply's length difference from the reference is standard normal (training adds
+# LENGTHEN), and the judge's log-odds of preferring it rise LENGTH_BIAS per unit of it: a judge that favours length.
+LENGTH_BIAS = 1.0
+LENGTHEN = 0.5
 
 
 @dataclass(frozen=True)
 class Design:
     """One simulated study design; `seed_sd` is the seed effect (logit units for binary, raw for continuous)."""
 
-    metric: str  # "binary", "continuous" or "sampled"
+    metric: str  # "binary", "continuous", "sampled" or "length_controlled"
     n_seeds: int
     seed_sd: float
     gain: float  # the true expected gain over items and seeds
@@ -45,6 +52,9 @@ class Design:
         """The recipe's effect that makes the expected gain `gain` (binary: a logit shift, solved for)."""
         if self.metric == "continuous":
             return self.gain
+        if self.metric == "length_controlled":
+            return float(optimize.brentq(lambda e: _length_controlled_gain(e, self.seed_sd) - self.gain, -3.0, 3.0,
+                                         xtol=1e-5))
         return float(optimize.brentq(lambda e: _binary_gain(e, self.seed_sd) - self.gain, -10.0, 10.0, xtol=1e-12))
 
     def simulate(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -59,6 +69,8 @@ class Design:
             return list(trained - base[None, :])
         d = rng.normal(0.0, DIFFICULTY, n)
         u = rng.normal(0.0, LEARNABILITY, n)
+        if self.metric == "length_controlled":
+            return _length_controlled_study(d, u, shift + seed, rng)
         p_base = special.expit(BASE_LOGIT + d)
         p = special.expit(BASE_LOGIT + d[None, :] + u[None, :] + shift + seed[:, None])
         if self.metric == "sampled":  # the fraction of SAMPLES replies that win, per prompt (expected: p)
@@ -78,6 +90,36 @@ def _binary_gain(shift: float, seed_sd: float) -> float:
     return trained - base
 
 
+def _length_controlled_study(d: np.ndarray, u: np.ndarray, shifts: np.ndarray, rng: np.random.Generator) -> list:
+    """Per-seed per-prompt gains in the length-controlled win rate's pseudo-values: the base samples once, each seed
+    (its shift in `shifts`) samples its own replies, longer by LENGTHEN, on the same prompts."""
+    n = len(d)
+    base_length = rng.normal(0.0, 1.0, (n, SAMPLES))
+    base_wins = rng.random((n, SAMPLES)) < special.expit(BASE_LOGIT + d[:, None] + LENGTH_BIAS * base_length)
+    base = per_prompt_values(base_wins.astype(float), base_length)
+    gains = []
+    for shift in shifts:
+        length = rng.normal(LENGTHEN, 1.0, (n, SAMPLES))
+        wins = rng.random((n, SAMPLES)) < special.expit(BASE_LOGIT + (d + u + shift)[:, None] + LENGTH_BIAS * length)
+        gains.append(per_prompt_values(wins.astype(float), length) - base)
+    return gains
+
+
+def _length_controlled_gain(shift: float, seed_sd: float, prompts: int = 20_000) -> float:
+    """The expected gain in the length-controlled win rate: the rate the estimator converges to per seed (its logistic
+    fit on a population of prompts, with expected wins in place of drawn ones), averaged over the seed effect by
+    Gauss-Hermite quadrature, less the base's. Common random numbers keep it smooth in `shift` for the root find."""
+    rng = np.random.default_rng(20_240_101)
+    d, u = rng.normal(0.0, DIFFICULTY, prompts), rng.normal(0.0, LEARNABILITY, prompts)
+    base_length, length = rng.normal(0.0, 1.0, (prompts, SAMPLES)), rng.normal(LENGTHEN, 1.0, (prompts, SAMPLES))
+    base = _fit_at_zero(special.expit(BASE_LOGIT + d[:, None] + LENGTH_BIAS * base_length).ravel(), base_length.ravel())
+    x, w = np.polynomial.hermite_e.hermegauss(8) if seed_sd > 0 else (np.zeros(1), np.ones(1))
+    trained = sum(weight * _fit_at_zero(special.expit(BASE_LOGIT + (d + u + shift + seed_sd * z)[:, None]
+                                                      + LENGTH_BIAS * length).ravel(), length.ravel())
+                  for z, weight in zip(x, w / w.sum()))
+    return float(trained - base)
+
+
 def coverage(design: Design, studies: int, n_resamples: int, seed: int = 0,
              interval: Callable[..., Interval] = mean_interval) -> tuple[float, float]:
     """(coverage, mean interval width) of `interval` over `studies` simulated studies of `design`."""
@@ -91,11 +133,12 @@ def coverage(design: Design, studies: int, n_resamples: int, seed: int = 0,
     return hits / studies, float(np.mean(widths))
 
 
-SEED_SDS = {"binary": (0.0, 0.15, 0.5), "continuous": (0.0, 0.05, 0.3), "sampled": (0.0, 0.15, 0.5)}
-GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2), "sampled": (0.0, 0.1)}
+SEED_SDS = {"binary": (0.0, 0.15, 0.5), "continuous": (0.0, 0.05, 0.3), "sampled": (0.0, 0.15, 0.5),
+            "length_controlled": (0.0, 0.15, 0.5)}
+GAINS = {"binary": (0.0, 0.1), "continuous": (0.0, 0.2), "sampled": (0.0, 0.1), "length_controlled": (0.0, 0.1)}
 
 
-def designs(metrics=("binary", "continuous", "sampled"), seeds=(3, 5)) -> list[Design]:
+def designs(metrics=("binary", "continuous", "sampled", "length_controlled"), seeds=(3, 5)) -> list[Design]:
     return [Design(m, s, sd, e) for m in metrics for s in seeds for sd in SEED_SDS[m] for e in GAINS[m]]
 
 

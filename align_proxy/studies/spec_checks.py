@@ -8,6 +8,7 @@ import difflib
 from pathlib import Path
 
 from align_proxy.errors import UserInputError
+from align_proxy.kinds import KINDS
 from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 
 # `evaluation:` keys a spec may spell short, and the recipe flags they set (`evaluation: {judge: arith_gold,
@@ -15,7 +16,8 @@ from align_proxy.metrics import LM_EVAL_PREFIX, METRICS, lm_eval_metric_error
 EVALUATION_ALIASES = {"judge": "eval_judge", "judge_weights": "eval_judge_weights", "num_samples": "eval_num_samples",
                       "temperature": "eval_temperature"}
 JUDGE_FLAGS = ("eval_judge", "eval_judge_weights")
-JUDGED_METRICS = ("judge_reward", "win_rate_vs_reference", "win_rate_vs_base")
+# Every metric some recipe kind's judge adds (`RecipeKind.judged_metrics`): a headline on one needs a judge.
+JUDGED_METRICS = tuple(dict.fromkeys(m for kind in KINDS.values() for m in kind.judged_metrics))
 
 
 class StudySpecError(UserInputError, ValueError):
