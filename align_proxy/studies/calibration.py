@@ -209,3 +209,71 @@ def prediction_coverage(design: LadderDesign, studies: int, n_resamples: int = 5
             covered += prediction.gain.covers(design.gain)
     return {"studies": studies, "stated": stated, "covered": covered, "wrong_sign": wrong_sign,
             "coverage": covered / stated if stated else math.nan, "p_helps": probabilities}
+
+
+# --- a learning-rate grid across a ladder: the optimum's path and its prediction at the target ----------------------
+
+@dataclass(frozen=True)
+class OptimumDesign:
+    """A study whose recipe has a `learning_rate` grid at every rung of `rungs`, with a true improvement curve that
+    is a quadratic in log10(learning rate), `height - curvature * (x - x_N)^2`, whose optimum x_N moves as
+    `exponent` per decade of parameters (x_N = `optimum_at_smallest` at the smallest rung). Every rung's base is
+    scored once on items all rungs share; each grid value's seeds shift its scores together (`seed_sd`); items gain
+    unevenly (shared by every cell) and each cell's scores carry their own noise (`noise`)."""
+
+    rungs: tuple[tuple[str, int], ...] = tuple(LADDER.items())
+    exponent: float = -0.5
+    optimum_at_smallest: float = -2.5  # log10 of the best learning rate at the smallest rung
+    grid: tuple[float, ...] = (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5)  # log10 learning rates
+    height: float = 0.3
+    curvature: float = 0.1  # per (log10 unit)^2
+    n_seeds: int = 3
+    seed_sd: float = 0.01
+    noise: float = 0.3
+    n_items: int = 200
+    metric: str = "judge_reward"
+
+    def optimum(self, parameters: float) -> float:
+        """The true log10 optimum at a size."""
+        smallest = min(p for _, p in self.rungs)
+        return self.optimum_at_smallest + self.exponent * (math.log10(parameters) - math.log10(smallest))
+
+    def cells(self, rng: np.random.Generator) -> list:
+        from align_proxy.studies.store import CellResult
+
+        item_gain = rng.normal(0.0, 0.2, self.n_items)  # shared by every cell: the same items
+        cells = []
+        for model, parameters in self.rungs:
+            base = rng.normal(0.0, 1.0, self.n_items)
+            best = self.optimum(parameters)
+            for x in self.grid:
+                rate = f"{10 ** x:.6g}"
+                truth = self.height - self.curvature * (x - best) ** 2
+                for seed, shift in enumerate(rng.normal(0.0, self.seed_sd, self.n_seeds)):
+                    trained = base + truth + item_gain + shift + rng.normal(0.0, self.noise, self.n_items)
+                    cells.append(CellResult(f"{model}-{rate}-{seed}", model, parameters, "sft",
+                                            f"learning_rate={rate}", seed, {self.metric: float(base.mean())},
+                                            {self.metric: float(trained.mean())}, {self.metric: base.tolist()},
+                                            {self.metric: trained.tolist()}))
+        return cells
+
+    def analyse(self, rng: np.random.Generator, n_resamples: int = 500):
+        from align_proxy.studies.analysis import analyse
+
+        return analyse(self.cells(rng), dict(self.rungs), {"sft": self.metric}, target=TARGET,
+                       n_resamples=n_resamples)
+
+
+def optimum_coverage(design: OptimumDesign, studies: int, n_resamples: int = 300, seed: int = 0) -> dict:
+    """How often the predicted optimum's interval at the target covers the true one, over `studies` simulated
+    studies of `design` (studies whose rungs locate no optimum are counted apart)."""
+    rng = np.random.default_rng(seed)
+    truth = 10 ** design.optimum(TARGET[1])
+    located = covered = 0
+    for _ in range(studies):
+        (optimum,) = design.analyse(rng, n_resamples).optima
+        if optimum.located:
+            located += 1
+            covered += optimum.prediction.covers(truth)
+    return {"studies": studies, "located": located, "covered": covered,
+            "coverage": covered / located if located else math.nan}

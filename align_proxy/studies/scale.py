@@ -25,7 +25,7 @@ in the default study's design through `analyse`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class ScaleFit:
     measurement: Interval | None  # at target_parameters: the refits on replicates alone
     # P(the value at the target is > 0), from the same distribution as `prediction`.
     probability_positive: float | None
+    # The draws `prediction` is read from (each replicate's refit at the target plus its lack-of-fit draw), for a
+    # quantity computed from the prediction replicate by replicate (`analysis.optima`'s cost of not adjusting).
+    prediction_draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def fit_line_across_sizes(parameters: list[float], values: list[float], replicates: np.ndarray,
@@ -104,7 +107,7 @@ def fit_line_across_sizes(parameters: list[float], values: list[float], replicat
     lack = np.sqrt(np.maximum(0.0, rss / chi2 - noise_per_df)) * rng.standard_normal(len(refits))
 
     slope_interval = _widened(float(slope), refits[:, 1], lack / math.sqrt(sxx), confidence)
-    prediction = measurement = positive = None
+    prediction = measurement = positive = draws = None
     if target_parameters is not None:
         x0 = math.log10(target_parameters)
         at_target = refits[:, 0] + refits[:, 1] * x0
@@ -113,10 +116,12 @@ def fit_line_across_sizes(parameters: list[float], values: list[float], replicat
         measurement = percentile_interval(estimate, at_target, confidence)
         prediction = _widened(estimate, at_target, spread, confidence)
         positive = _least_sure(_share_positive(at_target + spread), _share_positive(at_target))
+        draws = at_target + spread
     return ScaleFit(slope=float(slope), intercept=float(intercept), r_squared=r_squared, n_points=k,
                     degrees_of_freedom=df, slope_interval=slope_interval, lack_of_fit=tau,
                     target_parameters=None if target_parameters is None else float(target_parameters),
-                    prediction=prediction, measurement=measurement, probability_positive=positive)
+                    prediction=prediction, measurement=measurement, probability_positive=positive,
+                    prediction_draws=draws)
 
 
 def _widened(estimate: float, centers: np.ndarray, spread: np.ndarray, confidence: float) -> Interval:

@@ -9,7 +9,8 @@ ordering comes from one `stats.CrossedResampler` draw over the whole study: item
 them, seeds per training run.
 
 One module per section, each with its own records: `gains` (and base scores), `orderings`, `transfer`, `trust`,
-`fits`, `gap_closed`, `overoptimization`, `completeness`, `headline`; `study` holds what they share. `analyse`
+`fits`, `optima` (a hyperparameter's best value per rung and at the target), `gap_closed`, `overoptimization`,
+`completeness`, `headline`; `study` holds what they share. `analyse`
 below runs them in order; every record is importable from here, and so is their JSON form (`studies.record`).
 """
 
@@ -30,6 +31,7 @@ from align_proxy.studies.analysis.headline import (
     VariantAtScale,
     headline,
 )
+from align_proxy.studies.analysis.optima import Optimum, RungOptimum, optima_section
 from align_proxy.studies.analysis.orderings import Ordering, ordering_section
 from align_proxy.studies.analysis.overoptimization import (
     OveroptimizationCurve,
@@ -50,8 +52,8 @@ SCHEMA_VERSION = 3
 __all__ = [
     "SCHEMA_VERSION", "analyse", "StudyAnalysis", "ModelSize", "MetricInfo", "BaseScore", "CellCount",
     "Completeness", "DivergedSeeds", "Fit", "Gain", "GapClosed", "Headline", "MetricTrust", "MissingCell",
-    "Ordering", "OveroptimizationCurve", "OveroptimizationSummary", "PeakShift", "Prediction", "RankAgreement",
-    "RankIntervals", "Scale", "Start", "Transfer", "TransferSummary", "TrustCandidate", "Variance",
+    "Optimum", "Ordering", "OveroptimizationCurve", "OveroptimizationSummary", "PeakShift", "Prediction",
+    "RankAgreement", "RankIntervals", "RungOptimum", "Scale", "Start", "Transfer", "TransferSummary", "TrustCandidate", "Variance",
     "VariantAtScale", "Record", "to_json",
 ]
 
@@ -93,12 +95,16 @@ class StudyAnalysis(Record):
     overoptimization: OveroptimizationSummary | None = None  # best-of-n cells and RL cells against reward models
     # Who judged the judged metrics: {"judges": [{spec, path, sha256}], "weights", "num_samples"}; None: no judge.
     judge: dict | None = None
+    # Each numeric grid key's optimum per rung and at the target (grids of at least 3 values only).
+    optima: list[Optimum] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """report.json; `judge` only in a judged study's, so an unjudged study's report reads as it always did."""
+        """report.json; `judge` only in a judged study's and `optima` only where a grid has them, so another study's
+        report reads as it always did."""
         document = super().to_json()
-        if self.judge is None:
-            del document["judge"]
+        for key in ("judge", "optima"):
+            if not getattr(self, key):
+                del document[key]
         return document
 
     def primary_metrics(self) -> dict[str, str]:
@@ -146,6 +152,7 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
     primary = {r: _primary(r, primary_metrics, gains) for r in recipes}
     headlines = [headline(r, primary[r], study, orderings, transfer, fits, target,
                           Start.of((starts or {}).get(r), (rewards_from or {}).get(r))) for r in recipes]
+    optima = optima_section(study, primary, target)
     rl_against_reward_models = [c for c in trained if c.recipe in (rewards_from or {})]
     return StudyAnalysis(
         schema=SCHEMA_VERSION, confidence=confidence, n_resamples=n_resamples, resolved_threshold=RESOLVED,
@@ -160,7 +167,7 @@ def analyse(results: list[CellResult], models: dict[str, int], primary_metrics: 
         orderings=list(orderings.values()), transfer=transfer,
         metric_trust=metric_trust_section(study, primary), fits=fits, gap_closed=gaps,
         overoptimization=overoptimization_section(best_of_n_cells + rl_against_reward_models, models, confidence,
-                                                  n_resamples), judge=judge)
+                                                  n_resamples), judge=judge, optima=optima)
 
 
 def _primary(recipe: str, primary_metrics: dict[str, str], gains: list[Gain]) -> str:

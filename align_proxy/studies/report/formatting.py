@@ -35,6 +35,21 @@ def format_interval(iv: Interval | None, signed: bool = True) -> str:
     return f"{format_number(iv.estimate, signed)}{bounds}"
 
 
+def format_setting(iv: Interval | None, edge: str | None = None) -> str:
+    """A hyperparameter's optimum: `2.1e-05 [9e-06, 4.8e-05]`, `>= 0.0316 [0.0143, open)` when it is at or past the
+    grid's upper edge (an open side is infinite), n/a without one.
+
+    >>> format_setting(Interval(2.1e-5, 9e-6, 4.8e-5)), format_setting(Interval(0.0316, 0.0143, math.inf), "above")
+    ('2.1e-05 [9e-06, 4.8e-05]', '>= 0.0316 [0.0143, open)')
+    """
+    if iv is None or not math.isfinite(iv.estimate):
+        return "n/a"
+    prefix = {"above": ">= ", "below": "<= "}.get(edge, "")
+    low = "(open" if iv.low in (0.0, -math.inf) else f"[{iv.low:.3g}"
+    high = "open)" if iv.high == math.inf else f"{iv.high:.3g}]"
+    return f"{prefix}{iv.estimate:.3g} {low}, {high}"
+
+
 def recipe_label(entry: Headline) -> str:
     """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`, or
     `rloo (from sft on ladder-s, against reward)` for a fixed policy trained against each size's reward model."""

@@ -29,6 +29,10 @@ def draw_plots(analysis: StudyAnalysis, results: list[CellResult]) -> dict[str, 
              "parameters, with the fit against log(parameters) over the models' mean gains; a star with a bar is "
              "the prediction interval at the target size, a hollow star (no bar) a prediction given as a "
              "direction only (beyond the metric's range, or far past the rungs on a weak fit)."),
+            ("optima", _optima, "Which setting at the target size: left, each rung's gain on the recipe's primary "
+             "metric against the grid key (log scale) with its fitted quadratic and optimum (bar: "
+             f"{level} interval, open at the grid's edge); right, the optimum against parameters with its line and "
+             "the prediction at the target (star)."),
             ("rank_agreement", _rank_scatter, "Each variant's gain at the smallest against the largest scale; "
              "points on one rising line mean the small model orders the variants as the large one does."),
             ("metric_trust", _metric_trust, "Decision accuracy of each metric measured on the smallest model "
@@ -139,6 +143,45 @@ def _gain_vs_scale(analysis: StudyAnalysis, figure: Figure) -> bool:
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set(xscale="log", xlabel="parameters", ylabel=f"gain in {metric}", title=recipe)
         ax.legend(fontsize=6)
+    return True
+
+
+def _optima(analysis: StudyAnalysis, figure: Figure) -> bool:
+    if not analysis.optima:
+        return False
+    axes = _axes(figure, 2 * len(analysis.optima), ncols=2)
+    for o, (curves, path) in zip(analysis.optima, zip(axes[::2], axes[1::2])):
+        colours = _colours([r.model for r in o.rungs])
+        unit = (lambda x: 10 ** x) if o.scale == "log10" else (lambda x: 1 / (1 + np.exp(-x)))
+        for rung in o.rungs:
+            colour = colours[rung.model]
+            curves.plot(rung.values, rung.improvements, "o", color=colour, label=rung.model)
+            low, high = (np.log10 if o.scale == "log10" else lambda v: np.log(v / (1 - v)))(
+                np.array([rung.values[0], rung.values[-1]]))
+            x = np.linspace(low, high, 60)
+            a, b, c = rung.quadratic
+            curves.plot(unit(x), a + b * x + c * x ** 2, color=colour, linewidth=1)
+            if not rung.edge:
+                curves.axvline(rung.optimum.estimate, color=colour, linestyle=":", linewidth=0.8)
+            top = rung.optimum.high if math.isfinite(rung.optimum.high) else rung.values[-1]
+            bottom = rung.optimum.low if rung.optimum.low > 0 else rung.values[0]
+            path.errorbar([rung.parameters], [rung.optimum.estimate], fmt="o", color=colour,
+                          yerr=[[rung.optimum.estimate - bottom], [top - rung.optimum.estimate]], capsize=3)
+        held = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.fixed.items())
+        curves.set(xscale="log" if o.scale == "log10" else "logit", xlabel=o.key,
+                   ylabel=f"gain in {o.metric} (larger is better)", title=f"{o.recipe}{' ' + held if held else ''}")
+        curves.legend(fontsize=6)
+        if o.prediction is not None and o.target_parameters:
+            p = o.prediction
+            path.errorbar([o.target_parameters], [p.estimate], yerr=[[p.estimate - p.low], [p.high - p.estimate]],
+                          fmt="*", color="black", markersize=10, capsize=3, label=f"{o.target}")
+            xs = np.array([o.rungs[0].parameters, o.target_parameters])
+            slope, intercept = np.polyfit(np.log10([r.parameters for r in o.rungs]),
+                                          np.log10([r.optimum.estimate for r in o.rungs]), 1)
+            path.plot(xs, 10 ** (intercept + slope * np.log10(xs)), color="grey", linestyle="--", linewidth=1)
+            path.legend(fontsize=6)
+        path.set(xscale="log", yscale="log" if o.scale == "log10" else "logit", xlabel="parameters",
+                 ylabel=f"best {o.key}", title="optimum" + ("" if o.located else " (not located)"))
     return True
 
 

@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from align_proxy.studies.analysis import GapClosed, Headline, Prediction, Scale, StudyAnalysis
-from align_proxy.studies.report.formatting import (format_parameters, format_share, format_trend, peak_shift_text,
-                                                   recipe_label)
+from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_setting,
+                                                   format_share, format_trend, peak_shift_text, recipe_label)
 from align_proxy.studies.stats import Power
 from align_proxy.studies.verdicts import RESOLVED
 
@@ -228,6 +228,26 @@ def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
     if not summary.trends:
         lines.append("alpha and beta against size need fitted curves at 3 or more reward-model sizes")
     lines += [peak_shift_text(shift) for shift in summary.peak_shifts]
+    return lines
+
+
+def optimum_lines(analysis: StudyAnalysis) -> list[str]:
+    """Per recipe and grid key, what to use at the target (or why the grid does not say): two short lines each."""
+    lines = []
+    for o in analysis.optima:
+        held = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in o.fixed.items())
+        name = f"{o.recipe} {o.key}{held}"
+        if not o.located:
+            lines.append(f"{name}: not located: {o.not_located_because}")
+            continue
+        where = f"at {o.target} use {format_setting(o.prediction)}" if o.prediction else "optimum per rung in the table"
+        lines.append(f"{name}: {where}; optimum ~ N^{format_number(o.exponent.estimate, True, 2)} "
+                     f"[{format_number(o.exponent.low, True, 2)}, {format_number(o.exponent.high, True, 2)}]")
+        if o.cost_of_keeping is not None:
+            lines.append(f"  keeping {o.rungs[0].model}'s best ({o.smallest_best:.3g}) there: {o.metric} "
+                         f"{format_interval(o.cost_of_keeping)} (if the curve keeps {o.rungs[-1].model}'s shape)")
+        if o.to_narrow:
+            lines.append(f"  {o.to_narrow}")
     return lines
 
 

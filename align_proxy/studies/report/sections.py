@@ -13,8 +13,8 @@ from typing import Callable
 
 from align_proxy.studies.analysis import Headline, Prediction, Scale, StudyAnalysis, Transfer, TransferSummary
 from align_proxy.studies.report import prose
-from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_share,
-                                                   overoptimization_rows, recipe_label)
+from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_setting,
+                                                   format_share, overoptimization_rows, recipe_label)
 from align_proxy.studies.stats import Power
 
 Table = tuple[list[str], list[list]]
@@ -182,6 +182,23 @@ def _fit_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
             "prediction", "from the rungs' noise alone", "P(gain > 0) there"], rows
 
 
+def _optima_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
+    target = analysis.target
+    headers = (["recipe", "key", "held at", "metric"] + [m.name for m in analysis.models] +
+               ["exponent in parameters", f"at {target.name}" if target else "prediction", "keeping the smallest's"])
+    rows = []
+    for o in analysis.optima:
+        rungs = {r.model: r for r in o.rungs}
+        held = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.fixed.items()) or "-"
+        rows.append([o.recipe, o.key, held, o.metric] +
+                    [format_setting(rungs[m.name].optimum, rungs[m.name].edge) if m.name in rungs else "-"
+                     for m in analysis.models] +
+                    [format_interval(o.exponent) if o.exponent else "not located",
+                     format_setting(o.prediction) if o.prediction else "-",
+                     format_interval(o.cost_of_keeping) if o.cost_of_keeping else "-"])
+    return headers, rows
+
+
 def _gap_closed_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
     rows = [[g.recipe, g.variant, g.metric, f"{g.small} to {g.large}", f"{g.size_ratio:.1f}x", f"{g.alpha:g}",
              str(g.n_seeds), format_number(g.base), format_number(g.expert), format_number(g.proxy),
@@ -229,6 +246,9 @@ OVEROPTIMIZATION_HEADING = ("Reward-model overoptimization: gold reward against 
 SECTIONS = (
     Section("headline", "Headline: is each recipe worth a large run?", _headline_table, verdicts=True,
             per_recipe=_variant_table, console=True),
+    Section("optima", "Which setting at the target size: each grid key's optimum per rung and its path with size",
+            _optima_table, prose.optimum_lines, detail=True, present=lambda analysis: bool(analysis.optima),
+            console=True),
     Section("plots", "Plots", plots=True),
     Section("orderings", "Which variant is best at each scale", _ordering_table, detail=True),
     Section("metric_trust", "Which small-scale metric to trust", _trust_table, detail=True),

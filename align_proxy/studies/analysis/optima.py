@@ -1,0 +1,241 @@
+"""The optimum section: where a numeric hyperparameter's best value lies at each rung, how it moves with scale, and
+what it should be at the target size.
+
+For each recipe, its headline metric, and each numeric grid key with at least 3 values (separately for each value of
+the recipe's other grid keys), at each model:
+
+- the improvement (the gain, signed so larger is better) of each grid value is fitted by a quadratic in the value's
+  log10 (a data-mixture fraction, `mix.*`: in its logit), and its argmax is the optimum; the fit is refitted on every
+  joint replicate of the study's one crossed draw (items shared by every cell, seeds per run), so the optimum's
+  interval carries the items' and the seeds' noise, correlated across grid values and rungs as the data are;
+- an argmax past the grid's edge, or a fit with no interior maximum, is censored at that edge: the estimate reads "at
+  or beyond" the edge and the interval is open on that side (`stats.censored_interval`), never a number inside it.
+
+Across rungs, log10(optimum) against log10(parameters) is the study's line across sizes
+(`scale.fit_line_across_sizes`: each rung's replicates and the rungs' lack of fit about the line, so three rungs
+that happen to line up are not taken for a law). Its slope is the optimum's exponent in parameters (-0.5: the
+optimum falls 3.2x per decade); its prediction at the target is the setting to use there. What not adjusting costs
+there is read off each replicate: the largest rung's curvature times the squared distance, in log10 units, between
+the smallest rung's optimum and the predicted one (the curve's shape at the target is assumed to be the largest
+rung's). An optimum that no rung's data locate says what would: a wider grid, or more seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit, logit
+
+from align_proxy.studies.analysis.study import Study
+from align_proxy.studies.record import Record
+from align_proxy.studies.scale import fit_line_across_sizes
+from align_proxy.studies.stats import Interval, censored_interval, percentile_interval
+
+MIN_VALUES = 3  # a quadratic through fewer points has no curvature to find a maximum by
+FACTOR = 2.0  # an optimum is located when its interval spans at most this factor either way
+MIXTURE_PREFIX = "mix."  # grid keys of a dataset mixture's fractions, fitted in their logit
+
+
+@dataclass(frozen=True)
+class RungOptimum(Record):
+    """One rung's optimum of one key: the grid values measured and their improvements, and the fitted argmax."""
+
+    model: str
+    parameters: int
+    values: list[float]
+    improvements: list[float]  # each value's gain, signed so larger is better
+    optimum: Interval  # in the key's own units; an open side is +-inf
+    edge: str | None  # "below" or "above": the fit's maximum is at or past that edge of the grid
+    censored_share: float  # the replicates whose maximum left the grid
+    curvature: float  # the quadratic's coefficient, per (transformed unit)^2: negative when there is a maximum
+    quadratic: list[float]  # (a, b, c): improvement = a + b x + c x^2, x the value's log10 (or logit)
+
+
+@dataclass(frozen=True)
+class Optimum(Record):
+    """A hyperparameter's optimum across the rungs and its prediction at the target size."""
+
+    recipe: str
+    metric: str
+    key: str
+    fixed: dict  # the recipe's other grid keys, held at these values
+    scale: str  # "log10" or "logit": what the quadratic and the line are fitted in
+    rungs: list[RungOptimum]
+    located: bool  # at least 3 rungs, and every rung's optimum interval is closed
+    not_located_because: str | None  # and what would locate it
+    exponent: Interval | None  # d log(optimum) / d log(parameters)
+    lack_of_fit: float | None
+    target: str | None
+    target_parameters: float | None
+    prediction: Interval | None  # the optimum at the target, in the key's units
+    smallest_best: float | None  # the smallest rung's optimum: what a user who does not adjust keeps
+    cost_of_keeping: Interval | None  # the improvement that keeping it gives up at the target (<= 0)
+    # When the prediction (or, without a target, a rung) spans more than FACTOR either way: the seeds per grid value
+    # that would bring it within FACTOR, in words.
+    to_narrow: str | None = None
+
+
+def parse_variant(name: str) -> dict[str, float | str]:
+    """A grid variant's settings from its name (`StudyPlan.variants`: `beta=0.1,learning_rate=0.0001`), numbers as
+    floats; "default" has none.
+
+    >>> parse_variant("beta=0.1,learning_rate=1e-05"), parse_variant("default")
+    ({'beta': 0.1, 'learning_rate': 1e-05}, {})
+    """
+    settings: dict[str, float | str] = {}
+    for part in name.split(",") if "=" in name else ():
+        key, _, value = part.partition("=")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            settings[key] = value
+    return settings
+
+
+def optima_section(study: Study, primary: dict[str, str], target: tuple[str, float] | None) -> list[Optimum]:
+    """Every optimum the study's grids allow (see the module docstring), for each recipe's headline metric."""
+    records = []
+    for recipe, metric in primary.items():
+        variants = sorted({v for (r, v, _, k) in study.gains if (r, k) == (recipe, metric)})
+        settings = {v: parse_variant(v) for v in variants}
+        keys = sorted({k for s in settings.values() for k, value in s.items() if isinstance(value, float)})
+        for key in keys:
+            slices: dict[tuple, dict[float, str]] = defaultdict(dict)
+            for variant, s in settings.items():
+                if isinstance(s.get(key), float):
+                    slices[tuple(sorted((k, v) for k, v in s.items() if k != key))][s[key]] = variant
+            for fixed, by_value in slices.items():
+                scale = _scale(key, list(by_value))
+                if len(by_value) >= MIN_VALUES and scale:
+                    records.append(_optimum(study, recipe, metric, key, dict(fixed), scale, by_value, target))
+    return records
+
+
+def _scale(key: str, values: list[float]) -> str | None:
+    if key.startswith(MIXTURE_PREFIX) and all(0 < v < 1 for v in values):
+        return "logit"
+    return "log10" if all(v > 0 for v in values) else None  # a grid through 0 (warmup_steps: [0, ...]) has no log
+
+
+def _to_unit(values, scale: str):
+    return 10.0 ** np.asarray(values) if scale == "log10" else expit(np.asarray(values))
+
+
+def _from_unit(values, scale: str) -> np.ndarray:
+    return np.log10(values) if scale == "log10" else logit(values)
+
+
+def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scale: str, by_value: dict[float, str],
+             target: tuple[str, float] | None) -> Optimum:
+    values = sorted(by_value)
+    x = _from_unit(values, scale)
+    rungs, argmax_rows, curvatures = [], [], []
+    for model in study.order:
+        improvements = study.improvements(recipe, metric, model)
+        if not all(by_value[v] in improvements for v in values):
+            continue
+        rows = np.column_stack([improvements[by_value[v]] for v in values])  # (1 + replicates) x values
+        if not np.all(np.isfinite(rows)):
+            continue  # a diverged grid value has no improvement to fit: this rung has no curve
+        argmax, coefficients = _argmax(x, rows)
+        curvature = coefficients[:, 2]
+        rungs.append(_rung(model, study, values, rows[0], argmax, coefficients[0], scale))
+        argmax_rows.append(argmax)
+        curvatures.append(curvature)
+    record = dict(recipe=recipe, metric=metric, key=key, fixed=fixed, scale=scale, rungs=rungs,
+                  target=target[0] if target else None, target_parameters=target[1] if target else None)
+    why = _not_located(rungs)
+    if why or len(rungs) < 3:
+        why = why or f"{len(rungs)} rung(s) with a curve, and a line across sizes needs 3"
+        return Optimum(**record, located=False, not_located_because=why, exponent=None, lack_of_fit=None,
+                       prediction=None, smallest_best=rungs[0].optimum.estimate if rungs else None,
+                       cost_of_keeping=None)
+    parameters = [r.parameters for r in rungs]
+    # Censored replicates held at the edge they passed: none of them leaves an estimate's interval open (checked
+    # above), so they lie in a tail the interval does not read.
+    clipped = np.column_stack([np.clip(a, x[0], x[-1]) for a in argmax_rows])
+    fit = fit_line_across_sizes(parameters, list(clipped[0]), clipped[1:], target[1] if target else None,
+                                study.confidence)
+    prediction = cost = narrow = None
+    if not target:
+        widest = max(rungs, key=lambda r: _spread(r.optimum, scale))
+        narrow = _to_narrow(widest.optimum, f"the optimum at {widest.model}", rungs, study, scale)
+    else:
+        p = fit.prediction
+        prediction = Interval(*(float(_to_unit(v, scale)) for v in (p.estimate, p.low, p.high)))
+        # What keeping the smallest rung's optimum gives up at the target, replicate by replicate, if the curve
+        # there has the largest rung's curvature: c * (x_small - x_target)^2.
+        lost = curvatures[-1] * (clipped[:, 0] - np.r_[p.estimate, fit.prediction_draws]) ** 2
+        cost = percentile_interval(float(lost[0]), lost[1:], study.confidence)
+        if prediction.covers(rungs[0].optimum.estimate):  # keeping it may be best: a squared distance cannot say so
+            cost = Interval(cost.estimate, cost.low, 0.0)
+        narrow = _to_narrow(prediction, f"the prediction at {target[0]}", rungs, study, scale)
+    return Optimum(**record, located=True, not_located_because=None, exponent=fit.slope_interval,
+                   lack_of_fit=fit.lack_of_fit, prediction=prediction,
+                   smallest_best=rungs[0].optimum.estimate, cost_of_keeping=cost, to_narrow=narrow)
+
+
+def _argmax(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's quadratic fit in x: its argmax (-inf or +inf when at or past the grid's lower or upper edge) and
+    its coefficients (rows x (a, b, c))."""
+    design = np.column_stack([np.ones_like(x), x, x ** 2])
+    coefficients = rows @ np.linalg.pinv(design).T  # rows x (a, b, c)
+    b, c = coefficients[:, 1], coefficients[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        peak = np.where(c < 0, -b / (2 * c), np.nan)
+    at_low = design[0] @ coefficients.T
+    at_high = design[-1] @ coefficients.T
+    # No interior maximum (a curve bending up, or a peak past an edge): the better edge, censored there.
+    edge = np.where(at_high >= at_low, np.inf, -np.inf)
+    peak = np.where(np.isnan(peak), edge, peak)
+    peak = np.where(peak > x[-1], np.inf, np.where(peak < x[0], -np.inf, peak))
+    return peak, coefficients
+
+
+def _rung(model: str, study: Study, values: list[float], improvements: np.ndarray, argmax: np.ndarray,
+          quadratic: np.ndarray, scale: str) -> RungOptimum:
+    estimate = float(argmax[0])
+    edge = "above" if estimate == math.inf else "below" if estimate == -math.inf else None
+    inner = float(np.clip(estimate, *_from_unit([values[0], values[-1]], scale)))
+    transformed = censored_interval(inner, argmax[1:], confidence=study.confidence)
+    optimum = Interval(*(float(_to_unit(v, scale)) if math.isfinite(v) else v
+                         for v in (transformed.estimate, transformed.low, transformed.high)))
+    return RungOptimum(model=model, parameters=study.models[model], values=values,
+                       improvements=[float(v) for v in improvements], optimum=optimum, edge=edge,
+                       censored_share=float(np.mean(~np.isfinite(argmax[1:]))), curvature=float(quadratic[2]),
+                       quadratic=[float(v) for v in quadratic])
+
+
+def _not_located(rungs: list[RungOptimum]) -> str | None:
+    """Why the rungs' optima do not locate a line, and what would; None when they do."""
+    for rung in rungs:
+        if rung.edge:
+            edge = rung.values[0] if rung.edge == "below" else rung.values[-1]
+            return (f"at {rung.model} the best value is at or {rung.edge} the grid's edge, {edge:.3g}: extend the grid "
+                    f"{rung.edge} it")
+        if not (math.isfinite(rung.optimum.low) and math.isfinite(rung.optimum.high)):
+            return (f"at {rung.model} the optimum's interval is open ({rung.censored_share:.0%} of resamples put it "
+                    "past the grid's edge): widen the grid or add seeds")
+    return None
+
+
+def _to_narrow(interval: Interval, where: str, rungs: list[RungOptimum], study: Study, scale: str) -> str | None:
+    """The seeds per grid value that would narrow `interval` to FACTOR either way, None when it already is: its width
+    falls as 1 / sqrt(seeds) (items fixed), so the seeds grow with the square of the ratio. A rough guide: the part of
+    a prediction's width that is the rungs' scatter about the line does not shrink with seeds."""
+    spread = _spread(interval, scale)
+    if spread <= FACTOR:
+        return None
+    seeds = max((g.n_seeds for (_, _, m, _), g in study.gains.items() if m in {r.model for r in rungs}), default=1)
+    needed = max(seeds + 1, math.ceil(seeds * (math.log(spread) / math.log(FACTOR)) ** 2))
+    return (f"{where} spans {spread:.1f}x either way; about {needed} seeds per grid value (now {seeds}) would bring it "
+            f"within {FACTOR:g}x")
+
+
+def _spread(optimum: Interval, scale: str) -> float:
+    """How far the interval reaches either way, as a factor of the estimate (in the logit's odds for a fraction)."""
+    low, mid, high = (_from_unit([v], scale)[0] for v in (optimum.low, optimum.estimate, optimum.high))
+    return float(10 ** max(mid - low, high - mid) if scale == "log10" else math.exp(max(mid - low, high - mid)))
