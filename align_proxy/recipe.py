@@ -29,6 +29,7 @@ from align_proxy import base_eval
 from align_proxy.chat_template import install_chat_template
 from align_proxy.checkpoints import resume_point
 from align_proxy.data.loading import RecipeData, load_recipe_data
+from align_proxy.data.mixture import load_mixture
 from align_proxy.data.validation import validate_dataset
 from align_proxy.divergence import DivergenceWatch
 from align_proxy.errors import RecipeArgumentError, UserInputError, show_tracebacks
@@ -61,6 +62,24 @@ def run_script(recipe: str, main) -> None:
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _load_data(recipe: str, script_args: RecipeArguments, seed: int) -> RecipeData:
+    """The run's data: the `datasets:` mixture when the config has one (and `--dataset_name` is ignored, as TRL's
+    scripts ignore it then), else `--dataset_name`."""
+    sizes = dict(builtin_train_size=script_args.builtin_train_size, builtin_test_size=script_args.builtin_test_size,
+                 seed=seed, eval_seed=script_args.eval_seed)
+    if script_args.datasets:
+        if script_args.dataset_name:
+            print(f"[align-proxy] data: the config's datasets: mixture; --dataset_name {script_args.dataset_name} is "
+                  "ignored, as TRL does", flush=True)
+        return load_mixture(script_args.datasets, script_args.mix, recipe, script_args.streaming,
+                            script_args.test_split_size, **sizes)
+    if script_args.mix:
+        raise RecipeArgumentError(f"--mix {' '.join(script_args.mix)}: the config has no datasets: mixture to share "
+                                  "out; add one (a list of {path, fraction} entries) or drop --mix")
+    return load_recipe_data(script_args.dataset_name, recipe, script_args.dataset_config,
+                            script_args.dataset_train_split, script_args.dataset_test_split, **sizes)
 
 
 def _is_ladder_rung(name: str) -> bool:
@@ -276,11 +295,7 @@ def prepare_run(recipe: str, script_args: RecipeArguments, training_args, model_
         # On the tokenizer before the data is checked: validation, training, evaluation and the saved model read it.
         # The flag keeps the file's path, which TRL's SFT and reward trainers read the same template from.
         holder.chat_template_path = str(install_chat_template(tokenizer, template))
-    data = load_recipe_data(
-        script_args.dataset_name, recipe, script_args.dataset_config, script_args.dataset_train_split,
-        script_args.dataset_test_split, script_args.builtin_train_size, script_args.builtin_test_size,
-        seed=training_args.seed, eval_seed=script_args.eval_seed,
-    )
+    data = _load_data(recipe, script_args, training_args.seed)
     max_length = getattr(training_args, "max_length", None)
     validate_dataset(data.train, recipe, data.source, script_args.dataset_train_split, tokenizer, max_length)
     validate_dataset(data.test, recipe, data.source, script_args.dataset_test_split, tokenizer, max_length)

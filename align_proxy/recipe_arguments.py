@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from trl import ScriptArguments, TrlParser
+from trl import DatasetMixtureConfig, ScriptArguments, TrlParser
 
 from align_proxy.kinds import recipe_kind
 from align_proxy.speed import ALIASES
@@ -23,12 +23,17 @@ EXPLICIT_KEYS = "_explicit_keys"  # where RecipeParser leaves the user's keys, o
 
 
 @dataclass
-class RecipeArguments(ScriptArguments):
-    """TRL's script arguments plus what align-proxy adds: tokenizer, built-in task sizes, evaluation."""
+class RecipeArguments(ScriptArguments, DatasetMixtureConfig):
+    """TRL's script arguments and dataset mixture (`datasets:` in the YAML, as `trl sft --config` takes it:
+    `align_proxy.data.mixture`) plus what align-proxy adds: tokenizer, built-in task sizes, evaluation."""
 
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to use when the model directory has none (e.g. the Llama-2 "
                                         "tokenizer for converted CLIMB proxies). Defaults to the model's own."})
+    mix: list[str] | None = field(default=None, metadata={"help": (
+        "Shares of the `datasets:` mixture, as ID=SHARE (e.g. arith-3digit=0.3; an ID is a built-in task's name or a "
+        "file's stem): the named dataset gets its share, the others split the rest in their fractions' proportions. "
+        "A study's grid key mix.ID sets it.")})
     builtin_train_size: int = field(default=2000, metadata={"help": "Training examples drawn from a built-in task."})
     builtin_test_size: int = field(default=200, metadata={"help": "Held-out examples drawn from a built-in task."})
     eval_size: int = field(default=200, metadata={"help": "Held-out items per metric for before/after evaluation."})

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=METRICS, help="which metrics' settings")
     parser.add_argument("--out", help="also write the table as JSON here")
     args = parser.parse_args()
-    print(f"{'metric':17s} {'seeds':>5s} {'seed sd':>8s} {'gain':>6s} {'crossed':>8s} {'width':>6s} "
+    print(f"{'metric':11s} {'seeds':>5s} {'seed sd':>8s} {'gain':>6s} {'crossed':>8s} {'width':>6s} "
           f"{'old':>6s} {'width':>6s} {'width x':>7s}")
     rows, started = [], time.perf_counter()
     for design in designs(metrics=args.metrics):
@@ -57,7 +57,7 @@ def main() -> None:
         old_cov, old_width = coverage(design, args.studies, args.resamples, interval=two_level_bootstrap)
         rows.append({"design": asdict(design), "coverage": new_cov, "width": new_width,
                      "baseline_coverage": old_cov, "baseline_width": old_width})
-        print(f"{design.metric:17s} {design.n_seeds:5d} {design.seed_sd:8.2f} {design.gain:+6.2f} {new_cov:8.3f} "
+        print(f"{design.metric:11s} {design.n_seeds:5d} {design.seed_sd:8.2f} {design.gain:+6.2f} {new_cov:8.3f} "
               f"{new_width:6.3f} {old_cov:6.3f} {old_width:6.3f} {new_width / old_width:7.2f}", flush=True)
     worst = min(r["coverage"] for r in rows)
     print(f"lowest coverage: crossed {worst:.3f}, old two-level bootstrap {min(r['baseline_coverage'] for r in rows):.3f}"

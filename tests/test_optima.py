@@ -88,3 +88,12 @@ def test_the_report_has_the_optimum_table_plot_and_lines_and_the_console_prints_
     text = out.getvalue()
     assert text.index("does each recipe's gain transfer?") < text.index("- sft learning_rate: at climb-350m use ")
     assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_the_modules_doctests_hold():
+    import doctest
+
+    import align_proxy.studies.analysis.optima as module
+
+    failed, attempted = doctest.testmod(module)
+    assert attempted and not failed

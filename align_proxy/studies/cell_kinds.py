@@ -28,8 +28,11 @@ def train_cells(spec, cells: list) -> list:
     for plan in spec.recipes:
         config_text = Path(plan.config).read_text()
         for model, (variant, grid_values), seed in itertools.product(spec.models, plan.variants(), spec.seeds):
+            shares = [f"{k.removeprefix('mix.')}={v}" for k, v in grid_values.items() if k.startswith("mix.")]
             overrides = {"model_name_or_path": model, "dataset_name": spec.dataset, "seed": seed,
-                         **spec.evaluation_for(plan.recipe), **grid_values}
+                         **spec.evaluation_for(plan.recipe),
+                         **{k: v for k, v in grid_values.items() if not k.startswith("mix.")},
+                         **({"mix": shares} if shares else {})}
             described = {"recipe": plan.recipe, "config": config_text, "overrides": overrides}
             if plan.launch:  # the processes (hence the global batch) and the engine are part of the run
                 described["launch"] = {**plan.launch, "config_file": Path(plan.launch["config_file"]).read_text()}

@@ -21,7 +21,8 @@ from align_proxy.kinds import CELL_KINDS, KINDS, TRAIN, load_object
 from align_proxy.models import registry
 from align_proxy.studies.slurm_resources import SlurmResources, check_slurm
 from align_proxy.studies.spec_checks import (JUDGE_FLAGS, JUDGED_METRICS, StudySpecError,  # noqa: F401 (re-export)
-                                             check_evaluation, check_keys, check_lm_eval_tasks, check_metric, fail)
+                                             check_evaluation, check_keys, check_lm_eval_tasks, check_metric,
+                                             check_mixture_grid, fail)
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 TOP_LEVEL_KEYS = {"name", "output_dir", "models", "target", "seeds", "dataset", "evaluation", "recipes"}
@@ -255,7 +256,9 @@ def _check_recipe(entry, index: int, path: Path, earlier: list[RecipePlan], lm_e
     check_metric(metric, kind, lm_eval_tasks, path, where)
     grid = entry.get("grid") or {}
     allowed = {f.name for cls in kind.flag_classes for f in dataclasses.fields(cls)}
-    check_keys(grid, allowed, path, f"{where}.grid", hint=f"fields of the {recipe} recipe's arguments")
+    allowed |= set(check_mixture_grid(grid if isinstance(grid, dict) else {}, Path(config), path, where))
+    check_keys(grid, allowed, path, f"{where}.grid",
+               hint=f"fields of the {recipe} recipe's arguments, or mix.ID for a share of its datasets: mixture")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             fail(path, f"{where}.grid.{key} must be a non-empty list of values, got {values!r}")

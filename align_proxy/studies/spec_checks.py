@@ -98,3 +98,29 @@ def check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "
             near = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f" (did you mean '{near[0]}'?)" if near else ""
             fail(path, f"{where}: unknown key '{key}'{suggestion}; keys must be {hint or 'one of ' + ', '.join(sorted(allowed))}")
+
+
+def check_mixture_grid(grid: dict, config: Path, path: Path, where: str) -> dict:
+    """The grid keys over a dataset mixture's shares (`mix.ID: [0.1, 0.3, 0.5]`, `align_proxy.data.mixture`), checked
+    against the recipe config's `datasets:`; returns them. Each becomes `--mix ID=SHARE` on the cell's command line,
+    so a share is part of the cell's hash."""
+    import yaml
+
+    from align_proxy.data.mixture import dataset_id
+
+    shares = {k: v for k, v in grid.items() if str(k).startswith("mix.")}
+    if not shares:
+        return shares
+    try:
+        entries = (yaml.safe_load(config.read_text()) or {}).get("datasets") or []
+    except (OSError, yaml.YAMLError, AttributeError):
+        entries = []
+    ids = [dataset_id(str(e.get("path", ""))) for e in entries if isinstance(e, dict)]
+    for key, values in shares.items():
+        name = key.removeprefix("mix.")
+        if name not in ids:
+            fail(path, f"{where}.grid.{key}: {config} has no dataset {name!r} in its datasets: mixture "
+                       f"({', '.join(ids) or 'it has none'}); a mix.ID key names one of them")
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in values):
+            fail(path, f"{where}.grid.{key} must list shares strictly between 0 and 1, got {values!r}")
+    return shares

@@ -130,21 +130,19 @@ def _from_unit(values, scale: str) -> np.ndarray:
 
 def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scale: str, by_value: dict[float, str],
              target: tuple[str, float] | None) -> Optimum:
-    values = sorted(by_value)
-    x = _from_unit(values, scale)
+    grid = sorted(by_value)
     rungs, argmax_rows, curvatures = [], [], []
     for model in study.order:
         improvements = study.improvements(recipe, metric, model)
-        if not all(by_value[v] in improvements for v in values):
+        # A value whose training diverged has no improvement to fit (-inf): the curve is fitted to the others.
+        values = [v for v in grid if by_value[v] in improvements and np.all(np.isfinite(improvements[by_value[v]]))]
+        if len(values) < MIN_VALUES:
             continue
         rows = np.column_stack([improvements[by_value[v]] for v in values])  # (1 + replicates) x values
-        if not np.all(np.isfinite(rows)):
-            continue  # a diverged grid value has no improvement to fit: this rung has no curve
-        argmax, coefficients = _argmax(x, rows)
-        curvature = coefficients[:, 2]
+        argmax, coefficients = _argmax(_from_unit(values, scale), rows)
         rungs.append(_rung(model, study, values, rows[0], argmax, coefficients[0], scale))
         argmax_rows.append(argmax)
-        curvatures.append(curvature)
+        curvatures.append(coefficients[:, 2])
     record = dict(recipe=recipe, metric=metric, key=key, fixed=fixed, scale=scale, rungs=rungs,
                   target=target[0] if target else None, target_parameters=target[1] if target else None)
     why = _not_located(rungs)
@@ -156,7 +154,8 @@ def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scal
     parameters = [r.parameters for r in rungs]
     # Censored replicates held at the edge they passed: none of them leaves an estimate's interval open (checked
     # above), so they lie in a tail the interval does not read.
-    clipped = np.column_stack([np.clip(a, x[0], x[-1]) for a in argmax_rows])
+    clipped = np.column_stack([np.clip(a, *_from_unit([r.values[0], r.values[-1]], scale))
+                               for a, r in zip(argmax_rows, rungs)])
     fit = fit_line_across_sizes(parameters, list(clipped[0]), clipped[1:], target[1] if target else None,
                                 study.confidence)
     prediction = cost = narrow = None
