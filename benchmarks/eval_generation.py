@@ -30,15 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from align_proxy.models.registry import CLIMB  # noqa: E402
-
-CUDA = torch.cuda.is_available()
 PAD, EOS = 0, 2
+CUDA = False  # set in main, once torch is imported: `--help` stays quick
 
 
 class Tokenizer:
@@ -47,7 +42,11 @@ class Tokenizer:
     pad_token_id = PAD
 
 
-def shape_config(shape: str) -> LlamaConfig:
+def shape_config(shape: str):
+    from transformers import LlamaConfig
+
+    from align_proxy.models.registry import CLIMB
+
     if shape == "tiny":  # a CPU-sized stand-in: 4 layers, width 64, vocabulary 512
         return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -57,6 +56,8 @@ def shape_config(shape: str) -> LlamaConfig:
 
 def sync() -> None:
     if CUDA:
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -74,7 +75,7 @@ def timed(run, repeats: int) -> tuple[float, float, int]:
     return warmup, (time.perf_counter() - start) / repeats, tokens
 
 
-def reply_tokens(out: torch.Tensor, width: int) -> int:
+def reply_tokens(out, width: int) -> int:
     """Tokens of each generated row up to and including its first EOS (what the sampler keeps)."""
     count = 0
     for row in out[:, width:].tolist():
@@ -82,7 +83,9 @@ def reply_tokens(out: torch.Tensor, width: int) -> int:
     return count
 
 
-def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: list[list[int]], device):
+    import torch
+
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -94,20 +97,31 @@ def left_padded(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="62m" if CUDA else "tiny", choices=("tiny", "62m", "350m"))
-    parser.add_argument("--prompts", type=int, default=200 if CUDA else 32, help="held-out prompts")
+    parser.add_argument("--shape", choices=("tiny", "62m", "350m"), help="default: 62m on a GPU, tiny on a CPU")
+    parser.add_argument("--prompts", type=int, help="held-out prompts (default: 200 on a GPU, 32 on a CPU)")
     parser.add_argument("--samples", type=int, default=4, help="replies per prompt (--eval_num_samples)")
-    parser.add_argument("--new-tokens", type=int, default=128 if CUDA else 32, help="--eval_max_new_tokens")
-    parser.add_argument("--prompt-len", type=int, nargs=2, default=(16, 64) if CUDA else (8, 24),
-                        help="prompt lengths are drawn uniformly from this range")
+    parser.add_argument("--new-tokens", type=int, help="--eval_max_new_tokens (default: 128 on a GPU, 32 on a CPU)")
+    parser.add_argument("--prompt-len", type=int, nargs=2,
+                        help="prompt lengths are drawn uniformly from this range (default: 16 64 on a GPU, 8 24)")
     parser.add_argument("--batch", type=int, default=256, help="the sampler's batch size")
-    parser.add_argument("--per-prompt", type=int, default=16 if CUDA else 8,
-                        help="prompts the per-prompt baseline is timed on (its rate is per token)")
+    parser.add_argument("--per-prompt", type=int,
+                        help="prompts the per-prompt baseline is timed on, its rate being per token (default: 16 on "
+                             "a GPU, 8 on a CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the warm-up call")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "eval_generation.json"))
     a = parser.parse_args()
 
-    from align_proxy.evals.rl import Sampling, decoding_plan, sample_completions  # here: `--help` stays quick
+    global CUDA
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from align_proxy.evals.rl import Sampling, decoding_plan, sample_completions
+
+    CUDA = torch.cuda.is_available()
+    for name, gpu, cpu in (("shape", "62m", "tiny"), ("prompts", 200, 32), ("new_tokens", 128, 32),
+                           ("prompt_len", (16, 64), (8, 24)), ("per_prompt", 16, 8)):
+        if getattr(a, name) is None:
+            setattr(a, name, gpu if CUDA else cpu)
 
     device = torch.device("cuda" if CUDA else "cpu")
     header = {"device": torch.cuda.get_device_name() if CUDA else f"CPU ({torch.get_num_threads()} threads)",

@@ -145,7 +145,7 @@ def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scal
         curvatures.append(coefficients[:, 2])
     record = dict(recipe=recipe, metric=metric, key=key, fixed=fixed, scale=scale, rungs=rungs,
                   target=target[0] if target else None, target_parameters=target[1] if target else None)
-    why = _not_located(rungs)
+    why = _not_located(rungs, scale)
     if why or len(rungs) < 3:
         why = why or f"{len(rungs)} rung(s) with a curve, and a line across sizes needs 3"
         return Optimum(**record, located=False, not_located_because=why, exponent=None, lack_of_fit=None,
@@ -208,13 +208,16 @@ def _rung(model: str, study: Study, values: list[float], improvements: np.ndarra
                        quadratic=[float(v) for v in quadratic])
 
 
-def _not_located(rungs: list[RungOptimum]) -> str | None:
+def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
     """Why the rungs' optima do not locate a line, and what would; None when they do."""
     for rung in rungs:
         if rung.edge:
-            edge = rung.values[0] if rung.edge == "below" else rung.values[-1]
+            # The next value past the edge, one of the grid's own steps (its ratio; a share's steps in its logit).
+            below = rung.edge == "below"
+            edge, inner = (rung.values[0], rung.values[1]) if below else (rung.values[-1], rung.values[-2])
+            step = _from_unit([edge], scale)[0] * 2 - _from_unit([inner], scale)[0]
             return (f"at {rung.model} the best value is at or {rung.edge} the grid's edge, {edge:.3g}: extend the grid "
-                    f"{rung.edge} it")
+                    f"{rung.edge} it (next: {float(_to_unit(step, scale)):.3g})")
         if not (math.isfinite(rung.optimum.low) and math.isfinite(rung.optimum.high)):
             return (f"at {rung.model} the optimum's interval is open ({rung.censored_share:.0%} of resamples put it "
                     "past the grid's edge): widen the grid or add seeds")
