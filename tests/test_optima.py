@@ -83,3 +83,14 @@ def test_the_modules_doctests_hold():
 
     failed, attempted = doctest.testmod(module)
     assert attempted and not failed
+
+
+def test_the_shipped_learning_rate_study_grids_sft_and_dpo_on_every_rung():
+    from align_proxy.studies.spec import load_spec
+    from support import REPO
+
+    spec = load_spec(REPO / "align_proxy/studies/lr_transfer.yaml")
+    assert spec.models == ["ladder-s", "ladder-m", "ladder-l"] and spec.target == "climb-350m"
+    grids = {p.recipe: p.grid for p in spec.recipes}
+    assert set(grids) == {"sft", "dpo"} and all(len(g["learning_rate"]) >= 5 for g in grids.values())
+    assert len(spec.cells()) == 90

@@ -13,6 +13,7 @@ replies, training lengthens them, and a prompt's score is its pseudo-value of th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -53,8 +54,7 @@ class Design:
         if self.metric == "continuous":
             return self.gain
         if self.metric == "length_controlled":
-            return float(optimize.brentq(lambda e: _length_controlled_gain(e, self.seed_sd) - self.gain, -3.0, 3.0,
-                                         xtol=1e-5))
+            return _length_controlled_shift(self.seed_sd, self.gain)
         return float(optimize.brentq(lambda e: _binary_gain(e, self.seed_sd) - self.gain, -10.0, 10.0, xtol=1e-12))
 
     def simulate(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -103,6 +103,11 @@ def _length_controlled_study(d: np.ndarray, u: np.ndarray, shifts: np.ndarray, r
         wins = rng.random((n, SAMPLES)) < special.expit(BASE_LOGIT + (d + u + shift)[:, None] + LENGTH_BIAS * length)
         gains.append(per_prompt_values(wins.astype(float), length) - base)
     return gains
+
+
+@functools.lru_cache(maxsize=None)  # a root find over population fits: once per seed effect and gain
+def _length_controlled_shift(seed_sd: float, gain: float) -> float:
+    return float(optimize.brentq(lambda e: _length_controlled_gain(e, seed_sd) - gain, -3.0, 3.0, xtol=1e-5))
 
 
 def _length_controlled_gain(shift: float, seed_sd: float, prompts: int = 20_000) -> float:
