@@ -93,4 +93,4 @@ def test_the_shipped_learning_rate_study_grids_sft_and_dpo_on_every_rung():
     assert spec.models == ["ladder-s", "ladder-m", "ladder-l"] and spec.target == "climb-350m"
     grids = {p.recipe: p.grid for p in spec.recipes}
     assert set(grids) == {"sft", "dpo"} and all(len(g["learning_rate"]) >= 5 for g in grids.values())
-    assert len(spec.cells()) == 90
+    assert len(spec.cells()) == 99

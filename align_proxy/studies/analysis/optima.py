@@ -209,7 +209,7 @@ def _rung(model: str, study: Study, values: list[float], improvements: np.ndarra
 
 
 def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
-    """Why the rungs' optima do not locate a line, and what would; None when they do."""
+    """Why the rungs' optima do not locate a line, and what would, the grid's edge first; None when they do."""
     for rung in rungs:
         if rung.edge:
             # The next value past the edge, one of the grid's own steps (its ratio; a share's steps in its logit).
@@ -218,9 +218,12 @@ def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
             step = _from_unit([edge], scale)[0] * 2 - _from_unit([inner], scale)[0]
             return (f"at {rung.model} the best value is at or {rung.edge} the grid's edge, {edge:.3g}: extend the grid "
                     f"{rung.edge} it (next: {float(_to_unit(step, scale)):.3g})")
-        if not (math.isfinite(rung.optimum.low) and math.isfinite(rung.optimum.high)):
-            return (f"at {rung.model} the optimum's interval is open ({rung.censored_share:.0%} of resamples put it "
-                    "past the grid's edge): widen the grid or add seeds")
+    for rung in rungs:
+        open_below = not (math.isfinite(rung.optimum.low) and rung.optimum.low > 0)
+        if open_below or not math.isfinite(rung.optimum.high):
+            side, edge = ("below", rung.values[0]) if open_below else ("above", rung.values[-1])
+            return (f"at {rung.model} the optimum's interval is open {side} {edge:.3g} ({rung.censored_share:.0%} of "
+                    f"resamples put it past the grid's edge): extend the grid {side} it, or add seeds")
     return None
 
 
