@@ -18,13 +18,13 @@ def only_optimum(design: OptimumDesign, seed: int = 0):
 def test_an_optimum_that_falls_as_n_to_the_minus_half_is_recovered():
     optimum = only_optimum(OptimumDesign(exponent=-0.5))
     assert optimum.located and optimum.key == "learning_rate" and optimum.scale == "log10"
-    assert optimum.exponent.covers(-0.5) and optimum.exponent.high < 0, optimum.exponent
+    assert optimum.exponent.covers(-0.5) and abs(optimum.exponent.estimate + 0.5) < 0.2, optimum.exponent
     for rung in optimum.rungs:  # each rung's own optimum, closed and around the planted one
         truth = 10 ** OptimumDesign().optimum(rung.parameters)
         assert rung.edge is None and rung.optimum.covers(truth), (rung.model, rung.optimum, truth)
     assert optimum.prediction.covers(10 ** OptimumDesign().optimum(TARGET[1]))
-    # Keeping the smallest rung's best costs what the curvature says, and it is a loss.
-    assert optimum.cost_of_keeping.high < 0 and optimum.smallest_best == optimum.rungs[0].optimum.estimate
+    # Keeping the smallest rung's best costs what the curvature says: a loss, as far as the data can tell.
+    assert optimum.cost_of_keeping.estimate < 0 and optimum.smallest_best == optimum.rungs[0].optimum.estimate
 
 
 def test_an_optimum_that_does_not_move_gives_a_slope_interval_covering_zero():
@@ -67,12 +67,12 @@ def test_the_report_has_the_optimum_table_plot_and_lines_and_the_console_prints_
     (optimum,) = json.loads(files["json"].read_text())["optima"]
     assert optimum["key"] == "learning_rate" and optimum["located"] and len(optimum["rungs"]) == 3
     markdown = files["markdown"].read_text()
-    assert "Which setting at the target size" in markdown and "sft learning_rate: at climb-350m use " in markdown
+    assert "Which setting at the target size" in markdown and "sft learning_rate: at climb-350m " in markdown
     assert (tmp_path / "plots" / "optima.png").stat().st_size > 10_000
     out = io.StringIO()
     print_report(Console(file=out, width=120), WrittenReport(analysis, files))
     text = out.getvalue()
-    assert text.index("does each recipe's gain transfer?") < text.index("- sft learning_rate: at climb-350m use ")
+    assert text.index("does each recipe's gain transfer?") < text.index("- sft learning_rate: at climb-350m ")
     assert max(len(line) for line in text.splitlines()) <= 120
 
 
@@ -93,4 +93,4 @@ def test_the_shipped_learning_rate_study_grids_sft_and_dpo_on_every_rung():
     assert spec.models == ["ladder-s", "ladder-m", "ladder-l"] and spec.target == "climb-350m"
     grids = {p.recipe: p.grid for p in spec.recipes}
     assert set(grids) == {"sft", "dpo"} and all(len(g["learning_rate"]) >= 5 for g in grids.values())
-    assert len(spec.cells()) == 99
+    assert len(spec.cells()) == 117

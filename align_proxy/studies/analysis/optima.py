@@ -4,10 +4,11 @@ what it should be at the target size.
 For each recipe, its headline metric, and each numeric grid key with at least 3 values (separately for each value of
 the recipe's other grid keys), at each model:
 
-- the improvement (the gain, signed so larger is better) of each grid value is fitted by a quadratic in the value's
-  log10 (a data-mixture fraction, `mix.*`: in its logit), and its argmax is the optimum; the fit is refitted on every
-  joint replicate of the study's one crossed draw (items shared by every cell, seeds per run), so the optimum's
-  interval carries the items' and the seeds' noise, correlated across grid values and rungs as the data are;
+- the improvement (the gain, signed so larger is better) near the best grid value (it and up to two neighbours each
+  side, `_window`) is fitted by a quadratic in the value's log10 (a data-mixture fraction, `mix.*`: in its logit),
+  and its argmax is the optimum; the fit is refitted on every joint replicate of the study's one crossed draw (items
+  shared by every cell, seeds per run), each replicate at its own best value, so the optimum's interval carries the
+  items' and the seeds' noise, correlated across grid values and rungs as the data are;
 - an argmax past the grid's edge, or a fit with no interior maximum, is censored at that edge: the estimate reads "at
   or beyond" the edge and the interval is open on that side (`stats.censored_interval`), never a number inside it.
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, logit
 
+from align_proxy import metrics
 from align_proxy.studies.analysis.study import Study
 from align_proxy.studies.record import Record
 from align_proxy.studies.scale import fit_line_across_sizes
@@ -52,6 +54,7 @@ class RungOptimum(Record):
     censored_share: float  # the replicates whose maximum left the grid
     curvature: float  # the quadratic's coefficient, per (transformed unit)^2: negative when there is a maximum
     quadratic: list[float]  # (a, b, c): improvement = a + b x + c x^2, x the value's log10 (or logit)
+    fitted: list[float]  # the grid values the quadratic is fitted to: the best and up to two neighbours each side
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,8 @@ def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scal
         if len(values) < MIN_VALUES:
             continue
         rows = np.column_stack([improvements[by_value[v]] for v in values])  # (1 + replicates) x values
-        argmax, coefficients = _argmax(_from_unit(values, scale), rows)
-        rungs.append(_rung(model, study, values, rows[0], argmax, coefficients[0], scale))
+        argmax, coefficients, windows = _argmax(_from_unit(values, scale), rows)
+        rungs.append(_rung(model, study, values, rows[0], argmax, coefficients[0], windows[0], scale))
         argmax_rows.append(argmax)
         curvatures.append(coefficients[:, 2])
     record = dict(recipe=recipe, metric=metric, key=key, fixed=fixed, scale=scale, rungs=rungs,
@@ -168,34 +171,57 @@ def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scal
         # What keeping the smallest rung's optimum gives up at the target, replicate by replicate, if the curve
         # there has the largest rung's curvature: c * (x_small - x_target)^2.
         lost = curvatures[-1] * (clipped[:, 0] - np.r_[p.estimate, fit.prediction_draws]) ** 2
-        cost = percentile_interval(float(lost[0]), lost[1:], study.confidence)
-        if prediction.covers(rungs[0].optimum.estimate):  # keeping it may be best: a squared distance cannot say so
-            cost = Interval(cost.estimate, cost.low, 0.0)
-        narrow = _to_narrow(prediction, f"the prediction at {target[0]}", rungs, study, scale)
+        bounds = metrics.metric(metric).bounds
+        if bounds and lost[0] <= bounds[0] - bounds[1]:
+            cost = None  # the parabola, that far from its top, loses more than the metric can: it says nothing there
+        else:
+            lost = np.maximum(lost, bounds[0] - bounds[1]) if bounds else lost
+            cost = percentile_interval(float(lost[0]), lost[1:], study.confidence)
+            if prediction.covers(rungs[0].optimum.estimate):  # keeping it may be best; a squared distance cannot say so
+                cost = Interval(cost.estimate, cost.low, 0.0)
+        alone = Interval(*(float(_to_unit(v, scale)) for v in (fit.measurement.estimate, fit.measurement.low,
+                                                                  fit.measurement.high)))
+        narrow = _to_narrow(prediction, f"the prediction at {target[0]}", rungs, study, scale, alone)
     return Optimum(**record, located=True, not_located_because=None, exponent=fit.slope_interval,
                    lack_of_fit=fit.lack_of_fit, prediction=prediction,
                    smallest_best=rungs[0].optimum.estimate, cost_of_keeping=cost, to_narrow=narrow)
 
 
-def _argmax(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's quadratic fit in x: its argmax (-inf or +inf when at or past the grid's lower or upper edge) and
-    its coefficients (rows x (a, b, c))."""
-    design = np.column_stack([np.ones_like(x), x, x ** 2])
-    coefficients = rows @ np.linalg.pinv(design).T  # rows x (a, b, c)
-    b, c = coefficients[:, 1], coefficients[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        peak = np.where(c < 0, -b / (2 * c), np.nan)
-    at_low = design[0] @ coefficients.T
-    at_high = design[-1] @ coefficients.T
-    # No interior maximum (a curve bending up, or a peak past an edge): the better edge, censored there.
-    edge = np.where(at_high >= at_low, np.inf, -np.inf)
-    peak = np.where(np.isnan(peak), edge, peak)
-    peak = np.where(peak > x[-1], np.inf, np.where(peak < x[0], -np.inf, peak))
-    return peak, coefficients
+def _argmax(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's local quadratic in x (`_window`: its best grid value and up to two neighbours each side): its argmax
+    (-inf or +inf when at or past the grid's lower or upper edge), its coefficients (rows x (a, b, c)) and each row's
+    window (rows x (first, last) index)."""
+    n = len(x)
+    peak, coefficients, windows = np.empty(len(rows)), np.empty((len(rows), 3)), np.empty((len(rows), 2), int)
+    best = np.argmax(rows, axis=1)
+    for index in np.unique(best):
+        lo, hi = _window(int(index), n)
+        chosen = best == index
+        design = np.column_stack([np.ones(hi - lo), x[lo:hi], x[lo:hi] ** 2])
+        fitted = rows[chosen][:, lo:hi] @ np.linalg.pinv(design).T  # its rows x (a, b, c)
+        b, c = fitted[:, 1], fitted[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            top = np.where(c < 0, -b / (2 * c), np.nan)
+        # No maximum (a curve bending up): the better end of the window, censored there if that is the grid's edge.
+        ends = np.where(design[-1] @ fitted.T >= design[0] @ fitted.T, x[hi - 1], x[lo])
+        top = np.where(np.isnan(top), ends, top)
+        peak[chosen], coefficients[chosen], windows[chosen] = top, fitted, (lo, hi)
+    peak = np.where(peak >= x[-1] if n else peak, np.inf, np.where(peak <= x[0], -np.inf, peak))
+    return peak, coefficients, windows
+
+
+def _window(best: int, n: int) -> tuple[int, int]:
+    """The grid values a rung's curve is fitted to, [lo, hi): the best one and up to two neighbours each side, at
+    least MIN_VALUES. Over a wide grid a learning rate's curve is not one parabola (it rises slowly and falls off a
+    cliff), so a quadratic through every value misplaces the top; near the top it is one, as Taylor says."""
+    lo, hi = max(0, best - 2), min(n, best + 3)
+    while hi - lo < MIN_VALUES:
+        lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
+    return lo, hi
 
 
 def _rung(model: str, study: Study, values: list[float], improvements: np.ndarray, argmax: np.ndarray,
-          quadratic: np.ndarray, scale: str) -> RungOptimum:
+          quadratic: np.ndarray, window: np.ndarray, scale: str) -> RungOptimum:
     estimate = float(argmax[0])
     edge = "above" if estimate == math.inf else "below" if estimate == -math.inf else None
     inner = float(np.clip(estimate, *_from_unit([values[0], values[-1]], scale)))
@@ -205,7 +231,7 @@ def _rung(model: str, study: Study, values: list[float], improvements: np.ndarra
     return RungOptimum(model=model, parameters=study.models[model], values=values,
                        improvements=[float(v) for v in improvements], optimum=optimum, edge=edge,
                        censored_share=float(np.mean(~np.isfinite(argmax[1:]))), curvature=float(quadratic[2]),
-                       quadratic=[float(v) for v in quadratic])
+                       quadratic=[float(v) for v in quadratic], fitted=values[window[0]:window[1]])
 
 
 def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
@@ -227,17 +253,26 @@ def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
     return None
 
 
-def _to_narrow(interval: Interval, where: str, rungs: list[RungOptimum], study: Study, scale: str) -> str | None:
-    """The seeds per grid value that would narrow `interval` to FACTOR either way, None when it already is: its width
-    falls as 1 / sqrt(seeds) (items fixed), so the seeds grow with the square of the ratio. A rough guide: the part of
-    a prediction's width that is the rungs' scatter about the line does not shrink with seeds."""
+def _to_narrow(interval: Interval, where: str, rungs: list[RungOptimum], study: Study, scale: str,
+               noise_alone: Interval | None = None) -> str | None:
+    """What would narrow `interval` to FACTOR either way, None when it already is. Its part from the rungs' noise
+    (`noise_alone`, for a prediction: the line refitted on the replicates without its lack of fit) falls as
+    1 / sqrt(seeds) (items fixed), so the seeds grow with the square of the ratio; the rest is the line's lack of fit,
+    which only more rungs measure."""
     spread = _spread(interval, scale)
     if spread <= FACTOR:
         return None
+    noise = _spread(noise_alone, scale) if noise_alone is not None else spread
+    said = f"{where} spans {spread:,.0f}x either way"
+    if noise <= FACTOR:
+        return (f"{said}, though the rungs' noise alone would put it within {noise:.1f}x: the rest is how far the "
+                f"rungs may stray from a line, which {len(rungs)} rungs barely measure; more rungs would narrow it")
     seeds = max((g.n_seeds for (_, _, m, _), g in study.gains.items() if m in {r.model for r in rungs}), default=1)
-    needed = max(seeds + 1, math.ceil(seeds * (math.log(spread) / math.log(FACTOR)) ** 2))
-    return (f"{where} spans {spread:.1f}x either way; about {needed} seeds per grid value (now {seeds}) would bring it "
-            f"within {FACTOR:g}x")
+    needed = max(seeds + 1, math.ceil(seeds * (math.log(noise) / math.log(FACTOR)) ** 2))
+    seeds_say = f"about {needed} seeds per grid value (now {seeds}) would bring"
+    if noise < spread:
+        return f"{said}; {seeds_say} its noise within {FACTOR:g}x, and more rungs the rest"
+    return f"{said}; {seeds_say} it within {FACTOR:g}x"
 
 
 def _spread(optimum: Interval, scale: str) -> float:

@@ -30,9 +30,9 @@ def draw_plots(analysis: StudyAnalysis, results: list[CellResult]) -> dict[str, 
              "the prediction interval at the target size, a hollow star (no bar) a prediction given as a "
              "direction only (beyond the metric's range, or far past the rungs on a weak fit)."),
             ("optima", _optima, "Which setting at the target size: left, each rung's gain on the recipe's primary "
-             "metric against the grid key (log scale) with its fitted quadratic and optimum (bar: "
-             f"{level} interval, open at the grid's edge); right, the optimum against parameters with its line and "
-             "the prediction at the target (star)."),
+             "metric against the grid key (log scale), the quadratic fitted near its best value, and its optimum "
+             f"(dotted); right, each rung's optimum with its {level} interval (a triangle: at the grid's edge, the "
+             "interval open past it), the line through them and the prediction at the target (star)."),
             ("rank_agreement", _rank_scatter, "Each variant's gain at the smallest against the largest scale; "
              "points on one rising line mean the small model orders the variants as the large one does."),
             ("metric_trust", _metric_trust, "Decision accuracy of each metric measured on the smallest model "
@@ -157,24 +157,27 @@ def _optima(analysis: StudyAnalysis, figure: Figure) -> bool:
             colour = colours[rung.model]
             curves.plot(rung.values, rung.improvements, "o", color=colour, label=rung.model)
             low, high = (np.log10 if o.scale == "log10" else lambda v: np.log(v / (1 - v)))(
-                np.array([rung.values[0], rung.values[-1]]))
+                np.array([rung.fitted[0], rung.fitted[-1]]))
             x = np.linspace(low, high, 60)
             a, b, c = rung.quadratic
             curves.plot(unit(x), a + b * x + c * x ** 2, color=colour, linewidth=1)
             if not rung.edge:
                 curves.axvline(rung.optimum.estimate, color=colour, linestyle=":", linewidth=0.8)
+            # A percentile interval need not hold its estimate (a censored one, or a skewed fit): a line and a point,
+            # not error bars measured from the point; an open side runs to the grid's edge.
             top = rung.optimum.high if math.isfinite(rung.optimum.high) else rung.values[-1]
             bottom = rung.optimum.low if rung.optimum.low > 0 else rung.values[0]
-            path.errorbar([rung.parameters], [rung.optimum.estimate], fmt="o", color=colour,
-                          yerr=[[rung.optimum.estimate - bottom], [top - rung.optimum.estimate]], capsize=3)
+            path.vlines(rung.parameters, bottom, top, color=colour)
+            path.plot([rung.parameters], [rung.optimum.estimate], "o" if not rung.edge else "^" if rung.edge ==
+                      "above" else "v", color=colour)
         held = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.fixed.items())
         curves.set(xscale="log" if o.scale == "log10" else "logit", xlabel=o.key,
                    ylabel=f"gain in {o.metric} (larger is better)", title=f"{o.recipe}{' ' + held if held else ''}")
         curves.legend(fontsize=6)
         if o.prediction is not None and o.target_parameters:
             p = o.prediction
-            path.errorbar([o.target_parameters], [p.estimate], yerr=[[p.estimate - p.low], [p.high - p.estimate]],
-                          fmt="*", color="black", markersize=10, capsize=3, label=f"{o.target}")
+            path.vlines(o.target_parameters, p.low, p.high, color="black")
+            path.plot([o.target_parameters], [p.estimate], "*", color="black", markersize=10, label=f"{o.target}")
             xs = np.array([o.rungs[0].parameters, o.target_parameters])
             slope, intercept = np.polyfit(np.log10([r.parameters for r in o.rungs]),
                                           np.log10([r.optimum.estimate for r in o.rungs]), 1)

@@ -232,7 +232,7 @@ def overoptimization_lines(analysis: StudyAnalysis) -> list[str]:
 
 
 def optimum_lines(analysis: StudyAnalysis) -> list[str]:
-    """Per recipe and grid key, what to use at the target (or why the grid does not say): two short lines each."""
+    """Per recipe and grid key, what to use at the target (or why the grid does not say): one claim per line."""
     lines = []
     for o in analysis.optima:
         held = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}" for k, v in o.fixed.items())
@@ -240,14 +240,21 @@ def optimum_lines(analysis: StudyAnalysis) -> list[str]:
         if not o.located:
             lines.append(f"{name}: not located: {o.not_located_because}")
             continue
-        where = f"at {o.target} use {format_setting(o.prediction)}" if o.prediction else "optimum per rung in the table"
-        lines.append(f"{name}: {where}; optimum ~ N^{format_number(o.exponent.estimate, True, 2)} "
-                     f"[{format_number(o.exponent.low, True, 2)}, {format_number(o.exponent.high, True, 2)}]")
+        exponent = o.exponent
+        trend = (f"optimum ~ N^{format_number(exponent.estimate, True, 2)} [{format_number(exponent.low, True, 2)}, "
+                 f"{format_number(exponent.high, True, 2)}]")
+        if o.prediction is None:
+            lines.append(f"{name}: {trend}; the optimum per rung is in the table")
+        elif o.to_narrow is None:
+            lines.append(f"{name}: at {o.target} use {format_setting(o.prediction)}; {trend}")
+        else:
+            lines.append(f"{name}: at {o.target} about {format_setting(o.prediction)}, too wide to act on; {trend}")
         if o.cost_of_keeping is not None:
-            lines.append(f"  keeping {o.rungs[0].model}'s best ({o.smallest_best:.3g}) there: {o.metric} "
-                         f"{format_interval(o.cost_of_keeping)} (if the curve keeps {o.rungs[-1].model}'s shape)")
+            lines.append(f"{name}: keeping {o.rungs[0].model}'s best ({o.smallest_best:.3g}) at {o.target}: "
+                         f"{o.metric} {format_interval(o.cost_of_keeping)} (if the curve keeps {o.rungs[-1].model}'s "
+                         "shape)")
         if o.to_narrow:
-            lines.append(f"  {o.to_narrow}")
+            lines.append(f"{name}: {o.to_narrow}")
     return lines
 
 
