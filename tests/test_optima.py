@@ -94,3 +94,25 @@ def test_the_shipped_learning_rate_study_grids_sft_and_dpo_on_every_rung():
     grids = {p.recipe: p.grid for p in spec.recipes}
     assert set(grids) == {"sft", "dpo"} and all(len(g["learning_rate"]) >= 5 for g in grids.values())
     assert len(spec.cells()) == 117
+
+
+def test_the_optimum_plot_draws_an_interval_that_does_not_hold_its_estimate():
+    """A percentile interval need not hold its estimate (a censored or skewed fit): matplotlib's error bars refuse
+    that (negative lengths), and the whole report died on one in the shipped study."""
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from align_proxy.studies.analysis import Optimum, RungOptimum
+    from align_proxy.studies.report.plots import _optima
+    from align_proxy.studies.stats import Interval
+
+    values = [1e-5, 1e-4, 1e-3]
+    rungs = [RungOptimum(model, parameters, values, [0.1, 0.2, 0.1], Interval(estimate, low, high), None, 0.0, -0.1,
+                         [0.0, 0.0, -0.1], values)
+             for model, parameters, estimate, low, high in (("ladder-s", 202_272, 1e-4, 1.2e-4, 3e-4),
+                                                           ("ladder-m", 797_760, 5e-5, 2e-5, 4e-5),
+                                                           ("ladder-l", 1_786_464, 3e-5, 1e-5, 6e-5))]
+    optimum = Optimum("sft", "task_accuracy", "learning_rate", {}, "log10", rungs, True, None, Interval(-0.5, -1, 0),
+                      0.0, "climb-350m", 3.45e8, Interval(1e-6, 2e-6, 1e-5), 1e-4, None)
+    assert _optima(SimpleNamespace(optima=[optimum]), Figure())
