@@ -116,3 +116,35 @@ def test_the_optimum_plot_draws_an_interval_that_does_not_hold_its_estimate():
     optimum = Optimum("sft", "task_accuracy", "learning_rate", {}, "log10", rungs, True, None, Interval(-0.5, -1, 0),
                       0.0, "climb-350m", 3.45e8, Interval(1e-6, 2e-6, 1e-5), 1e-4, None)
     assert _optima(SimpleNamespace(optima=[optimum]), Figure())
+
+
+def test_a_grid_through_zero_is_fitted_in_its_own_units():
+    """warmup_steps: [0, 10, ...] has no log: its curve and its line are fitted in steps, and the line is a change per
+    decade of parameters."""
+    from align_proxy.studies.analysis import analyse
+    from align_proxy.studies.calibration import LADDER
+    from align_proxy.studies.report import prose
+    from align_proxy.studies.store import CellResult
+
+    rng = np.random.default_rng(0)
+    items = 200
+    shared = rng.normal(0.0, 0.2, items)
+    cells = []
+    for model, parameters in LADDER.items():
+        base = rng.normal(0.0, 1.0, items)
+        for steps in (0, 10, 20, 40, 80):
+            truth = 0.3 - 1e-4 * (steps - 30) ** 2  # best at 30 steps on every rung
+            for seed in range(3):
+                trained = base + truth + shared + rng.normal(0.0, 0.3, items)
+                cells.append(CellResult(f"{model}-{steps}-{seed}", model, parameters, "sft", f"warmup_steps={steps}",
+                                        seed, {"judge_reward": float(base.mean())},
+                                        {"judge_reward": float(trained.mean())}, {"judge_reward": base.tolist()},
+                                        {"judge_reward": trained.tolist()}))
+    analysis = analyse(cells, LADDER, {"sft": "judge_reward"}, target=TARGET, n_resamples=300)
+    (optimum,) = analysis.optima
+    assert optimum.scale == "linear" and optimum.key == "warmup_steps"
+    assert all(r.optimum.covers(30.0) and 10 < r.optimum.estimate < 60 for r in optimum.rungs), optimum.rungs
+    if optimum.located:
+        assert optimum.exponent.covers(0.0)
+        assert "optimum " in prose.optimum_lines(analysis)[0] and "per decade of parameters" in \
+            prose.optimum_lines(analysis)[0]

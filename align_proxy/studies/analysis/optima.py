@@ -65,11 +65,12 @@ class Optimum(Record):
     metric: str
     key: str
     fixed: dict  # the recipe's other grid keys, held at these values
-    scale: str  # "log10" or "logit": what the quadratic and the line are fitted in
+    scale: str  # "log10", "logit" or "linear": what the quadratic and the line are fitted in
     rungs: list[RungOptimum]
     located: bool  # at least 3 rungs, and every rung's optimum interval is closed
     not_located_because: str | None  # and what would locate it
-    exponent: Interval | None  # d log(optimum) / d log(parameters)
+    # The line's slope per decade of parameters, in the scale's units: with log10, the optimum's exponent in parameters.
+    exponent: Interval | None
     lack_of_fit: float | None
     target: str | None
     target_parameters: float | None
@@ -112,23 +113,27 @@ def optima_section(study: Study, primary: dict[str, str], target: tuple[str, flo
                     slices[tuple(sorted((k, v) for k, v in s.items() if k != key))][s[key]] = variant
             for fixed, by_value in slices.items():
                 scale = _scale(key, list(by_value))
-                if len(by_value) >= MIN_VALUES and scale:
+                if len(by_value) >= MIN_VALUES:
                     records.append(_optimum(study, recipe, metric, key, dict(fixed), scale, by_value, target))
     return records
 
 
-def _scale(key: str, values: list[float]) -> str | None:
+def _scale(key: str, values: list[float]) -> str:
+    """What a key's curve and line are fitted in: a share's logit, a positive value's log10, else the value itself (a
+    grid through 0, such as warmup_steps: [0, 10, 50], has no log; its line is then a change per decade)."""
     if key.startswith(MIXTURE_PREFIX) and all(0 < v < 1 for v in values):
         return "logit"
-    return "log10" if all(v > 0 for v in values) else None  # a grid through 0 (warmup_steps: [0, ...]) has no log
+    return "log10" if all(v > 0 for v in values) else "linear"
 
 
 def _to_unit(values, scale: str):
-    return 10.0 ** np.asarray(values) if scale == "log10" else expit(np.asarray(values))
+    values = np.asarray(values, dtype=float)
+    return 10.0 ** values if scale == "log10" else expit(values) if scale == "logit" else values
 
 
 def _from_unit(values, scale: str) -> np.ndarray:
-    return np.log10(values) if scale == "log10" else logit(values)
+    values = np.asarray(values, dtype=float)
+    return np.log10(values) if scale == "log10" else logit(values) if scale == "logit" else values
 
 
 def _optimum(study: Study, recipe: str, metric: str, key: str, fixed: dict, scale: str, by_value: dict[float, str],
@@ -241,11 +246,13 @@ def _not_located(rungs: list[RungOptimum], scale: str) -> str | None:
             # The next value past the edge, one of the grid's own steps (its ratio; a share's steps in its logit).
             below = rung.edge == "below"
             edge, inner = (rung.values[0], rung.values[1]) if below else (rung.values[-1], rung.values[-2])
-            step = _from_unit([edge], scale)[0] * 2 - _from_unit([inner], scale)[0]
+            step = float(_to_unit(_from_unit([edge], scale)[0] * 2 - _from_unit([inner], scale)[0], scale))
+            following = f" (next: {step:.3g})" if step >= 0 or min(rung.values) < 0 else ""
             return (f"at {rung.model} the best value is at or {rung.edge} the grid's edge, {edge:.3g}: extend the grid "
-                    f"{rung.edge} it (next: {float(_to_unit(step, scale)):.3g})")
+                    f"{rung.edge} it{following}" if following or not below else
+                    f"at {rung.model} the best value is the grid's lowest, {edge:.3g}: its curve there has no top")
     for rung in rungs:
-        open_below = not (math.isfinite(rung.optimum.low) and rung.optimum.low > 0)
+        open_below = not math.isfinite(rung.optimum.low) or (scale != "linear" and rung.optimum.low <= 0)
         if open_below or not math.isfinite(rung.optimum.high):
             side, edge = ("below", rung.values[0]) if open_below else ("above", rung.values[-1])
             return (f"at {rung.model} the optimum's interval is open {side} {edge:.3g} ({rung.censored_share:.0%} of "
@@ -262,6 +269,8 @@ def _to_narrow(interval: Interval, where: str, rungs: list[RungOptimum], study: 
     spread = _spread(interval, scale)
     if spread <= FACTOR:
         return None
+    if not math.isfinite(spread):
+        return f"{where} reaches 0 or below: more seeds, and more rungs, would narrow it"
     noise = _spread(noise_alone, scale) if noise_alone is not None else spread
     said = f"{where} spans {spread:,.0f}x either way"
     if noise <= FACTOR:
@@ -276,6 +285,10 @@ def _to_narrow(interval: Interval, where: str, rungs: list[RungOptimum], study: 
 
 
 def _spread(optimum: Interval, scale: str) -> float:
-    """How far the interval reaches either way, as a factor of the estimate (in the logit's odds for a fraction)."""
+    """How far the interval reaches either way, as a factor of the estimate (in the logit's odds for a fraction;
+    infinite for a linear key's interval that reaches 0)."""
+    if scale == "linear":
+        low, mid, high = optimum.low, optimum.estimate, optimum.high
+        return float(max(high / mid, mid / low)) if low > 0 else math.inf
     low, mid, high = (_from_unit([v], scale)[0] for v in (optimum.low, optimum.estimate, optimum.high))
     return float(10 ** max(mid - low, high - mid) if scale == "log10" else math.exp(max(mid - low, high - mid)))

@@ -50,6 +50,17 @@ def format_setting(iv: Interval | None, edge: str | None = None) -> str:
     return f"{prefix}{iv.estimate:.3g} {low}, {high}"
 
 
+def format_trend_of_optimum(optimum) -> str:
+    """How an optimum moves with size (`analysis.Optimum.exponent`): `optimum ~ N^-0.99 [-2.21, +0.63]` for a key
+    fitted in log10, else its change per decade of parameters in the scale it was fitted in."""
+    e = optimum.exponent
+    bounds = f"[{format_number(e.low, True, 2)}, {format_number(e.high, True, 2)}]"
+    if optimum.scale == "log10":
+        return f"optimum ~ N^{format_number(e.estimate, True, 2)} {bounds}"
+    what = "logit(optimum)" if optimum.scale == "logit" else "optimum"
+    return f"{what} {format_number(e.estimate, True, 2)} {bounds} per decade of parameters"
+
+
 def recipe_label(entry: Headline) -> str:
     """A headline's recipe, with what its cells started from (`start_from`): `grpo (from sft)`, or
     `rloo (from sft on ladder-s, against reward)` for a fixed policy trained against each size's reward model."""

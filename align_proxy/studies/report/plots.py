@@ -152,12 +152,13 @@ def _optima(analysis: StudyAnalysis, figure: Figure) -> bool:
     axes = _axes(figure, 2 * len(analysis.optima), ncols=2)
     for o, (curves, path) in zip(analysis.optima, zip(axes[::2], axes[1::2])):
         colours = _colours([r.model for r in o.rungs])
-        unit = (lambda x: 10 ** x) if o.scale == "log10" else (lambda x: 1 / (1 + np.exp(-x)))
+        unit = {"log10": lambda x: 10 ** x, "logit": lambda x: 1 / (1 + np.exp(-x))}.get(o.scale, lambda x: x)
+        fitted_in = {"log10": np.log10, "logit": lambda v: np.log(v / (1 - v))}.get(o.scale, lambda v: v)
+        axis = {"log10": "log", "logit": "logit"}.get(o.scale, "linear")
         for rung in o.rungs:
             colour = colours[rung.model]
             curves.plot(rung.values, rung.improvements, "o", color=colour, label=rung.model)
-            low, high = (np.log10 if o.scale == "log10" else lambda v: np.log(v / (1 - v)))(
-                np.array([rung.fitted[0], rung.fitted[-1]]))
+            low, high = fitted_in(np.array([rung.fitted[0], rung.fitted[-1]]))
             x = np.linspace(low, high, 60)
             a, b, c = rung.quadratic
             curves.plot(unit(x), a + b * x + c * x ** 2, color=colour, linewidth=1)
@@ -166,12 +167,13 @@ def _optima(analysis: StudyAnalysis, figure: Figure) -> bool:
             # A percentile interval need not hold its estimate (a censored one, or a skewed fit): a line and a point,
             # not error bars measured from the point; an open side runs to the grid's edge.
             top = rung.optimum.high if math.isfinite(rung.optimum.high) else rung.values[-1]
-            bottom = rung.optimum.low if rung.optimum.low > 0 else rung.values[0]
+            closed = math.isfinite(rung.optimum.low) and (rung.optimum.low > 0 or axis == "linear")
+            bottom = rung.optimum.low if closed else rung.values[0]
             path.vlines(rung.parameters, bottom, top, color=colour)
             path.plot([rung.parameters], [rung.optimum.estimate], "o" if not rung.edge else "^" if rung.edge ==
                       "above" else "v", color=colour)
         held = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.fixed.items())
-        curves.set(xscale="log" if o.scale == "log10" else "logit", xlabel=o.key,
+        curves.set(xscale=axis, xlabel=o.key,
                    ylabel=f"gain in {o.metric} (larger is better)", title=f"{o.recipe}{' ' + held if held else ''}")
         curves.legend(fontsize=6)
         if o.prediction is not None and o.target_parameters:
@@ -180,10 +182,10 @@ def _optima(analysis: StudyAnalysis, figure: Figure) -> bool:
             path.plot([o.target_parameters], [p.estimate], "*", color="black", markersize=10, label=f"{o.target}")
             xs = np.array([o.rungs[0].parameters, o.target_parameters])
             slope, intercept = np.polyfit(np.log10([r.parameters for r in o.rungs]),
-                                          np.log10([r.optimum.estimate for r in o.rungs]), 1)
-            path.plot(xs, 10 ** (intercept + slope * np.log10(xs)), color="grey", linestyle="--", linewidth=1)
+                                          fitted_in(np.array([r.optimum.estimate for r in o.rungs])), 1)
+            path.plot(xs, unit(intercept + slope * np.log10(xs)), color="grey", linestyle="--", linewidth=1)
             path.legend(fontsize=6)
-        path.set(xscale="log", yscale="log" if o.scale == "log10" else "logit", xlabel="parameters",
+        path.set(xscale="log", yscale=axis, xlabel="parameters",
                  ylabel=f"best {o.key}", title="optimum" + ("" if o.located else " (not located)"))
     return True
 

@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from align_proxy.studies.analysis import GapClosed, Headline, Prediction, Scale, StudyAnalysis
-from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_setting,
-                                                   format_share, format_trend, peak_shift_text, recipe_label)
+from align_proxy.studies.report.formatting import (format_interval, format_parameters, format_setting, format_share,
+                                                   format_trend, format_trend_of_optimum, peak_shift_text, recipe_label)
 from align_proxy.studies.stats import Power
 from align_proxy.studies.verdicts import RESOLVED
 
@@ -240,9 +240,7 @@ def optimum_lines(analysis: StudyAnalysis) -> list[str]:
         if not o.located:
             lines.append(f"{name}: not located: {o.not_located_because}")
             continue
-        exponent = o.exponent
-        trend = (f"optimum ~ N^{format_number(exponent.estimate, True, 2)} [{format_number(exponent.low, True, 2)}, "
-                 f"{format_number(exponent.high, True, 2)}]")
+        trend = format_trend_of_optimum(o)
         if o.prediction is None:
             lines.append(f"{name}: {trend}; the optimum per rung is in the table")
         elif o.to_narrow is None:

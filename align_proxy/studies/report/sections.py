@@ -14,7 +14,8 @@ from typing import Callable
 from align_proxy.studies.analysis import Headline, Prediction, Scale, StudyAnalysis, Transfer, TransferSummary
 from align_proxy.studies.report import prose
 from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_setting,
-                                                   format_share, overoptimization_rows, recipe_label)
+                                                   format_share, format_trend_of_optimum, overoptimization_rows,
+                                                   recipe_label)
 from align_proxy.studies.stats import Power
 
 Table = tuple[list[str], list[list]]
@@ -185,7 +186,7 @@ def _fit_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
 def _optima_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
     target = analysis.target
     headers = (["recipe", "key", "held at", "metric"] + [m.name for m in analysis.models] +
-               ["exponent in parameters", f"at {target.name}" if target else "prediction", "keeping the smallest's"])
+               ["trend with size", f"at {target.name}" if target else "prediction", "keeping the smallest's"])
     rows = []
     for o in analysis.optima:
         rungs = {r.model: r for r in o.rungs}
@@ -193,7 +194,7 @@ def _optima_table(analysis: StudyAnalysis, primary_only: bool = False) -> Table:
         rows.append([o.recipe, o.key, held, o.metric] +
                     [format_setting(rungs[m.name].optimum, rungs[m.name].edge) if m.name in rungs else "-"
                      for m in analysis.models] +
-                    [format_interval(o.exponent) if o.exponent else "not located",
+                    [format_trend_of_optimum(o) if o.exponent else "not located",
                      format_setting(o.prediction) if o.prediction else "-",
                      format_interval(o.cost_of_keeping) if o.cost_of_keeping else "-"])
     return headers, rows
