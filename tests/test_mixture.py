@@ -80,6 +80,12 @@ def test_a_study_grid_over_one_datasets_share_makes_distinct_cells_named_by_it(t
         spec({"mix.chat": [0.1, 0.3, 0.5]})
     with pytest.raises(StudySpecError, match="shares strictly between 0 and 1"):
         spec({"mix.arith": [0.0, 0.5, 1.0]})
+    # A proxy-tuning cell reads its held-out items by dataset_name: with a mixture it would score other items.
+    raw = yaml.safe_load((tmp_path / "spec.yaml").read_text())
+    raw["recipes"][0] = {"recipe": "sft", "config": str(tmp_path / "mix.yaml"), "proxy_tune": True}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(StudySpecError, match="proxy_tune with a datasets: mixture .* is not supported yet"):
+        load_spec(tmp_path / "spec.yaml")
 
 
 def test_the_modules_doctests_hold():

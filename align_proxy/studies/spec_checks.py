@@ -100,22 +100,30 @@ def check_keys(mapping, allowed: set[str], path: Path, where: str, hint: str = "
             fail(path, f"{where}: unknown key '{key}'{suggestion}; keys must be {hint or 'one of ' + ', '.join(sorted(allowed))}")
 
 
-def check_mixture_grid(grid: dict, config: Path, path: Path, where: str) -> dict:
-    """The grid keys over a dataset mixture's shares (`mix.ID: [0.1, 0.3, 0.5]`, `align_proxy.data.mixture`), checked
-    against the recipe config's `datasets:`; returns them. Each becomes `--mix ID=SHARE` on the cell's command line,
-    so a share is part of the cell's hash."""
+def mixture_ids(config: Path) -> list[str]:
+    """The IDs of the datasets in a recipe config's `datasets:` mixture (`align_proxy.data.mixture.dataset_id`), none
+    without one."""
     import yaml
 
-    from align_proxy.data.mixture import dataset_id
-
-    shares = {k: v for k, v in grid.items() if str(k).startswith("mix.")}
-    if not shares:
-        return shares
     try:
         entries = (yaml.safe_load(config.read_text()) or {}).get("datasets") or []
     except (OSError, yaml.YAMLError, AttributeError):
         entries = []
-    ids = [dataset_id(str(e.get("path", ""))) for e in entries if isinstance(e, dict)]
+    if not entries:  # most configs: nothing more to import
+        return []
+    from align_proxy.data.mixture import dataset_id
+
+    return [dataset_id(str(e.get("path", ""))) for e in entries if isinstance(e, dict)]
+
+
+def check_mixture_grid(grid: dict, config: Path, path: Path, where: str) -> dict:
+    """The grid keys over a dataset mixture's shares (`mix.ID: [0.1, 0.3, 0.5]`, `align_proxy.data.mixture`), checked
+    against the recipe config's `datasets:`; returns them. Each becomes `--mix ID=SHARE` on the cell's command line,
+    so a share is part of the cell's hash."""
+    shares = {k: v for k, v in grid.items() if str(k).startswith("mix.")}
+    if not shares:
+        return shares
+    ids = mixture_ids(config)
     for key, values in shares.items():
         name = key.removeprefix("mix.")
         if name not in ids:
