@@ -76,11 +76,18 @@ def rl_prompts(test: Dataset, task: ArithmeticTask | None, size: int, seed: int 
 COMPILE_FROM_STEPS = 512
 
 
+def equal_batches(rows: int, batch_size: int) -> tuple[int, int]:
+    """(batches, rows per batch) that split `rows` into the fewest batches of at most `batch_size`, all of one size
+    but the last (which compiled decoding pads to it)."""
+    batches = -(-rows // batch_size)
+    return batches, -(-rows // batches) if batches else batch_size
+
+
 def compile_blocker(model, rows: int, batch_size: int, max_new_tokens: int) -> str | None:
     """Why sampling `rows` replies stays eager with a dynamic cache, or None to compile its decoding."""
     if next(model.parameters()).device.type != "cuda":
         return "not on a GPU"  # transformers compiles decoding only on accelerators; on CPU it measured slower
-    steps = -(-rows // batch_size) * max_new_tokens
+    steps = equal_batches(rows, batch_size)[0] * max_new_tokens
     if steps < COMPILE_FROM_STEPS:
         return f"{steps} decoding steps, too few to repay compiling them (from {COMPILE_FROM_STEPS})"
     return None
@@ -91,9 +98,8 @@ def decoding_plan(model, rows: int, batch_size: int, max_new_tokens: int) -> str
     blocker = compile_blocker(model, rows, batch_size, max_new_tokens)
     if blocker:
         return f"eager decoding, dynamic cache ({blocker})"
-    batches = -(-rows // batch_size)
-    return (f"{batches} equal batches of {-(-rows // batches)}, one static cache kept between them, compiled decoding "
-            "(CUDA graphs)")
+    batches, size = equal_batches(rows, batch_size)
+    return f"{batches} equal batches of {size}, one static cache kept between them, compiled decoding (CUDA graphs)"
 
 
 @torch.no_grad()
@@ -116,7 +122,7 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], sampling: Sam
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_ids)
     generate = model.generate
     if compile and prompt_ids:
-        batch_size = -(-len(prompt_ids) // -(-len(prompt_ids) // batch_size))  # equal batches: one shape to compile
+        batch_size = equal_batches(len(prompt_ids), batch_size)[1]  # one shape to compile
         config = copy.deepcopy(model.generation_config)
         config.update(**settings, cache_implementation="static", disable_compile=False, compile_config=CompileConfig())
         settings, generate = {"generation_config": config}, StaticCacheReuse(model)

@@ -211,7 +211,7 @@ def _argmax(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
         ends = np.where(design[-1] @ fitted.T >= design[0] @ fitted.T, x[hi - 1], x[lo])
         top = np.where(np.isnan(top), ends, top)
         peak[chosen], coefficients[chosen], windows[chosen] = top, fitted, (lo, hi)
-    peak = np.where(peak >= x[-1] if n else peak, np.inf, np.where(peak <= x[0], -np.inf, peak))
+    peak = np.where(peak >= x[-1], np.inf, np.where(peak <= x[0], -np.inf, peak))
     return peak, coefficients, windows
 
 
