@@ -6,6 +6,7 @@ before spending compute on it. Recipes run as scripts (`python recipes/dpo.py ..
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -19,9 +20,15 @@ from align_proxy.kinds import KINDS
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
+_debug = False  # --debug or ALIGN_PROXY_DEBUG=1: a user error keeps its traceback (set by `main`)
+
+
 def _error(message) -> int:
     """Print a user error and give the exit code for one (2). The message is escaped: it quotes paths and
-    examples such as `[ladder-s, ladder-m]`, which rich would otherwise take for markup and drop."""
+    examples such as `[ladder-s, ladder-m]`, which rich would otherwise take for markup and drop. Called while an
+    exception is handled, under --debug, it re-raises that exception instead, traceback and all."""
+    if _debug and sys.exc_info()[1] is not None:
+        raise
     console.print(f"[red]error:[/red] {escape(str(message))}")
     return 2
 
@@ -294,9 +301,18 @@ def cmd_slurm_local(args) -> int:
     return subprocess.run(["bash", str(script), args.action]).returncode
 
 
+DEBUG_HELP = "show the traceback of a user error too (as ALIGN_PROXY_DEBUG=1 does), to debug align-proxy itself"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align-proxy", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # Every command takes --debug after its name too; SUPPRESS keeps a subcommand's unset flag from overwriting
+    # the top-level one (`align-proxy --debug study` and `align-proxy study --debug` both work).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])
 
     ladder_p = sub.add_parser("ladder", help="build or show the offline ladder of tiny base models")
     ladder_p.add_argument("action", choices=("build", "show"))
@@ -412,15 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user error any command meets (`align_proxy.errors.UserInputError`: bad data, spec, flag,
-    model, template) prints its message and gives exit code 2, not a traceback (ALIGN_PROXY_DEBUG=1 shows it)."""
+    model, template) prints its message and gives exit code 2, not a traceback (--debug or ALIGN_PROXY_DEBUG=1 shows
+    it). Any other exception is a bug and keeps its traceback."""
     from align_proxy.errors import UserInputError, show_tracebacks
 
+    global _debug
     args = build_parser().parse_args(argv)
+    _debug = args.debug or show_tracebacks()
     try:
         return args.func(args)
     except UserInputError as err:
-        if show_tracebacks():
-            raise
         return _error(err)
 
 

@@ -2,7 +2,8 @@
 not there. Each error class of that kind subclasses `UserInputError` beside its own base (`ValueError`,
 `RuntimeError`), and its message names the file, column, key or flag and says what to do. A recipe script ends on
 one with that message and exit code 2 (`align_proxy.recipe.run_script`), as the `align-proxy` command does; any
-other exception is a bug and keeps its traceback. `ALIGN_PROXY_DEBUG=1` shows a user error's traceback too."""
+other exception is a bug and keeps its traceback. `ALIGN_PROXY_DEBUG=1` shows a user error's traceback too, and so
+does the command's `--debug` (a recipe's `--debug` is transformers' own `TrainingArguments.debug`)."""
 
 import os
 

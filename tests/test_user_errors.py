@@ -65,8 +65,13 @@ def test_a_bad_spec_or_template_ends_a_command_with_exit_code_2_and_debug_shows_
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 4)
     assert cli(["data", "check", data, "--recipe", "sft", "--model", "ladder-s", "--chat_template_path", "chatml"]) == 2
     assert "Shipped templates: minimal" in capsys.readouterr().out
-    monkeypatch.setenv("ALIGN_PROXY_DEBUG", "1")  # for someone debugging align-proxy itself
     from align_proxy.chat_template import ChatTemplateError
+
+    for flags in (["--debug", "data", "check"], ["data", "check", "--debug"]):  # for debugging align-proxy itself
+        with pytest.raises(ChatTemplateError):
+            cli([*flags, data, "--recipe", "sft", "--model", "ladder-s", "--chat_template_path", "chatml"])
+    # A recipe's --debug is transformers' (TrainingArguments.debug), so a recipe script takes the variable.
+    monkeypatch.setenv("ALIGN_PROXY_DEBUG", "1")
 
     with pytest.raises(ChatTemplateError):
         run_script("dpo", ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--output_dir", str(tmp_path / "o"),
