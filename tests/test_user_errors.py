@@ -38,6 +38,30 @@ def test_bad_data_ends_the_recipe_and_the_data_check_with_its_message_and_exit_c
     assert code == 2 and "Traceback" not in out and "error: " in out and expected in out, out
 
 
+LOADER_CASES = [  # the validation tests' other bad inputs (test_validation.py): what the file holds, what the error says
+    ("nulls.jsonl", '{"prompt": "1+1=", "completion": "2"}\n{"prompt": null, "completion": "3"}\n' * 4,
+     "column 'prompt' has 4 empty"),
+    ("header.csv", "prompt,completion\n", "header.csv has no rows"),
+    ("data.txt", "1+1=2\n", "unsupported file type '.txt'"),
+    (None, None, "Offline, use a built-in task"),  # a Hub dataset this machine cannot reach
+]
+
+
+@pytest.mark.parametrize("name, text, expected", LOADER_CASES, ids=[e for *_, e in LOADER_CASES])
+def test_data_that_does_not_load_ends_the_recipe_and_the_data_check_with_exit_code_2(tmp_path, monkeypatch, capsys,
+                                                                                    name, text, expected):
+    data = "no-such-user/no-such-dataset"
+    if name:
+        data = str(tmp_path / name)
+        (tmp_path / name).write_text(text)
+    code, out = run_script("sft", ["--config", "recipes/configs/sft_ladder_cpu.yaml", "--dataset_name", data,
+                                   "--output_dir", str(tmp_path / "out")], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in out and "error: " in out and expected in out.replace("\n", " "), out
+    code = cli(["data", "check", data, "--recipe", "sft"])
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert code == 2 and "Traceback" not in out and "error: " in out and expected in out, out
+
+
 @pytest.mark.parametrize("recipe, flags, expected", [
     ("sft", ["--dataset_name", "data/nowhere.txt"], "no-such"),
     ("sft", ["--dataset_name", "builtin:arithmetic"], "unknown built-in task 'builtin:arithmetic'"),
