@@ -27,6 +27,9 @@ class Metric:
     # (lowest, highest) a total can take, None when unbounded or unknown: a gain can then be at most their
     # difference, which the analysis holds a prediction at the target size to (an accuracy gains at most 1).
     bounds: tuple[float, float] | None = None
+    meaning: str = ""  # what it measures, for the reference page (docs/reference/metrics.md) and a reader
+    # Recipe kinds (align_proxy.kinds.KINDS) and study cell kinds (CELL_KINDS) that record it.
+    recorded_by: tuple[str, ...] = ()
 
     def judge(self, gain: float) -> str:
         """How a change reads: "better", "worse", "same", or "change" for a metric with no direction.
@@ -43,25 +46,54 @@ class Metric:
         return "better" if (gain > 0) == self.higher_is_better else "worse"
 
 
+_POLICIES = ("sft", "dpo", "grpo", "rloo", "proxy-tuning")  # every cell that scores a trained language model
+_PREFERENCES = ("sft", "dpo", "reward", "grpo", "rloo", "proxy-tuning")
+_JUDGED = ("sft", "dpo", "grpo", "rloo")
+
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("task_accuracy", "task accuracy (greedy, held-out)", True, bounds=UNIT),
-    Metric("completion_nll", "completion NLL (nats/token)", False, PER_TOKEN, bounds=(0.0, math.inf)),
-    Metric("preference_accuracy", "preference accuracy (held-out)", True, bounds=UNIT),
-    Metric("preference_margin", "preference margin", True),
-    Metric("implicit_reward_accuracy", "implicit-reward accuracy (vs base)", True, bounds=UNIT),
-    Metric("implicit_reward_margin", "implicit-reward margin", True),
+    Metric("task_accuracy", "task accuracy (greedy, held-out)", True, bounds=UNIT, recorded_by=_POLICIES,
+           meaning="Share of a built-in task's held-out prompts whose greedily decoded answer equals the gold one (an "
+                   "answer that does not parse counts wrong)."),
+    Metric("completion_nll", "completion NLL (nats/token)", False, PER_TOKEN, bounds=(0.0, math.inf),
+           recorded_by=_POLICIES, meaning="Negative log-likelihood of the held-out reference completions (a "
+                                          "preference pair's chosen one), summed over items, divided by their tokens."),
+    Metric("preference_accuracy", "preference accuracy (held-out)", True, bounds=UNIT, recorded_by=_PREFERENCES,
+           meaning="Share of held-out preference pairs scored chosen above rejected: a policy by its log-likelihood, a "
+                   "reward model by its score. A tie counts half, so chance is 0.5."),
+    Metric("preference_margin", "preference margin", True, recorded_by=_PREFERENCES,
+           meaning="Mean score of the chosen completion minus the rejected one, as preference accuracy scores them."),
+    Metric("implicit_reward_accuracy", "implicit-reward accuracy (vs base)", True, bounds=UNIT, recorded_by=("dpo",),
+           meaning="Preference accuracy by DPO's implicit reward beta * log(pi / pi_ref) against the base model (the "
+                   "base itself: 0.5 by definition)."),
+    Metric("implicit_reward_margin", "implicit-reward margin", True, recorded_by=("dpo",),
+           meaning="Mean implicit-reward margin of chosen over rejected."),
     # RL evaluation (evals/rl.py), on completions sampled as in training; per item: the mean over a prompt's samples.
-    Metric("reward", "reward (weighted, as trained)", True),
-    Metric("gold_reward", "gold reward (sampled, held-out)", True),
-    Metric("learned_reward", "learned-RM reward (sampled)", True),
-    Metric("kl_to_reference", "KL to reference (nats/seq)", None),
-    Metric("response_length", "response length (tokens)", None),
+    Metric("reward", "reward (weighted, as trained)", True, recorded_by=("grpo", "rloo"),
+           meaning="The run's rewards (`reward_funcs`, weighted by `reward_weights`) on completions sampled as in "
+                   "training; per prompt the mean over its samples. Each reward is also recorded under its own name."),
+    Metric("gold_reward", "gold reward (sampled, held-out)", True, recorded_by=("grpo", "rloo", "best-of-n"),
+           meaning="The built-in task's exact match of sampled completions (RL), or of the reward model's pick among "
+                   "n samples (best-of-n)."),
+    Metric("learned_reward", "learned-RM reward (sampled)", True, recorded_by=("best-of-n",),
+           meaning="The proxy reward model's score of its own pick among n samples."),
+    Metric("kl_to_reference", "KL to reference (nats/seq)", None, recorded_by=("grpo", "rloo"),
+           meaning="log pi(y|x) - log pi_ref(y|x) of sampled completions against the base model, in nats per "
+                   "sequence: how far training moved the policy."),
+    Metric("response_length", "response length (tokens)", None, recorded_by=_JUDGED,
+           meaning="Sampled completions' length in tokens, EOS included (sft and dpo: with a judge, beside the win "
+                   "rates)."),
     # Judged replies (evals/judge.py, --eval_judge); per item: the mean over a prompt's samples.
-    Metric("judge_reward", "judge reward (sampled, held-out)", True),
-    Metric("win_rate_vs_reference", "win rate vs reference (judged)", True, bounds=UNIT),
-    Metric("win_rate_vs_base", "win rate vs base (judged)", True, bounds=UNIT),
+    Metric("judge_reward", "judge reward (sampled, held-out)", True, recorded_by=_JUDGED,
+           meaning="The judge's (`--eval_judge`) mean score of a prompt's sampled replies."),
+    Metric("win_rate_vs_reference", "win rate vs reference (judged)", True, bounds=UNIT, recorded_by=("sft", "dpo"),
+           meaning="How often the judge prefers a sampled reply to the item's reference reply; ties count half."),
+    Metric("win_rate_vs_base", "win rate vs base (judged)", True, bounds=UNIT, recorded_by=("sft", "dpo"),
+           meaning="The trained model's sample i against the base model's sample i of the same prompt, judged; ties "
+                   "count half (the base's: 0.5)."),
     # Per item: the logistic fit's pseudo-value (evals/length_control.py), whose mean over items is the rate.
-    Metric("length_controlled_win_rate", "LC win rate vs reference (judged)", True, bounds=UNIT),
+    Metric("length_controlled_win_rate", "LC win rate vs reference (judged)", True, bounds=UNIT,
+           recorded_by=("sft", "dpo"), meaning="The win rate against the reference that a reply of the reference's "
+                                               "length would have (AlpacaEval 2's logistic fit)."),
 )}
 
 

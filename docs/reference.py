@@ -6,8 +6,9 @@
 The pages read: the `align-proxy` parsers (`align_proxy.cli.build_parser`); the study spec's key sets and
 dataclasses (`align_proxy.studies.spec`, `spec_checks`, `slurm_resources`); the metric table and recipe kinds
 (`align_proxy.metrics`, `align_proxy.kinds`); each recipe's flag dataclasses (`align_proxy.recipe_arguments`).
-Where the code holds a key or metric without a description, the description lives here (SPEC_KEYS, METRIC_DOCS),
-and generating fails, naming it, when the code has one this file does not describe (or this file one the code lacks).
+A metric's meaning is in the metric table itself; where the code holds a spec key without a description, the
+description lives here (SPEC_KEYS), and generating fails, naming it, when the code has a key this file does not
+describe (or this file one the code lacks).
 """
 
 from __future__ import annotations
@@ -427,48 +428,6 @@ def spec_page(problems: list[str]) -> str:
 
 # --- reference/metrics.md ---------------------------------------------------------------------------------------
 
-class MetricDoc(NamedTuple):
-    producers: tuple[str, ...]  # recipe kinds (align_proxy.kinds.KINDS) and cell kinds (CELL_KINDS) that record it
-    meaning: str
-
-
-_POLICIES = ("sft", "dpo", "grpo", "rloo", "proxy-tuning")
-# What each metric of `align_proxy.metrics.METRICS` measures, and who records it (evals/suite.py, evals/rl.py,
-# evals/judge.py, align_proxy/cells/): the table itself holds names, labels and directions only.
-METRIC_DOCS: dict[str, MetricDoc] = {
-    "task_accuracy": MetricDoc(_POLICIES, "Share of a built-in task's held-out prompts whose greedily decoded "
-                               "answer equals the gold one (an answer that does not parse counts wrong)."),
-    "completion_nll": MetricDoc(_POLICIES, "Negative log-likelihood of the held-out reference completions (a "
-                                "preference pair's chosen one), summed over items and divided by their tokens."),
-    "preference_accuracy": MetricDoc((*_POLICIES[:2], "reward", *_POLICIES[2:]), "Share of held-out preference "
-                                     "pairs scored chosen above rejected: a policy by its log-likelihood, a reward "
-                                     "model by its score. A tie counts half, so chance is 0.5."),
-    "preference_margin": MetricDoc((*_POLICIES[:2], "reward", *_POLICIES[2:]), "Mean score of the chosen "
-                                   "completion minus the rejected one, as preference accuracy scores them."),
-    "implicit_reward_accuracy": MetricDoc(("dpo",), "Preference accuracy by DPO's implicit reward beta * log(pi / "
-                                          "pi_ref) against the base model (the base itself: 0.5 by definition)."),
-    "implicit_reward_margin": MetricDoc(("dpo",), "Mean implicit-reward margin of chosen over rejected."),
-    "reward": MetricDoc(("grpo", "rloo"), "The run's rewards (`reward_funcs`, weighted by `reward_weights`) on "
-                        "completions sampled as in training; per prompt the mean over its samples. Each reward is "
-                        "also recorded under its own name."),
-    "gold_reward": MetricDoc(("grpo", "rloo", "best-of-n"), "The built-in task's exact match of sampled completions "
-                             "(RL), or of the reward model's pick among n samples (best-of-n)."),
-    "learned_reward": MetricDoc(("best-of-n",), "The proxy reward model's score of its own pick among n samples."),
-    "kl_to_reference": MetricDoc(("grpo", "rloo"), "log pi(y|x) - log pi_ref(y|x) of sampled completions against "
-                                 "the base model, in nats per sequence: how far training moved the policy."),
-    "response_length": MetricDoc(("sft", "dpo", "grpo", "rloo"), "Sampled completions' length in tokens, EOS "
-                                 "included (sft and dpo: with a judge, beside the win rates)."),
-    "judge_reward": MetricDoc(("sft", "dpo", "grpo", "rloo"), "The judge's (`--eval_judge`) mean score of a "
-                              "prompt's sampled replies."),
-    "win_rate_vs_reference": MetricDoc(("sft", "dpo"), "How often the judge prefers a sampled reply to the item's "
-                                       "reference reply; ties count half."),
-    "win_rate_vs_base": MetricDoc(("sft", "dpo"), "The trained model's sample i against the base model's sample i "
-                                  "of the same prompt, judged; ties count half (the base's: 0.5)."),
-    "length_controlled_win_rate": MetricDoc(("sft", "dpo"), "The win rate against the reference that a reply of "
-                                            "the reference's length would have (AlpacaEval 2's logistic fit)."),
-}
-
-
 def _direction(higher: bool | None) -> str:
     return {True: "higher", False: "lower", None: "neither"}[higher]
 
@@ -481,21 +440,19 @@ def metric_rows(problems: list[str]) -> list[tuple[str, ...]]:
     from align_proxy.kinds import CELL_KINDS, KINDS
     from align_proxy.metrics import METRICS, PER_TOKEN
 
-    for name in sorted(set(METRICS) - set(METRIC_DOCS)):
-        problems.append(f"metrics: {name!r} has no description in METRIC_DOCS of docs/reference.py")
-    for name in sorted(set(METRIC_DOCS) - set(METRICS)):
-        problems.append(f"metrics: METRIC_DOCS describes {name!r}, which align_proxy.metrics.METRICS lacks")
-    for name, doc in METRIC_DOCS.items():
-        unknown = [p for p in doc.producers if p not in KINDS and p not in CELL_KINDS]
+    for m in METRICS.values():
+        if not m.meaning or not m.recorded_by:
+            problems.append(f"metrics: {m.name!r} in align_proxy.metrics.METRICS has no meaning or recorded_by")
+        unknown = [p for p in m.recorded_by if p not in KINDS and p not in CELL_KINDS]
         if unknown:
-            problems.append(f"metrics: METRIC_DOCS[{name!r}] names unknown producers {unknown}")
-    for kind in KINDS.values():  # the kinds' own declarations must agree with the producers written here
+            problems.append(f"metrics: {m.name!r} is recorded_by unknown kinds {unknown}")
+    for kind in KINDS.values():  # the kinds' own declarations must agree with what the metric table says
         for name in (kind.primary_metric, *kind.judged_metrics):
-            if kind.name not in METRIC_DOCS.get(name, MetricDoc((kind.name,), "")).producers:
-                problems.append(f"metrics: METRIC_DOCS[{name!r}] does not list {kind.name}, whose kind records it")
+            if name in METRICS and kind.name not in METRICS[name].recorded_by:
+                problems.append(f"metrics: {name!r} does not list {kind.name} in recorded_by, whose kind records it")
     return [(code(m.name), prose(m.label), _direction(m.higher_is_better), _bounds(m.bounds),
-             "per token" if m.aggregation == PER_TOKEN else "mean", ", ".join(METRIC_DOCS.get(m.name, ((),))[0]),
-             prose(METRIC_DOCS[m.name].meaning if m.name in METRIC_DOCS else None)) for m in METRICS.values()]
+             "per token" if m.aggregation == PER_TOKEN else "mean", ", ".join(m.recorded_by), prose(m.meaning or None))
+            for m in METRICS.values()]
 
 
 def metrics_page(problems: list[str]) -> str:
