@@ -15,10 +15,10 @@ from rich.markup import escape
 
 from align_proxy.kinds import KINDS
 
-# Piped or logged output gets room for the tables (rich assumes 80 columns off a terminal), and
-# long error messages stay on one line.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-
+# Piped or logged output reads at 120 columns (rich assumes 80 off a terminal), a terminal's at its width, --wide's at
+# any width (`main`); error messages stay on one line (soft wrap), so a path in them is never broken.
+WIDTH = None if sys.stdout.isatty() else 120
+console = Console(soft_wrap=True, width=WIDTH)
 
 _debug = False  # --debug or ALIGN_PROXY_DEBUG=1: a user error keeps its traceback (set by `main`)
 
@@ -175,7 +175,7 @@ def cmd_study(args) -> int:
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
                       "rerun them with --retry-failed")
-    print_report(console, outcome.report)
+    print_report(console, outcome.report, wide=args.wide)
     return 1 if outcome.failed else 0
 
 
@@ -251,7 +251,7 @@ def cmd_report(args) -> int:
     if not study_paths(study_dir).db.exists():
         return _error(f"{study_dir} holds no results.sqlite: pass the output directory of a "
                       "study (`align-proxy study` writes one)")
-    print_report(console, write_study_report(study_dir))
+    print_report(console, write_study_report(study_dir), wide=args.wide)
     return 0
 
 
@@ -286,9 +286,9 @@ def cmd_recipe(args) -> int:
     if args.where:
         print(recipes_dir())  # plain, for $(align-proxy recipe --where)/dpo.py
         return 0
-    if not args.name:
-        return _error(f"name a recipe: {', '.join(recipe_names())} "
-                      f"(scripts and configs in {recipes_dir()})")
+    if args.name not in recipe_names():
+        named = f"unknown recipe {args.name!r}; " if args.name else ""
+        return _error(f"{named}name a recipe: {', '.join(recipe_names())} (scripts and configs in {recipes_dir()})")
     run_recipe(args.name, args.args)
     return 0
 
@@ -302,6 +302,7 @@ def cmd_slurm_local(args) -> int:
 
 
 DEBUG_HELP = "show the traceback of a user error too (as ALIGN_PROXY_DEBUG=1 does), to debug align-proxy itself"
+WIDE_HELP = "print tables whole and each conclusion on one line, however wide (default: fit the console's width)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])
 
     ladder_p = sub.add_parser("ladder", help="build or show the offline ladder of tiny base models")
-    ladder_p.add_argument("action", choices=("build", "show"))
+    ladder_p.add_argument("action", choices=("build", "show"), help="build the uncached rungs, or show the built ones")
     ladder_p.add_argument("--seed", type=int, default=0, help="pretraining seed (same seed, same weights)")
     ladder_p.add_argument("--force", action="store_true", help="rebuild even if cached")
     ladder_p.add_argument("--home", help="cache root (default: $ALIGN_PROXY_HOME or ~/.cache/align-proxy)")
@@ -358,11 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "running for a rerun to follow) without asking")
     study_p.add_argument("--poll-seconds", type=float, default=10.0,
                          help="how often the Slurm coordinator asks squeue about its jobs (default 10)")
+    study_p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     study_p.set_defaults(func=cmd_study)
 
     slurm_p = sub.add_parser("slurm-local", help="start or stop a single-node Slurm on this machine (root; Debian's "
                                                  "slurm-wlm and munge) to try --executor slurm")
-    slurm_p.add_argument("action", choices=("start", "stop", "status"))
+    slurm_p.add_argument("action", choices=("start", "stop", "status"), help="start, stop or report the local Slurm")
     slurm_p.set_defaults(func=cmd_slurm_local)
 
     recipe_p = sub.add_parser("recipe", help="run a recipe script from any directory: align-proxy recipe sft --config "
@@ -388,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_p = sub.add_parser("report", help="write a study's report (HTML, Markdown, JSON) from its results")
     report_p.add_argument("study_dir", help="the study's output directory")
+    report_p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     report_p.set_defaults(func=cmd_report)
 
     over_p = sub.add_parser("overoptimization", help="gold vs proxy reward against sqrt(KL) per proxy reward model, "
@@ -408,13 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     over_p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
     over_p.add_argument("--output-dir", default="overoptimization",
                         help="where overoptimization.json and overoptimization.png go")
+    over_p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     over_p.set_defaults(func=cmd_overoptimization)
 
     sub.add_parser("models", help="list registry models and their parameter counts").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(func=cmd_tasks)
 
     data_p = sub.add_parser("data", help="check a dataset against a recipe's TRL format")
-    data_p.add_argument("action", choices=("check",))
+    data_p.add_argument("action", choices=("check",), help="check: load the dataset and validate it for the recipe")
     data_p.add_argument("dataset", help="builtin:<task>, a local file, or a Hub dataset id")
     data_p.add_argument("--recipe", required=True, choices=list(KINDS), help="a recipe kind (align_proxy/kinds.py)")
     data_p.add_argument("--model", help="model whose tokenizer measures prompt lengths")
@@ -435,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     global _debug
     args = build_parser().parse_args(argv)
     _debug = args.debug or show_tracebacks()
+    console.width = 1000 if getattr(args, "wide", False) else WIDTH  # --wide: room for the widest table
     try:
         return args.func(args)
     except UserInputError as err:

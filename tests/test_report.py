@@ -250,8 +250,9 @@ def test_the_cli_prints_the_headline_from_the_analysis_it_was_given_not_from_rep
     with cli.console.capture() as captured:
         print_report(cli.console, WrittenReport(analysis, files))
     printed = captured.get()
-    for words in recipe_verdicts(analysis):
-        assert f"{words.label}: {words.conclusion}" in printed.replace("\n", " ") or words.conclusion[:60] in printed
+    for words in recipe_verdicts(analysis):  # a heading per recipe, then its claims one to a line
+        heading = f"{words.label}: {words.action} ({words.confidence} confidence)"
+        assert f"{heading}\n  - {words.claims[0].console}" in printed
     assert "ladder-l (1.79M)" in printed and f"report: {files['html']}" in printed
 
 

@@ -176,7 +176,9 @@ def test_failed_cells_keep_their_error_and_rerun_only_on_request(fake_kind, tmp_
     assert all(status == "failed" and attempts == 1 for status, attempts, _ in errors)
     # The recorded error leads with the cause the cell's log ends on, which --status shows.
     assert all("error: " in error.splitlines()[0] and "max_length 2" in error.splitlines()[0] for *_, error in errors)
-    assert "longer than max_length 2" in in_process_study(capsys, str(spec), "--status")[1].replace("\n", "")
+    status = in_process_study(capsys, str(spec), "--status")[1]
+    error_column = " ".join(line.split("│")[-2].strip() for line in status.splitlines() if line.startswith("│"))
+    assert "longer than max_length 2" in error_column  # read down its column: it wraps to fit 120 columns
     assert in_process_study(capsys, str(spec), "--no-report")[0] == 1
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {1}  # not retried unasked
     in_process_study(capsys, str(spec), "--no-report", "--retry-failed")

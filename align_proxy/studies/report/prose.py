@@ -1,5 +1,6 @@
 """The words a study's report says, written when it renders: a confidence and a conclusion per recipe a
-researcher can act on, what the overoptimization table means, and how to read the rest.
+researcher can act on (an action and the claims behind it: the report joins them into one line, the console
+prints one claim a line), what the overoptimization table means, and how to read the rest.
 
 Everything here reads numbers and decisions `analysis.analyse` made (`studies/verdicts.py` decides a verdict and
 the thresholds); nothing is computed from data here, and the analysis holds no prose.
@@ -12,8 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from align_proxy.studies.analysis import GapClosed, Headline, Prediction, Scale, StudyAnalysis
-from align_proxy.studies.report.formatting import (format_interval, format_parameters, format_setting, format_share,
-                                                   format_trend, format_trend_of_optimum, peak_shift_text, recipe_label)
+from align_proxy.studies.report.formatting import (format_interval, format_number, format_parameters, format_setting,
+                                                   format_share, format_trend, format_trend_of_optimum, peak_shift_text,
+                                                   recipe_label)
 from align_proxy.studies.stats import Power
 from align_proxy.studies.verdicts import RESOLVED
 
@@ -22,17 +24,37 @@ TRUSTED_DECISION_ACCURACY = 0.75
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One claim of a recipe's conclusion: the report's words, and where those run long, a terminal's shorter form
+    (`brief`) that keeps the number supporting it."""
+
+    text: str
+    brief: str = ""
+
+    @property
+    def console(self) -> str:
+        return self.brief or self.text
+
+
+@dataclass(frozen=True)
 class RecipeVerdict:
-    """A headline entry in words: its recipe as the report labels it, the confidence and the conclusion."""
+    """A headline entry in words: its recipe as the report labels it, the confidence, what to do (`action`) and
+    the claims that say why, one each."""
 
     label: str
     confidence: str
-    conclusion: str
+    action: str
+    claims: tuple[Claim, ...]
+
+    @property
+    def conclusion(self) -> str:
+        """The report's one line: the action, then every claim, joined as the report has always written them."""
+        return f"{self.action}: {'; '.join(c.text for c in self.claims)}" if self.claims else self.action
 
 
 def recipe_verdicts(analysis: StudyAnalysis) -> list[RecipeVerdict]:
     """Each headline entry's confidence and conclusion, in the headline's order."""
-    return [RecipeVerdict(recipe_label(h), confidence(h), conclusion(h, analysis)) for h in analysis.headline]
+    return [recipe_verdict(h, analysis) for h in analysis.headline]
 
 
 # --- a recipe's conclusion ----------------------------------------------------------------------------
@@ -56,50 +78,63 @@ def confidence(entry: Headline) -> str:
 
 def conclusion(entry: Headline, analysis: StudyAnalysis | None = None) -> str:
     """What to do about a recipe and why, in one line; with the study's `analysis`, also whether decoding-time
-    transfer works where training transfer does (`decoding_time_clause`)."""
-    scales = entry.scales
+    transfer works where training transfer does (`decoding_time_claims`)."""
+    return recipe_verdict(entry, analysis).conclusion
+
+
+def recipe_verdict(entry: Headline, analysis: StudyAnalysis | None = None) -> RecipeVerdict:
+    """A recipe's action and its claims: the pattern of verdicts, divergences, the ordering of variants, what
+    would resolve an unclear gain, the prediction, the starting model and decoding-time transfer."""
+    label, level, scales = recipe_label(entry), confidence(entry), entry.scales
     if not scales:
-        return "no finished cells yet"
-    largest = scales[-1].verdict
-    action = {"hurts": "do not spend a large run on it", "diverges": "do not spend a large run on it",
-              "unclear": "no evidence yet to justify a large run",
-              "helps": {"high": "worth a large run", "medium": "probably worth a large run",
-                        "low": "promising at the largest rung, not yet consistent across scales"
-                        if entry.transfer else "promising, but run more sizes before deciding"}[confidence(entry)],
-              }.get(largest, "no evidence yet to justify a large run")
-    parts = [f"{action}: {pattern(scales)}"]
-    parts += divergence_notes(scales)
-    if entry.transfer:
-        parts.append(ordering_note(entry))
-    else:
-        parts.append(f"only {scales[0].model} has results, so nothing yet on transfer")
-    parts += power_notes(scales)
-    if entry.prediction:
-        parts.append(prediction_note(entry.prediction))
-    start = entry.starts_from
-    if start and start.model:
-        parts.append(f"gains are over the model {start.recipe} ({start.variant}) trained on {start.model}, which "
-                     "every cell started from" + (f"; a scale here is the size of the {start.reward_from} model it "
-                                                  "trained against" if start.reward_from else ""))
-    elif start:
-        parts.append(f"gains are over the model {start.recipe} ({start.variant}) trained, which each cell "
-                     "started from")
-    clause = decoding_time_clause(decoding_time_gaps(entry, analysis), entry.transfer.transfers
-                                  if entry.transfer else None) if analysis else ""
-    return "; ".join(p for p in parts if p) + (f"; {clause}" if clause else "")
+        return RecipeVerdict(label, level, "no finished cells yet", ())
+    claims = [pattern_claim(scales), *(Claim(note) for note in divergence_notes(scales))]
+    claims += ordering_claims(entry) if entry.transfer else \
+        [Claim(f"only {scales[0].model} has results, so nothing yet on transfer")]
+    claims += power_claims(scales)
+    claims += prediction_claims(entry.prediction) if entry.prediction else []
+    claims += start_claims(entry)
+    if analysis:
+        claims += decoding_time_claims(decoding_time_gaps(entry, analysis),
+                                       entry.transfer.transfers if entry.transfer else None)
+    return RecipeVerdict(label, level, action(entry), tuple(claims))
+
+
+def action(entry: Headline) -> str:
+    """What to do with the recipe, from its verdict at the largest scale and the confidence."""
+    return {"hurts": "do not spend a large run on it", "diverges": "do not spend a large run on it",
+            "unclear": "no evidence yet to justify a large run",
+            "helps": {"high": "worth a large run", "medium": "probably worth a large run",
+                      "low": "promising at the largest rung, not yet consistent across scales"
+                      if entry.transfer else "promising, but run more sizes before deciding"}[confidence(entry)],
+            }.get(entry.scales[-1].verdict, "no evidence yet to justify a large run")
+
+
+VERDICT_WORDS = {"helps": "helps", "hurts": "hurts", "unclear": "no clear effect", "diverges": "diverges",
+                 "rises": "rises", "falls": "falls"}
 
 
 def pattern(scales: list[Scale]) -> str:
     verdicts = [s.verdict for s in scales]
-    words = {"helps": "helps", "hurts": "hurts", "unclear": "no clear effect", "diverges": "diverges",
-             "rises": "rises", "falls": "falls"}
     if len(set(verdicts)) == 1:
-        word = words[verdicts[0]]
+        word = VERDICT_WORDS[verdicts[0]]
         return f"{word} at every scale" if len(scales) > 1 else f"{word} at {scales[0].model}"
     groups = defaultdict(list)
     for s in scales:
         groups[s.verdict].append(s.model)
-    return "; ".join(f"{words[v]} at {', '.join(ms)}" for v, ms in groups.items())
+    return "; ".join(f"{VERDICT_WORDS[v]} at {', '.join(ms)}" for v, ms in groups.items())
+
+
+def pattern_claim(scales: list[Scale]) -> Claim:
+    """The pattern of verdicts; on a terminal with each scale's gain (of its best variant) beside it."""
+    gain = {s.model: format_number(s.gain.estimate, True) for s in scales}
+    if len({s.verdict for s in scales}) == 1:
+        gains = ", ".join(f"{gain[s.model]} at {s.model}" for s in scales)
+        return Claim(pattern(scales), f"{pattern(scales)} (gain {gains})")
+    groups = defaultdict(list)
+    for s in scales:
+        groups[s.verdict].append(f"{s.model} ({gain[s.model]})")
+    return Claim(pattern(scales), "; ".join(f"{VERDICT_WORDS[v]} at {', '.join(ms)}" for v, ms in groups.items()))
 
 
 def divergence_notes(scales: list[Scale]) -> list[str]:
@@ -111,40 +146,40 @@ def divergence_notes(scales: list[Scale]) -> list[str]:
     return notes
 
 
-def ordering_note(entry: Headline) -> str:
+def ordering_claims(entry: Headline) -> list[Claim]:
+    """Whether the best variant at the smallest scale is the best at the largest, and how far rankings carry."""
     transfer, scales = entry.transfer, entry.scales
     first, last = scales[0], scales[-1]
     accuracy = transfer.rank_agreement.decision_accuracy
-    ranks = "" if accuracy is None or math.isnan(accuracy) else f"; decision accuracy {accuracy:.2f}"
+    ranks = [] if accuracy is None or math.isnan(accuracy) else \
+        [Claim(f"decision accuracy {accuracy:.2f}", f"decision accuracy {accuracy:.2f} (the share of variant pairs "
+                                                    f"{first.model} and {last.model} order alike)")]
     ordering = transfer.ordering
     if ordering == "one variant":
-        return f"one variant tried ({last.best_variant})"
+        return [Claim(f"one variant tried ({last.best_variant})")]
     if ordering == "same":
-        return f"{first.best_variant} best at both ends (P {first.p_best:.2f} and {last.p_best:.2f}){ranks}"
+        return [Claim(f"{first.best_variant} best at both ends (P {first.p_best:.2f} and {last.p_best:.2f})"), *ranks]
     if ordering == "changes":
-        return (f"best variant changes: {first.best_variant} at {first.model} (P {first.p_best:.2f}), "
-                f"{last.best_variant} at {last.model} (P {last.p_best:.2f}){ranks}")
+        return [Claim(f"best variant changes: {first.best_variant} at {first.model} (P {first.p_best:.2f}), "
+                      f"{last.best_variant} at {last.model} (P {last.p_best:.2f})"), *ranks]
     unresolved = [s for s in (first, last) if not s.resolved]
     where = " or ".join(s.model for s in unresolved)
     shares = " and ".join(f"{s.p_best:.0%}" for s in unresolved)
-    return (f"variants not distinguishable at {where} (the leader wins in {shares} of resamples, {RESOLVED:.0%} "
-            f"needed), so the small proxy's choice of variant is not yet evidence{_ordering_power(unresolved)}")
+    needs = [s.ordering_power for s in unresolved if s.ordering_power]
+    return [Claim(f"variants not distinguishable at {where} (the leader wins in {shares} of resamples, {RESOLVED:.0%} "
+                  "needed), so the small proxy's choice of variant is not yet evidence",
+                  f"variants not distinguishable at {where}: the leader wins in {shares} of resamples "
+                  f"({RESOLVED:.0%} needed)")] + \
+        ([power_claim(needs[0], "separating the top two variants", unresolved[0].model)] if needs else [])
 
 
-def _ordering_power(scales: list[Scale]) -> str:
-    needs = [s.ordering_power for s in scales if s.ordering_power]
-    return f"; {_power_phrase(needs[0], 'separating the top two variants', scales[0].model)}" if needs else ""
+def power_claims(scales: list[Scale]) -> list[Claim]:
+    return [power_claim(s.power, f"resolving {s.gain.estimate:+.3f}", s.model) for s in scales
+            if s.verdict == "unclear" and s.power]
 
 
-def power_notes(scales: list[Scale]) -> list[str]:
-    notes = []
-    for s in scales:
-        if s.verdict == "unclear" and s.power:
-            notes.append(_power_phrase(s.power, f"resolving {s.gain.estimate:+.3f}", s.model))
-    return notes
-
-
-def _power_phrase(power: Power, what: str, model: str) -> str:
+def power_claim(power: Power, what: str, model: str) -> Claim:
+    """The seeds or held-out items that would resolve `what` at `model` with 80% power, or that none would."""
     options = []
     if power.seeds is not None:
         options.append(f"{power.seeds} seeds")
@@ -152,23 +187,46 @@ def _power_phrase(power: Power, what: str, model: str) -> str:
         options.append(f"{power.items} held-out items")
     if not options and power.together:
         seeds, items = power.together
-        return f"{what} at {model} needs about {seeds} seeds and {items} held-out items together (80% power)"
+        return Claim(f"{what} at {model} needs about {seeds} seeds and {items} held-out items together (80% power)")
     if not options:
-        return (f"{what} at {model} is beyond any practical number of seeds or items (the design resolves "
-                f"effects of about {power.detectable:.3f})")
-    return f"{what} at {model} needs about {' or '.join(options)} (80% power)"
+        return Claim(f"{what} at {model} is beyond any practical number of seeds or items (the design resolves "
+                     f"effects of about {power.detectable:.3f})",
+                     f"{what} at {model}: out of practical reach (the design resolves effects of about "
+                     f"{power.detectable:.3f})")
+    return Claim(f"{what} at {model} needs about {' or '.join(options)} (80% power)")
 
 
-def prediction_note(prediction: Prediction) -> str:
+def prediction_claims(prediction: Prediction) -> list[Claim]:
+    """The trend's word at the target: a size with its interval, or a direction and why its size is not one."""
     g = prediction.gain
     factor = prediction.extrapolation_factor
     reach = f"{factor:.0f}x beyond the largest rung" if factor > 1 else "within the rungs"
     if prediction.trusted:
-        return (f"predicted {g.estimate:+.3f} [{g.low:+.3f}, {g.high:+.3f}] at {prediction.target} "
-                f"for {prediction.variant} ({reach})")
-    return (f"at {prediction.target} ({reach}) the trend says {prediction.direction} with probability "
-            f"{prediction.direction_probability:.2f} for {prediction.variant}; its size is not an estimate "
-            f"({prediction.untrusted_because})")
+        return [Claim(f"predicted {g.estimate:+.3f} [{g.low:+.3f}, {g.high:+.3f}] at {prediction.target} "
+                      f"for {prediction.variant} ({reach})")]
+    # Past the metric's range comes first among the analysis's reasons ("; "-joined); the other is the rungs' scatter.
+    interval = f"[{g.low:+.3f}, {g.high:+.3f}]"
+    also = ", and the rungs stray from the line" if "; " in prediction.untrusted_because else ""
+    why = (f"its interval {interval} leaves the metric's range{also}" if prediction.beyond_range else
+           f"the rungs stray from the line beyond their noise, widening its interval to {interval}")
+    return [Claim(f"at {prediction.target} ({reach}) the trend says {prediction.direction} with probability "
+                  f"{prediction.direction_probability:.2f} for {prediction.variant}"),
+            Claim(f"its size is not an estimate ({prediction.untrusted_because})",
+                  f"size not estimated: {why}")]
+
+
+def start_claims(entry: Headline) -> list[Claim]:
+    """What the gains are measured over, where every cell started from a trained model."""
+    start = entry.starts_from
+    if not start:
+        return []
+    if not start.model:
+        return [Claim(f"gains are over the model {start.recipe} ({start.variant}) trained, which each cell "
+                      "started from")]
+    return [Claim(f"gains are over the model {start.recipe} ({start.variant}) trained on {start.model}, which "
+                  "every cell started from")] + \
+        ([Claim(f"a scale here is the size of the {start.reward_from} model it trained against")]
+         if start.reward_from else [])
 
 
 def decoding_time_clause(gaps: list, training_transfers: str | None) -> str:
@@ -182,16 +240,27 @@ def decoding_time_clause(gaps: list, training_transfers: str | None) -> str:
     >>> print(decoding_time_clause([g], "yes"))  # doctest: +NORMALIZE_WHITESPACE
     decoding-time transfer (l proxy-tuned by the smaller model, alpha 1): works from s, closing 50% [20%, 80%]
     of the gap to l tuned directly; training transfer: yes
+    >>> print(decoding_time_claims([g], "yes")[0].console)
+    proxy-tuning l (alpha 1) works from s: closes 50% [20%, 80%] of the gap to l tuned directly
     """
+    return "; ".join(c.text for c in decoding_time_claims(gaps, training_transfers))
+
+
+def decoding_time_claims(gaps: list, training_transfers: str | None) -> list[Claim]:
+    """`decoding_time_clause` as claims: one per smaller model, then training transfer's word beside them."""
     if not gaps:
-        return ""
-    parts = []
+        return []
+    claims = []
     for g in gaps:
         iv = g.gap_closed
         word = "works" if iv.low > 0 else "hurts" if iv.high < 0 else "unclear"
-        parts.append(f"{word} from {g.small}, closing {format_share(iv)} of the gap to {g.large} tuned directly")
-    return (f"decoding-time transfer ({gaps[0].large} proxy-tuned by the smaller model, alpha {gaps[0].alpha:g}): "
-            f"{'; '.join(parts)}; training transfer: {training_transfers or 'not measured'}")
+        text = f"{word} from {g.small}, closing {format_share(iv)} of the gap to {g.large} tuned directly"
+        claims.append(Claim(text, f"proxy-tuning {g.large} (alpha {g.alpha:g}) {word} from {g.small}: closes "
+                                  f"{format_share(iv)} of the gap to {g.large} tuned directly"))
+    first = claims[0]
+    claims[0] = Claim(f"decoding-time transfer ({gaps[0].large} proxy-tuned by the smaller model, alpha "
+                      f"{gaps[0].alpha:g}): {first.text}", first.brief)
+    return claims + [Claim(f"training transfer: {training_transfers or 'not measured'}")]
 
 
 def decoding_time_gaps(entry: Headline, analysis: StudyAnalysis) -> list[GapClosed]:
