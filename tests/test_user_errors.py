@@ -100,3 +100,17 @@ def test_a_bad_spec_or_template_ends_a_command_with_exit_code_2_and_debug_shows_
     with pytest.raises(ChatTemplateError):
         run_script("dpo", ["--config", "recipes/configs/dpo_ladder_cpu.yaml", "--output_dir", str(tmp_path / "o"),
                            "--chat_template_path", "chatml"], monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["report", "{tmp}"], "holds no results.sqlite"),
+    (["study", "{tmp}/nowhere.yaml"], "cannot read study spec"),
+    (["study", "--slurm", "badkey=1", "--executor", "slurm"], "unknown key 'badkey'"),
+    (["recipe", "sfft"], "unknown recipe 'sfft'"),
+    (["convert", "{tmp}", "{tmp}/out"], "no Megatron checkpoint at"),
+    (["proxy-tune", "--base", "ladder-l", "--expert", "{tmp}"], "run_config.yaml not found"),
+], ids=["report", "study spec", "slurm key", "recipe", "convert", "proxy-tune"])
+def test_each_command_ends_a_bad_input_with_its_message_and_exit_code_2(tmp_path, capsys, argv, expected):
+    code = cli([word.format(tmp=tmp_path) for word in argv])
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert code == 2 and "Traceback" not in out and "error: " in out and expected in out, out

@@ -34,7 +34,7 @@ def registry_table() -> Table:
 
     table = Table(title="model registry (also: any local Hugging Face directory or Hub id)")
     for column in ("name", "parameters", "source", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a path wraps whole at the console's width, never cut to "…"
     built = {r.name: r for r in ladder_spec.load_table()}
     for rung in ladder_spec.LadderSpec().rungs:
         report = built.get(rung.name)
