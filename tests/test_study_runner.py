@@ -185,6 +185,15 @@ def test_failed_cells_keep_their_error_and_rerun_only_on_request(fake_kind, tmp_
     assert {row[0] for row in rows(db, "SELECT attempts FROM cells")} == {2}
 
 
+def test_the_report_of_a_partial_study_names_each_failed_cells_cause(fake_kind, tmp_path, capsys):
+    spec = write_spec(tmp_path, "halfway", {"max_length": [2, 64]}, [0])
+    code, out = in_process_study(capsys, str(spec))
+    assert code == 1 and "2/4 cells done" in out, out
+    report = (tmp_path / "halfway" / "report.md").read_text()
+    assert "Partial study: 2 of 4 cells are not finished" in report, report
+    assert report.count("(failed: exit code 2: error: ") == 2 and "longer than max_length 2" in report, report
+
+
 def test_a_diverged_cell_is_a_result_never_retried_or_rerun(fake_kind, tmp_path, capsys):
     spec = write_spec(tmp_path, "diverging", {"learning_rate": [1e-3, 100]}, [0])
     code, out = in_process_study(capsys, str(spec), "--no-report")

@@ -25,6 +25,7 @@ class MissingCell(Record):
     model: str
     seed: int
     status: str
+    cause: str = ""  # a failed cell's recorded error, its first line: the cause its log ends on (execute/cells.py)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ def completeness_section(results: list[CellResult], order: list[str], cells: lis
     """Cells finished per recipe and model, and which are missing. Without the study's cell list, the
     expected grid is every recipe variant and seed seen in any result, on every model."""
     done = {(c.recipe, c.variant, c.model, c.seed) for c in results}
+    causes = {}
     if cells is not None:
         expected = {(c["recipe"], c["variant"], c["model"], c["seed"]): c.get("status", "pending") for c in cells}
+        causes = {(c["recipe"], c["variant"], c["model"], c["seed"]): _cause(c.get("error")) for c in cells}
     else:
         variants = sorted({(c.recipe, c.variant) for c in results})
         seeds = sorted({c.seed for c in results})
@@ -59,7 +62,7 @@ def completeness_section(results: list[CellResult], order: list[str], cells: lis
         table[(recipe, model)]["expected"] += 1
         table[(recipe, model)]["done"] += status in finished
         table[(recipe, model)]["diverged"] += status == "diverged"
-    missing = [MissingCell(r, v, m, s, status) for (r, v, m, s), status in
+    missing = [MissingCell(r, v, m, s, status, causes.get((r, v, m, s), "")) for (r, v, m, s), status in
                sorted(expected.items(), key=lambda kv: str(kv[0])) if status not in finished]
     by_recipe_model = [CellCount(r, m, **counts) for (r, m), counts in
                        sorted(table.items(), key=lambda kv: (kv[0][0], _position(kv[0][1], order)))]
@@ -69,6 +72,12 @@ def completeness_section(results: list[CellResult], order: list[str], cells: lis
                         expected_from="study cells" if cells is not None else "inferred from finished cells",
                         by_recipe_model=by_recipe_model, missing=missing,
                         models_without_results=[m for m in order if m not in {c.model for c in results}])
+
+
+def _cause(error: str | None) -> str:
+    """The headline of a cell's recorded error ("exit code 1: OSError: [Errno 28] No space left on device"),
+    without the log's path and tail that follow it."""
+    return (error or "").splitlines()[0].split("; log: ")[0] if error else ""
 
 
 def _position(model: str, order: list[str]) -> int:

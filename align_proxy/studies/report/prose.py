@@ -345,7 +345,8 @@ def partial_lines(analysis: StudyAnalysis, limit: int = 12) -> list[str]:
         return []
     if not done.expected:
         return ["No finished cells yet: there is nothing to analyse."]
-    missing = [f"{m.recipe} {m.variant} on {m.model} seed {m.seed} ({m.status})" for m in done.missing]
+    missing = [f"{m.recipe} {m.variant} on {m.model} seed {m.seed} ({m.status}{f': {m.cause}' if m.cause else ''})"
+               for m in done.missing]
     more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
     without = done.models_without_results
     return [f"Partial study: {len(missing)} of {done.expected} cells are not finished, so every number below "
