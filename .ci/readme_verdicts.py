@@ -105,31 +105,39 @@ def _figure(cell: str, where: str) -> Figure:
 
 
 def readme_headline(text: str, source: Path | str = README) -> Headline:
-    """The first headline table after the line holding TITLE: its model columns, and per recipe each model's
-    figure and the transfers word."""
+    """The first headline table after the line holding TITLE: its models, and per recipe each model's figure and the
+    transfers word. The table comes in either of the console's layouts: one column per model (`--wide`, or a
+    terminal wide enough), or one row per recipe and model (a `model` column; 120 columns)."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if TITLE in line), None)
     if start is None:
         raise SystemExit(f"{source}: no line containing \"{TITLE}\"; the README's quickstart output block should "
                          "hold the headline table `align-proxy study` prints")
-    models, rows, transfers_at = [], {}, None
+    header, models, figures, transfers, recipe = None, [], {}, {}, None
     for number, line in enumerate(lines[start + 1:], start + 2):
-        line = line.strip()
+        line, where = line.strip(), f"{source}:{number}"
         if line.startswith("└"):
             break
-        if line.startswith("┃") and transfers_at is None:
+        if line.startswith("┃") and header is None:
             header = _cells(line, "┃")
             if "transfers" not in header:
-                raise SystemExit(f"{source}:{number}: the headline table's header has no 'transfers' column")
-            transfers_at = header.index("transfers")
-            models = [column.split(" (")[0] for column in header[2:transfers_at]]
-        elif line.startswith("│") and transfers_at is not None:
-            cells = _cells(line, "│")
-            figures = {m: _figure(c, f"{source}:{number}") for m, c in zip(models, cells[2:transfers_at])}
-            rows[cells[0]] = Row(figures, cells[transfers_at])
-    if not rows:
+                raise SystemExit(f"{where}: the headline table's header has no 'transfers' column")
+            if "model" not in header:
+                models = [column.split(" (")[0] for column in header[2:header.index("transfers")]]
+        elif line.startswith("│") and header is not None:
+            cells = dict(zip(header, _cells(line, "│")))
+            recipe = cells["recipe"] or recipe  # a recipe's later rows leave it blank
+            if "model" in header:
+                model = cells["model"].split(" (")[0]
+                models += [model] if model not in models else []
+                gain = next(value for column, value in cells.items() if column.startswith("gain"))
+                figures.setdefault(recipe, {})[model] = _figure(f"{cells['verdict']} {gain}".strip(), where)
+            else:
+                figures[recipe] = {m: _figure(cells[column], where) for m, column in zip(models, header[2:])}
+            transfers[recipe] = transfers.get(recipe) or cells["transfers"]
+    if not figures:
         raise SystemExit(f"{source}: found no headline table rows after \"{TITLE}\"")
-    return Headline(models, rows)
+    return Headline(models, {r: Row(figures[r], transfers[r]) for r in figures})
 
 
 def recipe_label(entry: dict) -> str:
