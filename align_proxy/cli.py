@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     ladder_p.add_argument("--force", action="store_true", help="rebuild even if cached")
     ladder_p.add_argument("--home", help="cache root (default: $ALIGN_PROXY_HOME or ~/.cache/align-proxy)")
     ladder_p.add_argument("--no-eval", action="store_true", help="skip the held-out task accuracy column")
-    # For checking how much a study depends on its base models (README, "What may differ between machines"):
+    # For checking how much a study depends on its base models (docs/concepts/machines.md):
     # another summation order pretrains other rungs, as another processor's kernels would. Use another --home.
     ladder_p.add_argument("--threads", type=int, default=1,
                           help="pretraining threads (default 1: the same weights on any core count)")

@@ -1,6 +1,6 @@
 """Direct Preference Optimization on a proxy model, evaluated before and after.
 
-# Offline ladder on CPU (the README's quickstart)
+# Offline ladder on CPU (docs/guides/recipes.md)
 ```bash
 python recipes/dpo.py --config recipes/configs/dpo_ladder_cpu.yaml
 ```

@@ -1,6 +1,6 @@
 """The shipped local lm-eval task `arith_mc` (arith_mc.yaml): the built-in arithmetic task's held-out problems as
 four-way multiple choice, the gold answer among three of the mistakes a learner makes. It runs offline and needs
-no Hub; the study tests and the README's offline example score it.
+no Hub; the study tests and the lm-eval guide's offline example (docs/guides/lm-eval.md) score it.
 
 `load` is the YAML's `custom_dataset`: it reads arith_mc.jsonl next to this file, wherever the package is
 installed (a `data_files` path in a YAML is read relative to the working directory). `python
