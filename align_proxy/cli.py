@@ -149,7 +149,7 @@ def cmd_study(args) -> int:
     console.print(f"study [bold]{spec.name}[/bold]: {len(spec.models)} models x {len(spec.recipes)} recipes "
                   f"({sum(len(p.variants()) for p in spec.recipes)} variants) x {len(spec.seeds)} seeds = "
                   f"{len(cells) - proxy - best} cells{f' + {proxy} proxy-tuning cells' if proxy else ''}"
-                  f"{f' + {best} best-of-n cells' if best else ''}, in {spec.output_dir}")
+                  f"{f' + {best} best-of-n cells' if best else ''}, in {spec.output_dir}", soft_wrap=False)
     if args.executor == "slurm":
         from align_proxy.studies.execute.slurm import shared_filesystem_warning
 
@@ -174,7 +174,7 @@ def cmd_study(args) -> int:
                   f"{outcome.failed} failed{diverged}; results in {study_paths(outcome.study_dir).db}")
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
-                      "rerun them with --retry-failed")
+                      "rerun them with --retry-failed", soft_wrap=False)
     print_report(console, outcome.report, wide=args.wide)
     return 1 if outcome.failed else 0
 
