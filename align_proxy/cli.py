@@ -171,7 +171,7 @@ def cmd_study(args) -> int:
         return 130
     diverged = f", {outcome.diverged} diverged (a result: see --status)" if outcome.diverged else ""
     console.print(f"{outcome.done}/{outcome.total} cells done ({outcome.ran} run now), "
-                  f"{outcome.failed} failed{diverged}; results in {study_paths(outcome.study_dir).db}")
+                  f"{outcome.failed} failed{diverged}; results in {study_paths(outcome.study_dir).db}", soft_wrap=False)
     if outcome.failed:
         console.print(f"failed cells keep their error and log: `align-proxy study {args.spec or ''} --status`; "
                       "rerun them with --retry-failed", soft_wrap=False)

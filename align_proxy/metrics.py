@@ -9,7 +9,7 @@ Evaluators (`evals/`) score each held-out item with the rules below and derive e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 UNIT = (0.0, 1.0)  # a share of items: an accuracy
 MEAN = "mean"  # the mean of the per-item scores
@@ -27,9 +27,10 @@ class Metric:
     # (lowest, highest) a total can take, None when unbounded or unknown: a gain can then be at most their
     # difference, which the analysis holds a prediction at the target size to (an accuracy gains at most 1).
     bounds: tuple[float, float] | None = None
-    meaning: str = ""  # what it measures, for the reference page (docs/reference/metrics.md) and a reader
-    # Recipe kinds (align_proxy.kinds.KINDS) and study cell kinds (CELL_KINDS) that record it.
-    recorded_by: tuple[str, ...] = ()
+    # What it measures, and the recipe kinds (align_proxy.kinds.KINDS) and study cell kinds (CELL_KINDS) that record
+    # it: for the reference page (docs/reference/metrics.md) and a reader, left out of the repr.
+    meaning: str = field(default="", repr=False)
+    recorded_by: tuple[str, ...] = field(default=(), repr=False)
 
     def judge(self, gain: float) -> str:
         """How a change reads: "better", "worse", "same", or "change" for a metric with no direction.

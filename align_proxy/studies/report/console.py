@@ -37,7 +37,7 @@ def print_report(console: Console, report, wide: bool = False) -> None:
             console.print(TABLES[section.id](analysis))
         for line in section.lines(analysis) if section.lines else ():
             print_hanging(console, Text(line), "- ", wide)
-    console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})")
+    console.print(f"report: {files['html']} (also {files['markdown'].name}, {files['json'].name})", soft_wrap=False)
 
 
 def print_verdict(console: Console, words: prose.RecipeVerdict, wide: bool = False) -> None:
@@ -109,8 +109,10 @@ def _headline_by_row(analysis: StudyAnalysis, verdicts: list[prose.RecipeVerdict
     """One row per recipe and model, so its width does not grow with the rungs; the recipe's own columns (what
     it is judged on, whether it transfers, the confidence) on its first row."""
     table = Table(title=HEADLINE_TITLE)
-    table.add_column("recipe")  # a long label (`rloo (from sft on ladder-s, against reward)`) wraps in its rows
-    for column in ("judged on", "model", "verdict", "gain [95% interval]", "transfers", "confidence"):
+    table.add_column("recipe", min_width=6)  # a long label (`rloo (from sft on ladder-s, against reward)`) wraps
+    table.add_column("judged on", no_wrap=True)
+    table.add_column("model", overflow="fold")  # a model's directory path folds; the numbers never do
+    for column in ("verdict", "gain [95% interval]", "transfers", "confidence"):
         table.add_column(column, no_wrap=True)
     for entry, words in zip(analysis.headline, verdicts):
         by_model = {scale.model: scale for scale in entry.scales}
