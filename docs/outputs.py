@@ -28,17 +28,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# Blocks are checked and rerun offline: a Hub lookup would only retry until it gives up.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Blocks are checked and rerun offline (`main`, `_plain_env`): a Hub lookup would only retry until it gives up.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 REGENERATE = "<!-- output: regenerate -->"
 FRAGMENT = "<!-- yaml: fragment -->"
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
-# Programs a block may show whose flags are not align-proxy's to check.
-FOREIGN = {"pip", "pytest", "mkdocs", "git", "cd", "export", "ls", "cat", "tail", "head", "sbatch", "squeue",
-           "scancel", "sinfo", "apt-get", "sudo", "nvidia-smi", "bash", "sh", "du", "rm", "mkdir", "cp", "mv",
-           "echo", "source", "watch", "tar", "grep", "wc", "open", "xdg-open", "chromium", "lm_eval",
-           "trl", "srun", "salloc", "huggingface-cli", "hf", "python3", "env", "time", "nohup", "uv", "conda"}
 
 
 @dataclass
@@ -323,7 +317,7 @@ def regenerate(block: Block, timeout: float = 120) -> list[str]:
 
 def _plain_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TERM")}
-    return {**env, "NO_COLOR": "1", "TQDM_DISABLE": "1"}
+    return {**env, **OFFLINE, "NO_COLOR": "1", "TQDM_DISABLE": "1"}
 
 
 def rewrite(path: Path, blocks: list[tuple[Block, list[str]]]) -> None:
@@ -359,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="rerun the blocks marked regenerate and rewrite them")
     parser.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/**/*.md)")
     args = parser.parse_args(argv)
+    for key, value in OFFLINE.items():
+        os.environ.setdefault(key, value)
     report = run(args.write, [f.resolve() for f in args.files] or None)
     for where in report.rewritten:
         print(f"rewrote {where}")
