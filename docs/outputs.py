@@ -16,6 +16,8 @@ sits above it. A fence needs a language, so that output is never an unlabelled b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -157,8 +159,8 @@ def _cli_problems(argv: list[str]) -> list[str]:
     from align_proxy.cli import build_parser
 
     parsed, problem = _parse(build_parser(), argv)
-    if problem:
-        return [problem]
+    if problem or parsed is None:  # None: --help, which argparse answers by exiting
+        return [problem] if problem else []
     if parsed.command == "recipe" and parsed.name:
         return _recipe_problems(parsed.name, parsed.args)
     if parsed.command == "study" and parsed.spec:
@@ -188,11 +190,12 @@ def _recipe_problems(recipe: str, argv: list[str]) -> list[str]:
     parser, argv, problems = make_parser(recipe), list(argv), []
     if "--config" in argv:
         at = argv.index("--config")
-        config = _find(argv[at + 1]) if at + 1 < len(argv) else None
-        if config is None and "$" in argv[at + 1]:
+        named = argv[at + 1] if at + 1 < len(argv) else ""
+        config = _find(named) if named else None
+        if config is None and "$" in named:
             pass  # a path through a shell variable ($R/configs/...): the reader's shell resolves it
         elif config is None:
-            problems.append(f"--config {argv[at + 1] if at + 1 < len(argv) else ''} does not exist")
+            problems.append(f"--config {named} does not exist" if named else "--config without a file")
         else:
             problems += _config_problems(yaml.safe_load(config.read_text()) or {}, [parser], str(config))
         del argv[at:at + 2]
@@ -253,7 +256,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], plain: bool = False
         p.error = refuse
     try:
         parse = argparse.ArgumentParser.parse_args if plain else type(parser).parse_args
-        return parse(parser, argv), None
+        with contextlib.redirect_stdout(io.StringIO()):  # --help would print the whole help
+            return parse(parser, argv), None
     except _ParseError as err:
         return None, str(err)
     except SystemExit:  # --help and --version exit 0 after printing
