@@ -114,14 +114,15 @@ VERDICT_WORDS = {"helps": "helps", "hurts": "hurts", "unclear": "no clear effect
                  "rises": "rises", "falls": "falls"}
 
 
-def pattern(scales: list[Scale]) -> str:
+def pattern(scales: list[Scale], name=lambda scale: scale.model) -> str:
+    """The verdicts across scales in words: one for all, or the scales (each as `name` gives it) grouped by verdict."""
     verdicts = [s.verdict for s in scales]
     if len(set(verdicts)) == 1:
         word = VERDICT_WORDS[verdicts[0]]
         return f"{word} at every scale" if len(scales) > 1 else f"{word} at {scales[0].model}"
     groups = defaultdict(list)
     for s in scales:
-        groups[s.verdict].append(s.model)
+        groups[s.verdict].append(name(s))
     return "; ".join(f"{VERDICT_WORDS[v]} at {', '.join(ms)}" for v, ms in groups.items())
 
 
@@ -131,10 +132,7 @@ def pattern_claim(scales: list[Scale]) -> Claim:
     if len({s.verdict for s in scales}) == 1:
         gains = ", ".join(f"{gain[s.model]} at {s.model}" for s in scales)
         return Claim(pattern(scales), f"{pattern(scales)} (gain {gains})")
-    groups = defaultdict(list)
-    for s in scales:
-        groups[s.verdict].append(f"{s.model} ({gain[s.model]})")
-    return Claim(pattern(scales), "; ".join(f"{VERDICT_WORDS[v]} at {', '.join(ms)}" for v, ms in groups.items()))
+    return Claim(pattern(scales), pattern(scales, lambda s: f"{s.model} ({gain[s.model]})"))
 
 
 def divergence_notes(scales: list[Scale]) -> list[str]:
