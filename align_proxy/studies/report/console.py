@@ -111,7 +111,10 @@ def _headline_by_row(analysis: StudyAnalysis, verdicts: list[prose.RecipeVerdict
     table = Table(title=HEADLINE_TITLE)
     table.add_column("recipe", min_width=6)  # a long label (`rloo (from sft on ladder-s, against reward)`) wraps
     table.add_column("judged on", no_wrap=True)
-    table.add_column("model", overflow="fold")  # a model's directory path folds; the numbers never do
+    # Names as short as a registry's stay whole (the recipe's label wraps instead); among longer ones, such as a
+    # model's directory path, the column folds. The numbers never do.
+    labels = [_model_label(model) for model in analysis.models]
+    table.add_column("model", overflow="fold", no_wrap=max(map(len, labels), default=0) <= MODEL_COLUMN)
     for column in ("verdict", "gain [95% interval]", "transfers", "confidence"):
         table.add_column(column, no_wrap=True)
     for entry, words in zip(analysis.headline, verdicts):
@@ -122,9 +125,12 @@ def _headline_by_row(analysis: StudyAnalysis, verdicts: list[prose.RecipeVerdict
             recipe, metric, transfers, level = own if i == 0 else [""] * 4
             scale = by_model.get(model.name)
             verdict = _coloured(scale.verdict) if scale else "-"
-            table.add_row(recipe, metric, _model_label(model), verdict, format_interval(scale.gain) if scale else "-",
+            table.add_row(recipe, metric, labels[i], verdict, format_interval(scale.gain) if scale else "-",
                           transfers, level, end_section=i == len(analysis.models) - 1)
     return table
+
+
+MODEL_COLUMN = 40  # the narrow headline's model labels up to this long never wrap: a registry name, not a path
 
 
 def _model_label(model) -> str:
