@@ -40,30 +40,52 @@ RIDGE = 1e-3  # on the length slope: see _fit
 def _fit(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(theta, x, hessian) of the logistic fit logit P(win) = a + b * diff / sd(diff) to wins in [0, 1], by Newton's
     method on the binomial likelihood (what a quasi-binomial GLM maximises); None when the lengths do not vary."""
-    scale = diffs.std()
-    if scale == 0:
+    if diffs.std() == 0:
         return None
-    x = np.stack([np.ones_like(diffs), diffs / scale], axis=1)
-    # A win rate of exactly 0 or 1 at some lengths separates the data and sends the slope to infinity; a small ridge
-    # on it keeps the fit finite and changes nothing measurable otherwise.
-    ridge = np.diag([0.0, RIDGE])
-    theta = np.zeros(2)
-    for _ in range(iterations):
-        p = expit(x @ theta)
-        gradient = x.T @ (wins - p) - ridge @ theta
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge
-        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
-        theta += step
-        if np.abs(step).max() < 1e-10:
-            break
+    x = np.stack([np.ones_like(diffs), diffs / diffs.std()], axis=1)
+    theta = _newton(wins[None], x[None, :, 1], iterations)[0]
     p = expit(x @ theta)
-    return theta, x, (x * (p * (1 - p))[:, None]).T @ x + ridge
+    return theta, x, (x * (p * (1 - p))[:, None]).T @ x + np.diag([0.0, RIDGE])
+
+
+def _newton(wins: np.ndarray, z: np.ndarray, iterations: int) -> np.ndarray:
+    """Newton's method for many fits of logit P(win) = a + b * z at once: `wins` and `z` (fits x rows) in, each fit's
+    (a, b) out (fits x 2). A fit stops moving once its step is below 1e-10; the loop ends when every fit has."""
+    # A win rate of exactly 0 or 1 at some lengths separates the data and sends the slope to infinity; a small ridge
+    # on b keeps the fit finite and changes nothing measurable otherwise. The 1e-9 keeps the 2x2 solve defined.
+    theta = np.zeros((len(wins), 2))
+    live = np.arange(len(wins))
+    for _ in range(iterations):
+        w, zz, (a, b) = wins[live], z[live], theta[live].T
+        p = expit(a[:, None] + b[:, None] * zz)
+        residual, weight = w - p, p * (1 - p)
+        g0, g1 = residual.sum(axis=1), (residual * zz).sum(axis=1) - RIDGE * b
+        h00 = weight.sum(axis=1) + 1e-9
+        h01 = (weight * zz).sum(axis=1)
+        h11 = (weight * zz * zz).sum(axis=1) + RIDGE + 1e-9
+        det = h00 * h11 - h01 * h01
+        step = np.stack([(h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det], axis=1)
+        theta[live] += step
+        live = live[np.abs(step).max(axis=1) >= 1e-10]
+        if not len(live):
+            break
+    return theta
 
 
 def _fit_at_zero(wins: np.ndarray, diffs: np.ndarray) -> float:
     """The fitted win rate at zero length difference: sigmoid(a); with no length variation, the plain win rate."""
     fit = _fit(wins, diffs)
     return float(wins.mean()) if fit is None else float(expit(fit[0][0]))
+
+
+def _fits_at_zero(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """`_fit_at_zero` of many resamples at once (resamples x rows in, one rate per resample out)."""
+    scale = diffs.std(axis=1)
+    varies = scale > 0
+    rates = wins.mean(axis=1)
+    if varies.any():
+        rates[varies] = expit(_newton(wins[varies], diffs[varies] / scale[varies, None], iterations)[:, 0])
+    return rates
 
 
 def per_prompt_values(wins, length_diffs) -> np.ndarray:
@@ -99,8 +121,8 @@ def length_controlled_win_rate(wins, length_diffs, resamples: int = 1000, level:
         raise ValueError(f"win and length arrays of shapes {wins.shape} and {diffs.shape}: give both as prompts x "
                          "samples, for at least two prompts")
     rng = np.random.default_rng(seed)
-    draws = [_fit_at_zero(wins[i].ravel(), diffs[i].ravel())
-             for i in rng.integers(0, len(wins), size=(resamples, len(wins)))]
+    picks = rng.integers(0, len(wins), size=(resamples, len(wins)))
+    draws = _fits_at_zero(wins[picks].reshape(resamples, -1), diffs[picks].reshape(resamples, -1))
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return LengthControlled(_fit_at_zero(wins.ravel(), diffs.ravel()), float(low), float(high), float(wins.mean()),

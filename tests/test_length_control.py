@@ -38,3 +38,17 @@ def test_the_interval_covers_the_planted_truth_at_its_level_in_the_runs_design()
     covered = [lc.low <= 0.5 <= lc.high for lc in (length_controlled_win_rate(*planted(100 + s), resamples=200, seed=s)
                                                    for s in range(60))]
     assert np.mean(covered) >= 0.88, np.mean(covered)
+
+
+def test_the_batched_bootstrap_fits_each_resample_as_a_single_fit_would():
+    """The interval's resamples are fitted together (one Newton loop over all of them); each must be the fit a
+    resample alone gets, including a resample whose lengths do not vary (the plain win rate)."""
+    from align_proxy.evals.length_control import _fit_at_zero, _fits_at_zero
+
+    wins, diffs = planted(7, prompts=12, samples=3)
+    wins, diffs = wins.reshape(6, -1), diffs.reshape(6, -1)
+    diffs[2] = 1.5  # no length variation in this resample
+    wins[4] = 1.0  # separated: the ridge keeps the slope finite
+    expected = [_fit_at_zero(w, d) for w, d in zip(wins, diffs)]
+    assert np.allclose(_fits_at_zero(wins, diffs), expected, rtol=0, atol=1e-12)
+    assert _fits_at_zero(wins, diffs)[2] == wins[2].mean()
