@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import special, stats
 
 from align_proxy.studies.record import Record
@@ -40,34 +41,41 @@ def required_design(parts: VarianceParts, effect: float, confidence: float = 0.9
     """
     z_power = float(stats.norm.ppf(power))
     size = abs(effect)
+    # The candidate item counts: the current one, then 5% steps (at least one item) up to max_items.
+    grid = [parts.n_items]
+    while grid[-1] <= max_items:
+        grid.append(max(grid[-1] + 1, int(grid[-1] * 1.05)))
+    grid = np.array(grid[:-1], dtype=float)
 
-    def needed_se(df: float) -> float:
-        # stats.t.ppf is special.stdtrit behind ~50 us of argument checks; this search calls it thousands of times.
-        return size / (float(special.stdtrit(max(df, 1.0), 0.5 + confidence / 2)) + z_power)
+    def enough(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Whether a design of s seeds x n items resolves the effect, for broadcast arrays of designs: its standard
+        error at most size / (t_crit(df) + z_power), with df its Welch-Satterthwaite degrees of freedom."""
+        s, n = np.asarray(s, float), np.asarray(n, float)
+        item = (parts.item_var - parts.residual_var / parts.n_seeds) + parts.residual_var / s
+        se = np.sqrt(np.maximum(item, 0.0) / n + parts.seed_var / s)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a part with no degrees of freedom is left out
+            v_item, v_seed = item / n, parts.seed_var / s
+            use_item, use_seed = (v_item > 0) & (n > 1), (v_seed > 0) & (s > 1)
+            total = np.where(use_item, v_item, 0.0) + np.where(use_seed, v_seed, 0.0)
+            df = np.where(use_item | use_seed, total * total / (np.where(use_item, v_item * v_item / (n - 1), 0.0) +
+                                                                np.where(use_seed, v_seed * v_seed / (s - 1), 0.0)),
+                          np.inf)
+        # special.stdtrit is stats.t.ppf without its argument checks, on the whole array at once.
+        return (size > 0) & (se <= size / (special.stdtrit(np.maximum(df, 1.0), 0.5 + confidence / 2) + z_power))
 
-    def df_at(s: int, n: int) -> float:
-        scaled = VarianceParts(parts.mean, s, n, parts.item_var - parts.residual_var / parts.n_seeds +
-                               parts.residual_var / s, parts.seed_var, parts.residual_var)
-        return scaled.degrees_of_freedom()
+    def first(found: np.ndarray, values: np.ndarray) -> int | None:
+        return int(values[found.argmax()]) if found.any() else None
 
-    def enough(s: int, n: int) -> bool:
-        return size > 0 and parts.standard_error_at(s, n) <= needed_se(df_at(s, n))
-
-    def fewest_items(s: int) -> int | None:
-        n = parts.n_items
-        while n <= max_items:
-            if enough(s, n):
-                return n
-            n = max(n + 1, int(n * 1.05))
-        return None
-
-    seeds = next((s for s in range(2, max_seeds + 1) if enough(s, parts.n_items)), None)
-    items = fewest_items(parts.n_seeds) if parts.n_items > 1 else None
+    seed_counts = np.arange(2, max_seeds + 1, dtype=float)
+    seeds = first(enough(seed_counts, float(parts.n_items)), seed_counts)
+    items = first(enough(float(parts.n_seeds), grid), grid) if parts.n_items > 1 else None
     together = None
     if seeds is None and items is None and parts.n_items > 1 and size > 0:
-        designs = [(s, n) for s in range(parts.n_seeds + 1, min(max_seeds, 50) + 1) if (n := fewest_items(s))]
+        # Every design of more seeds (up to 50) at its fewest items; the one of fewest seed-item evaluations.
+        more = np.arange(parts.n_seeds + 1, min(max_seeds, 50) + 1, dtype=float)
+        found = enough(more[:, None], grid[None, :])
+        designs = [(int(s), int(grid[row.argmax()])) for s, row in zip(more, found) if row.any()]
         together = min(designs, key=lambda d: (d[0] * d[1], d[0]), default=None)
     df = parts.degrees_of_freedom()
     t_crit = float(stats.t.ppf(0.5 + confidence / 2, max(df, 1.0)))
     return Power(float(effect), seeds, items, (t_crit + z_power) * parts.standard_error, together)
-
