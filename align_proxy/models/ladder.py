@@ -47,7 +47,8 @@ def _token_rows(spec: LadderSpec, split: str, rows: int) -> torch.Tensor:
     tokenizer = build_tokenizer()
     needed = rows * spec.seq_len
     # A line is ~8-12 tokens with its specials; draw enough lines to fill every row once.
-    lines = list(get_task(spec.task).pretraining_text(needed // 6 + 16, split=split, seed=spec.seed)["text"])
+    # to_dict, not list(dataset["text"]): that iterates the column row by row (2 s of the tiny ladder's build).
+    lines = get_task(spec.task).pretraining_text(needed // 6 + 16, split=split, seed=spec.seed).to_dict()["text"]
     ids = tokenizer(lines, add_special_tokens=True)["input_ids"]
     stream = [token for doc in ids for token in (*doc, EOS_ID)]
     if len(stream) < needed:
