@@ -60,3 +60,29 @@ def test_climb_tokenizer_is_found_without_fetching_the_checkpoint(monkeypatch):
     monkeypatch.setattr(registry, "resolve", lambda *a, **k: pytest.fail("resolved the model for a tokenizer"))
     with pytest.raises(ValueError, match="(?s)hf-internal-testing/llama-tokenizer.*--tokenizer_name_or_path"):
         load_tokenizer("climb-62m", None)  # offline in tests: the Hub copy of Llama-2's tokenizer is unreachable
+
+
+def test_a_local_count_is_kept_per_config_so_a_study_coordinator_skips_transformers(tmp_path):
+    """A study's coordinator resolves every model; the second time a config is seen, its count comes from the cache
+    and transformers is not imported. An edited config.json is counted again."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "m")
+    script = ("import sys; from align_proxy.models.registry import resolve; "
+              f"print(resolve({str(tmp_path / 'm')!r}).parameters, 'transformers' in sys.modules)")
+    env = {**os.environ, "ALIGN_PROXY_HOME": str(tmp_path / "home")}
+
+    def count():
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    expected = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tmp_path / "m").parameters())
+    assert count() == [str(expected), "True"]  # counted on the meta device
+    assert count() == [str(expected), "False"]  # read back
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    assert count() == [str(expected + 3 * 16 * 16), "True"]  # another config: counted again

@@ -88,10 +88,35 @@ def resolve(name_or_path: str, build_ladder: bool = True) -> ResolvedModel:
     return _resolve_hub(name_or_path)
 
 
+PARAMETER_COUNTS = "parameter_counts.json"  # in the cache root: config.json digest -> parameter count
+
+
 def _local_parameters(path: Path) -> int:
+    """A local model's parameter count, counted once per config: counting builds the model on the meta device,
+    which imports torch and transformers, seconds that a study's coordinator (which resolves every model) otherwise
+    never spends. Kept in the cache root under the digest of config.json's bytes and the transformers version, so
+    an edited config or another transformers counts again."""
+    import hashlib
+    from importlib.metadata import version
+
+    from align_proxy.files import atomic_write
+
+    key = hashlib.sha256((path / "config.json").read_bytes() + version("transformers").encode()).hexdigest()
+    store = ladder_spec.cache_root() / PARAMETER_COUNTS
+    try:
+        counts = json.loads(store.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: count again
+        counts = {}
+    if isinstance(counts.get(key), int):
+        return counts[key]
     from transformers import AutoConfig
 
-    return parameters_from_config(AutoConfig.from_pretrained(path))
+    counts[key] = parameters_from_config(AutoConfig.from_pretrained(path))
+    try:  # another process may write it meanwhile: the rename keeps either whole, and a lost entry is counted again
+        atomic_write(store, json.dumps(counts, indent=1, sort_keys=True))
+    except OSError:  # a read-only cache: the count is still right, only not kept
+        pass
+    return counts[key]
 
 
 def _hub_offline_reason() -> str | None:
