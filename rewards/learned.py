@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typing import TYPE_CHECKING
 
 from align_proxy.rewards.arith import _prompt_text, _text
 from align_proxy.rewards.combine import RewardError
-from align_proxy.scoring import reward_scores
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, transformers and the scorer are imported where a reward model is loaded or scores: checking a spec
+# (`align_proxy.rewards.check_reward_spec`, which a study's coordinator runs on its judge) needs none of them.
 
 
 # `owner/name`: what a Hub repository id looks like (a local path that does not exist may too: errors say both).
@@ -78,6 +81,9 @@ class LearnedReward:
             raise RewardError(f"{Path(path).expanduser()} is not a reward model: expected the output directory of "
                               "recipes/reward.py (a config.json of a ...ForSequenceClassification model). Train one "
                               "with `python recipes/reward.py --config recipes/configs/reward_ladder_cpu.yaml`.")
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         if device is None:
             from accelerate import PartialState
 
@@ -94,6 +100,8 @@ class LearnedReward:
         self.batch_size = batch_size
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        from align_proxy.scoring import reward_scores
+
         if prompts and isinstance(prompts[0], list) and self.tokenizer.chat_template is not None:
             replies = [c if isinstance(c, list) else [{"role": "assistant", "content": c}] for c in completions]
             return reward_scores(self.model, self.tokenizer, list(prompts), replies, batch_size=self.batch_size)

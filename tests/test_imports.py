@@ -112,7 +112,7 @@ def test_scoring_sits_below_both_evals_and_rewards():
 
 
 @pytest.mark.parametrize("module", ["align_proxy.metrics", "align_proxy.kinds", "align_proxy.run_metrics",
-                                   "align_proxy.studies.store"])
+                                   "align_proxy.studies.store", "align_proxy.rewards"])
 def test_tables_and_records_import_without_torch(module):
     code = f"import sys, {module}; bad = {{'torch', 'trl', 'transformers'}} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
