@@ -112,9 +112,18 @@ def test_scoring_sits_below_both_evals_and_rewards():
 
 
 @pytest.mark.parametrize("module", ["align_proxy.metrics", "align_proxy.kinds", "align_proxy.run_metrics",
-                                   "align_proxy.studies.store", "align_proxy.rewards"])
+                                   "align_proxy.studies.store"])
 def test_tables_and_records_import_without_torch(module):
     code = f"import sys, {module}; bad = {{'torch', 'trl', 'transformers'}} & set(sys.modules); print(sorted(bad))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_judge_spec_is_checked_without_torch():
+    """A study's coordinator checks its judge's reward spec before any cell runs; only a loaded reward model needs
+    torch and transformers (TRL's own reward functions are imported, not its trainers)."""
+    code = ("import sys; from align_proxy.rewards import check_reward_spec; check_reward_spec('arith_exact_match'); "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
