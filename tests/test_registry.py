@@ -62,27 +62,21 @@ def test_climb_tokenizer_is_found_without_fetching_the_checkpoint(monkeypatch):
         load_tokenizer("climb-62m", None)  # offline in tests: the Hub copy of Llama-2's tokenizer is unreachable
 
 
-def test_a_local_count_is_kept_per_config_so_a_study_coordinator_skips_transformers(tmp_path):
-    """A study's coordinator resolves every model; the second time a config is seen, its count comes from the cache
-    and transformers is not imported. An edited config.json is counted again."""
-    import json
-    import os
-    import subprocess
-    import sys
 
+def test_a_local_count_is_kept_per_config_so_a_study_coordinator_skips_transformers(tmp_path, monkeypatch):
+    """A study's coordinator resolves every model; the second time a config is seen, its count comes from the cache
+    without building the model (what imports torch and transformers there). An edited config.json is counted again."""
+    import json
+
+    monkeypatch.setenv("ALIGN_PROXY_HOME", str(tmp_path / "home"))
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "m")
-    script = ("import sys; from align_proxy.models.registry import resolve; "
-              f"print(resolve({str(tmp_path / 'm')!r}).parameters, 'transformers' in sys.modules)")
-    env = {**os.environ, "ALIGN_PROXY_HOME": str(tmp_path / "home")}
-
-    def count():
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        return out.stdout.split()
-
     expected = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tmp_path / "m").parameters())
-    assert count() == [str(expected), "True"]  # counted on the meta device
-    assert count() == [str(expected), "False"]  # read back
+    assert registry.resolve(str(tmp_path / "m")).parameters == expected  # counted on the meta device
+    count = registry.parameters_from_config
+    monkeypatch.setattr(registry, "parameters_from_config", lambda config: pytest.fail("counted again"))
+    assert registry.resolve(str(tmp_path / "m")).parameters == expected  # read back
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
-    assert count() == [str(expected + 3 * 16 * 16), "True"]  # another config: counted again
+    monkeypatch.setattr(registry, "parameters_from_config", count)
+    assert registry.resolve(str(tmp_path / "m")).parameters == expected + 3 * 16 * 16  # another config, recounted
