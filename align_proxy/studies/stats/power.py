@@ -8,7 +8,7 @@ import numpy as np
 from scipy import special, stats
 
 from align_proxy.studies.record import Record
-from align_proxy.studies.stats.resampling import VarianceParts
+from align_proxy.studies.stats.resampling import VarianceParts, welch_degrees_of_freedom
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,10 @@ def required_design(parts: VarianceParts, effect: float, confidence: float = 0.9
         """Whether a design of s seeds x n items resolves the effect, for broadcast arrays of designs: its standard
         error at most size / (t_crit(df) + z_power), with df its Welch-Satterthwaite degrees of freedom."""
         s, n = np.asarray(s, float), np.asarray(n, float)
-        item = (parts.item_var - parts.residual_var / parts.n_seeds) + parts.residual_var / s
-        se = np.sqrt(np.maximum(item, 0.0) / n + parts.seed_var / s)
-        with np.errstate(divide="ignore", invalid="ignore"):  # a part with no degrees of freedom is left out
-            v_item, v_seed = item / n, parts.seed_var / s
-            use_item, use_seed = (v_item > 0) & (n > 1), (v_seed > 0) & (s > 1)
-            total = np.where(use_item, v_item, 0.0) + np.where(use_seed, v_seed, 0.0)
-            df = np.where(use_item | use_seed, total * total / (np.where(use_item, v_item * v_item / (n - 1), 0.0) +
-                                                                np.where(use_seed, v_seed * v_seed / (s - 1), 0.0)),
-                          np.inf)
+        df = welch_degrees_of_freedom(parts.item_var_at(s) / n, n - 1, parts.seed_var / s, s - 1)
         # special.stdtrit is stats.t.ppf without its argument checks, on the whole array at once.
-        return (size > 0) & (se <= size / (special.stdtrit(np.maximum(df, 1.0), 0.5 + confidence / 2) + z_power))
+        needed = size / (special.stdtrit(np.maximum(df, 1.0), 0.5 + confidence / 2) + z_power)
+        return (size > 0) & (parts.standard_error_at(s, n) <= needed)
 
     def first(found: np.ndarray, values: np.ndarray) -> int | None:
         return int(values[found.argmax()]) if found.any() else None
