@@ -40,9 +40,10 @@ RIDGE = 1e-3  # on the length slope: see _fit
 def _fit(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(theta, x, hessian) of the logistic fit logit P(win) = a + b * diff / sd(diff) to wins in [0, 1], by Newton's
     method on the binomial likelihood (what a quasi-binomial GLM maximises); None when the lengths do not vary."""
-    if diffs.std() == 0:
+    scale = diffs.std()
+    if scale == 0:
         return None
-    x = np.stack([np.ones_like(diffs), diffs / diffs.std()], axis=1)
+    x = np.stack([np.ones_like(diffs), diffs / scale], axis=1)
     theta = _newton(wins[None], x[None, :, 1], iterations)[0]
     p = expit(x @ theta)
     return theta, x, (x * (p * (1 - p))[:, None]).T @ x + np.diag([0.0, RIDGE])

@@ -107,6 +107,7 @@ def _local_parameters(path: Path) -> int:
         counts = json.loads(store.read_text())
     except (OSError, ValueError):  # none yet, or unreadable: count again
         counts = {}
+    counts = counts if isinstance(counts, dict) else {}
     if isinstance(counts.get(key), int):
         return counts[key]
     from transformers import AutoConfig
