@@ -16,7 +16,7 @@ from align_proxy.models.convert import (
     convert_megatron_to_hf,
     megatron_to_hf,
 )
-from align_proxy.models.megatron import ConversionError, load_checkpoint, save_checkpoint
+from align_proxy.models.megatron import ConversionError, load_checkpoint
 from align_proxy.models.tokenizer import build_tokenizer
 from support import load_recipe, recipe_parser
 

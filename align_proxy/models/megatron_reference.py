@@ -9,7 +9,6 @@ device, the default causal mask is built on "cuda", and dropout forks a CUDA RNG
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -39,10 +38,8 @@ def cpu_megatron():
     patched = torch.cuda.current_device
     torch.cuda.current_device = lambda: "cpu"  # RoPE moves inv_freq to "the current device"
     owns_group = not dist.is_initialized()
-    if owns_group:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29517")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if owns_group:  # an in-process store: one rank needs no socket (a fixed port clashed with a second process)
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     parallel_state.initialize_model_parallel(1, 1)
     tracker = tensor_parallel.random.get_cuda_rng_tracker()
     fork = tracker.fork
