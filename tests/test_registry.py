@@ -62,7 +62,6 @@ def test_climb_tokenizer_is_found_without_fetching_the_checkpoint(monkeypatch):
         load_tokenizer("climb-62m", None)  # offline in tests: the Hub copy of Llama-2's tokenizer is unreachable
 
 
-
 def test_a_local_count_is_kept_per_config_so_a_study_coordinator_skips_transformers(tmp_path, monkeypatch):
     """A study's coordinator resolves every model; the second time a config is seen, its count comes from the cache
     without building the model (what imports torch and transformers there). An edited config.json is counted again."""
