@@ -75,12 +75,11 @@ def _newton(wins: np.ndarray, z: np.ndarray, iterations: int) -> np.ndarray:
 
 def _fit_at_zero(wins: np.ndarray, diffs: np.ndarray) -> float:
     """The fitted win rate at zero length difference: sigmoid(a); with no length variation, the plain win rate."""
-    fit = _fit(wins, diffs)
-    return float(wins.mean()) if fit is None else float(expit(fit[0][0]))
+    return float(_fits_at_zero(wins[None], diffs[None])[0])
 
 
 def _fits_at_zero(wins: np.ndarray, diffs: np.ndarray, iterations: int = 50) -> np.ndarray:
-    """`_fit_at_zero` of many resamples at once (resamples x rows in, one rate per resample out)."""
+    """`_fit_at_zero` of many sets of rows at once (sets x rows in, one rate per set out): a bootstrap's resamples."""
     scale = diffs.std(axis=1)
     varies = scale > 0
     rates = wins.mean(axis=1)

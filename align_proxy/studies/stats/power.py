@@ -42,10 +42,11 @@ def required_design(parts: VarianceParts, effect: float, confidence: float = 0.9
     z_power = float(stats.norm.ppf(power))
     size = abs(effect)
     # The candidate item counts: the current one, then 5% steps (at least one item) up to max_items.
-    grid = [parts.n_items]
-    while grid[-1] <= max_items:
-        grid.append(max(grid[-1] + 1, int(grid[-1] * 1.05)))
-    grid = np.array(grid[:-1], dtype=float)
+    grid, n = [], parts.n_items
+    while n <= max_items:
+        grid.append(n)
+        n = max(n + 1, int(n * 1.05))
+    grid = np.array(grid, dtype=float)
 
     def enough(s: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Whether a design of s seeds x n items resolves the effect, for broadcast arrays of designs: its standard
